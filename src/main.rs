@@ -1,1 +1,98 @@
-fn main() {}
+//! `shoal`: run sandboxed WebAssembly jobs over content-addressed data.
+//!
+//! The binary composes the library crates: it parses the command line,
+//! opens the block store chosen by `--home` / `--ipfs-api`, and prints
+//! human or `--json` output. Errors are reported once, in `main`, as a
+//! lowercase message; the exit status is 1 (or the verb's own status).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd_storage;
+mod output;
+mod store;
+
+/// Run sandboxed WebAssembly jobs over content-addressed data.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Shoal's home directory (embedded store, keys, configuration).
+    #[arg(long, global = true, env = "SHOAL_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Use a Kubo daemon's HTTP RPC API as the block store instead of the
+    /// embedded one, e.g. http://127.0.0.1:5001.
+    #[arg(long, global = true, env = "SHOAL_IPFS_API", value_name = "URL")]
+    ipfs_api: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Import a file or directory, pin it, and print its root CID.
+    Add(cmd_storage::AddArgs),
+    /// Print a file's content.
+    Cat(cmd_storage::CatArgs),
+    /// Write a file or directory tree to disk.
+    Get(cmd_storage::GetArgs),
+    /// List a directory.
+    Ls(cmd_storage::LsArgs),
+    /// Manage pins.
+    #[command(subcommand)]
+    Pin(cmd_storage::PinCmd),
+    /// Export or import CAR files.
+    #[command(subcommand)]
+    Car(cmd_storage::CarCmd),
+    /// Verify, garbage-collect or measure the store.
+    #[command(subcommand)]
+    Repo(cmd_storage::RepoCmd),
+}
+
+/// Global settings every verb sees.
+pub struct Ctx {
+    pub home: PathBuf,
+    pub ipfs_api: Option<String>,
+    pub json: bool,
+    /// Progress bars only when a person is watching.
+    pub interactive: bool,
+}
+
+fn default_home() -> PathBuf {
+    std::env::home_dir().unwrap_or_else(|| PathBuf::from(".")).join(".shoal")
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let ctx = Ctx {
+        home: cli.home.clone().unwrap_or_else(default_home),
+        ipfs_api: cli.ipfs_api.clone(),
+        json: cli.json,
+        interactive: std::io::stderr().is_terminal(),
+    };
+    let res = match cli.command {
+        Command::Add(a) => cmd_storage::add(&ctx, a),
+        Command::Cat(a) => cmd_storage::cat(&ctx, a),
+        Command::Get(a) => cmd_storage::get(&ctx, a),
+        Command::Ls(a) => cmd_storage::ls(&ctx, a),
+        Command::Pin(c) => cmd_storage::pin(&ctx, c),
+        Command::Car(c) => cmd_storage::car(&ctx, c),
+        Command::Repo(c) => cmd_storage::repo(&ctx, c),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            output::error(&ctx, &e);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -14,8 +14,9 @@
 //! few batches whatever the file size.
 //!
 //! Directories list their entries sorted by name bytes, as Kubo does.
-//! Symlinks are stored as UnixFS symlink nodes holding the link's target
-//! and are never followed. Kubo switches a directory to a HAMT shard once
+//! Symlinks inside an imported directory are stored as UnixFS symlink
+//! nodes holding the link's target and are never followed; a symlink given
+//! as the path to import is followed, as Kubo does with its argument. Kubo switches a directory to a HAMT shard once
 //! its estimated node size reaches 256 KiB; Shoal does not build HAMT
 //! shards yet and refuses such a directory rather than give a different CID.
 
@@ -50,8 +51,9 @@ pub struct Options {
     pub chunk_size: usize,
     /// Maximum links per file node (default 174).
     pub max_links: usize,
-    /// Include entries whose name starts with `.` (Kubo's `--hidden`;
-    /// default false, as in Kubo).
+    /// Include entries whose name starts with `.` (default true: what
+    /// Kubo's library and `ipfs add -r --hidden` do; Kubo's command line
+    /// leaves them out unless `--hidden` is given).
     pub hidden: bool,
     /// Chunks hashed in parallel per batch (default 16). Bounds memory:
     /// about three batches are alive at once.
@@ -72,7 +74,7 @@ impl Options {
             raw_leaves: v == CidVersion::V1,
             chunk_size: CHUNK_SIZE,
             max_links: MAX_LINKS,
-            hidden: false,
+            hidden: true,
             batch: 16,
         }
     }
@@ -163,7 +165,9 @@ impl<'a> Importer<'a> {
                 crate::MAX_DIR_DEPTH
             )));
         }
-        let meta = fs::symlink_metadata(path).map_err(|e| Error::io("cannot read", path, e))?;
+        // The argument itself is followed; nothing below it ever is.
+        let meta = if depth == 0 { fs::metadata(path) } else { fs::symlink_metadata(path) };
+        let meta = meta.map_err(|e| Error::io("cannot read", path, e))?;
         let ft = meta.file_type();
         if ft.is_symlink() {
             let target =
