@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use cid::Cid;
 use futures::TryStreamExt;
-use ipfs_api_backend_hyper::{request, IpfsApi, IpfsClient, TryFromUri};
+use ipfs_api_prelude::Backend;
+use ipfs_api_backend_hyper::{request, BackendWithGlobalOptions, GlobalOptions, IpfsApi, IpfsClient, TryFromUri};
 
 use super::{BlockStore, PinMode};
 use crate::block::DAG_PB;
@@ -25,6 +26,10 @@ use crate::{Block, Error, Result};
 
 /// Deadline for one RPC call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline the daemon is given to find a block locally (`has`, `get`).
+/// Kubo answers at once with `offline=true`; js-ipfs ignores `offline` and
+/// searches until this `timeout` expires, which then means "not here".
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Blocks and pins in a Kubo (or compatible) daemon.
 pub struct KuboStore {
@@ -110,6 +115,14 @@ impl KuboStore {
         self.run(make).map_err(|e| self.error(what, e))
     }
 
+    /// A client whose calls only look in the daemon's own blockstore.
+    fn local(&self) -> BackendWithGlobalOptions<IpfsClient> {
+        BackendWithGlobalOptions::new(
+            self.client.clone(),
+            GlobalOptions { offline: Some(true), timeout: Some(LOOKUP_TIMEOUT) },
+        )
+    }
+
     fn error(&self, what: &str, e: CallError) -> Error {
         let message = match e {
             CallError::Timeout => format!("{what} got no answer within {:?}; is the daemon overloaded or searching the network?", self.timeout),
@@ -130,7 +143,11 @@ fn is_not_found(e: &CallError) -> bool {
     match e {
         CallError::Api(ipfs_api_backend_hyper::Error::Api(a)) => {
             let m = a.message.to_lowercase();
-            m.contains("not found") || m.contains("notfound") || m.contains("could not find")
+            m.contains("not found")
+                || m.contains("notfound")
+                || m.contains("could not find")
+                // js-ipfs's answer once LOOKUP_TIMEOUT expires.
+                || m.contains("request timed out")
         }
         _ => false,
     }
@@ -181,7 +198,7 @@ impl BlockStore for KuboStore {
         if !self.has(cid)? {
             return Err(Error::NotFound { cid: *cid });
         }
-        let c = self.client.clone();
+        let c = self.local();
         let key = cid.to_string();
         let data: Vec<u8> = self
             .run(move || async move {
@@ -207,10 +224,10 @@ impl BlockStore for KuboStore {
     }
 
     fn size(&self, cid: &Cid) -> Result<Option<u64>> {
-        let c = self.client.clone();
-        let key = cid.to_string();
         // Ask offline: a daemon must not go looking for a block on the
         // network just because we asked whether it has it.
+        let c = self.local();
+        let key = cid.to_string();
         match self.run(move || async move { c.block_stat(&key).await }) {
             Ok(r) => Ok(Some(r.size)),
             Err(e) if is_not_found(&e) => Ok(None),
@@ -229,20 +246,40 @@ impl BlockStore for KuboStore {
     }
 
     fn list(&self) -> Result<Vec<Cid>> {
+        // Parsed by hand: js-ipfs leaves out the `Err` field that
+        // ipfs-api's own response type requires.
+        #[derive(serde::Deserialize)]
+        struct Ref {
+            #[serde(rename = "Ref")]
+            reference: String,
+            #[serde(rename = "Err", default)]
+            err: Option<String>,
+        }
         let c = self.client.clone();
-        let refs: Vec<String> = self.call("refs/local", move || async move {
-            c.refs_local().map_ok(|r| r.reference).try_collect().await
-        })?;
-        refs.iter()
-            .map(|r| {
-                Cid::try_from(r.as_str())
-                    .map(|c| super::raw_cid(&c))
-                    .map_err(|e| Error::Kubo {
-                        url: self.url.clone(),
-                        message: format!("refs/local listed an invalid cid {r:?}: {e}"),
-                    })
-            })
-            .collect()
+        let (status, body) =
+            self.call("refs/local", move || async move { Backend::request_raw(&c, request::RefsLocal, None).await })?;
+        if !status.is_success() {
+            return Err(Error::Kubo {
+                url: self.url.clone(),
+                message: format!("refs/local failed with http status {status}"),
+            });
+        }
+        let mut out = Vec::new();
+        for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let r: Ref = serde_json::from_slice(line).map_err(|e| Error::Kubo {
+                url: self.url.clone(),
+                message: format!("refs/local answered something unexpected: {e}"),
+            })?;
+            if let Some(err) = r.err.filter(|e| !e.is_empty()) {
+                return Err(Error::Kubo { url: self.url.clone(), message: format!("refs/local failed: {err}") });
+            }
+            let cid = Cid::try_from(r.reference.as_str()).map_err(|e| Error::Kubo {
+                url: self.url.clone(),
+                message: format!("refs/local listed an invalid cid {:?}: {e}", r.reference),
+            })?;
+            out.push(super::raw_cid(&cid));
+        }
+        Ok(out)
     }
 
     fn flush(&self) -> Result<()> {
