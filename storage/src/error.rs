@@ -75,7 +75,7 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
     /// I/O on a local path failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {}", describe_io(source))]
     Io {
         /// What was being done ("cannot read", "cannot write"…).
         action: &'static str,
@@ -138,6 +138,20 @@ impl Error {
     /// Whether the error is "this block is not here" (as opposed to a fault).
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. })
+    }
+}
+
+/// An OS error as a lowercase phrase, without the wrappers some crates add
+/// (tempfile appends the path, which the message already names).
+pub fn describe_io(e: &std::io::Error) -> String {
+    let text = match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => e.to_string(),
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => text,
     }
 }
 

@@ -170,9 +170,14 @@ pub fn ls(store: &dyn BlockStore, cid: &Cid) -> Result<Vec<DirEntry>> {
         Node::Pb(_, u) if u.kind == DataType::HamtShard => Err(Error::Unsupported(format!(
             "{cid} is a hamt-sharded directory, which shoal cannot read yet"
         ))),
+        Node::Pb(_, u) if u.kind == DataType::Symlink => Err(Error::WrongKind {
+            cid: *cid,
+            actual: "a symlink",
+            expected: "a directory",
+        }),
         _ => Err(Error::WrongKind {
             cid: *cid,
-            actual: "not a directory",
+            actual: "a file",
             expected: "a directory",
         }),
     }
