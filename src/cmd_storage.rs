@@ -119,9 +119,7 @@ fn walk_size(path: &Path, depth: usize) -> u64 {
     if !meta.is_dir() || depth > 64 {
         return 0;
     }
-    std::fs::read_dir(path)
-        .map(|rd| rd.flatten().map(|e| walk_size(&e.path(), depth + 1)).sum())
-        .unwrap_or(0)
+    std::fs::read_dir(path).map(|rd| rd.flatten().map(|e| walk_size(&e.path(), depth + 1)).sum()).unwrap_or(0)
 }
 
 fn progress_bar(ctx: &Ctx, quiet: bool, total: u64) -> Option<ProgressBar> {
@@ -138,8 +136,7 @@ fn progress_bar(ctx: &Ctx, quiet: bool, total: u64) -> Option<ProgressBar> {
 }
 
 pub fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<ExitCode> {
-    std::fs::symlink_metadata(&a.path)
-        .with_context(|| format!("cannot read {}; check the path", a.path.display()))?;
+    std::fs::symlink_metadata(&a.path).with_context(|| format!("cannot read {}; check the path", a.path.display()))?;
     let version = if a.cid_version == "1" { CidVersion::V1 } else { CidVersion::V0 };
     let opts = Options { hidden: !a.skip_hidden, ..Options::with_version(version) };
     let bar = progress_bar(ctx, a.quiet, dir_size(&a.path));
@@ -378,9 +375,17 @@ pub fn repo(ctx: &Ctx, c: RepoCmd) -> anyhow::Result<ExitCode> {
         RepoCmd::Stat => {
             let r = repos::stat(store.get())?;
             if ctx.json {
-                output::json(&serde_json::json!({ "store": store.get().describe(), "blocks": r.blocks, "bytes": r.bytes, "pins": r.pins }))?;
+                output::json(
+                    &serde_json::json!({ "store": store.get().describe(), "blocks": r.blocks, "bytes": r.bytes, "pins": r.pins }),
+                )?;
             } else {
-                println!("store: {}\nblocks: {}\nbytes: {}\npins: {}", store.get().describe(), r.blocks, r.bytes, r.pins);
+                println!(
+                    "store: {}\nblocks: {}\nbytes: {}\npins: {}",
+                    store.get().describe(),
+                    r.blocks,
+                    r.bytes,
+                    r.pins
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -28,10 +28,10 @@ impl Store {
             #[cfg(not(feature = "kubo"))]
             anyhow::bail!("this shoal was built without the `kubo` feature, so --ipfs-api {url} cannot be used; rebuild with default features");
         }
-        let fs = Arc::new(
-            FsStore::open(&ctx.home)
-                .with_context(|| format!("cannot open the store in {} (set --home or SHOAL_HOME)", ctx.home.display()))?,
-        );
+        let fs =
+            Arc::new(FsStore::open(&ctx.home).with_context(|| {
+                format!("cannot open the store in {} (set --home or SHOAL_HOME)", ctx.home.display())
+            })?);
         Ok(Store { dyn_store: fs.clone(), fs: Some(fs) })
     }
 

@@ -57,7 +57,10 @@ fn add_cat_get_ls_roundtrip_and_json() {
     fs::write(data.join("sub/b.bin"), random(600_000, 3)).unwrap();
     let out = ok(&home, &["add", data.to_str().unwrap()]);
     let root = out.lines().last().unwrap().split_whitespace().nth(1).unwrap().to_string();
-    assert_eq!(ok(&home, &["add", "-q", data.join("a.txt").to_str().unwrap()]).trim(), "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o");
+    assert_eq!(
+        ok(&home, &["add", "-q", data.join("a.txt").to_str().unwrap()]).trim(),
+        "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"
+    );
     assert_eq!(ok(&home, &["cat", &format!("{root}/a.txt")]), "hello world\n");
     let ls = ok(&home, &["ls", &root]);
     assert!(ls.contains(" a.txt") && ls.contains(" sub"), "{ls}");
@@ -266,7 +269,8 @@ $S add -q {small} > {out}/again
         big = big.display(),
         out = t.path().display(),
     );
-    let st = Command::new("unshare").args(["-rm", "sh", "-c", &script]).status().expect("unshare (util-linux) is needed");
+    let st =
+        Command::new("unshare").args(["-rm", "sh", "-c", &script]).status().expect("unshare (util-linux) is needed");
     assert_ne!(st.code(), Some(99), "cannot mount a tmpfs in a user namespace here");
     assert!(st.success(), "script failed: {st:?}");
     let read = |n: &str| fs::read_to_string(t.path().join(n)).unwrap();

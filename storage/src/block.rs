@@ -20,9 +20,7 @@ pub const DAG_CBOR: u64 = 0x71;
 pub const SHA2_256: u64 = 0x12;
 
 /// The CID version used for new data: Kubo's `--cid-version`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub enum CidVersion {
     /// CIDv0: base58 `Qm…`, dag-pb only (Kubo's default).
     #[default]
@@ -40,10 +38,7 @@ pub struct Block {
 
 impl std::fmt::Debug for Block {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Block")
-            .field("cid", &self.cid.to_string())
-            .field("len", &self.data.len())
-            .finish()
+        f.debug_struct("Block").field("cid", &self.cid.to_string()).field("len", &self.data.len()).finish()
     }
 }
 
@@ -62,9 +57,7 @@ impl Block {
     pub fn new(version: CidVersion, codec: u64, data: Vec<u8>) -> Block {
         let mh = sha256_multihash(&data);
         let cid = match (version, codec) {
-            (CidVersion::V0, DAG_PB) => {
-                Cid::new_v0(mh).expect("sha2-256 multihash is valid for v0")
-            }
+            (CidVersion::V0, DAG_PB) => Cid::new_v0(mh).expect("sha2-256 multihash is valid for v0"),
             _ => Cid::new_v1(codec, mh),
         };
         Block { cid, data }
@@ -106,10 +99,7 @@ impl Block {
 pub fn verify(cid: &Cid, data: &[u8]) -> Result<()> {
     let mh = cid.hash();
     if mh.code() != SHA2_256 {
-        return Err(Error::UnsupportedHash {
-            cid: *cid,
-            code: mh.code(),
-        });
+        return Err(Error::UnsupportedHash { cid: *cid, code: mh.code() });
     }
     if sha256_multihash(data).digest() != mh.digest() {
         return Err(Error::HashMismatch { cid: *cid });
@@ -122,14 +112,9 @@ pub fn verify(cid: &Cid, data: &[u8]) -> Result<()> {
 pub fn parse_cid_path(s: &str) -> Result<(Cid, Vec<String>)> {
     let trimmed = s.strip_prefix("/ipfs/").unwrap_or(s);
     let mut parts = trimmed.split('/').filter(|p| !p.is_empty());
-    let first = parts.next().ok_or_else(|| Error::BadCid {
-        input: s.to_string(),
-        reason: "it is empty".into(),
-    })?;
-    let cid = Cid::try_from(first).map_err(|e| Error::BadCid {
-        input: first.to_string(),
-        reason: e.to_string().to_lowercase(),
-    })?;
+    let first = parts.next().ok_or_else(|| Error::BadCid { input: s.to_string(), reason: "it is empty".into() })?;
+    let cid = Cid::try_from(first)
+        .map_err(|e| Error::BadCid { input: first.to_string(), reason: e.to_string().to_lowercase() })?;
     let rest = parts.map(str::to_string).collect();
     Ok((cid, rest))
 }
@@ -156,10 +141,7 @@ mod tests {
     #[test]
     fn raw_v0_is_promoted_to_v1() {
         let b = Block::new(CidVersion::V0, RAW, b"hello world".to_vec());
-        assert_eq!(
-            b.cid().to_string(),
-            "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
-        );
+        assert_eq!(b.cid().to_string(), "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e");
     }
 
     #[test]
@@ -172,12 +154,8 @@ mod tests {
 
     #[test]
     fn parses_paths() {
-        let (c, p) =
-            parse_cid_path("/ipfs/QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o/a//b").unwrap();
-        assert_eq!(
-            c.to_string(),
-            "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"
-        );
+        let (c, p) = parse_cid_path("/ipfs/QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o/a//b").unwrap();
+        assert_eq!(c.to_string(), "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o");
         assert_eq!(p, vec!["a", "b"]);
         let err = parse_cid_path("notacid").unwrap_err().to_string();
         assert!(err.contains("notacid"), "{err}");

@@ -54,18 +54,12 @@ fn write_varint(w: &mut dyn Write, v: u64) -> io::Result<()> {
 
 /// Writes the DAG under `root` as a CARv1 to `w`.
 pub fn export(store: &dyn BlockStore, root: &Cid, w: &mut dyn Write) -> Result<CarStats> {
-    let header = serde_ipld_dagcbor::to_vec(&Header {
-        roots: vec![*root],
-        version: 1,
-    })
-    .map_err(|e| Error::Unsupported(format!("cannot encode car header: {e}")))?;
+    let header = serde_ipld_dagcbor::to_vec(&Header { roots: vec![*root], version: 1 })
+        .map_err(|e| Error::Unsupported(format!("cannot encode car header: {e}")))?;
     let io_err = |e| Error::io("cannot write", "car output", e);
     write_varint(w, header.len() as u64).map_err(io_err)?;
     w.write_all(&header).map_err(io_err)?;
-    let mut stats = CarStats {
-        roots: vec![*root],
-        ..Default::default()
-    };
+    let mut stats = CarStats { roots: vec![*root], ..Default::default() };
     walk(store, root, &mut |cid, block| {
         let c = cid.to_bytes();
         write_varint(w, (c.len() + block.len()) as u64).map_err(io_err)?;
@@ -100,33 +94,21 @@ fn read_varint(r: &mut impl Read) -> io::Result<Option<u64>> {
             if i == 0 {
                 return Ok(None);
             }
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "truncated varint",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated varint"));
         }
         v |= u64::from(b[0] & 0x7f) << (7 * i);
         if b[0] & 0x80 == 0 {
             return Ok(Some(v));
         }
     }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "varint too long",
-    ))
+    Err(io::Error::new(io::ErrorKind::InvalidData, "varint too long"))
 }
 
 /// Reads a CARv1 from `r` into `store`, then pins each root whose DAG is
 /// complete (recursively). `name` is used in messages.
 pub fn import(store: &dyn BlockStore, r: impl Read, name: &str) -> Result<CarStats> {
-    let mut r = Counting {
-        inner: io::BufReader::with_capacity(1 << 20, r),
-        pos: 0,
-    };
-    let car_err = |reason: String| Error::Car {
-        path: name.to_string(),
-        reason,
-    };
+    let mut r = Counting { inner: io::BufReader::with_capacity(1 << 20, r), pos: 0 };
+    let car_err = |reason: String| Error::Car { path: name.to_string(), reason };
     let hlen = read_varint(&mut r)
         .map_err(|e| car_err(format!("cannot read header length: {e}")))?
         .ok_or_else(|| car_err("file is empty".into()))?;
@@ -136,25 +118,17 @@ pub fn import(store: &dyn BlockStore, r: impl Read, name: &str) -> Result<CarSta
         )));
     }
     let mut hbytes = vec![0u8; hlen as usize];
-    r.read_exact(&mut hbytes)
-        .map_err(|_| car_err("truncated inside the header".into()))?;
+    r.read_exact(&mut hbytes).map_err(|_| car_err("truncated inside the header".into()))?;
     let header: Header = serde_ipld_dagcbor::from_slice(&hbytes)
         .map_err(|e| car_err(format!("header is not a valid car v1 header: {e}")))?;
     if header.version != 1 {
-        return Err(car_err(format!(
-            "car version {} is not supported (only version 1)",
-            header.version
-        )));
+        return Err(car_err(format!("car version {} is not supported (only version 1)", header.version)));
     }
-    let mut stats = CarStats {
-        roots: header.roots.clone(),
-        ..Default::default()
-    };
+    let mut stats = CarStats { roots: header.roots.clone(), ..Default::default() };
     let mut pending = Vec::with_capacity(BATCH);
     loop {
         let at = r.pos;
-        let Some(len) = read_varint(&mut r).map_err(|e| car_err(format!("at byte {at}: {e}")))?
-        else {
+        let Some(len) = read_varint(&mut r).map_err(|e| car_err(format!("at byte {at}: {e}")))? else {
             break;
         };
         if len == 0 || len > MAX_SECTION {
@@ -164,16 +138,12 @@ pub fn import(store: &dyn BlockStore, r: impl Read, name: &str) -> Result<CarSta
         }
         let mut section = vec![0u8; len as usize];
         r.read_exact(&mut section).map_err(|_| {
-            car_err(format!(
-                "truncated: block at byte {at} declares {len} bytes but the file ends first"
-            ))
+            car_err(format!("truncated: block at byte {at} declares {len} bytes but the file ends first"))
         })?;
         let mut cursor = io::Cursor::new(&section[..]);
-        let cid = Cid::read_bytes(&mut cursor)
-            .map_err(|e| car_err(format!("at byte {at}: bad cid: {e}")))?;
+        let cid = Cid::read_bytes(&mut cursor).map_err(|e| car_err(format!("at byte {at}: bad cid: {e}")))?;
         let data = section[cursor.position() as usize..].to_vec();
-        let block =
-            Block::verified(cid, data).map_err(|e| car_err(format!("at byte {at}: {e}")))?;
+        let block = Block::verified(cid, data).map_err(|e| car_err(format!("at byte {at}: {e}")))?;
         stats.blocks += 1;
         stats.bytes += block.len() as u64;
         pending.push(block);

@@ -128,11 +128,7 @@ pub enum Error {
 impl Error {
     /// An I/O error on `path`.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io {
-            action,
-            path: path.into(),
-            source,
-        }
+        Error::Io { action, path: path.into(), source }
     }
 
     /// Whether the error is "this block is not here" (as opposed to a fault).

@@ -74,25 +74,15 @@ pub(crate) fn decode(block: Block) -> Result<Node> {
     match cid.codec() {
         RAW => Ok(Node::Raw(block.into_data())),
         DAG_PB => {
-            let pb = PbNode::decode(block.data()).map_err(|e| Error::Malformed {
-                cid,
-                reason: e.to_string(),
-            })?;
-            let data = pb.data.as_deref().ok_or_else(|| Error::Malformed {
-                cid,
-                reason: "dag-pb node has no unixfs data".into(),
-            })?;
-            let u = UnixFs::decode(data).map_err(|e| Error::Malformed {
-                cid,
-                reason: e.to_string(),
-            })?;
+            let pb = PbNode::decode(block.data()).map_err(|e| Error::Malformed { cid, reason: e.to_string() })?;
+            let data = pb
+                .data
+                .as_deref()
+                .ok_or_else(|| Error::Malformed { cid, reason: "dag-pb node has no unixfs data".into() })?;
+            let u = UnixFs::decode(data).map_err(|e| Error::Malformed { cid, reason: e.to_string() })?;
             Ok(Node::Pb(pb, u))
         }
-        codec => Err(Error::WrongKind {
-            cid,
-            actual: codec_name(codec),
-            expected: "a unixfs node",
-        }),
+        codec => Err(Error::WrongKind { cid, actual: codec_name(codec), expected: "a unixfs node" }),
     }
 }
 
@@ -113,10 +103,7 @@ pub fn resolve(store: &dyn BlockStore, root: &Cid, path: &[String]) -> Result<Ci
             .into_iter()
             .find(|e| &e.name == name)
             .map(|e| e.cid)
-            .ok_or_else(|| Error::NoSuchEntry {
-                cid: cur,
-                name: name.clone(),
-            })?;
+            .ok_or_else(|| Error::NoSuchEntry { cid: cur, name: name.clone() })?;
     }
     Ok(cur)
 }
@@ -128,22 +115,16 @@ pub fn stat(store: &dyn BlockStore, cid: &Cid) -> Result<Kind> {
         return Ok(Kind::Other { codec: cid.codec() });
     }
     Ok(match decode(block)? {
-        Node::Raw(d) => Kind::File {
-            size: d.len() as u64,
-        },
+        Node::Raw(d) => Kind::File { size: d.len() as u64 },
         Node::Pb(pb, u) => match u.kind {
-            DataType::Directory => Kind::Directory {
-                entries: pb.links.len(),
-            },
+            DataType::Directory => Kind::Directory { entries: pb.links.len() },
             DataType::HamtShard => Kind::Sharded,
-            DataType::Symlink => Kind::Symlink {
-                target: String::from_utf8_lossy(u.data.as_deref().unwrap_or_default()).into_owned(),
-            },
-            DataType::File | DataType::Raw => Kind::File {
-                size: u
-                    .filesize
-                    .unwrap_or_else(|| u.data.as_ref().map_or(0, |d| d.len() as u64)),
-            },
+            DataType::Symlink => {
+                Kind::Symlink { target: String::from_utf8_lossy(u.data.as_deref().unwrap_or_default()).into_owned() }
+            }
+            DataType::File | DataType::Raw => {
+                Kind::File { size: u.filesize.unwrap_or_else(|| u.data.as_ref().map_or(0, |d| d.len() as u64)) }
+            }
             DataType::Metadata => Kind::Other { codec: DAG_PB },
         },
     })
@@ -159,42 +140,26 @@ pub fn ls(store: &dyn BlockStore, cid: &Cid) -> Result<Vec<DirEntry>> {
                 .map(|PbLink { hash, name, tsize }| {
                     let name = name.unwrap_or_default();
                     check_name(cid, &name, &mut seen)?;
-                    Ok(DirEntry {
-                        name,
-                        cid: hash,
-                        tsize,
-                    })
+                    Ok(DirEntry { name, cid: hash, tsize })
                 })
                 .collect()
         }
-        Node::Pb(_, u) if u.kind == DataType::HamtShard => Err(Error::Unsupported(format!(
-            "{cid} is a hamt-sharded directory, which shoal cannot read yet"
-        ))),
-        Node::Pb(_, u) if u.kind == DataType::Symlink => Err(Error::WrongKind {
-            cid: *cid,
-            actual: "a symlink",
-            expected: "a directory",
-        }),
-        _ => Err(Error::WrongKind {
-            cid: *cid,
-            actual: "a file",
-            expected: "a directory",
-        }),
+        Node::Pb(_, u) if u.kind == DataType::HamtShard => {
+            Err(Error::Unsupported(format!("{cid} is a hamt-sharded directory, which shoal cannot read yet")))
+        }
+        Node::Pb(_, u) if u.kind == DataType::Symlink => {
+            Err(Error::WrongKind { cid: *cid, actual: "a symlink", expected: "a directory" })
+        }
+        _ => Err(Error::WrongKind { cid: *cid, actual: "a file", expected: "a directory" }),
     }
 }
 
 fn check_name(dir: &Cid, name: &str, seen: &mut HashSet<String>) -> Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(Error::Malformed {
-            cid: *dir,
-            reason: format!("directory entry name {name:?} is not allowed"),
-        });
+        return Err(Error::Malformed { cid: *dir, reason: format!("directory entry name {name:?} is not allowed") });
     }
     if !seen.insert(name.to_string()) {
-        return Err(Error::Malformed {
-            cid: *dir,
-            reason: format!("directory has two entries named {name:?}"),
-        });
+        return Err(Error::Malformed { cid: *dir, reason: format!("directory has two entries named {name:?}") });
     }
     Ok(())
 }
@@ -205,23 +170,14 @@ pub fn cat(store: &dyn BlockStore, cid: &Cid, w: &mut dyn Write) -> Result<u64> 
     write_file(store, block, w, 0)
 }
 
-fn write_file(
-    store: &dyn BlockStore,
-    block: Block,
-    w: &mut dyn Write,
-    depth: usize,
-) -> Result<u64> {
+fn write_file(store: &dyn BlockStore, block: Block, w: &mut dyn Write, depth: usize) -> Result<u64> {
     let cid = *block.cid();
     if depth > crate::MAX_FILE_DEPTH {
-        return Err(Error::Malformed {
-            cid,
-            reason: format!("file dag deeper than {} levels", crate::MAX_FILE_DEPTH),
-        });
+        return Err(Error::Malformed { cid, reason: format!("file dag deeper than {} levels", crate::MAX_FILE_DEPTH) });
     }
     let (pb, u) = match decode(block)? {
         Node::Raw(d) => {
-            w.write_all(&d)
-                .map_err(|e| Error::io("cannot write", "output", e))?;
+            w.write_all(&d).map_err(|e| Error::io("cannot write", "output", e))?;
             return Ok(d.len() as u64);
         }
         Node::Pb(pb, u) => (pb, u),
@@ -229,38 +185,18 @@ fn write_file(
     match u.kind {
         DataType::File | DataType::Raw => {}
         DataType::Directory | DataType::HamtShard => {
-            return Err(Error::WrongKind {
-                cid,
-                actual: "a directory",
-                expected: "a file",
-            })
+            return Err(Error::WrongKind { cid, actual: "a directory", expected: "a file" })
         }
-        DataType::Symlink => {
-            return Err(Error::WrongKind {
-                cid,
-                actual: "a symlink",
-                expected: "a file",
-            })
-        }
-        DataType::Metadata => {
-            return Err(Error::WrongKind {
-                cid,
-                actual: "a metadata node",
-                expected: "a file",
-            })
-        }
+        DataType::Symlink => return Err(Error::WrongKind { cid, actual: "a symlink", expected: "a file" }),
+        DataType::Metadata => return Err(Error::WrongKind { cid, actual: "a metadata node", expected: "a file" }),
     }
     let mut written = 0u64;
     if let Some(d) = &u.data {
-        w.write_all(d)
-            .map_err(|e| Error::io("cannot write", "output", e))?;
+        w.write_all(d).map_err(|e| Error::io("cannot write", "output", e))?;
         written += d.len() as u64;
     }
     for window in pb.links.chunks(READ_AHEAD) {
-        let blocks: Vec<Block> = window
-            .par_iter()
-            .map(|l| store.get(&l.hash))
-            .collect::<Result<_>>()?;
+        let blocks: Vec<Block> = window.par_iter().map(|l| store.get(&l.hash)).collect::<Result<_>>()?;
         for child in blocks {
             written += write_file(store, child, w, depth + 1)?;
         }
@@ -307,13 +243,7 @@ pub fn get(store: &dyn BlockStore, cid: &Cid, dest: &Path) -> Result<GetStats> {
     Ok(stats)
 }
 
-fn get_into(
-    store: &dyn BlockStore,
-    cid: &Cid,
-    dest: &Path,
-    stats: &mut GetStats,
-    depth: usize,
-) -> Result<()> {
+fn get_into(store: &dyn BlockStore, cid: &Cid, dest: &Path, stats: &mut GetStats, depth: usize) -> Result<()> {
     if depth > crate::MAX_DIR_DEPTH {
         return Err(Error::Malformed {
             cid: *cid,
@@ -342,21 +272,14 @@ fn get_into(
             }
         }
         Kind::Symlink { target } => {
-            std::os::unix::fs::symlink(&target, dest)
-                .map_err(|e| Error::io("cannot create symlink", dest, e))?;
+            std::os::unix::fs::symlink(&target, dest).map_err(|e| Error::io("cannot create symlink", dest, e))?;
             stats.symlinks += 1;
         }
         Kind::Sharded => {
-            return Err(Error::Unsupported(format!(
-                "{cid} is a hamt-sharded directory, which shoal cannot read yet"
-            )))
+            return Err(Error::Unsupported(format!("{cid} is a hamt-sharded directory, which shoal cannot read yet")))
         }
         Kind::Other { .. } => {
-            return Err(Error::WrongKind {
-                cid: *cid,
-                actual: "not a unixfs node",
-                expected: "a file or directory",
-            })
+            return Err(Error::WrongKind { cid: *cid, actual: "not a unixfs node", expected: "a file or directory" })
         }
     }
     Ok(())
@@ -364,11 +287,7 @@ fn get_into(
 
 /// Calls `f` for every block reachable from `root` (root first, depth
 /// first, each once). Stops at the first missing or malformed block.
-pub fn walk(
-    store: &dyn BlockStore,
-    root: &Cid,
-    f: &mut dyn FnMut(&Cid, &Block) -> Result<()>,
-) -> Result<()> {
+pub fn walk(store: &dyn BlockStore, root: &Cid, f: &mut dyn FnMut(&Cid, &Block) -> Result<()>) -> Result<()> {
     let mut seen = HashSet::new();
     let mut stack = vec![*root];
     while let Some(cid) = stack.pop() {
@@ -378,10 +297,7 @@ pub fn walk(
         let block = store.get(&cid)?;
         f(&cid, &block)?;
         if cid.codec() == DAG_PB {
-            let pb = PbNode::decode(block.data()).map_err(|e| Error::Malformed {
-                cid,
-                reason: e.to_string(),
-            })?;
+            let pb = PbNode::decode(block.data()).map_err(|e| Error::Malformed { cid, reason: e.to_string() })?;
             stack.extend(pb.links.iter().rev().map(|l| l.hash));
         }
     }

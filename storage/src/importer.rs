@@ -116,11 +116,7 @@ struct Link {
 impl<'a> Importer<'a> {
     /// An importer writing into `store`.
     pub fn new(store: &'a dyn BlockStore, opts: Options) -> Importer<'a> {
-        Importer {
-            store,
-            opts,
-            progress: &no_progress,
-        }
+        Importer { store, opts, progress: &no_progress }
     }
 
     /// Reports progress (file bytes) to `f`.
@@ -133,23 +129,13 @@ impl<'a> Importer<'a> {
     pub fn add_path(&self, path: &Path) -> Result<Added> {
         let mut skipped = 0;
         let (link, bytes) = self.add_entry(path, &mut skipped, 0)?;
-        Ok(Added {
-            root: link.cid,
-            bytes,
-            dag_size: link.tsize,
-            skipped_hidden: skipped,
-        })
+        Ok(Added { root: link.cid, bytes, dag_size: link.tsize, skipped_hidden: skipped })
     }
 
     /// Imports everything `reader` yields as one file.
     pub fn add_reader(&self, reader: impl Read + Send) -> Result<Added> {
         let (link, bytes) = self.add_file_reader(reader, Path::new("-"))?;
-        Ok(Added {
-            root: link.cid,
-            bytes,
-            dag_size: link.tsize,
-            skipped_hidden: 0,
-        })
+        Ok(Added { root: link.cid, bytes, dag_size: link.tsize, skipped_hidden: 0 })
     }
 
     /// Imports a byte slice as one file.
@@ -170,16 +156,11 @@ impl<'a> Importer<'a> {
         let meta = meta.map_err(|e| Error::io("cannot read", path, e))?;
         let ft = meta.file_type();
         if ft.is_symlink() {
-            let target =
-                fs::read_link(path).map_err(|e| Error::io("cannot read symlink", path, e))?;
+            let target = fs::read_link(path).map_err(|e| Error::io("cannot read symlink", path, e))?;
             let mut u = UnixFs::new(DataType::Symlink);
             u.data = Some(target.as_os_str().as_bytes().to_vec());
             let block = self.node(Vec::new(), &u);
-            let link = Link {
-                cid: *block.cid(),
-                filesize: 0,
-                tsize: block.len() as u64,
-            };
+            let link = Link { cid: *block.cid(), filesize: 0, tsize: block.len() as u64 };
             self.store.put(&block)?;
             Ok((link, 0))
         } else if ft.is_dir() {
@@ -230,29 +211,15 @@ impl<'a> Importer<'a> {
                     path.display()
                 )));
             }
-            links.push(PbLink {
-                hash: child.cid,
-                name: Some(name),
-                tsize: Some(child.tsize),
-            });
+            links.push(PbLink { hash: child.cid, name: Some(name), tsize: Some(child.tsize) });
         }
         let block = self.node(links, &UnixFs::new(DataType::Directory));
         self.store.put(&block)?;
-        Ok((
-            Link {
-                cid: *block.cid(),
-                filesize: 0,
-                tsize: block.len() as u64 + tsize_sum,
-            },
-            bytes,
-        ))
+        Ok((Link { cid: *block.cid(), filesize: 0, tsize: block.len() as u64 + tsize_sum }, bytes))
     }
 
     fn node(&self, links: Vec<PbLink>, u: &UnixFs) -> Block {
-        let node = PbNode {
-            links,
-            data: Some(u.encode()),
-        };
+        let node = PbNode { links, data: Some(u.encode()) };
         Block::new(self.opts.cid_version, DAG_PB, node.encode())
     }
 
@@ -260,11 +227,7 @@ impl<'a> Importer<'a> {
         let len = chunk.len() as u64;
         if self.opts.raw_leaves {
             let b = Block::new(CidVersion::V1, RAW, chunk);
-            let l = Link {
-                cid: *b.cid(),
-                filesize: len,
-                tsize: len,
-            };
+            let l = Link { cid: *b.cid(), filesize: len, tsize: len };
             (b, l)
         } else {
             let mut u = UnixFs::new(DataType::File);
@@ -273,11 +236,7 @@ impl<'a> Importer<'a> {
                 u.data = Some(chunk);
             }
             let b = self.node(Vec::new(), &u);
-            let l = Link {
-                cid: *b.cid(),
-                filesize: len,
-                tsize: b.len() as u64,
-            };
+            let l = Link { cid: *b.cid(), filesize: len, tsize: b.len() as u64 };
             (b, l)
         }
     }
@@ -321,8 +280,7 @@ impl<'a> Importer<'a> {
                     }
                 };
                 let n: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-                let leaves: Vec<(Block, Link)> =
-                    chunks.into_par_iter().map(|c| self.leaf(c)).collect();
+                let leaves: Vec<(Block, Link)> = chunks.into_par_iter().map(|c| self.leaf(c)).collect();
                 if let Err(e) = builder.push_leaves(leaves) {
                     result = Err(e);
                     break;
@@ -362,11 +320,7 @@ struct FileBuilder<'i, 'a> {
 
 impl<'i, 'a> FileBuilder<'i, 'a> {
     fn new(imp: &'i Importer<'a>) -> Self {
-        FileBuilder {
-            imp,
-            levels: vec![Vec::new()],
-            bytes: 0,
-        }
+        FileBuilder { imp, levels: vec![Vec::new()], bytes: 0 }
     }
 
     fn push_leaves(&mut self, leaves: Vec<(Block, Link)>) -> Result<()> {
@@ -397,21 +351,11 @@ impl<'i, 'a> FileBuilder<'i, 'a> {
         u.filesize = Some(children.iter().map(|c| c.filesize).sum());
         u.blocksizes = children.iter().map(|c| c.filesize).collect();
         let tsum: u64 = children.iter().map(|c| c.tsize).sum();
-        let links = children
-            .iter()
-            .map(|c| PbLink {
-                hash: c.cid,
-                name: Some(String::new()),
-                tsize: Some(c.tsize),
-            })
-            .collect();
+        let links =
+            children.iter().map(|c| PbLink { hash: c.cid, name: Some(String::new()), tsize: Some(c.tsize) }).collect();
         let block = self.imp.node(links, &u);
         self.imp.store.put(&block)?;
-        Ok(Link {
-            cid: *block.cid(),
-            filesize: u.filesize.unwrap_or(0),
-            tsize: block.len() as u64 + tsum,
-        })
+        Ok(Link { cid: *block.cid(), filesize: u.filesize.unwrap_or(0), tsize: block.len() as u64 + tsum })
     }
 
     fn finish(mut self) -> Result<(Link, u64)> {
@@ -447,40 +391,25 @@ mod tests {
 
     fn cid_of(data: &[u8], opts: Options) -> String {
         let s = MemStore::new();
-        Importer::new(&s, opts)
-            .add_bytes(data)
-            .unwrap()
-            .root
-            .to_string()
+        Importer::new(&s, opts).add_bytes(data).unwrap().root.to_string()
     }
 
     #[test]
     fn public_vectors() {
-        assert_eq!(
-            cid_of(b"hello world\n", Options::default()),
-            "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"
-        );
+        assert_eq!(cid_of(b"hello world\n", Options::default()), "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o");
         assert_eq!(
             cid_of(b"hello world", Options::with_version(CidVersion::V1)),
             "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
         );
-        assert_eq!(
-            cid_of(b"", Options::default()),
-            "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"
-        );
+        assert_eq!(cid_of(b"", Options::default()), "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH");
     }
 
     #[test]
     fn empty_directory_vector() {
         let dir = tempfile::tempdir().unwrap();
         let s = MemStore::new();
-        let added = Importer::new(&s, Options::default())
-            .add_path(dir.path())
-            .unwrap();
-        assert_eq!(
-            added.root.to_string(),
-            "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
-        );
+        let added = Importer::new(&s, Options::default()).add_path(dir.path()).unwrap();
+        assert_eq!(added.root.to_string(), "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn");
     }
 
     #[test]
@@ -488,21 +417,13 @@ mod tests {
         // With 3 links per node and 1-byte chunks, 10 bytes give leaves
         // grouped 3,3,3,1 -> 4 nodes -> 3,1 -> 2 nodes -> root.
         let s = MemStore::new();
-        let opts = Options {
-            chunk_size: 1,
-            max_links: 3,
-            ..Options::with_version(CidVersion::V1)
-        };
+        let opts = Options { chunk_size: 1, max_links: 3, ..Options::with_version(CidVersion::V1) };
         let added = Importer::new(&s, opts).add_bytes(b"0123456789").unwrap();
         let root = PbNode::decode(s.get(&added.root).unwrap().data()).unwrap();
         assert_eq!(root.links.len(), 2);
         let u = UnixFs::decode(root.data.as_ref().unwrap()).unwrap();
         assert_eq!(u.blocksizes, vec![9, 1]);
         let second = PbNode::decode(s.get(&root.links[1].hash).unwrap().data()).unwrap();
-        assert_eq!(
-            second.links.len(),
-            1,
-            "single-child nodes are kept below the root"
-        );
+        assert_eq!(second.links.len(), 1, "single-child nodes are kept below the root");
     }
 }

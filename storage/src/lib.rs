@@ -49,9 +49,6 @@ pub(crate) fn ser_cid<S: serde::Serializer>(c: &Cid, s: S) -> std::result::Resul
     s.serialize_str(&c.to_string())
 }
 
-pub(crate) fn ser_cids<S: serde::Serializer>(
-    c: &[Cid],
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
+pub(crate) fn ser_cids<S: serde::Serializer>(c: &[Cid], s: S) -> std::result::Result<S::Ok, S::Error> {
     s.collect_seq(c.iter().map(|c| c.to_string()))
 }

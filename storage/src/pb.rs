@@ -95,8 +95,7 @@ impl<'a> Reader<'a> {
 
     fn key(&mut self) -> Result<(u32, u8), DecodeError> {
         let k = self.varint()?;
-        let field =
-            u32::try_from(k >> 3).map_err(|_| DecodeError("field number too large".into()))?;
+        let field = u32::try_from(k >> 3).map_err(|_| DecodeError("field number too large".into()))?;
         Ok((field, (k & 7) as u8))
     }
 
@@ -156,16 +155,12 @@ impl PbLink {
             match (field, wire) {
                 (1, 2) => {
                     let b = r.bytes()?;
-                    hash = Some(
-                        Cid::try_from(b).map_err(|e| DecodeError(format!("bad link cid: {e}")))?,
-                    );
+                    hash = Some(Cid::try_from(b).map_err(|e| DecodeError(format!("bad link cid: {e}")))?);
                 }
                 (2, 2) => {
                     let b = r.bytes()?;
-                    name = Some(
-                        String::from_utf8(b.to_vec())
-                            .map_err(|_| DecodeError("link name is not utf-8".into()))?,
-                    );
+                    name =
+                        Some(String::from_utf8(b.to_vec()).map_err(|_| DecodeError("link name is not utf-8".into()))?);
                 }
                 (3, 0) => tsize = Some(r.varint()?),
                 _ => return err(format!("unexpected field {field} in dag-pb link")),
@@ -179,8 +174,7 @@ impl PbLink {
 impl PbNode {
     /// Canonical dag-pb bytes: links first, then data.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(self.data.as_ref().map_or(0, Vec::len) + 48 * self.links.len() + 8);
+        let mut out = Vec::with_capacity(self.data.as_ref().map_or(0, Vec::len) + 48 * self.links.len() + 8);
         let mut link = Vec::with_capacity(64);
         for l in &self.links {
             link.clear();
@@ -270,14 +264,7 @@ pub struct UnixFs {
 impl UnixFs {
     /// A message of `kind` with no optional fields.
     pub fn new(kind: DataType) -> UnixFs {
-        UnixFs {
-            kind,
-            data: None,
-            filesize: None,
-            blocksizes: Vec::new(),
-            hash_type: None,
-            fanout: None,
-        }
+        UnixFs { kind, data: None, filesize: None, blocksizes: Vec::new(), hash_type: None, fanout: None }
     }
 
     /// Encoded length, without encoding (the importer sizes buffers with it).
@@ -289,11 +276,7 @@ impl UnixFs {
         if let Some(f) = self.filesize {
             n += 1 + varint_len(f);
         }
-        n += self
-            .blocksizes
-            .iter()
-            .map(|&b| 1 + varint_len(b))
-            .sum::<usize>();
+        n += self.blocksizes.iter().map(|&b| 1 + varint_len(b)).sum::<usize>();
         n += self.hash_type.map_or(0, |h| 1 + varint_len(h));
         n += self.fanout.map_or(0, |f| 1 + varint_len(f));
         n
@@ -337,10 +320,7 @@ impl UnixFs {
             match (field, wire) {
                 (1, 0) => {
                     let v = r.varint()?;
-                    kind = Some(
-                        DataType::from_u64(v)
-                            .ok_or_else(|| DecodeError(format!("unknown unixfs type {v}")))?,
-                    );
+                    kind = Some(DataType::from_u64(v).ok_or_else(|| DecodeError(format!("unknown unixfs type {v}")))?);
                 }
                 (2, 2) => u.data = Some(r.bytes()?.to_vec()),
                 (3, 0) => u.filesize = Some(r.varint()?),
@@ -369,10 +349,7 @@ mod tests {
 
     #[test]
     fn empty_directory_matches_kubo() {
-        let node = PbNode {
-            links: vec![],
-            data: Some(UnixFs::new(DataType::Directory).encode()),
-        };
+        let node = PbNode { links: vec![], data: Some(UnixFs::new(DataType::Directory).encode()) };
         assert_eq!(node.encode(), vec![0x0a, 0x02, 0x08, 0x01]);
     }
 

@@ -20,10 +20,7 @@ pub fn add(store: &dyn BlockStore, cid: &Cid, mode: PinMode) -> Result<()> {
         }
         PinMode::Recursive => {
             walk(store, cid, &mut |_, _| Ok(())).map_err(|e| match e {
-                Error::NotFound { cid: missing } if missing != *cid => Error::Incomplete {
-                    root: *cid,
-                    missing,
-                },
+                Error::NotFound { cid: missing } if missing != *cid => Error::Incomplete { root: *cid, missing },
                 e => e,
             })?;
         }

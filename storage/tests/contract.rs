@@ -7,7 +7,9 @@ mod common;
 
 use shoal_storage::block::{DAG_PB, RAW};
 use shoal_storage::importer::{Importer, Options};
-use shoal_storage::{car, exporter, pin, repo, Block, BlockStore, CidVersion, Error, FsStore, KuboStore, MemStore, PinMode};
+use shoal_storage::{
+    car, exporter, pin, repo, Block, BlockStore, CidVersion, Error, FsStore, KuboStore, MemStore, PinMode,
+};
 
 fn contract(store: &dyn BlockStore) {
     // put / get / has / size, keyed by multihash across CID versions.
@@ -41,7 +43,8 @@ fn contract(store: &dyn BlockStore) {
     assert!(store.pin_ls().unwrap().iter().any(|(c, m)| c == &added.root && *m == PinMode::Recursive));
 
     // An incomplete DAG cannot be pinned recursively.
-    let partial = Importer::new(&MemStore::new(), Options::default()).add_bytes(&common::pseudo_random(600_000, 9)).unwrap();
+    let partial =
+        Importer::new(&MemStore::new(), Options::default()).add_bytes(&common::pseudo_random(600_000, 9)).unwrap();
     let root_only = MemStore::new();
     let full = MemStore::new();
     Importer::new(&full, Options::default()).add_bytes(&common::pseudo_random(600_000, 9)).unwrap();

@@ -3,7 +3,7 @@
 
 use shoal_storage::block::{DAG_PB, RAW};
 use shoal_storage::pb::{DataType, PbLink, PbNode, UnixFs};
-use shoal_storage::{exporter, Block, BlockStore, CidVersion, Cid, Error, MemStore};
+use shoal_storage::{exporter, Block, BlockStore, Cid, CidVersion, Error, MemStore};
 
 fn file(store: &MemStore, bytes: &[u8]) -> Cid {
     let b = Block::new(CidVersion::V1, RAW, bytes.to_vec());
@@ -13,10 +13,7 @@ fn file(store: &MemStore, bytes: &[u8]) -> Cid {
 
 fn dir(store: &MemStore, entries: &[(&str, Cid)]) -> Cid {
     let node = PbNode {
-        links: entries
-            .iter()
-            .map(|(n, c)| PbLink { hash: *c, name: Some(n.to_string()), tsize: Some(1) })
-            .collect(),
+        links: entries.iter().map(|(n, c)| PbLink { hash: *c, name: Some(n.to_string()), tsize: Some(1) }).collect(),
         data: Some(UnixFs::new(DataType::Directory).encode()),
     };
     let b = Block::new(CidVersion::V1, DAG_PB, node.encode());
@@ -50,7 +47,10 @@ fn lying_sizes_are_caught() {
     let mut u = UnixFs::new(DataType::File);
     u.filesize = Some(1000);
     u.blocksizes = vec![1000];
-    let node = PbNode { links: vec![PbLink { hash: leaf, name: Some(String::new()), tsize: Some(3) }], data: Some(u.encode()) };
+    let node = PbNode {
+        links: vec![PbLink { hash: leaf, name: Some(String::new()), tsize: Some(3) }],
+        data: Some(u.encode()),
+    };
     let b = Block::new(CidVersion::V1, DAG_PB, node.encode());
     s.put(&b).unwrap();
     let err = exporter::cat(&s, b.cid(), &mut Vec::new()).unwrap_err().to_string();
@@ -65,7 +65,10 @@ fn depth_bombs_are_bounded() {
         let mut u = UnixFs::new(DataType::File);
         u.filesize = Some(1);
         u.blocksizes = vec![1];
-        let node = PbNode { links: vec![PbLink { hash: cur, name: Some(String::new()), tsize: Some(1) }], data: Some(u.encode()) };
+        let node = PbNode {
+            links: vec![PbLink { hash: cur, name: Some(String::new()), tsize: Some(1) }],
+            data: Some(u.encode()),
+        };
         let b = Block::new(CidVersion::V1, DAG_PB, node.encode());
         s.put(&b).unwrap();
         cur = *b.cid();

@@ -41,18 +41,8 @@ fn public_vectors_agree_with_kubo() {
 fn file_sizes_at_every_boundary() {
     let dir = tempfile::tempdir().unwrap();
     let c = CHUNK_SIZE;
-    let sizes = [
-        0,
-        1,
-        c - 1,
-        c,
-        c + 1,
-        2 * c,
-        MAX_LINKS * c - 1,
-        MAX_LINKS * c,
-        MAX_LINKS * c + 1,
-        (MAX_LINKS + 1) * c + 17,
-    ];
+    let sizes =
+        [0, 1, c - 1, c, c + 1, 2 * c, MAX_LINKS * c - 1, MAX_LINKS * c, MAX_LINKS * c + 1, (MAX_LINKS + 1) * c + 17];
     for (i, &n) in sizes.iter().enumerate() {
         let f = dir.path().join(format!("f{i}"));
         fs::write(&f, common::pseudo_random(n, i as u64 + 1)).unwrap();

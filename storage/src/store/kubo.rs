@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use cid::Cid;
 use futures::TryStreamExt;
-use ipfs_api_prelude::Backend;
 use ipfs_api_backend_hyper::{request, BackendWithGlobalOptions, GlobalOptions, IpfsApi, IpfsClient, TryFromUri};
+use ipfs_api_prelude::Backend;
 
 use super::{BlockStore, PinMode};
 use crate::block::DAG_PB;
@@ -67,12 +67,7 @@ impl KuboStore {
             .enable_all()
             .build()
             .map_err(|e| Error::io("cannot start the ipfs api client runtime", url, e))?;
-        let store = KuboStore {
-            url: url.to_string(),
-            client,
-            rt,
-            timeout,
-        };
+        let store = KuboStore { url: url.to_string(), client, rt, timeout };
         let c = store.client.clone();
         store.call("version", move || async move { c.version().await })?;
         Ok(store)
@@ -96,8 +91,7 @@ impl KuboStore {
         let timeout = self.timeout;
         let rt = &self.rt;
         let res = std::thread::scope(|s| {
-            s.spawn(move || rt.block_on(async move { tokio::time::timeout(timeout, make()).await }))
-                .join()
+            s.spawn(move || rt.block_on(async move { tokio::time::timeout(timeout, make()).await })).join()
         });
         match res {
             Ok(Ok(Ok(v))) => Ok(v),
@@ -132,10 +126,7 @@ impl KuboStore {
             ),
             CallError::Api(e) => format!("{what} failed: {}", e.to_string().to_lowercase()),
         };
-        Error::Kubo {
-            url: self.url.clone(),
-            message,
-        }
+        Error::Kubo { url: self.url.clone(), message }
     }
 }
 
@@ -164,18 +155,9 @@ impl BlockStore for KuboStore {
     fn put(&self, block: &Block) -> Result<()> {
         let c = self.client.clone();
         let data = block.data().to_vec();
-        let format = if block.cid().codec() == DAG_PB {
-            "dag-pb"
-        } else {
-            "raw"
-        };
+        let format = if block.cid().codec() == DAG_PB { "dag-pb" } else { "raw" };
         let resp = self.call("block/put", move || async move {
-            let opts = request::BlockPut {
-                format: Some(format),
-                mhtype: Some("sha2-256"),
-                mhlen: None,
-                pin: None,
-            };
+            let opts = request::BlockPut { format: Some(format), mhtype: Some("sha2-256"), mhlen: None, pin: None };
             c.block_put_with_options(Cursor::new(data), opts).await
         })?;
         let stored = Cid::try_from(resp.key.as_str()).map_err(|e| Error::Kubo {
@@ -185,10 +167,7 @@ impl BlockStore for KuboStore {
         if stored.hash() != block.cid().hash() {
             return Err(Error::Kubo {
                 url: self.url.clone(),
-                message: format!(
-                    "block/put stored {stored} for {}: the daemon hashed differently",
-                    block.cid()
-                ),
+                message: format!("block/put stored {stored} for {}: the daemon hashed differently", block.cid()),
             });
         }
         Ok(())
@@ -209,13 +188,7 @@ impl BlockStore for KuboStore {
                     })
                     .await
             })
-            .map_err(|e| {
-                if is_not_found(&e) {
-                    Error::NotFound { cid: *cid }
-                } else {
-                    self.error("block/get", e)
-                }
-            })?;
+            .map_err(|e| if is_not_found(&e) { Error::NotFound { cid: *cid } } else { self.error("block/get", e) })?;
         Block::verified(*cid, data)
     }
 
@@ -300,19 +273,13 @@ impl BlockStore for KuboStore {
     }
 
     fn pin_rm(&self, cid: &Cid) -> Result<()> {
-        let mode = self
-            .pin_ls()?
-            .into_iter()
-            .find(|(c, _)| c.hash() == cid.hash())
-            .map(|(_, m)| m);
+        let mode = self.pin_ls()?.into_iter().find(|(c, _)| c.hash() == cid.hash()).map(|(_, m)| m);
         let Some(mode) = mode else {
             return Err(Error::NotPinned { cid: *cid });
         };
         let c = self.client.clone();
         let key = cid.to_string();
-        self.call("pin/rm", move || async move {
-            c.pin_rm(&key, mode == PinMode::Recursive).await
-        })?;
+        self.call("pin/rm", move || async move { c.pin_rm(&key, mode == PinMode::Recursive).await })?;
         Ok(())
     }
 

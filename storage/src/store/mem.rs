@@ -32,16 +32,13 @@ impl MemStore {
 impl BlockStore for MemStore {
     fn put(&self, block: &Block) -> Result<()> {
         let mut map = self.blocks.write().unwrap_or_else(|p| p.into_inner());
-        map.entry(block.cid().hash().to_bytes())
-            .or_insert_with(|| block.data().to_vec());
+        map.entry(block.cid().hash().to_bytes()).or_insert_with(|| block.data().to_vec());
         Ok(())
     }
 
     fn get(&self, cid: &Cid) -> Result<Block> {
         let map = self.blocks.read().unwrap_or_else(|p| p.into_inner());
-        let data = map
-            .get(&cid.hash().to_bytes())
-            .ok_or(Error::NotFound { cid: *cid })?;
+        let data = map.get(&cid.hash().to_bytes()).ok_or(Error::NotFound { cid: *cid })?;
         Block::verified(*cid, data.clone())
     }
 
@@ -65,9 +62,8 @@ impl BlockStore for MemStore {
         let map = self.blocks.read().unwrap_or_else(|p| p.into_inner());
         map.keys()
             .map(|k| {
-                let mh = multihash::Multihash::<64>::from_bytes(k).map_err(|e| {
-                    Error::Unsupported(format!("bad multihash in memory store: {e}"))
-                })?;
+                let mh = multihash::Multihash::<64>::from_bytes(k)
+                    .map_err(|e| Error::Unsupported(format!("bad multihash in memory store: {e}")))?;
                 Ok(raw_cid(&Cid::new_v1(crate::block::RAW, mh)))
             })
             .collect()
@@ -85,9 +81,7 @@ impl BlockStore for MemStore {
 
     fn pin_rm(&self, cid: &Cid) -> Result<()> {
         let mut pins = self.pins.write().unwrap_or_else(|p| p.into_inner());
-        pins.remove(&cid.to_bytes())
-            .map(drop)
-            .ok_or(Error::NotPinned { cid: *cid })
+        pins.remove(&cid.to_bytes()).map(drop).ok_or(Error::NotPinned { cid: *cid })
     }
 
     fn pin_ls(&self) -> Result<Vec<(Cid, PinMode)>> {

@@ -1,0 +1,43 @@
+# Shoal's two entry points for a newcomer (see README.md):
+#   make demo   runs the main job on the embedded store (no daemon, no Kubo)
+#   make test   installs what the tests need and passes the whole suite
+# Each installs what it needs through scripts/setup.sh, which skips what
+# is already there.
+
+CARGO ?= cargo
+SHOAL := target/debug/shoal
+
+.PHONY: all demo test lint unit bench deps deps-test build clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+deps:
+	scripts/setup.sh
+
+deps-test:
+	scripts/setup.sh --test
+
+## The main job: import the sample dataset into the embedded store, print
+## its CID, and read it back by CID.
+demo: build
+	scripts/demo.sh $(SHOAL)
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Everything CI runs. Crates are fetched and built first; the tests then
+## run with no network but loopback (scripts/offline.sh).
+test: deps-test lint
+	$(CARGO) test --workspace --no-run
+	scripts/offline.sh $(CARGO) test --workspace --offline
+
+## Benchmarks: ratios measured side by side in one run (see docs/).
+bench: deps-test
+	$(CARGO) bench -p shoal-storage --bench storage
+
+clean:
+	$(CARGO) clean
