@@ -42,7 +42,7 @@ pub enum Kind {
         /// The link target.
         target: String,
     },
-    /// A HAMT-sharded directory (listed, not yet traversed).
+    /// A HAMT-sharded directory.
     Sharded,
     /// A block of another codec (e.g. dag-cbor).
     Other {
@@ -276,7 +276,12 @@ fn get_into(store: &dyn BlockStore, cid: &Cid, dest: &Path, stats: &mut GetStats
             stats.symlinks += 1;
         }
         Kind::Sharded => {
-            return Err(Error::Unsupported(format!("{cid} is a hamt-sharded directory, which shoal cannot read yet")))
+            let entries = ls(store, cid)?;
+            fs::create_dir(dest).map_err(|e| Error::io("cannot create directory", dest, e))?;
+            stats.dirs += 1;
+            for e in entries {
+                get_into(store, &e.cid, &dest.join(&e.name), stats, depth + 1)?;
+            }
         }
         Kind::Other { .. } => {
             return Err(Error::WrongKind { cid: *cid, actual: "not a unixfs node", expected: "a file or directory" })

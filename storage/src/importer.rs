@@ -13,12 +13,11 @@
 //! chunks while a reader thread fills the next batch, so memory stays at a
 //! few batches whatever the file size.
 //!
-//! Directories list their entries sorted by name bytes, as Kubo does.
+//! Directories list their entries sorted by name bytes, as Kubo does, and
+//! become HAMT shards (see [`crate::hamt`]) past Kubo's size threshold.
 //! Symlinks inside an imported directory are stored as UnixFS symlink
 //! nodes holding the link's target and are never followed; a symlink given
-//! as the path to import is followed, as Kubo does with its argument. Kubo switches a directory to a HAMT shard once
-//! its estimated node size reaches 256 KiB; Shoal does not build HAMT
-//! shards yet and refuses such a directory rather than give a different CID.
+//! as the path to import is followed, as Kubo does with its argument.
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -205,13 +204,16 @@ impl<'a> Importer<'a> {
             bytes += b;
             tsize_sum += child.tsize;
             estimated += name.len() + child.cid.to_bytes().len();
-            if estimated >= SHARDING_THRESHOLD {
-                return Err(Error::Unsupported(format!(
-                    "directory {} is large enough that kubo would shard it (hamt), which shoal does not build yet; split it into subdirectories",
-                    path.display()
-                )));
-            }
             links.push(PbLink { hash: child.cid, name: Some(name), tsize: Some(child.tsize) });
+        }
+        if estimated >= SHARDING_THRESHOLD {
+            let entries = links
+                .into_iter()
+                .map(|l| crate::hamt::Entry { name: l.name.unwrap_or_default(), cid: l.hash, tsize: l.tsize.unwrap_or(0) })
+                .collect();
+            let (blocks, cid, tsize) = crate::hamt::build(entries, self.opts.cid_version)?;
+            self.store.put_many(&blocks)?;
+            return Ok((Link { cid, filesize: 0, tsize }, bytes));
         }
         let block = self.node(links, &UnixFs::new(DataType::Directory));
         self.store.put(&block)?;

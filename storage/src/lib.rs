@@ -17,6 +17,7 @@
 //! ## Layout
 //! - `block.rs`: [`Block`], CIDs, hashing, codec constants.
 //! - `pb.rs`: the dag-pb and UnixFS protobuf codecs.
+//! - `hamt.rs`: HAMT-sharded directories (Kubo's large-directory form).
 //! - `importer.rs`, `exporter.rs`: files and directories in and out.
 //! - `store/`: the trait and its `mem`, `fs` and `kubo` implementations.
 //! - `pin.rs`, `repo.rs`, `car.rs`: pins, maintenance, CAR files.
@@ -26,6 +27,7 @@ pub mod block;
 pub mod car;
 mod error;
 pub mod exporter;
+pub mod hamt;
 pub mod importer;
 pub mod pb;
 pub mod pin;

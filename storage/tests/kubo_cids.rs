@@ -88,17 +88,29 @@ fn symlinks_are_stored_not_followed_and_the_argument_is_followed() {
     check(&arg);
 }
 
+/// Kubo turns a directory into a HAMT shard once its estimated size
+/// (sum of name + CID lengths) reaches 256 KiB: just below, just at and
+/// well above the threshold, nested, and read back through the exporter.
 #[test]
-fn directories_kubo_would_shard_are_refused_not_mis_hashed() {
+fn large_directories_become_hamt_shards_like_kubo() {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("wide");
-    fs::create_dir(&d).unwrap();
-    for i in 0..6500 {
-        fs::write(d.join(format!("entry-{i:06}")), b"").unwrap();
+    // Each entry: 12-byte name + 34-byte CIDv0 = 46 bytes; 262144 / 46 = 5698.7.
+    for (n, count) in [("below", 5698usize), ("above", 5699), ("far", 12000)] {
+        let d = dir.path().join(n);
+        fs::create_dir(&d).unwrap();
+        for i in 0..count {
+            fs::write(d.join(format!("entry-{i:06}")), i.to_string()).unwrap();
+        }
+        check(&d);
     }
-    let err = Importer::new(&MemStore::new(), Options::default()).add_path(&d).unwrap_err().to_string();
-    assert!(err.contains("shard"), "{err}");
-    assert!(err.contains("wide"), "{err}");
+    let store = MemStore::new();
+    let added = Importer::new(&store, Options::default()).add_path(&dir.path().join("far")).unwrap();
+    let entries = shoal_storage::exporter::ls(&store, &added.root).unwrap();
+    assert_eq!(entries.len(), 12000);
+    let cid = shoal_storage::exporter::resolve(&store, &added.root, &["entry-004242".to_string()]).unwrap();
+    let mut out = Vec::new();
+    shoal_storage::exporter::cat(&store, &cid, &mut out).unwrap();
+    assert_eq!(out, b"4242");
 }
 
 #[derive(Debug, Clone)]
