@@ -232,12 +232,7 @@ impl<'a> Importer<'a> {
             let l = Link { cid: *b.cid(), filesize: len, tsize: len };
             (b, l)
         } else {
-            let mut u = UnixFs::new(DataType::File);
-            u.filesize = Some(len);
-            if len > 0 {
-                u.data = Some(chunk);
-            }
-            let b = self.node(Vec::new(), &u);
+            let b = Block::new(self.opts.cid_version, DAG_PB, crate::pb::encode_file_leaf(&chunk));
             let l = Link { cid: *b.cid(), filesize: len, tsize: b.len() as u64 };
             (b, l)
         }

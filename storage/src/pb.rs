@@ -213,6 +213,26 @@ impl PbNode {
     }
 }
 
+/// The dag-pb bytes of a UnixFS file leaf holding `chunk` (what
+/// `PbNode { data: UnixFs { File, data, filesize } }.encode()` gives), built
+/// with a single copy of the chunk: the importer's hot path.
+pub fn encode_file_leaf(chunk: &[u8]) -> Vec<u8> {
+    let len = chunk.len() as u64;
+    let data_field = if chunk.is_empty() { 0 } else { 1 + varint_len(len) + chunk.len() };
+    let inner = 2 + data_field + 1 + varint_len(len);
+    let mut out = Vec::with_capacity(1 + varint_len(inner as u64) + inner);
+    put_key(&mut out, 1, 2);
+    put_varint(&mut out, inner as u64);
+    put_key(&mut out, 1, 0);
+    put_varint(&mut out, DataType::File as u64);
+    if !chunk.is_empty() {
+        put_bytes(&mut out, 2, chunk);
+    }
+    put_key(&mut out, 3, 0);
+    put_varint(&mut out, len);
+    out
+}
+
 /// UnixFS node types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataType {
@@ -351,6 +371,20 @@ mod tests {
     fn empty_directory_matches_kubo() {
         let node = PbNode { links: vec![], data: Some(UnixFs::new(DataType::Directory).encode()) };
         assert_eq!(node.encode(), vec![0x0a, 0x02, 0x08, 0x01]);
+    }
+
+    #[test]
+    fn file_leaf_fast_path_matches_the_general_encoder() {
+        for n in [0usize, 1, 127, 128, 300, 262144] {
+            let chunk: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let mut u = UnixFs::new(DataType::File);
+            u.filesize = Some(n as u64);
+            if n > 0 {
+                u.data = Some(chunk.clone());
+            }
+            let general = PbNode { links: vec![], data: Some(u.encode()) }.encode();
+            assert_eq!(encode_file_leaf(&chunk), general, "{n}");
+        }
     }
 
     #[test]
