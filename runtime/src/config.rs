@@ -123,6 +123,8 @@ impl Config {
     /// allocator, for baselines that want to isolate the pool's effect.
     pub fn wasmtime_config_without_pooling(&self) -> wasmtime::Config {
         let mut cfg = wasmtime::Config::new();
+        // Threads (shared memories, atomics waits) are off by construction:
+        // wasmtime is built without its `threads` feature.
         cfg.strategy(Strategy::Cranelift)
             .wasm_bulk_memory(true)
             .wasm_simd(true)
@@ -130,7 +132,6 @@ impl Config {
             .wasm_multi_value(true)
             .wasm_reference_types(true)
             .wasm_exceptions(true)
-            .wasm_threads(false)
             .wasm_multi_memory(false)
             .wasm_memory64(false)
             .max_wasm_stack(self.max_wasm_stack)
