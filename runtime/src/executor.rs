@@ -38,6 +38,8 @@ struct Watch {
     max_bytes: u64,
     max_files: u64,
     stopped: Option<Stop>,
+    /// Real-time deadline, for host calls that block (sleeps).
+    deadline: Option<Instant>,
 }
 
 impl Watch {
@@ -84,6 +86,22 @@ fn wasi_of(d: &mut StoreData) -> &mut WasiP1Ctx {
     &mut d.wasi
 }
 
+impl crate::shims::ShimHost for StoreData {
+    fn wasi(&mut self) -> &mut WasiP1Ctx {
+        &mut self.wasi
+    }
+
+    fn time_left(&self) -> Duration {
+        self.watch.deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        })
+    }
+
+    fn timed_out(&mut self) {
+        self.watch.stopped = Some(Stop::Timeout);
+    }
+}
+
 /// A compiled, linked module ready to instantiate.
 struct Prepared {
     pre: InstancePre<StoreData>,
@@ -118,7 +136,7 @@ impl Executor {
         let engine = Engine::new(&config.wasmtime_config()).map_err(Error::engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, wasi_of).map_err(Error::engine)?;
-        crate::shims::add_to_linker(&mut linker, wasi_of).map_err(Error::engine)?;
+        crate::shims::add_to_linker(&mut linker).map_err(Error::engine)?;
         // Remember what the linker provides so a link failure can name every
         // missing import, not just the first one wasmtime reports.
         let provided = {
@@ -279,6 +297,7 @@ impl Executor {
                 max_bytes: limits.outputs_bytes,
                 max_files: limits.outputs_files,
                 stopped: None,
+                deadline: Instant::now().checked_add(limits.timeout),
             },
         };
         let mut store = Store::new(&self.engine, data);
@@ -396,6 +415,7 @@ fn placeholder_data() -> StoreData {
             max_bytes: 0,
             max_files: 0,
             stopped: None,
+            deadline: None,
         },
     }
 }

@@ -8,6 +8,14 @@
 //! - `path_link`: a hard link from a read-only input into `/outputs` would
 //!   give the guest a writable name for an input file (and, through it, for
 //!   the host's copy). Hard links are refused with `ENOTSUP`.
+//! - `poll_oneoff`: a guest sleeping in a host call cannot be interrupted
+//!   by epochs, so `sleep(3600)` would hold the job far past its timeout.
+//!   Ours computes how long the call could block (only when every
+//!   subscription is a clock: descriptors in this sandbox are always
+//!   ready) and ends the job as timed out right away if that is beyond the
+//!   job's deadline; otherwise it delegates.
+
+use std::time::Duration;
 
 use wasmtime::{Caller, Linker};
 use wasmtime_wasi::p1::wasi_snapshot_preview1::WasiSnapshotPreview1;
@@ -27,12 +35,67 @@ const DIRENT_SIZE: usize = 24;
 
 const MODULE: &str = "wasi_snapshot_preview1";
 
+/// Size of a preview1 `subscription`.
+const SUBSCRIPTION_SIZE: usize = 48;
+
+/// What the shims need from the store's data.
+pub(crate) trait ShimHost: Send + 'static {
+    /// The WASI context.
+    fn wasi(&mut self) -> &mut WasiP1Ctx;
+    /// Real time left before the job's timeout.
+    fn time_left(&self) -> Duration;
+    /// Records that the job is being stopped for its timeout.
+    fn timed_out(&mut self);
+}
+
 /// Installs the shims over the ones `add_to_linker_sync` defined.
-pub(crate) fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    wasi: fn(&mut T) -> &mut WasiP1Ctx,
-) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker<T: ShimHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    let wasi = T::wasi;
     linker.allow_shadowing(true);
+    linker.func_wrap(
+        MODULE,
+        "poll_oneoff",
+        |mut caller: Caller<'_, T>,
+         subs: i32,
+         events: i32,
+         nsubs: i32,
+         nevents: i32|
+         -> wasmtime::Result<i32> {
+            let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+                return Ok(types::Errno::Fault as i32);
+            };
+            let (mem, host) = memory.data_and_store_mut(&mut caller);
+            if let Some(wait) = longest_block(host.wasi(), mem, subs as u32, nsubs as u32) {
+                if wait > host.time_left() {
+                    host.timed_out();
+                    return Err(wasmtime::format_err!("job would sleep past its timeout"));
+                }
+            }
+            let (subs, events, nsubs) = (subs as u32, events as u32, nsubs as u32);
+            let nevents = nevents as u32 as usize;
+            let n = {
+                let mut gm = GuestMemory::Unshared(&mut *mem);
+                let fut = host.wasi().poll_oneoff(
+                    &mut gm,
+                    GuestPtr::new(subs),
+                    GuestPtr::new(events),
+                    nsubs,
+                );
+                match wasmtime_wasi::runtime::in_tokio(fut) {
+                    Ok(n) => n,
+                    Err(e) => return e.downcast().map(|errno| errno as i32),
+                }
+            };
+            match nevents
+                .checked_add(4)
+                .and_then(|end| mem.get_mut(nevents..end))
+            {
+                Some(dst) => dst.copy_from_slice(&n.to_le_bytes()),
+                None => return Ok(types::Errno::Fault as i32),
+            }
+            Ok(types::Errno::Success as i32)
+        },
+    )?;
     linker.func_wrap(
         MODULE,
         "fd_readdir",
@@ -78,6 +141,38 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
     )?;
     linker.allow_shadowing(false);
     Ok(())
+}
+
+/// How long a `poll_oneoff` with these subscriptions can block: the
+/// shortest clock timeout when every subscription is a clock, `None` when
+/// it cannot block (a descriptor subscription, which is always ready here)
+/// or the subscriptions are unreadable (the real call reports that).
+fn longest_block(ctx: &mut WasiP1Ctx, mem: &[u8], subs: u32, nsubs: u32) -> Option<Duration> {
+    let start = subs as usize;
+    let len = (nsubs as usize).checked_mul(SUBSCRIPTION_SIZE)?;
+    let bytes = mem.get(start..start.checked_add(len)?)?;
+    let mut shortest: Option<u64> = None;
+    for sub in bytes.chunks_exact(SUBSCRIPTION_SIZE) {
+        if sub[8] != 0 {
+            return None;
+        }
+        let id = u32::from_le_bytes(sub[16..20].try_into().ok()?);
+        let timeout = u64::from_le_bytes(sub[24..32].try_into().ok()?);
+        let flags = u16::from_le_bytes(sub[40..42].try_into().ok()?);
+        let relative = if flags & 1 == 1 {
+            // Absolute: measure against the same clock the guest sees.
+            let clock = types::Clockid::try_from(id).ok()?;
+            let mut empty = [0u8; 0];
+            let now = ctx
+                .clock_time_get(&mut GuestMemory::Unshared(&mut empty), clock, 0)
+                .ok()?;
+            timeout.saturating_sub(now)
+        } else {
+            timeout
+        };
+        shortest = Some(shortest.map_or(relative, |s| s.min(relative)));
+    }
+    shortest.map(Duration::from_nanos)
 }
 
 /// One directory entry as the guest sees it, minus the cookie.

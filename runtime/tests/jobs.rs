@@ -409,3 +409,25 @@ fn concurrent_jobs() {
         assert!(h.join().unwrap().contains(&format!("arg 1: {i}")));
     }
 }
+
+#[test]
+fn sleeping_past_the_timeout_is_stopped_at_once() {
+    let mut t = task("sleep", &[]);
+    t.limits.timeout = Duration::from_secs(5);
+    let o = executor().run(&t).unwrap();
+    assert!(
+        matches!(o.failure, Some(Failure::Timeout { .. })),
+        "{:?}",
+        o.failure
+    );
+    assert!(o.wall_time < Duration::from_secs(1), "{:?}", o.wall_time);
+
+    let o = executor().run(&task("sleep", &["30"])).unwrap();
+    assert!(o.success(), "{:?}", o.failure);
+    assert_eq!(stdout(&o), "slept 30 ms\n");
+    assert!(
+        o.wall_time >= Duration::from_millis(30),
+        "{:?}",
+        o.wall_time
+    );
+}
