@@ -119,7 +119,15 @@ pub struct Executor {
     memory_cache: MemoryCache<Prepared>,
     disk_cache: Option<DiskCache>,
     ticker: Option<Ticker>,
+    /// Cache keys of recently seen in-memory module buffers, matched by
+    /// `Arc` identity. Holding the `Arc` keeps the buffer alive, so an
+    /// address can never be reused for different bytes. Saves hashing the
+    /// module on every run of the same buffer (~0.1 ms per 150 KB).
+    recent_keys: std::sync::Mutex<Vec<(Arc<[u8]>, cache::Key)>>,
 }
+
+/// How many module buffers' keys are remembered by identity.
+const RECENT_KEYS: usize = 8;
 
 impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -168,6 +176,7 @@ impl Executor {
             provided,
             disk_cache,
             ticker,
+            recent_keys: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -198,7 +207,8 @@ impl Executor {
     /// module that cannot be used is reported as `Ok(Err(failure))`.
     pub fn precompile(&self, module: &ModuleSource) -> Result<Result<(), Failure>, Error> {
         let bytes = load_bytes(module)?;
-        Ok(self.prepare(&bytes).map(|_| ()))
+        let key = self.key(module, &bytes);
+        Ok(self.prepare(key, &bytes).map(|_| ()))
     }
 
     /// Runs one job to completion. Guest failures are in the outcome;
@@ -230,7 +240,8 @@ impl Executor {
                 return Err(Error::InvalidTask(format!("argument {a:?} contains NUL")));
             }
         }
-        let (prepared, cached) = match self.prepare(&bytes) {
+        let key = self.key(&task.module, &bytes);
+        let (prepared, cached) = match self.prepare(key, &bytes) {
             Ok(p) => p,
             Err(f) => return Ok(Outcome::failed(f, deterministic)),
         };
@@ -352,9 +363,24 @@ impl Executor {
         })
     }
 
+    fn key(&self, source: &ModuleSource, bytes: &Arc<[u8]>) -> cache::Key {
+        if !matches!(source, ModuleSource::Bytes(_)) {
+            // A file is read into a fresh buffer every time: nothing to
+            // remember it by.
+            return cache::key(&self.engine, bytes);
+        }
+        let mut recent = self.recent_keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, k)) = recent.iter().find(|(b, _)| Arc::ptr_eq(b, bytes)) {
+            return *k;
+        }
+        let k = cache::key(&self.engine, bytes);
+        recent.insert(0, (bytes.clone(), k));
+        recent.truncate(RECENT_KEYS);
+        k
+    }
+
     /// The prepared module for `bytes` and whether it came from a cache.
-    fn prepare(&self, bytes: &[u8]) -> Result<(Arc<Prepared>, bool), Failure> {
-        let key = cache::key(&self.engine, bytes);
+    fn prepare(&self, key: cache::Key, bytes: &[u8]) -> Result<(Arc<Prepared>, bool), Failure> {
         if let Some(p) = self.memory_cache.get(&key) {
             return Ok((p, true));
         }
