@@ -431,3 +431,11 @@ fn sleeping_past_the_timeout_is_stopped_at_once() {
         o.wall_time
     );
 }
+
+#[test]
+fn initial_memory_above_limit_is_a_memory_failure() {
+    let mut t = task("hello", &[]);
+    t.limits.memory = 64 << 10;
+    let o = executor().run(&t).unwrap();
+    assert_eq!(o.failure, Some(Failure::MemoryLimit { limit: 64 << 10 }));
+}

@@ -23,6 +23,8 @@ fn escape_attempts_all_fail() {
     t.outputs = Some(output.path().to_path_buf());
     let o = executor().run(&t).unwrap();
     let out = stdout(&o);
+    // Shown with --nocapture: which errno each attempt got.
+    println!("{out}");
     assert!(o.success(), "{:?}\n{out}", o.failure);
     assert!(!out.contains("ESCAPED"), "{out}");
     assert!(out.contains("escapes: 0"), "{out}");
