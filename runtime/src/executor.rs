@@ -80,6 +80,7 @@ pub(crate) struct StoreData {
     wasi: WasiP1Ctx,
     limiter: Limiter,
     watch: Watch,
+    listing: crate::shims::ListingCache,
 }
 
 fn wasi_of(d: &mut StoreData) -> &mut WasiP1Ctx {
@@ -99,6 +100,10 @@ impl crate::shims::ShimHost for StoreData {
 
     fn timed_out(&mut self) {
         self.watch.stopped = Some(Stop::Timeout);
+    }
+
+    fn listing_cache(&mut self) -> &mut crate::shims::ListingCache {
+        &mut self.listing
     }
 }
 
@@ -310,6 +315,7 @@ impl Executor {
                 stopped: None,
                 deadline: Instant::now().checked_add(limits.timeout),
             },
+            listing: Default::default(),
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|d| &mut d.limiter);
@@ -443,6 +449,7 @@ fn placeholder_data() -> StoreData {
             stopped: None,
             deadline: None,
         },
+        listing: Default::default(),
     }
 }
 

@@ -46,11 +46,22 @@ pub(crate) trait ShimHost: Send + 'static {
     fn time_left(&self) -> Duration;
     /// Records that the job is being stopped for its timeout.
     fn timed_out(&mut self);
+    /// The directory listing being paged through.
+    fn listing_cache(&mut self) -> &mut ListingCache;
+}
+
+/// The sorted listing of the directory the guest is reading, so that paging
+/// through a big directory (one call per buffer-full, resumed by cookie)
+/// lists and stats it once rather than once per call. Holds at most one
+/// listing, itself bounded by [`MAX_LISTING_BYTES`].
+#[derive(Debug, Default)]
+pub(crate) struct ListingCache {
+    fd: Option<u32>,
+    entries: Vec<Entry>,
 }
 
 /// Installs the shims over the ones `add_to_linker_sync` defined.
 pub(crate) fn add_to_linker<T: ShimHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    let wasi = T::wasi;
     linker.allow_shadowing(true);
     linker.func_wrap(
         MODULE,
@@ -99,21 +110,34 @@ pub(crate) fn add_to_linker<T: ShimHost>(linker: &mut Linker<T>) -> wasmtime::Re
     linker.func_wrap(
         MODULE,
         "fd_readdir",
-        move |mut caller: Caller<'_, T>,
-              fd: i32,
-              buf: i32,
-              buf_len: i32,
-              cookie: i64,
-              bufused: i32|
-              -> wasmtime::Result<i32> {
-            let listing = match sorted_listing(wasi(caller.data_mut()), fd as u32) {
-                Ok(l) => l,
-                Err(errno) => return Ok(errno as i32),
-            };
+        |mut caller: Caller<'_, T>,
+         fd: i32,
+         buf: i32,
+         buf_len: i32,
+         cookie: i64,
+         bufused: i32|
+         -> wasmtime::Result<i32> {
             let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
                 return Ok(types::Errno::Fault as i32);
             };
-            let mem = memory.data_mut(&mut caller);
+            let (mem, host) = memory.data_and_store_mut(&mut caller);
+            let fd = fd as u32;
+            // Cookie 0 starts a new listing; later cookies page through the
+            // one cached for this descriptor.
+            if cookie == 0 || host.listing_cache().fd != Some(fd) {
+                let listing = sorted_listing(host.wasi(), fd);
+                let cache = host.listing_cache();
+                match listing {
+                    Ok(entries) => {
+                        cache.fd = Some(fd);
+                        cache.entries = entries;
+                    }
+                    Err(errno) => {
+                        *cache = ListingCache::default();
+                        return Ok(errno as i32);
+                    }
+                }
+            }
             let (buf, buf_len, bufused) = (
                 buf as u32 as usize,
                 buf_len as u32 as usize,
@@ -127,7 +151,11 @@ pub(crate) fn add_to_linker<T: ShimHost>(linker: &mut Linker<T>) -> wasmtime::Re
             if buf_end > mem.len() || used_end > mem.len() {
                 return Ok(types::Errno::Fault as i32);
             }
-            let written = serialize(&listing, cookie as u64, &mut mem[buf..buf_end]);
+            let written = serialize(
+                &host.listing_cache().entries,
+                cookie as u64,
+                &mut mem[buf..buf_end],
+            );
             mem[bufused..used_end].copy_from_slice(&(written as u32).to_le_bytes());
             Ok(types::Errno::Success as i32)
         },

@@ -395,6 +395,35 @@ fn directory_listing_is_sorted() {
 }
 
 #[test]
+fn large_directory_listing_is_complete_and_sorted() {
+    // ~150 KB of dirents: several fd_readdir calls, resumed by cookie.
+    let input = tempfile::tempdir().unwrap();
+    let mut names: Vec<String> = (0..4000u32)
+        .map(|i| {
+            format!(
+                "file-with-a-longish-name-{:08x}",
+                i.wrapping_mul(2_654_435_761)
+            )
+        })
+        .collect();
+    for n in &names {
+        fs::write(input.path().join(n), b"").unwrap();
+    }
+    names.sort();
+    let mut t = task("ls", &["/inputs"]);
+    t.mounts = vec![Mount::new(input.path(), "/inputs")];
+    let start = std::time::Instant::now();
+    let o = executor().run(&t).unwrap();
+    assert!(o.success(), "{:?}", o.failure);
+    let listed: Vec<&str> = std::str::from_utf8(&o.stdout.bytes)
+        .unwrap()
+        .lines()
+        .collect();
+    assert_eq!(listed, names);
+    println!("listed 4000 entries in {:?}", start.elapsed());
+}
+
+#[test]
 fn concurrent_jobs() {
     let handles: Vec<_> = (0..4)
         .map(|i| {
