@@ -143,3 +143,30 @@ impl Config {
         cfg
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &[u8] = b"\0asm\x01\0\0\0";
+
+    fn validates(sections: &[u8]) -> bool {
+        let engine = wasmtime::Engine::new(&Config::default().wasmtime_config()).unwrap();
+        let bytes = [HEADER, sections].concat();
+        wasmtime::Module::validate(&engine, &bytes).is_ok()
+    }
+
+    #[test]
+    fn exceptions_and_simd_on_threads_off() {
+        // type section: one func type [] -> []; tag section: one tag of it.
+        assert!(validates(&[1, 4, 1, 0x60, 0, 0, 13, 3, 1, 0, 0]));
+        // type section: [] -> [v128].
+        assert!(validates(&[1, 5, 1, 0x60, 0, 1, 0x7b]));
+        // multi-value: [] -> [i32 i32].
+        assert!(validates(&[1, 6, 1, 0x60, 0, 2, 0x7f, 0x7f]));
+        // memory section: one shared memory (min 1, max 1) needs threads.
+        assert!(!validates(&[5, 4, 1, 3, 1, 1]));
+        // Sanity: the same memory unshared is fine.
+        assert!(validates(&[5, 4, 1, 1, 1, 1]));
+    }
+}
