@@ -468,3 +468,36 @@ fn initial_memory_above_limit_is_a_memory_failure() {
     let o = executor().run(&t).unwrap();
     assert_eq!(o.failure, Some(Failure::MemoryLimit { limit: 64 << 10 }));
 }
+
+#[test]
+#[ignore = "needs a rustc with the wasm32-wasi std: apt-get install rustc libstd-rust-dev-wasm32"]
+fn rust_guest_lists_inputs() {
+    let out = std::process::Command::new("make")
+        .args(["-C", common::samples_dir().to_str().unwrap(), "rust"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let input = tempfile::tempdir().unwrap();
+    let output = tempfile::tempdir().unwrap();
+    fs::write(input.path().join("b"), b"12").unwrap();
+    fs::write(input.path().join("a"), b"1").unwrap();
+    let mut t = Task::from_path(common::samples_dir().join("build/rust-listdir.wasm"));
+    t.mounts = vec![Mount::new(input.path(), "/inputs")];
+    t.outputs = Some(output.path().to_path_buf());
+    let o = executor().run(&t).unwrap();
+    assert!(
+        o.success(),
+        "{:?} {}",
+        o.failure,
+        String::from_utf8_lossy(&o.stderr.bytes)
+    );
+    assert_eq!(stdout(&o), "2 entries in /inputs\n");
+    assert_eq!(
+        fs::read_to_string(output.path().join("names.txt")).unwrap(),
+        "a\t1\nb\t2\n"
+    );
+}
