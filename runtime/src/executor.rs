@@ -333,7 +333,13 @@ impl Executor {
                 Err(CallError::Wasm(e))
             }
             // Pool exhaustion and similar: not the guest's fault.
-            Err(e) => return Err(Error::engine(e)),
+            Err(e) => {
+                return Err(Error::Engine(format!(
+                    "cannot instantiate the job ({} jobs may run at once: retry later or raise \
+                     Config::max_concurrent_jobs): {e:#}",
+                    self.config.max_concurrent_jobs
+                )))
+            }
         };
         let wall_time = started.elapsed();
         let fuel_left = store.get_fuel().unwrap_or(0);

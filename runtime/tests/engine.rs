@@ -97,3 +97,29 @@ fn manual_ticks_drive_the_timeout() {
         o.wall_time
     );
 }
+
+#[test]
+fn full_pool_is_a_host_error_not_a_crash() {
+    let mut cfg = Config::default();
+    cfg.max_concurrent_jobs = 1;
+    let exec = Arc::new(Executor::new(cfg).unwrap());
+    let mut spin = task("spin", &[]);
+    spin.limits.timeout = Duration::from_millis(600);
+    // Compile up front so the spinning job surely holds the slot in time.
+    exec.precompile(&spin.module).unwrap().unwrap();
+    let busy = {
+        let exec = exec.clone();
+        std::thread::spawn(move || exec.run(&spin).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let err = exec.run(&task("hello", &[])).unwrap_err();
+    assert!(err.to_string().contains("max_concurrent_jobs"), "{err}");
+    let o = busy.join().unwrap();
+    assert!(
+        matches!(o.failure, Some(Failure::Timeout { .. })),
+        "{:?}",
+        o.failure
+    );
+    // The slot is free again.
+    assert!(exec.run(&task("hello", &[])).unwrap().success());
+}
