@@ -1,14 +1,26 @@
-//! `shoal run`: run one WASI job locally.
+//! `shoal run` and `shoal inspect`: run one WASI job locally over
+//! content-addressed data, and look at results.
 //!
-//! This module only parses the command line and maps it onto
-//! [`shoal_runtime::Task`]; resolving `SRC` (a local path or, once wired to
-//! storage, a CID) is the caller's job, passed in as a closure.
+//! `MODULE` and each `--input SRC` are CIDs (`CID` or `CID/path`) or local
+//! paths, which are imported and pinned first; the job then runs through
+//! [`shoal_runtime::job`], entirely from the block store, and its result is
+//! stored and pinned as one CID.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use std::io::Write;
+use std::process::ExitCode;
+
 use anyhow::{bail, Context};
-use shoal_runtime::{Entry, Limits, Mode, ModuleSource, Mount, Outcome, Task};
+use shoal_runtime::job::{self, Input, Spec};
+use shoal_runtime::{Config, Entry, Executor, Limits, Outcome};
+use shoal_storage::block::parse_cid_path;
+use shoal_storage::importer::{Importer, Options};
+use shoal_storage::PinMode;
+
+use crate::output;
+use crate::store::Store;
+use crate::Ctx;
 
 /// Run a WebAssembly (WASI preview1) module in the sandbox.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,12 +43,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub fuel: Option<u64>,
     /// Export to call for a command module.
-    #[arg(
-        long,
-        value_name = "NAME",
-        default_value = "_start",
-        conflicts_with = "invoke"
-    )]
+    #[arg(long, value_name = "NAME", default_value = "_start", conflicts_with = "invoke")]
     pub entrypoint: String,
     /// Treat the module as a reactor: call `_initialize`, then EXPORT.
     #[arg(long, value_name = "EXPORT")]
@@ -44,12 +51,9 @@ pub struct RunArgs {
     /// Use real clocks and OS randomness (the result is marked as such).
     #[arg(long)]
     pub nondeterministic: bool,
-    /// Print only the job's own output.
+    /// Print only the result CID (as the last line) after the job's output.
     #[arg(short, long)]
     pub quiet: bool,
-    /// Print the outcome as JSON.
-    #[arg(long)]
-    pub json: bool,
     /// The module: a .wasm path (or, with storage, a CID).
     #[arg(value_name = "MODULE")]
     pub module: String,
@@ -71,17 +75,12 @@ pub struct InputSpec {
 fn parse_input(s: &str) -> Result<InputSpec, String> {
     // The guest path is absolute, so split at the last ":/": SRC itself may
     // contain colons.
-    let at = s
-        .rfind(":/")
-        .ok_or_else(|| format!("expected SRC:GUEST_PATH with an absolute guest path, got {s:?}"))?;
+    let at = s.rfind(":/").ok_or_else(|| format!("expected SRC:GUEST_PATH with an absolute guest path, got {s:?}"))?;
     let (src, guest) = (&s[..at], &s[at + 1..]);
     if src.is_empty() {
         return Err(format!("empty SRC in {s:?}"));
     }
-    Ok(InputSpec {
-        src: src.to_owned(),
-        guest: guest.to_owned(),
-    })
+    Ok(InputSpec { src: src.to_owned(), guest: guest.to_owned() })
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -110,53 +109,9 @@ impl RunArgs {
     /// How the module is entered.
     pub fn entry(&self) -> Entry {
         match &self.invoke {
-            Some(export) => Entry::Reactor {
-                export: export.clone(),
-            },
-            None => Entry::Command {
-                export: self.entrypoint.clone(),
-            },
+            Some(export) => Entry::Reactor { export: export.clone() },
+            None => Entry::Command { export: self.entrypoint.clone() },
         }
-    }
-
-    /// Builds the task. `resolve` turns a `MODULE` or input `SRC` into a
-    /// host path (identity for local files; fetch-and-materialise for
-    /// CIDs). `seed` seeds deterministic randomness: pass the job spec's
-    /// hash. `outputs` is the host directory mounted at `/outputs`.
-    pub fn to_task(
-        &self,
-        mut resolve: impl FnMut(&str) -> anyhow::Result<PathBuf>,
-        outputs: Option<PathBuf>,
-        seed: [u8; 32],
-    ) -> anyhow::Result<Task> {
-        let module = resolve(&self.module).with_context(|| format!("module {}", self.module))?;
-        let mut task = Task::new(ModuleSource::Path(module));
-        task.program_name = self
-            .module
-            .rsplit('/')
-            .next()
-            .unwrap_or(&self.module)
-            .to_owned();
-        task.args = self.args.clone();
-        task.env = self.env.clone();
-        let mut names: Vec<&str> = task.env.iter().map(|(k, _)| k.as_str()).collect();
-        names.sort_unstable();
-        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            bail!("--env {} given twice", w[0]);
-        }
-        for input in &self.inputs {
-            let host = resolve(&input.src).with_context(|| format!("input {}", input.src))?;
-            task.mounts.push(Mount::new(host, input.guest.clone()));
-        }
-        task.outputs = outputs;
-        task.entry = self.entry();
-        task.limits = self.limits();
-        task.mode = if self.nondeterministic {
-            Mode::Nondeterministic
-        } else {
-            Mode::Deterministic { seed }
-        };
-        Ok(task)
     }
 }
 
@@ -177,16 +132,6 @@ pub fn outcome_json(o: &Outcome) -> serde_json::Value {
         "outputs": {"bytes": o.outputs.bytes, "files": o.outputs.files, "symlinks": o.outputs.symlinks},
         "cached": o.cached,
     })
-}
-
-/// Process exit status for an outcome: the job's own code when it exited,
-/// 1 for a non-exit failure (limit, trap, bad module), 0 on success.
-pub fn exit_status(o: &Outcome) -> i32 {
-    match (o.success(), o.exit_code) {
-        (true, _) => 0,
-        (false, Some(c)) if c != 0 => c,
-        _ => 1,
-    }
 }
 
 #[cfg(test)]
@@ -220,7 +165,6 @@ mod tests {
             "1000",
             "--nondeterministic",
             "-q",
-            "--json",
             "job.wasm",
             "--",
             "-v",
@@ -228,39 +172,210 @@ mod tests {
         ])
         .unwrap();
         let r = cli.run;
-        assert_eq!(
-            r.inputs[0],
-            InputSpec {
-                src: "data/a:b.csv".into(),
-                guest: "/inputs/a.csv".into()
-            }
-        );
+        assert_eq!(r.inputs[0], InputSpec { src: "data/a:b.csv".into(), guest: "/inputs/a.csv".into() });
         assert_eq!(r.env[1], ("A".into(), "x=y".into()));
         let l = r.limits();
         assert_eq!(l.memory, 64 << 20);
         assert_eq!(l.timeout, Duration::from_secs(90));
         assert_eq!(l.fuel, 1000);
         assert_eq!(r.args, vec!["-v", "x"]);
-        let t = r.to_task(|s| Ok(PathBuf::from(s)), None, [3; 32]).unwrap();
-        assert_eq!(t.mode, Mode::Nondeterministic);
-        assert_eq!(t.mounts.len(), 2);
-        assert_eq!(t.program_name, "job.wasm");
+        assert!(r.nondeterministic && r.quiet);
+        assert_eq!(r.inputs.len(), 2);
+        assert_eq!(r.module, "job.wasm");
     }
 
     #[test]
     fn reactor_and_bad_values() {
-        let r = Cli::try_parse_from(["shoal", "--invoke", "run", "m.wasm"])
-            .unwrap()
-            .run;
-        assert_eq!(
-            r.entry(),
-            Entry::Reactor {
-                export: "run".into()
-            }
-        );
+        let r = Cli::try_parse_from(["shoal", "--invoke", "run", "m.wasm"]).unwrap().run;
+        assert_eq!(r.entry(), Entry::Reactor { export: "run".into() });
         assert!(Cli::try_parse_from(["shoal", "--invoke", "a", "--entrypoint", "b", "m"]).is_err());
         assert!(Cli::try_parse_from(["shoal", "--input", "relative", "m"]).is_err());
         assert!(Cli::try_parse_from(["shoal", "--env", "=v", "m"]).is_err());
         assert!(Cli::try_parse_from(["shoal", "--memory", "lots", "m"]).is_err());
     }
+}
+
+/// `shoal inspect`.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// A result CID, or any CID[/path].
+    pub target: String,
+}
+
+/// A `MODULE` or `SRC` resolved to content: a CID and a path inside it.
+fn resolve_source(store: &Store, src: &str) -> anyhow::Result<(shoal_storage::Cid, Vec<String>)> {
+    let local = std::path::Path::new(src);
+    if local.exists() {
+        let _guard = store.write_guard()?;
+        let added = Importer::new(store.get(), Options::default())
+            .add_path(local)
+            .with_context(|| format!("cannot import {}", local.display()))?;
+        store.get().flush()?;
+        store.get().pin_add(&added.root, PinMode::Recursive)?;
+        return Ok((added.root, Vec::new()));
+    }
+    parse_cid_path(src).with_context(|| format!("{src} is neither an existing local path nor a cid"))
+}
+
+/// Runs the job (see the module docs); the process exits with the guest's
+/// exit status.
+pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(ctx)?;
+    let (module_root, module_path) = resolve_source(&store, &a.module)?;
+    let module = shoal_storage::exporter::resolve(store.get(), &module_root, &module_path)
+        .with_context(|| format!("module {}", a.module))?;
+    let mut spec = Spec::new(module);
+    spec.entry = a.entry();
+    spec.program_name = a.module.rsplit('/').next().unwrap_or(&a.module).to_owned();
+    spec.args = a.args.clone();
+    spec.env = a.env.clone();
+    let mut names: Vec<&str> = spec.env.iter().map(|(k, _)| k.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        bail!("--env {} given twice; give each variable once", w[0]);
+    }
+    for input in &a.inputs {
+        let (cid, path) = resolve_source(&store, &input.src).with_context(|| format!("input {}", input.src))?;
+        spec.inputs.push(Input { cid, path, guest: input.guest.clone() });
+    }
+    spec.limits = a.limits();
+    spec.deterministic = !a.nondeterministic;
+
+    let mut config = Config::default();
+    config.cache_dir = Some(ctx.home.join("cache").join("modules"));
+    // One job per process: a small instance pool reserves less memory.
+    config.max_concurrent_jobs = 2;
+    let exec = Executor::new(config).context("cannot start the wasm engine")?;
+    let finished = job::run(&exec, store.get(), &spec, &ctx.home.join("tmp"))?;
+    let o = &finished.outcome;
+    if ctx.json {
+        output::json(&serde_json::json!({
+            "result": finished.result.to_string(),
+            "outputs": finished.outputs.to_string(),
+            "spec": finished.spec.to_string(),
+            "exit_status": finished.exit_status,
+            "outcome": outcome_json(o),
+        }))?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&o.stdout.bytes)?;
+        out.flush()?;
+        std::io::stderr().write_all(&o.stderr.bytes)?;
+        if let Some(f) = &o.failure {
+            eprintln!("job failed: {}", f.to_string().lines().next().unwrap_or_default());
+        }
+        if a.quiet {
+            writeln!(out, "{}", finished.result)?;
+        } else {
+            writeln!(out, "result: {}", finished.result)?;
+            writeln!(out, "exit code: {}", finished.exit_status)?;
+            writeln!(out, "outputs: {}", finished.outputs)?;
+        }
+    }
+    Ok(ExitCode::from(u8::try_from(finished.exit_status & 0xff).unwrap_or(1)))
+}
+
+/// Shows a result (exit code, failure, sizes, outputs tree) or any other
+/// CID's kind and size.
+pub fn inspect(ctx: &Ctx, a: InspectArgs) -> anyhow::Result<ExitCode> {
+    use shoal_storage::exporter::{self, Kind};
+    let store = Store::open(ctx)?;
+    let (root, path) = parse_cid_path(&a.target)?;
+    let cid = exporter::resolve(store.get(), &root, &path)?;
+    let kind = exporter::stat(store.get(), &cid)?;
+    let entries = match kind {
+        Kind::Directory { .. } | Kind::Sharded => exporter::ls(store.get(), &cid)?,
+        _ => Vec::new(),
+    };
+    let has = |n: &str| entries.iter().any(|e| e.name == n);
+    let is_result = has("exitCode") && has("stdout") && has("stderr") && has("outputs");
+    if !is_result {
+        if ctx.json {
+            output::json(&serde_json::json!({ "cid": cid.to_string(), "kind": kind }))?;
+        } else {
+            match kind {
+                Kind::File { size } => println!("{cid}: file, {size} bytes"),
+                Kind::Directory { entries } => println!("{cid}: directory, {entries} entries"),
+                Kind::Sharded => println!("{cid}: hamt-sharded directory, {} entries", entries.len()),
+                Kind::Symlink { target } => println!("{cid}: symlink to {target}"),
+                Kind::Other { codec } => println!("{cid}: block of codec {codec:#x}"),
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let read = |name: &str| -> anyhow::Result<Vec<u8>> {
+        let c = exporter::resolve(store.get(), &cid, &[name.to_string()])?;
+        let mut v = Vec::new();
+        exporter::cat(store.get(), &c, &mut v)?;
+        Ok(v)
+    };
+    let size = |name: &str| -> anyhow::Result<u64> {
+        let c = exporter::resolve(store.get(), &cid, &[name.to_string()])?;
+        Ok(match exporter::stat(store.get(), &c)? {
+            Kind::File { size } => size,
+            _ => 0,
+        })
+    };
+    let exit = String::from_utf8_lossy(&read("exitCode")?).trim().to_string();
+    let failure =
+        if has("failure") { Some(String::from_utf8_lossy(&read("failure")?).trim().to_string()) } else { None };
+    let truncated =
+        if has("truncated") { String::from_utf8_lossy(&read("truncated")?).trim().to_string() } else { String::new() };
+    let outputs = exporter::resolve(store.get(), &cid, &["outputs".to_string()])?;
+    let mut tree = Vec::new();
+    list_tree(store.get(), &outputs, "", &mut tree, 0)?;
+    if ctx.json {
+        output::json(&serde_json::json!({
+            "cid": cid.to_string(), "kind": "result", "exit_code": exit, "failure": failure,
+            "stdout_bytes": size("stdout")?, "stderr_bytes": size("stderr")?, "truncated": truncated,
+            "outputs": outputs.to_string(),
+            "files": tree.iter().map(|(p, s)| serde_json::json!({"path": p, "size": s})).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        println!("result {cid}");
+        println!("exit code: {exit}");
+        if let Some(f) = failure {
+            println!("failure: {f}");
+        }
+        println!("stdout: {} bytes{}", size("stdout")?, if truncated.contains("stdout") { " (truncated)" } else { "" });
+        println!("stderr: {} bytes{}", size("stderr")?, if truncated.contains("stderr") { " (truncated)" } else { "" });
+        println!("outputs: {outputs}");
+        for (p, s) in tree {
+            match s {
+                Some(s) => println!("  {p} ({s} bytes)"),
+                None => println!("  {p}/"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Bounded listing of a tree: at most this many entries are shown.
+const INSPECT_MAX_ENTRIES: usize = 1000;
+
+fn list_tree(
+    store: &dyn shoal_storage::BlockStore,
+    cid: &shoal_storage::Cid,
+    prefix: &str,
+    out: &mut Vec<(String, Option<u64>)>,
+    depth: usize,
+) -> anyhow::Result<()> {
+    use shoal_storage::exporter::{self, Kind};
+    for e in exporter::ls(store, cid)? {
+        if out.len() >= INSPECT_MAX_ENTRIES || depth > 64 {
+            out.push((format!("{prefix}… (listing cut at {INSPECT_MAX_ENTRIES} entries)"), None));
+            return Ok(());
+        }
+        let p = format!("{prefix}{}", e.name);
+        match exporter::stat(store, &e.cid)? {
+            Kind::Directory { .. } | Kind::Sharded => {
+                out.push((p.clone(), None));
+                list_tree(store, &e.cid, &format!("{p}/"), out, depth + 1)?;
+            }
+            Kind::File { size } => out.push((p, Some(size))),
+            Kind::Symlink { target } => out.push((format!("{p} -> {target}"), Some(0))),
+            Kind::Other { .. } => out.push((p, Some(0))),
+        }
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cmd_run;
 mod cmd_storage;
 mod output;
 mod store;
@@ -35,6 +36,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a WASI job locally over content-addressed inputs; print its result CID.
+    Run(cmd_run::RunArgs),
+    /// Show a job result (exit code, outputs) or any CID's kind and size.
+    Inspect(cmd_run::InspectArgs),
     /// Import a file or directory, pin it, and print its root CID.
     Add(cmd_storage::AddArgs),
     /// Print a file's content.
@@ -80,6 +85,8 @@ fn main() -> ExitCode {
         interactive: std::io::stderr().is_terminal(),
     };
     let res = match cli.command {
+        Command::Run(a) => cmd_run::run(&ctx, a),
+        Command::Inspect(a) => cmd_run::inspect(&ctx, a),
         Command::Add(a) => cmd_storage::add(&ctx, a),
         Command::Cat(a) => cmd_storage::cat(&ctx, a),
         Command::Get(a) => cmd_storage::get(&ctx, a),

@@ -43,20 +43,12 @@ impl Raw {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |c| c).unwrap();
         let pre = linker.instantiate_pre(&module).unwrap();
-        Raw {
-            engine,
-            pre,
-            fuel,
-            epoch,
-        }
+        Raw { engine, pre, fuel, epoch }
     }
 
     fn run(&self, args: &[&str]) -> Duration {
         let start = Instant::now();
-        let wasi = WasiCtxBuilder::new()
-            .args(args)
-            .stdout(MemoryOutputPipe::new(1 << 20))
-            .build_p1();
+        let wasi = WasiCtxBuilder::new().args(args).stdout(MemoryOutputPipe::new(1 << 20)).build_p1();
         let mut store = Store::new(&self.engine, wasi);
         if self.fuel {
             store.set_fuel(u64::MAX).unwrap();
@@ -76,11 +68,7 @@ impl Raw {
 
 fn cpu_heavy(quick: bool) {
     let wasm = std::fs::read(common::sample("mandelbrot")).unwrap();
-    let (size, iter) = if quick {
-        ("300", "300")
-    } else {
-        ("700", "800")
-    };
+    let (size, iter) = if quick { ("300", "300") } else { ("700", "800") };
     let args = ["mandelbrot.wasm", size, iter];
     let rounds = if quick { 3 } else { 7 };
 
@@ -125,38 +113,14 @@ fn cpu_heavy(quick: bool) {
     let m: Vec<Duration> = t.into_iter().map(median).collect();
     let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!("== 1. CPU-heavy: mandelbrot {size}x{size}, {iter} iterations, median of {rounds} interleaved rounds");
-    println!(
-        "executor (deterministic, fuel+epoch, pooling) {:>10.2?}",
-        m[0]
-    );
-    println!(
-        "raw wasmtime, identical engine settings       {:>10.2?}",
-        m[1]
-    );
-    println!(
-        "raw, no NaN canonicalisation                  {:>10.2?}",
-        m[2]
-    );
-    println!(
-        "raw, no fuel, no epochs                       {:>10.2?}",
-        m[3]
-    );
-    println!(
-        "raw, fuel only                                {:>10.2?}",
-        m[4]
-    );
-    println!(
-        "raw, epochs only                              {:>10.2?}",
-        m[5]
-    );
-    println!(
-        "raw, neither determinism nor metering         {:>10.2?}",
-        m[6]
-    );
-    println!(
-        "executor overhead vs same settings   x{:.3}  (goal <= x1.05)",
-        r(m[0], m[1])
-    );
+    println!("executor (deterministic, fuel+epoch, pooling) {:>10.2?}", m[0]);
+    println!("raw wasmtime, identical engine settings       {:>10.2?}", m[1]);
+    println!("raw, no NaN canonicalisation                  {:>10.2?}", m[2]);
+    println!("raw, no fuel, no epochs                       {:>10.2?}", m[3]);
+    println!("raw, fuel only                                {:>10.2?}", m[4]);
+    println!("raw, epochs only                              {:>10.2?}", m[5]);
+    println!("raw, neither determinism nor metering         {:>10.2?}", m[6]);
+    println!("executor overhead vs same settings   x{:.3}  (goal <= x1.05)", r(m[0], m[1]));
     println!("cost of deterministic floats         x{:.3}", r(m[1], m[2]));
     println!("cost of metering (fuel + epochs)     x{:.3}", r(m[1], m[3]));
     println!("  fuel alone                         x{:.3}", r(m[4], m[3]));
@@ -186,10 +150,7 @@ fn trivial(quick: bool) {
     raw_lat.sort();
     lat.sort();
     println!("== 2. trivial job (hello) in a warm process, {n} sequential jobs");
-    println!(
-        "jobs/s                {:>10.0}  (goal >= 2000)",
-        n as f64 / total.as_secs_f64()
-    );
+    println!("jobs/s                {:>10.0}  (goal >= 2000)", n as f64 / total.as_secs_f64());
     println!("median latency        {:>10.2?}", lat[n / 2]);
     println!("p99 latency           {:>10.2?}", lat[n * 99 / 100]);
     println!(
@@ -216,11 +177,7 @@ fn cold_vs_cached() {
     let cache = tempfile::tempdir().unwrap();
     let mut cfg = Config::default();
     cfg.cache_dir = Some(cache.path().to_path_buf());
-    println!(
-        "== 3. cold compile vs cached start: {} ({what}, {:.1} MB)",
-        path.display(),
-        bytes.len() as f64 / 1e6
-    );
+    println!("== 3. cold compile vs cached start: {} ({what}, {:.1} MB)", path.display(), bytes.len() as f64 / 1e6);
     let exec = Executor::new(cfg.clone()).unwrap();
     let s = Instant::now();
     let r = exec.precompile(&src).unwrap();
@@ -240,10 +197,7 @@ fn cold_vs_cached() {
         cached.push(s.elapsed());
     }
     println!("cold compile (+ serialize, write cache)   {:>10.2?}", cold);
-    println!(
-        "cached start (new process: read, verify, deserialize, link) {:>10.2?}",
-        median(cached)
-    );
+    println!("cached start (new process: read, verify, deserialize, link) {:>10.2?}", median(cached));
     println!("warm (in-memory InstancePre)              {:>10.2?}", warm);
 }
 
@@ -251,8 +205,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let only = |name: &str| {
-        !args.iter().any(|a| a.starts_with("--only"))
-            || args.iter().any(|a| a == &format!("--only={name}"))
+        !args.iter().any(|a| a.starts_with("--only")) || args.iter().any(|a| a == &format!("--only={name}"))
     };
     if only("cpu") {
         cpu_heavy(quick);

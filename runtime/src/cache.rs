@@ -53,9 +53,7 @@ pub(crate) struct DiskCache {
 impl DiskCache {
     pub(crate) fn open(dir: &Path) -> std::io::Result<Self> {
         fs::create_dir_all(dir)?;
-        Ok(DiskCache {
-            dir: dir.to_path_buf(),
-        })
+        Ok(DiskCache { dir: dir.to_path_buf() })
     }
 
     pub(crate) fn path(&self, key: &Key) -> PathBuf {
@@ -89,9 +87,7 @@ impl DiskCache {
     /// Writes atomically: temp file in the same directory, then rename, so
     /// readers never see a partial entry.
     pub(crate) fn store(&self, key: &Key, module: &Module) -> std::io::Result<()> {
-        let body = module
-            .serialize()
-            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        let body = module.serialize().map_err(|e| std::io::Error::other(format!("{e:#}")))?;
         let sum = Sha256::digest(&body);
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         tmp.write_all(&body)?;
@@ -116,10 +112,7 @@ type Entries<V> = (HashMap<Key, Arc<V>>, VecDeque<Key>);
 
 impl<V> MemoryCache<V> {
     pub(crate) fn new(cap: usize) -> Self {
-        MemoryCache {
-            cap,
-            inner: Mutex::new((HashMap::new(), VecDeque::new())),
-        }
+        MemoryCache { cap, inner: Mutex::new((HashMap::new(), VecDeque::new())) }
     }
 
     pub(crate) fn get(&self, key: &Key) -> Option<Arc<V>> {

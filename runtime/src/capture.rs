@@ -32,10 +32,7 @@ pub(crate) struct CappedPipe {
 
 impl CappedPipe {
     pub(crate) fn new(cap: usize) -> Self {
-        CappedPipe {
-            cap,
-            state: Arc::default(),
-        }
+        CappedPipe { cap, state: Arc::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -63,10 +60,7 @@ impl CappedPipe {
 
     pub(crate) fn take(&self) -> Captured {
         let mut st = self.lock();
-        Captured {
-            bytes: std::mem::take(&mut st.bytes),
-            truncated: st.truncated,
-        }
+        Captured { bytes: std::mem::take(&mut st.bytes), truncated: st.truncated }
     }
 }
 
@@ -112,11 +106,7 @@ impl OutputStream for CappedPipe {
 }
 
 impl tokio::io::AsyncWrite for CappedPipe {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         if self.append(buf) {
             Poll::Ready(Ok(buf.len()))
         } else {

@@ -39,9 +39,7 @@ impl TickSource {
 
 impl Default for TickSource {
     fn default() -> Self {
-        TickSource::Thread {
-            interval: Duration::from_millis(10),
-        }
+        TickSource::Thread { interval: Duration::from_millis(10) }
     }
 }
 

@@ -140,9 +140,6 @@ mod tests {
         let c = SteppingClock::default();
         assert_eq!(c.now(), 0);
         assert_eq!(c.now(), MONOTONIC_STEP_NANOS);
-        assert_eq!(
-            FixedWallClock.now(),
-            Duration::from_secs(FIXED_WALL_CLOCK_SECS)
-        );
+        assert_eq!(FixedWallClock.now(), Duration::from_secs(FIXED_WALL_CLOCK_SECS));
     }
 }

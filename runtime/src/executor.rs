@@ -6,10 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::{
-    Engine, ExternType, Instance, InstancePre, Linker, Module, Store, Trap, UpdateDeadline,
-    WasmBacktrace,
-};
+use wasmtime::{Engine, ExternType, Instance, InstancePre, Linker, Module, Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
@@ -93,9 +90,7 @@ impl crate::shims::ShimHost for StoreData {
     }
 
     fn time_left(&self) -> Duration {
-        self.watch.deadline.map_or(Duration::MAX, |d| {
-            d.saturating_duration_since(Instant::now())
-        })
+        self.watch.deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()))
     }
 
     fn timed_out(&mut self) {
@@ -136,9 +131,7 @@ const RECENT_KEYS: usize = 8;
 
 impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Executor")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Executor").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -154,16 +147,10 @@ impl Executor {
         // missing import, not just the first one wasmtime reports.
         let provided = {
             let mut store = Store::new(&engine, placeholder_data());
-            linker
-                .iter(&mut store)
-                .map(|(m, n, _)| (m.to_owned(), n.to_owned()))
-                .collect()
+            linker.iter(&mut store).map(|(m, n, _)| (m.to_owned(), n.to_owned())).collect()
         };
         let disk_cache = match &config.cache_dir {
-            Some(dir) => Some(DiskCache::open(dir).map_err(|source| Error::Cache {
-                path: dir.clone(),
-                source,
-            })?),
+            Some(dir) => Some(DiskCache::open(dir).map_err(|source| Error::Cache { path: dir.clone(), source })?),
             None => None,
         };
         let ticker = match config.tick {
@@ -229,9 +216,7 @@ impl Executor {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".to_owned());
-                Err(Error::Engine(format!(
-                    "internal error (a bug) while running the job: {msg}"
-                )))
+                Err(Error::Engine(format!("internal error (a bug) while running the job: {msg}")))
             }
         }
     }
@@ -252,10 +237,7 @@ impl Executor {
         };
         let staged = mounts::stage(&task.mounts)?;
         if let Some(out) = &task.outputs {
-            std::fs::create_dir_all(out).map_err(|source| Error::Outputs {
-                path: out.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(out).map_err(|source| Error::Outputs { path: out.clone(), source })?;
         }
 
         let limits = &task.limits;
@@ -271,34 +253,26 @@ impl Executor {
             .args(&task.args)
             .envs(&env);
         for (host, guest) in &staged.dirs {
-            b.preopened_dir(host, guest, FsPerms::ReadOnly)
-                .map_err(|e| Error::Mount {
-                    host: host.clone(),
-                    guest: guest.clone(),
-                    source: std::io::Error::other(format!("{e:#}")),
-                })?;
+            b.preopened_dir(host, guest, FsPerms::ReadOnly).map_err(|e| Error::Mount {
+                host: host.clone(),
+                guest: guest.clone(),
+                source: std::io::Error::other(format!("{e:#}")),
+            })?;
         }
         if let Some(out) = &task.outputs {
             b.preopened_dir(out, OUTPUTS_GUEST_PATH, FsPerms::ReadWrite)
-                .map_err(|e| Error::Outputs {
-                    path: out.clone(),
-                    source: std::io::Error::other(format!("{e:#}")),
-                })?;
+                .map_err(|e| Error::Outputs { path: out.clone(), source: std::io::Error::other(format!("{e:#}")) })?;
         }
         if let Mode::Deterministic { seed } = &task.mode {
             b.wall_clock(FixedWallClock)
                 .monotonic_clock(SteppingClock::default())
                 .secure_random(SeededRng::new(seed, 0))
                 .insecure_random(SeededRng::new(seed, 1))
-                .insecure_random_seed(u128::from_le_bytes(
-                    seed[..16].try_into().unwrap_or_default(),
-                ));
+                .insecure_random_seed(u128::from_le_bytes(seed[..16].try_into().unwrap_or_default()));
         }
 
         let tick = self.config.tick.interval().max(Duration::from_nanos(1));
-        let ticks = |d: Duration| {
-            (d.as_nanos().div_ceil(tick.as_nanos())).clamp(1, u64::MAX as u128) as u64
-        };
+        let ticks = |d: Duration| (d.as_nanos().div_ceil(tick.as_nanos())).clamp(1, u64::MAX as u128) as u64;
         let timeout_ticks = ticks(limits.timeout);
         let check_every = ticks(limits.outputs_check_interval);
         let first_step = check_every.min(timeout_ticks);
@@ -351,15 +325,11 @@ impl Executor {
 
         let mut usage = OutputsUsage::default();
         if let Some(out) = &task.outputs {
-            usage = outputs::measure(out, limits.outputs_bytes, limits.outputs_files).map_err(
-                |source| Error::Outputs {
-                    path: out.clone(),
-                    source,
-                },
-            )?;
+            usage = outputs::measure(out, limits.outputs_bytes, limits.outputs_files)
+                .map_err(|source| Error::Outputs { path: out.clone(), source })?;
             if failure.is_none() {
-                failure = exceeded(&usage, limits.outputs_bytes, limits.outputs_files)
-                    .map(Failure::OutputLimitExceeded);
+                failure =
+                    exceeded(&usage, limits.outputs_bytes, limits.outputs_files).map(Failure::OutputLimitExceeded);
             }
         }
         Ok(Outcome {
@@ -398,18 +368,13 @@ impl Executor {
         }
         check_magic(bytes)?;
         let mut cached = false;
-        let module = match self
-            .disk_cache
-            .as_ref()
-            .and_then(|c| c.load(&self.engine, &key))
-        {
+        let module = match self.disk_cache.as_ref().and_then(|c| c.load(&self.engine, &key)) {
             Some(m) => {
                 cached = true;
                 m
             }
             None => {
-                let m = Module::new(&self.engine, bytes)
-                    .map_err(|e| Failure::InvalidModule(format!("{e:#}")))?;
+                let m = Module::new(&self.engine, bytes).map_err(|e| Failure::InvalidModule(format!("{e:#}")))?;
                 if let Some(c) = &self.disk_cache {
                     // A cache that cannot be written only costs speed.
                     if let Err(e) = c.store(&key, &m) {
@@ -422,11 +387,7 @@ impl Executor {
         let pre = self.linker.instantiate_pre(&module).map_err(|e| {
             let missing: Vec<String> = module
                 .imports()
-                .filter(|i| {
-                    !self
-                        .provided
-                        .contains(&(i.module().to_owned(), i.name().to_owned()))
-                })
+                .filter(|i| !self.provided.contains(&(i.module().to_owned(), i.name().to_owned())))
                 .map(|i| format!("{}::{}", i.module(), i.name()))
                 .collect();
             if missing.is_empty() {
@@ -463,21 +424,14 @@ fn load_bytes(module: &ModuleSource) -> Result<Arc<[u8]>, Error> {
     match module {
         ModuleSource::Bytes(b) => Ok(b.clone()),
         ModuleSource::Path(p) => {
-            std::fs::read(p)
-                .map(Arc::from)
-                .map_err(|source| Error::ReadModule {
-                    path: p.clone(),
-                    source,
-                })
+            std::fs::read(p).map(Arc::from).map_err(|source| Error::ReadModule { path: p.clone(), source })
         }
     }
 }
 
 fn check_magic(bytes: &[u8]) -> Result<(), Failure> {
     if !bytes.starts_with(b"\0asm") {
-        return Err(Failure::InvalidModule(
-            "not a wasm file (missing the \\0asm magic number)".to_owned(),
-        ));
+        return Err(Failure::InvalidModule("not a wasm file (missing the \\0asm magic number)".to_owned()));
     }
     if bytes.get(4..8) == Some(&[0x0d, 0x00, 0x01, 0x00]) {
         return Err(Failure::InvalidModule(
@@ -498,9 +452,7 @@ fn checked_env(env: &[(String, String)]) -> Result<Vec<(String, String)>, Error>
             )));
         }
         if i > 0 && env[i - 1].0 == *k {
-            return Err(Error::InvalidTask(format!(
-                "environment variable {k:?} is set twice"
-            )));
+            return Err(Error::InvalidTask(format!("environment variable {k:?} is set twice")));
         }
     }
     Ok(env)
@@ -530,9 +482,7 @@ fn call_entry(
         })
     };
     let get = |store: &mut Store<StoreData>, name: &str| {
-        instance
-            .get_func(&mut *store, name)
-            .ok_or_else(|| missing(name, "not exported as a function"))
+        instance.get_func(&mut *store, name).ok_or_else(|| missing(name, "not exported as a function"))
     };
     match entry {
         Entry::Command { export } => {
@@ -544,9 +494,9 @@ fn call_entry(
         }
         Entry::Reactor { export } => {
             if let Some(init) = instance.get_func(&mut *store, "_initialize") {
-                let init = init.typed::<(), ()>(&*store).map_err(|_| {
-                    missing("_initialize", "must take no parameters and return nothing")
-                })?;
+                let init = init
+                    .typed::<(), ()>(&*store)
+                    .map_err(|_| missing("_initialize", "must take no parameters and return nothing"))?;
                 init.call(&mut *store, ()).map_err(CallError::Wasm)?;
             }
             let f = get(store, export)?;
@@ -556,10 +506,7 @@ fn call_entry(
             } else if let Ok(t) = f.typed::<(), i32>(&*store) {
                 t.call(&mut *store, ()).map_err(CallError::Wasm)
             } else {
-                Err(missing(
-                    export,
-                    "must take no parameters and return nothing or one i32",
-                ))
+                Err(missing(export, "must take no parameters and return nothing or one i32"))
             }
         }
     }
@@ -576,28 +523,18 @@ fn classify(
 ) -> (Option<i32>, Option<Failure>) {
     let data = store.data();
     let memory_failure = || {
-        (data.limiter.memory_refused || data.limiter.table_refused).then_some(
-            Failure::MemoryLimit {
-                limit: limits.memory,
-            },
-        )
+        (data.limiter.memory_refused || data.limiter.table_refused)
+            .then_some(Failure::MemoryLimit { limit: limits.memory })
     };
     let err = match result {
         Ok(0) => return (Some(0), None),
-        Ok(code) => {
-            return (
-                Some(code),
-                Some(memory_failure().unwrap_or(Failure::Exit(code))),
-            )
-        }
+        Ok(code) => return (Some(code), Some(memory_failure().unwrap_or(Failure::Exit(code)))),
         Err(CallError::Missing(f)) => return (None, Some(f)),
         Err(CallError::Wasm(e)) => e,
     };
     if let Some(stop) = data.watch.stopped {
         let f = match stop {
-            Stop::Timeout => Failure::Timeout {
-                limit: limits.timeout,
-            },
+            Stop::Timeout => Failure::Timeout { limit: limits.timeout },
             Stop::Outputs(l) => Failure::OutputLimitExceeded(l),
         };
         return (None, Some(f));
@@ -615,10 +552,7 @@ fn classify(
         if code == 0 {
             return (Some(0), None);
         }
-        return (
-            Some(code),
-            Some(memory_failure().unwrap_or(Failure::Exit(code))),
-        );
+        return (Some(code), Some(memory_failure().unwrap_or(Failure::Exit(code))));
     }
     if let Some(Trap::OutOfFuel) = err.downcast_ref::<Trap>() {
         return (None, Some(Failure::OutOfFuel { limit: limits.fuel }));
@@ -627,17 +561,8 @@ fn classify(
         return (None, Some(f));
     }
     if let Some(trap) = err.downcast_ref::<Trap>() {
-        let backtrace = err
-            .downcast_ref::<WasmBacktrace>()
-            .map(|bt| bt.to_string())
-            .unwrap_or_default();
-        return (
-            None,
-            Some(Failure::Trap {
-                message: trap.to_string(),
-                backtrace,
-            }),
-        );
+        let backtrace = err.downcast_ref::<WasmBacktrace>().map(|bt| bt.to_string()).unwrap_or_default();
+        return (None, Some(Failure::Trap { message: trap.to_string(), backtrace }));
     }
     (None, Some(Failure::Other(format!("{err:#}"))))
 }

@@ -55,6 +55,8 @@
 //! - `mounts.rs`: validation of guest paths and staging of single-file mounts.
 //! - `outputs.rs`: measuring `/outputs` (bytes, files) without following links.
 //! - `ticker.rs`: [`Ticker`], the epoch thread that drives timeouts.
+//! - `job.rs`: [`job::run`], jobs over content-addressed data: inputs
+//!   fetched by CID, the result stored as one UnixFS directory and CID.
 
 mod cache;
 mod capture;
@@ -62,6 +64,7 @@ mod config;
 mod determinism;
 mod error;
 mod executor;
+pub mod job;
 mod limits;
 mod mounts;
 mod outcome;

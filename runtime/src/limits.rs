@@ -98,12 +98,7 @@ impl Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let ok = desired <= self.memory;
         if !ok {
             self.memory_refused = true;
@@ -111,12 +106,7 @@ impl ResourceLimiter for Limiter {
         Ok(ok)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let ok = desired <= self.table_elements;
         if !ok {
             self.table_refused = true;
@@ -143,10 +133,7 @@ mod tests {
 
     #[test]
     fn refusal_is_remembered() {
-        let limits = Limits {
-            memory: 1 << 20,
-            ..Limits::default()
-        };
+        let limits = Limits { memory: 1 << 20, ..Limits::default() };
         let mut l = Limiter::new(&limits, 4 << 30);
         assert!(l.memory_growing(0, 1 << 20, None).unwrap());
         assert!(!l.memory_refused);
@@ -156,10 +143,7 @@ mod tests {
 
     #[test]
     fn engine_ceiling_caps_job_limit() {
-        let limits = Limits {
-            memory: 8 << 30,
-            ..Limits::default()
-        };
+        let limits = Limits { memory: 8 << 30, ..Limits::default() };
         let mut l = Limiter::new(&limits, 1 << 30);
         assert!(!l.memory_growing(0, (1 << 30) + 65536, None).unwrap());
     }

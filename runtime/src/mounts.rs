@@ -61,10 +61,7 @@ pub(crate) fn stage(mounts: &[Mount]) -> Result<Staged, Error> {
     for m in mounts {
         validate_guest_path(&m.guest)?;
         if !seen.insert(m.guest.clone()) {
-            return Err(Error::InvalidTask(format!(
-                "guest path {:?} is mounted twice",
-                m.guest
-            )));
+            return Err(Error::InvalidTask(format!("guest path {:?} is mounted twice", m.guest)));
         }
         let meta = fs::metadata(&m.host).map_err(|source| Error::Mount {
             host: m.host.clone(),
@@ -76,10 +73,7 @@ pub(crate) fn stage(mounts: &[Mount]) -> Result<Staged, Error> {
         } else if meta.is_file() {
             let (parent, name) = m.guest.rsplit_once('/').unwrap_or(("", &m.guest));
             let parent = if parent.is_empty() { "/" } else { parent };
-            files
-                .entry(parent.to_owned())
-                .or_default()
-                .push((name.to_owned(), m.host.clone()));
+            files.entry(parent.to_owned()).or_default().push((name.to_owned(), m.host.clone()));
         } else {
             return Err(Error::Mount {
                 host: m.host.clone(),
@@ -96,18 +90,14 @@ pub(crate) fn stage(mounts: &[Mount]) -> Result<Staged, Error> {
         }
         if parent == "/" {
             return Err(Error::InvalidTask(
-                "files must be mounted below a directory such as /inputs, not at the root"
-                    .to_owned(),
+                "files must be mounted below a directory such as /inputs, not at the root".to_owned(),
             ));
         }
-        let tmp = tempfile::Builder::new()
-            .prefix("shoal-mount-")
-            .tempdir()
-            .map_err(|source| Error::Mount {
-                host: PathBuf::from("<staging>"),
-                guest: parent.clone(),
-                source,
-            })?;
+        let tmp = tempfile::Builder::new().prefix("shoal-mount-").tempdir().map_err(|source| Error::Mount {
+            host: PathBuf::from("<staging>"),
+            guest: parent.clone(),
+            source,
+        })?;
         for (name, host) in entries {
             let dst = tmp.path().join(&name);
             if fs::hard_link(&host, &dst).is_err() {
@@ -132,17 +122,7 @@ mod tests {
     fn guest_paths() {
         assert!(validate_guest_path("/inputs").is_ok());
         assert!(validate_guest_path("/inputs/a.txt").is_ok());
-        for bad in [
-            "inputs",
-            "/",
-            "/a/../b",
-            "/a/./b",
-            "/a//b",
-            "/a/",
-            "/outputs",
-            "/outputs/x",
-            "..",
-        ] {
+        for bad in ["inputs", "/", "/a/../b", "/a/./b", "/a//b", "/a/", "/outputs", "/outputs/x", ".."] {
             assert!(validate_guest_path(bad).is_err(), "{bad} accepted");
         }
         assert!(validate_guest_path("/outputsx").is_ok());
@@ -157,10 +137,7 @@ mod tests {
         assert_eq!(staged.dirs.len(), 1);
         let (host, guest) = &staged.dirs[0];
         assert_eq!(guest, "/in");
-        let names: Vec<_> = fs::read_dir(host)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(host).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a")]);
     }
 

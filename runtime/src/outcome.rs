@@ -104,7 +104,9 @@ pub enum Failure {
         available: Vec<String>,
     },
     /// The module imports things the sandbox does not provide.
-    #[error("module imports what the sandbox does not provide (only wasi_snapshot_preview1 is available): {missing:?}")]
+    #[error(
+        "module imports what the sandbox does not provide (only wasi_snapshot_preview1 is available): {missing:?}"
+    )]
     MissingImports {
         /// `module::name` of each missing import.
         missing: Vec<String>,

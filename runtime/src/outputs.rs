@@ -8,11 +8,7 @@ use crate::outcome::OutputsUsage;
 /// Walks `root` and sums apparent file sizes and entries. Stops early once
 /// either bound is exceeded, so a job that creates millions of files cannot
 /// make each check arbitrarily slow. Symlinks are counted, never followed.
-pub(crate) fn measure(
-    root: &Path,
-    max_bytes: u64,
-    max_files: u64,
-) -> std::io::Result<OutputsUsage> {
+pub(crate) fn measure(root: &Path, max_bytes: u64, max_files: u64) -> std::io::Result<OutputsUsage> {
     let mut usage = OutputsUsage::default();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {

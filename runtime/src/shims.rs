@@ -66,12 +66,7 @@ pub(crate) fn add_to_linker<T: ShimHost>(linker: &mut Linker<T>) -> wasmtime::Re
     linker.func_wrap(
         MODULE,
         "poll_oneoff",
-        |mut caller: Caller<'_, T>,
-         subs: i32,
-         events: i32,
-         nsubs: i32,
-         nevents: i32|
-         -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, T>, subs: i32, events: i32, nsubs: i32, nevents: i32| -> wasmtime::Result<i32> {
             let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
                 return Ok(types::Errno::Fault as i32);
             };
@@ -86,21 +81,13 @@ pub(crate) fn add_to_linker<T: ShimHost>(linker: &mut Linker<T>) -> wasmtime::Re
             let nevents = nevents as u32 as usize;
             let n = {
                 let mut gm = GuestMemory::Unshared(&mut *mem);
-                let fut = host.wasi().poll_oneoff(
-                    &mut gm,
-                    GuestPtr::new(subs),
-                    GuestPtr::new(events),
-                    nsubs,
-                );
+                let fut = host.wasi().poll_oneoff(&mut gm, GuestPtr::new(subs), GuestPtr::new(events), nsubs);
                 match wasmtime_wasi::runtime::in_tokio(fut) {
                     Ok(n) => n,
                     Err(e) => return e.downcast().map(|errno| errno as i32),
                 }
             };
-            match nevents
-                .checked_add(4)
-                .and_then(|end| mem.get_mut(nevents..end))
-            {
+            match nevents.checked_add(4).and_then(|end| mem.get_mut(nevents..end)) {
                 Some(dst) => dst.copy_from_slice(&n.to_le_bytes()),
                 None => return Ok(types::Errno::Fault as i32),
             }
@@ -138,35 +125,21 @@ pub(crate) fn add_to_linker<T: ShimHost>(linker: &mut Linker<T>) -> wasmtime::Re
                     }
                 }
             }
-            let (buf, buf_len, bufused) = (
-                buf as u32 as usize,
-                buf_len as u32 as usize,
-                bufused as u32 as usize,
-            );
-            let (Some(buf_end), Some(used_end)) =
-                (buf.checked_add(buf_len), bufused.checked_add(4))
-            else {
+            let (buf, buf_len, bufused) = (buf as u32 as usize, buf_len as u32 as usize, bufused as u32 as usize);
+            let (Some(buf_end), Some(used_end)) = (buf.checked_add(buf_len), bufused.checked_add(4)) else {
                 return Ok(types::Errno::Fault as i32);
             };
             if buf_end > mem.len() || used_end > mem.len() {
                 return Ok(types::Errno::Fault as i32);
             }
-            let written = serialize(
-                &host.listing_cache().entries,
-                cookie as u64,
-                &mut mem[buf..buf_end],
-            );
+            let written = serialize(&host.listing_cache().entries, cookie as u64, &mut mem[buf..buf_end]);
             mem[bufused..used_end].copy_from_slice(&(written as u32).to_le_bytes());
             Ok(types::Errno::Success as i32)
         },
     )?;
-    linker.func_wrap(
-        MODULE,
-        "path_link",
-        |_: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
-            types::Errno::Notsup as i32
-        },
-    )?;
+    linker.func_wrap(MODULE, "path_link", |_: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
+        types::Errno::Notsup as i32
+    })?;
     linker.allow_shadowing(false);
     Ok(())
 }
@@ -191,9 +164,7 @@ fn longest_block(ctx: &mut WasiP1Ctx, mem: &[u8], subs: u32, nsubs: u32) -> Opti
             // Absolute: measure against the same clock the guest sees.
             let clock = types::Clockid::try_from(id).ok()?;
             let mut empty = [0u8; 0];
-            let now = ctx
-                .clock_time_get(&mut GuestMemory::Unshared(&mut empty), clock, 0)
-                .ok()?;
+            let now = ctx.clock_time_get(&mut GuestMemory::Unshared(&mut empty), clock, 0).ok()?;
             timeout.saturating_sub(now)
         } else {
             timeout
@@ -231,11 +202,7 @@ fn sorted_listing(ctx: &mut WasiP1Ctx, fd: u32) -> Result<Vec<Entry>, types::Err
             let mut entries = parse(&host[..used]);
             // `.` and `..` come first from wasmtime-wasi; sort the rest by
             // raw name bytes, which is locale- and file-system-independent.
-            let split = entries
-                .iter()
-                .take(2)
-                .take_while(|e| e.name == b"." || e.name == b"..")
-                .count();
+            let split = entries.iter().take(2).take_while(|e| e.name == b"." || e.name == b"..").count();
             entries[split..].sort_by(|a, b| a.name.cmp(&b.name));
             return Ok(entries);
         }
@@ -255,11 +222,7 @@ fn parse(mut buf: &[u8]) -> Vec<Entry> {
         let Some(name) = buf.get(DIRENT_SIZE..DIRENT_SIZE + namlen) else {
             break;
         };
-        out.push(Entry {
-            ino,
-            kind,
-            name: name.to_vec(),
-        });
+        out.push(Entry { ino, kind, name: name.to_vec() });
         buf = &buf[DIRENT_SIZE + namlen..];
     }
     out
@@ -294,11 +257,7 @@ mod tests {
     use super::*;
 
     fn entry(name: &str) -> Entry {
-        Entry {
-            ino: 7,
-            kind: 4,
-            name: name.as_bytes().to_vec(),
-        }
+        Entry { ino: 7, kind: 4, name: name.as_bytes().to_vec() }
     }
 
     #[test]

@@ -36,9 +36,7 @@ pub enum Entry {
 
 impl Default for Entry {
     fn default() -> Self {
-        Entry::Command {
-            export: "_start".to_owned(),
-        }
+        Entry::Command { export: "_start".to_owned() }
     }
 }
 
@@ -65,10 +63,7 @@ pub struct Mount {
 impl Mount {
     /// Mounts `host` at `guest`.
     pub fn new(host: impl Into<PathBuf>, guest: impl Into<String>) -> Self {
-        Mount {
-            host: host.into(),
-            guest: guest.into(),
-        }
+        Mount { host: host.into(), guest: guest.into() }
     }
 }
 

@@ -18,20 +18,15 @@ impl Ticker {
     /// Starts ticking `engine` every `interval`.
     pub fn start(engine: Engine, interval: Duration) -> std::io::Result<Self> {
         let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("shoal-epoch-ticker".to_owned())
-            .spawn(move || loop {
-                // Waiting on the channel (instead of sleeping) lets `stop`
-                // return immediately rather than after up to one interval.
-                match stopped.recv_timeout(interval) {
-                    Err(RecvTimeoutError::Timeout) => engine.increment_epoch(),
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-                }
-            })?;
-        Ok(Ticker {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("shoal-epoch-ticker".to_owned()).spawn(move || loop {
+            // Waiting on the channel (instead of sleeping) lets `stop`
+            // return immediately rather than after up to one interval.
+            match stopped.recv_timeout(interval) {
+                Err(RecvTimeoutError::Timeout) => engine.increment_epoch(),
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+        })?;
+        Ok(Ticker { stop: Some(stop), thread: Some(thread) })
     }
 
     /// Stops the thread and waits for it.

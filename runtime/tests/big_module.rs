@@ -41,10 +41,7 @@ fn yosys_synthesizes_a_counter() {
         .collect();
     // yosys finds its techmap library in `share/` next to the module.
     let share = wasm.with_file_name("share");
-    t.mounts = vec![
-        Mount::new(input.path(), "/inputs"),
-        Mount::new(share, "/share"),
-    ];
+    t.mounts = vec![Mount::new(input.path(), "/inputs"), Mount::new(share, "/share")];
     t.outputs = Some(output.path().to_path_buf());
     // abc needs a scratch directory; the only writable place is /outputs.
     std::fs::create_dir(output.path().join("tmp")).unwrap();
@@ -61,8 +58,5 @@ fn yosys_synthesizes_a_counter() {
     );
     let json = std::fs::read_to_string(output.path().join("counter.json")).unwrap();
     assert!(json.contains("\"counter\""), "{json:.200}");
-    println!(
-        "yosys: {:?} wall, {} fuel, cached={}",
-        o.wall_time, o.fuel_consumed, o.cached
-    );
+    println!("yosys: {:?} wall, {} fuel, cached={}", o.wall_time, o.fuel_consumed, o.cached);
 }

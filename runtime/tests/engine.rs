@@ -25,10 +25,7 @@ fn disk_cache_is_used_and_corruption_recovered() {
     let first = cached_executor(dir.path()).run(&t).unwrap();
     assert!(first.success());
     assert!(!first.cached);
-    let entries: Vec<_> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let entries: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert!(entries[0].extension().is_some_and(|e| e == "cwasm"));
 
@@ -59,9 +56,7 @@ fn disk_cache_is_used_and_corruption_recovered() {
 #[test]
 fn manual_ticks_drive_the_timeout() {
     let mut cfg = Config::default();
-    cfg.tick = TickSource::Manual {
-        nominal_interval: Duration::from_millis(100),
-    };
+    cfg.tick = TickSource::Manual { nominal_interval: Duration::from_millis(100) };
     cfg.max_concurrent_jobs = 2;
     let exec = Arc::new(Executor::new(cfg).unwrap());
     let mut t = task("spin", &[]);
@@ -83,19 +78,11 @@ fn manual_ticks_drive_the_timeout() {
     let o = exec.run(&t).unwrap();
     done.store(true, Ordering::SeqCst);
     let ticks = ticker.join().unwrap();
-    assert!(
-        matches!(o.failure, Some(Failure::Timeout { .. })),
-        "{:?}",
-        o.failure
-    );
+    assert!(matches!(o.failure, Some(Failure::Timeout { .. })), "{:?}", o.failure);
     // Stopped after about 3 injected ticks (60 ms), long before 300 ms of
     // real time would matter for a thread ticker.
     assert!(ticks >= 3, "{ticks}");
-    assert!(
-        o.wall_time < Duration::from_millis(290),
-        "{:?}",
-        o.wall_time
-    );
+    assert!(o.wall_time < Duration::from_millis(290), "{:?}", o.wall_time);
 }
 
 #[test]
@@ -115,11 +102,7 @@ fn full_pool_is_a_host_error_not_a_crash() {
     let err = exec.run(&task("hello", &[])).unwrap_err();
     assert!(err.to_string().contains("max_concurrent_jobs"), "{err}");
     let o = busy.join().unwrap();
-    assert!(
-        matches!(o.failure, Some(Failure::Timeout { .. })),
-        "{:?}",
-        o.failure
-    );
+    assert!(matches!(o.failure, Some(Failure::Timeout { .. })), "{:?}", o.failure);
     // The slot is free again.
     assert!(exec.run(&task("hello", &[])).unwrap().success());
 }

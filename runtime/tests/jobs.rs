@@ -15,10 +15,7 @@ fn hello_succeeds_with_args_and_sorted_env() {
     let o = executor().run(&t).unwrap();
     assert!(o.success(), "{:?}", o.failure);
     assert_eq!(o.exit_code, Some(0));
-    assert_eq!(
-        stdout(&o),
-        "hello from shoal\narg 1: one\narg 2: two words\nenv ALPHA=a\nenv ZED=z\n"
-    );
+    assert_eq!(stdout(&o), "hello from shoal\narg 1: one\narg 2: two words\nenv ALPHA=a\nenv ZED=z\n");
     assert!(o.fuel_consumed > 0);
     assert!(o.deterministic);
     assert!(!o.stdout.truncated);
@@ -50,17 +47,9 @@ fn wordcount_reads_inputs_and_writes_outputs() {
     t.mounts = vec![Mount::new(input.path(), "/inputs")];
     t.outputs = Some(output.path().join("out"));
     let o = executor().run(&t).unwrap();
-    assert!(
-        o.success(),
-        "{:?} {}",
-        o.failure,
-        String::from_utf8_lossy(&o.stderr.bytes)
-    );
+    assert!(o.success(), "{:?} {}", o.failure, String::from_utf8_lossy(&o.stderr.bytes));
     let tsv = fs::read_to_string(output.path().join("out/counts.tsv")).unwrap();
-    assert_eq!(
-        tsv,
-        "file\tlines\twords\tbytes\na.txt\t1\t1\t2\nb.txt\t2\t3\t14\ntotal\t3\t4\t16\n"
-    );
+    assert_eq!(tsv, "file\tlines\twords\tbytes\na.txt\t1\t1\t2\nb.txt\t2\t3\t14\ntotal\t3\t4\t16\n");
     assert!(stdout(&o).contains("total (2 files)"));
     assert_eq!(o.outputs.files, 1);
     assert_eq!(o.outputs.bytes, tsv.len() as u64);
@@ -72,10 +61,7 @@ fn single_file_mount_hides_siblings() {
     fs::write(input.path().join("wanted.txt"), "a b c\n").unwrap();
     fs::write(input.path().join("secret.txt"), "hidden\n").unwrap();
     let mut t = task("ls", &["/in"]);
-    t.mounts = vec![Mount::new(
-        input.path().join("wanted.txt"),
-        "/in/wanted.txt",
-    )];
+    t.mounts = vec![Mount::new(input.path().join("wanted.txt"), "/in/wanted.txt")];
     let o = executor().run(&t).unwrap();
     assert!(o.success(), "{:?}", o.failure);
     assert_eq!(stdout(&o), "wanted.txt\n");
@@ -93,11 +79,8 @@ fn sha256sum_matches_host() {
     let o = executor().run(&t).unwrap();
     assert!(o.success(), "{:?}", o.failure);
     let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let expected = format!(
-        "{}  big.bin\n{}  empty\n",
-        hex(&sha2::Sha256::digest(&big)),
-        hex(&sha2::Sha256::digest(b""))
-    );
+    let expected =
+        format!("{}  big.bin\n{}  empty\n", hex(&sha2::Sha256::digest(&big)), hex(&sha2::Sha256::digest(b"")));
     assert_eq!(stdout(&o), expected);
 }
 
@@ -108,19 +91,11 @@ fn imagefilter_inverts_ppm() {
     let mut ppm = b"P6\n# comment\n2 1\n255\n".to_vec();
     ppm.extend_from_slice(&[0, 10, 20, 250, 255, 128]);
     fs::write(input.path().join("in.ppm"), &ppm).unwrap();
-    let mut t = task(
-        "imagefilter",
-        &["/inputs/in.ppm", "/outputs/out.ppm", "invert"],
-    );
+    let mut t = task("imagefilter", &["/inputs/in.ppm", "/outputs/out.ppm", "invert"]);
     t.mounts = vec![Mount::new(input.path(), "/inputs")];
     t.outputs = Some(output.path().to_path_buf());
     let o = executor().run(&t).unwrap();
-    assert!(
-        o.success(),
-        "{:?} {}",
-        o.failure,
-        String::from_utf8_lossy(&o.stderr.bytes)
-    );
+    assert!(o.success(), "{:?} {}", o.failure, String::from_utf8_lossy(&o.stderr.bytes));
     let out = fs::read(output.path().join("out.ppm")).unwrap();
     let mut expected = b"P6\n2 1\n255\n".to_vec();
     expected.extend_from_slice(&[255, 245, 235, 5, 0, 127]);
@@ -162,17 +137,8 @@ fn spin_times_out() {
     let mut t = task("spin", &[]);
     t.limits.timeout = Duration::from_millis(200);
     let o = executor().run(&t).unwrap();
-    assert_eq!(
-        o.failure,
-        Some(Failure::Timeout {
-            limit: Duration::from_millis(200)
-        })
-    );
-    assert!(
-        o.wall_time >= Duration::from_millis(190),
-        "{:?}",
-        o.wall_time
-    );
+    assert_eq!(o.failure, Some(Failure::Timeout { limit: Duration::from_millis(200) }));
+    assert!(o.wall_time >= Duration::from_millis(190), "{:?}", o.wall_time);
     assert!(o.wall_time < Duration::from_secs(2), "{:?}", o.wall_time);
 }
 
@@ -190,13 +156,7 @@ fn stdout_flood_is_capped_and_fails() {
     let mut t = task("flood", &["stdout"]);
     t.limits.stdout = 100_000;
     let o = executor().run(&t).unwrap();
-    assert_eq!(
-        o.failure,
-        Some(Failure::OutputLimitExceeded(OutputLimit::Stream(
-            Stream::Stdout,
-            100_000
-        )))
-    );
+    assert_eq!(o.failure, Some(Failure::OutputLimitExceeded(OutputLimit::Stream(Stream::Stdout, 100_000))));
     assert!(o.stdout.truncated);
     assert_eq!(o.stdout.bytes.len(), 100_000);
 }
@@ -209,12 +169,7 @@ fn outputs_bytes_limit_stops_a_running_job() {
     t.limits.outputs_bytes = 1 << 20;
     t.limits.outputs_check_interval = Duration::from_millis(20);
     let o = executor().run(&t).unwrap();
-    assert_eq!(
-        o.failure,
-        Some(Failure::OutputLimitExceeded(OutputLimit::OutputsBytes(
-            1 << 20
-        )))
-    );
+    assert_eq!(o.failure, Some(Failure::OutputLimitExceeded(OutputLimit::OutputsBytes(1 << 20))));
     // Stopped while running (not by the 60 s timeout).
     assert!(o.wall_time < Duration::from_secs(10), "{:?}", o.wall_time);
 }
@@ -227,10 +182,7 @@ fn outputs_files_limit_stops_a_running_job() {
     t.limits.outputs_files = 100;
     t.limits.outputs_check_interval = Duration::from_millis(20);
     let o = executor().run(&t).unwrap();
-    assert_eq!(
-        o.failure,
-        Some(Failure::OutputLimitExceeded(OutputLimit::OutputsFiles(100)))
-    );
+    assert_eq!(o.failure, Some(Failure::OutputLimitExceeded(OutputLimit::OutputsFiles(100))));
 }
 
 #[test]
@@ -270,9 +222,7 @@ fn traps_carry_message_and_backtrace() {
 #[test]
 fn reactor_is_initialized_then_invoked() {
     let mut t = task("reactor", &[]);
-    t.entry = Entry::Reactor {
-        export: "invoke".into(),
-    };
+    t.entry = Entry::Reactor { export: "invoke".into() };
     let o = executor().run(&t).unwrap();
     assert!(o.success(), "{:?}", o.failure);
     assert_eq!(stdout(&o), "reactor invoked, initialized=42\n");
@@ -281,14 +231,10 @@ fn reactor_is_initialized_then_invoked() {
 #[test]
 fn missing_export_is_named() {
     let mut t = task("hello", &[]);
-    t.entry = Entry::Command {
-        export: "nope".into(),
-    };
+    t.entry = Entry::Command { export: "nope".into() };
     let o = executor().run(&t).unwrap();
     match o.failure {
-        Some(Failure::MissingExport {
-            name, available, ..
-        }) => {
+        Some(Failure::MissingExport { name, available, .. }) => {
             assert_eq!(name, "nope");
             assert!(available.contains(&"_start".to_owned()));
         }
@@ -301,10 +247,7 @@ fn missing_imports_are_all_named() {
     let o = executor().run(&task("needs_host", &[])).unwrap();
     match o.failure {
         Some(Failure::MissingImports { missing }) => {
-            assert!(
-                missing.contains(&"env::host_magic".to_owned()),
-                "{missing:?}"
-            );
+            assert!(missing.contains(&"env::host_magic".to_owned()), "{missing:?}");
             assert!(missing.contains(&"shoal::secret".to_owned()), "{missing:?}");
         }
         other => panic!("expected missing imports, got {other:?}"),
@@ -313,29 +256,17 @@ fn missing_imports_are_all_named() {
 
 #[test]
 fn garbage_is_not_a_wasm_file() {
-    let o = executor()
-        .run(&Task::from_bytes(b"#!/bin/sh\necho hi\n".to_vec()))
-        .unwrap();
-    assert!(
-        matches!(&o.failure, Some(Failure::InvalidModule(m)) if m.contains("not a wasm file")),
-        "{:?}",
-        o.failure
-    );
+    let o = executor().run(&Task::from_bytes(b"#!/bin/sh\necho hi\n".to_vec())).unwrap();
+    assert!(matches!(&o.failure, Some(Failure::InvalidModule(m)) if m.contains("not a wasm file")), "{:?}", o.failure);
     let mut truncated = fs::read(sample("hello")).unwrap();
     truncated.truncate(truncated.len() / 2);
     let o = executor().run(&Task::from_bytes(truncated)).unwrap();
-    assert!(
-        matches!(o.failure, Some(Failure::InvalidModule(_))),
-        "{:?}",
-        o.failure
-    );
+    assert!(matches!(o.failure, Some(Failure::InvalidModule(_))), "{:?}", o.failure);
 }
 
 #[test]
 fn missing_module_file_is_a_host_error() {
-    let e = executor()
-        .run(&Task::from_path("/nonexistent/x.wasm"))
-        .unwrap_err();
+    let e = executor().run(&Task::from_path("/nonexistent/x.wasm")).unwrap_err();
     assert!(e.to_string().contains("cannot read module"), "{e}");
 }
 
@@ -353,22 +284,13 @@ fn entropy_is_deterministic_per_seed() {
 
     t.mode = Mode::Deterministic { seed: [2; 32] };
     let c = executor().run(&t).unwrap();
-    let random = |s: &str| {
-        s.lines()
-            .find(|l| l.starts_with("random"))
-            .unwrap()
-            .to_owned()
-    };
+    let random = |s: &str| s.lines().find(|l| l.starts_with("random")).unwrap().to_owned();
     assert_ne!(random(&out), random(&stdout(&c)));
 
     t.mode = Mode::Nondeterministic;
     let d = executor().run(&t).unwrap();
     assert!(!d.deterministic);
-    assert!(
-        !stdout(&d).contains("realtime 946684800."),
-        "{}",
-        stdout(&d)
-    );
+    assert!(!stdout(&d).contains("realtime 946684800."), "{}", stdout(&d));
 }
 
 #[test]
@@ -376,9 +298,7 @@ fn directory_listing_is_sorted() {
     let input = tempfile::tempdir().unwrap();
     // Enough names, created in scrambled order, that file-system order and
     // sorted order would differ (hashed directories on ext4, tmpfs order).
-    let mut names: Vec<String> = (0..300u32)
-        .map(|i| format!("f{:08x}", i.wrapping_mul(2_654_435_761)))
-        .collect();
+    let mut names: Vec<String> = (0..300u32).map(|i| format!("f{:08x}", i.wrapping_mul(2_654_435_761))).collect();
     for n in &names {
         fs::write(input.path().join(n), b"").unwrap();
     }
@@ -387,10 +307,7 @@ fn directory_listing_is_sorted() {
     t.mounts = vec![Mount::new(input.path(), "/inputs")];
     let o = executor().run(&t).unwrap();
     assert!(o.success(), "{:?}", o.failure);
-    let listed: Vec<&str> = std::str::from_utf8(&o.stdout.bytes)
-        .unwrap()
-        .lines()
-        .collect();
+    let listed: Vec<&str> = std::str::from_utf8(&o.stdout.bytes).unwrap().lines().collect();
     assert_eq!(listed, names);
 }
 
@@ -398,14 +315,8 @@ fn directory_listing_is_sorted() {
 fn large_directory_listing_is_complete_and_sorted() {
     // ~150 KB of dirents: several fd_readdir calls, resumed by cookie.
     let input = tempfile::tempdir().unwrap();
-    let mut names: Vec<String> = (0..4000u32)
-        .map(|i| {
-            format!(
-                "file-with-a-longish-name-{:08x}",
-                i.wrapping_mul(2_654_435_761)
-            )
-        })
-        .collect();
+    let mut names: Vec<String> =
+        (0..4000u32).map(|i| format!("file-with-a-longish-name-{:08x}", i.wrapping_mul(2_654_435_761))).collect();
     for n in &names {
         fs::write(input.path().join(n), b"").unwrap();
     }
@@ -415,10 +326,7 @@ fn large_directory_listing_is_complete_and_sorted() {
     let start = std::time::Instant::now();
     let o = executor().run(&t).unwrap();
     assert!(o.success(), "{:?}", o.failure);
-    let listed: Vec<&str> = std::str::from_utf8(&o.stdout.bytes)
-        .unwrap()
-        .lines()
-        .collect();
+    let listed: Vec<&str> = std::str::from_utf8(&o.stdout.bytes).unwrap().lines().collect();
     assert_eq!(listed, names);
     println!("listed 4000 entries in {:?}", start.elapsed());
 }
@@ -444,21 +352,13 @@ fn sleeping_past_the_timeout_is_stopped_at_once() {
     let mut t = task("sleep", &[]);
     t.limits.timeout = Duration::from_secs(5);
     let o = executor().run(&t).unwrap();
-    assert!(
-        matches!(o.failure, Some(Failure::Timeout { .. })),
-        "{:?}",
-        o.failure
-    );
+    assert!(matches!(o.failure, Some(Failure::Timeout { .. })), "{:?}", o.failure);
     assert!(o.wall_time < Duration::from_secs(1), "{:?}", o.wall_time);
 
     let o = executor().run(&task("sleep", &["30"])).unwrap();
     assert!(o.success(), "{:?}", o.failure);
     assert_eq!(stdout(&o), "slept 30 ms\n");
-    assert!(
-        o.wall_time >= Duration::from_millis(30),
-        "{:?}",
-        o.wall_time
-    );
+    assert!(o.wall_time >= Duration::from_millis(30), "{:?}", o.wall_time);
 }
 
 #[test]
@@ -476,11 +376,7 @@ fn rust_guest_lists_inputs() {
         .args(["-C", common::samples_dir().to_str().unwrap(), "rust"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let input = tempfile::tempdir().unwrap();
     let output = tempfile::tempdir().unwrap();
     fs::write(input.path().join("b"), b"12").unwrap();
@@ -489,15 +385,7 @@ fn rust_guest_lists_inputs() {
     t.mounts = vec![Mount::new(input.path(), "/inputs")];
     t.outputs = Some(output.path().to_path_buf());
     let o = executor().run(&t).unwrap();
-    assert!(
-        o.success(),
-        "{:?} {}",
-        o.failure,
-        String::from_utf8_lossy(&o.stderr.bytes)
-    );
+    assert!(o.success(), "{:?} {}", o.failure, String::from_utf8_lossy(&o.stderr.bytes));
     assert_eq!(stdout(&o), "2 entries in /inputs\n");
-    assert_eq!(
-        fs::read_to_string(output.path().join("names.txt")).unwrap(),
-        "a\t1\nb\t2\n"
-    );
+    assert_eq!(fs::read_to_string(output.path().join("names.txt")).unwrap(), "a\t1\nb\t2\n");
 }

@@ -39,10 +39,7 @@ fn escape_attempts_all_fail() {
         "unlink-input",
         "rename-input",
     ] {
-        assert!(
-            out.contains(&format!("denied {what}")),
-            "{what} missing:\n{out}"
-        );
+        assert!(out.contains(&format!("denied {what}")), "{what} missing:\n{out}");
     }
     assert_eq!(fs::read_to_string(&data).unwrap(), "input data\n");
     assert_eq!(fs::read_to_string(&secret).unwrap(), "top secret\n");

@@ -20,11 +20,9 @@ pub fn sample(name: &str) -> PathBuf {
     let built = BUILT.get_or_init(|| {
         let clang = Command::new("clang").arg("--version").output();
         if clang.map(|o| !o.status.success()).unwrap_or(true) {
-            return Err(
-                "clang not found: install clang lld wasi-libc libclang-rt-14-dev-wasm32 \
+            return Err("clang not found: install clang lld wasi-libc libclang-rt-14-dev-wasm32 \
                         (scripts/setup.sh --samples)"
-                    .to_owned(),
-            );
+                .to_owned());
         }
         let out = Command::new("make")
             .arg("-C")
@@ -53,9 +51,7 @@ pub fn executor() -> &'static Executor {
     static EXEC: OnceLock<Executor> = OnceLock::new();
     EXEC.get_or_init(|| {
         let mut cfg = Config::default();
-        cfg.tick = TickSource::Thread {
-            interval: Duration::from_millis(5),
-        };
+        cfg.tick = TickSource::Thread { interval: Duration::from_millis(5) };
         Executor::new(cfg).expect("executor")
     })
 }

@@ -1,0 +1,279 @@
+//! Jobs over content-addressed data: the part of the runtime that talks to
+//! a block store.
+//!
+//! A [`Spec`] names everything by CID: the module, each input (a CID and an
+//! optional path inside it, mounted read-only at a guest path), plus
+//! arguments, environment, entry point and limits. [`run`] materialises the
+//! module and inputs from the store into a scratch directory, runs the task
+//! in the [`Executor`], and stores the result as one UnixFS directory
+//! (CIDv1):
+//!
+//! ```text
+//! exitCode    decimal exit status (0 success; the guest's code for exit(n);
+//!             1 when it failed without exiting, see `failure`)
+//! stdout      captured standard output (capped by Limits::stdout)
+//! stderr      captured standard error (capped by Limits::stderr)
+//! failure     present only when the job failed: why, in one line (a trap
+//!             also has its Wasm backtrace in `stderr`)
+//! truncated   present only when a stream hit its cap: the streams' names
+//! outputs/    the guest's /outputs tree
+//! ```
+//!
+//! Its CID is *the* result CID: two honest nodes running the same spec in
+//! deterministic mode produce the same one. Timings, fuel and node identity
+//! are execution metadata returned beside it ([`Finished::outcome`]), never
+//! inside it, so they cannot break agreement. The deterministic seed is the
+//! spec's own hash, so a job's random numbers are a function of the job.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use shoal_storage::importer::{Importer, Options};
+use shoal_storage::{exporter, BlockStore, Cid, CidVersion, PinMode};
+
+use crate::{Entry, Executor, Failure, Limits, Mode, ModuleSource, Mount, Outcome, Task};
+
+/// One input: data by CID (and path inside it), mounted read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// Root CID of the data.
+    pub cid: Cid,
+    /// Path segments inside `cid` (empty: the root itself).
+    pub path: Vec<String>,
+    /// Absolute guest path to mount it at.
+    pub guest: String,
+}
+
+/// A job described entirely by content addresses.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The module's CID.
+    pub module: Cid,
+    /// How the module is entered.
+    pub entry: Entry,
+    /// argv[0] as the guest sees it.
+    pub program_name: String,
+    /// argv[1..].
+    pub args: Vec<String>,
+    /// Environment (sorted before use; nothing is inherited).
+    pub env: Vec<(String, String)>,
+    /// Read-only inputs.
+    pub inputs: Vec<Input>,
+    /// Limits for the execution.
+    pub limits: Limits,
+    /// Deterministic mode (the default) or real clocks and randomness.
+    pub deterministic: bool,
+}
+
+impl Spec {
+    /// A deterministic spec running `module`'s `_start` with default limits.
+    pub fn new(module: Cid) -> Spec {
+        Spec {
+            module,
+            entry: Entry::Command { export: "_start".into() },
+            program_name: "main".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            inputs: Vec::new(),
+            limits: Limits::default(),
+            deterministic: true,
+        }
+    }
+
+    /// The canonical JSON form (sorted keys): what the spec's id hashes.
+    pub fn canonical(&self) -> serde_json::Value {
+        let mut env = self.env.clone();
+        env.sort();
+        let (entry_kind, export) = match &self.entry {
+            Entry::Command { export } => ("command", export.clone()),
+            Entry::Reactor { export } => ("reactor", export.clone()),
+        };
+        let l = &self.limits;
+        serde_json::json!({
+            "module": self.module.to_string(),
+            "entry": { "kind": entry_kind, "export": export },
+            "program_name": self.program_name,
+            "args": self.args,
+            "env": env,
+            "inputs": self.inputs.iter().map(|i| serde_json::json!({
+                "cid": i.cid.to_string(), "path": i.path, "guest": i.guest,
+            })).collect::<Vec<_>>(),
+            "limits": {
+                "memory": l.memory, "table_elements": l.table_elements, "instances": l.instances,
+                "tables": l.tables, "memories": l.memories, "fuel": l.fuel,
+                "timeout_ms": l.timeout.as_millis() as u64, "stdout": l.stdout, "stderr": l.stderr,
+                "outputs_bytes": l.outputs_bytes, "outputs_files": l.outputs_files,
+            },
+            "deterministic": self.deterministic,
+        })
+    }
+
+    /// The spec's id: a CIDv1 (raw, sha2-256) of its canonical JSON.
+    pub fn id(&self) -> Cid {
+        let bytes = serde_json::to_vec(&self.canonical()).unwrap_or_default();
+        *shoal_storage::Block::new(CidVersion::V1, shoal_storage::block::RAW, bytes).cid()
+    }
+
+    fn seed(&self) -> [u8; 32] {
+        let mut seed = [0u8; 32];
+        let id = self.id();
+        let digest = id.hash().digest();
+        seed[..digest.len().min(32)].copy_from_slice(&digest[..digest.len().min(32)]);
+        seed
+    }
+}
+
+/// Why a job could not be run at all (as opposed to running and failing,
+/// which is a result like any other).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The module or an input could not be read from the store.
+    #[error("{what}: {source}")]
+    Storage {
+        /// Which part of the job ("module Qm…", "input Qm…/x -> /inputs").
+        what: String,
+        /// The storage error.
+        #[source]
+        source: shoal_storage::Error,
+    },
+    /// The executor could not run the task.
+    #[error(transparent)]
+    Runtime(#[from] crate::Error),
+    /// Scratch space could not be prepared or read.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> JobError + 'a {
+    move |source| JobError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// A finished job: its result CID and the execution metadata.
+#[derive(Debug)]
+pub struct Finished {
+    /// The spec's id.
+    pub spec: Cid,
+    /// The result directory's CID (pinned).
+    pub result: Cid,
+    /// The CID of `outputs/` inside it.
+    pub outputs: Cid,
+    /// Exit status recorded in `exitCode`.
+    pub exit_status: i32,
+    /// Everything the executor reported (timings, fuel, failure…).
+    pub outcome: Outcome,
+}
+
+/// Exit status for an outcome: the guest's code when it exited, 1 for a
+/// failure without an exit (limit, trap, bad module), 0 on success.
+pub fn exit_status(o: &Outcome) -> i32 {
+    match (o.success(), o.exit_code) {
+        (true, _) => 0,
+        (false, Some(c)) if c != 0 => c,
+        _ => 1,
+    }
+}
+
+/// Runs `spec` with data from `store`, using `scratch` (created if needed,
+/// emptied afterwards) for the materialised inputs and the result tree;
+/// stores and pins the result.
+pub fn run(exec: &Executor, store: &dyn BlockStore, spec: &Spec, scratch: &Path) -> Result<Finished, JobError> {
+    fs::create_dir_all(scratch).map_err(io("cannot create scratch directory", scratch))?;
+    let work = tempfile::Builder::new()
+        .prefix("job-")
+        .tempdir_in(scratch)
+        .map_err(io("cannot create scratch directory in", scratch))?;
+    let storage = |what: String| move |source| JobError::Storage { what, source };
+
+    let mut module = Vec::new();
+    exporter::cat(store, &spec.module, &mut module).map_err(storage(format!("module {}", spec.module)))?;
+
+    let mut task = Task::new(ModuleSource::Bytes(Arc::from(module)));
+    task.entry = spec.entry.clone();
+    task.program_name = spec.program_name.clone();
+    task.args = spec.args.clone();
+    task.env = spec.env.clone();
+    task.env.sort();
+    task.limits = spec.limits.clone();
+    task.mode = if spec.deterministic { Mode::Deterministic { seed: spec.seed() } } else { Mode::Nondeterministic };
+
+    let inputs = work.path().join("inputs");
+    fs::create_dir(&inputs).map_err(io("cannot create", &inputs))?;
+    for (i, input) in spec.inputs.iter().enumerate() {
+        let what = || {
+            format!(
+                "input {}{} -> {}",
+                input.cid,
+                input.path.iter().map(|p| format!("/{p}")).collect::<String>(),
+                input.guest
+            )
+        };
+        let cid = exporter::resolve(store, &input.cid, &input.path).map_err(storage(what()))?;
+        let host = inputs.join(i.to_string());
+        exporter::get(store, &cid, &host).map_err(storage(what()))?;
+        task.mounts.push(Mount::new(host, input.guest.clone()));
+    }
+
+    let result_dir = work.path().join("result");
+    let outputs = result_dir.join("outputs");
+    fs::create_dir_all(&outputs).map_err(io("cannot create", &outputs))?;
+    task.outputs = Some(outputs);
+
+    let outcome = exec.run(&task)?;
+
+    let status = exit_status(&outcome);
+    let write = |name: &str, bytes: &[u8]| {
+        let p = result_dir.join(name);
+        fs::write(&p, bytes).map_err(io("cannot write", &p))
+    };
+    write("exitCode", status.to_string().as_bytes())?;
+    write("stdout", &outcome.stdout.bytes)?;
+    // The guest's stderr, then why it failed (with the Wasm backtrace of a
+    // trap): what someone debugging the job from its result CID needs.
+    let mut stderr = outcome.stderr.bytes.clone();
+    if let Some(f) = &outcome.failure {
+        if !stderr.is_empty() && !stderr.ends_with(b"\n") {
+            stderr.push(b'\n');
+        }
+        stderr.extend_from_slice(format!("shoal: {}\n", failure_line(f)).as_bytes());
+        if let Failure::Trap { backtrace, .. } = f {
+            if !backtrace.is_empty() {
+                stderr.extend_from_slice(format!("wasm backtrace:\n{backtrace}\n").as_bytes());
+            }
+        }
+    }
+    write("stderr", &stderr)?;
+    if let Some(f) = &outcome.failure {
+        write("failure", format!("{}\n", failure_line(f)).as_bytes())?;
+    }
+    let truncated: Vec<&str> = [("stdout", outcome.stdout.truncated), ("stderr", outcome.stderr.truncated)]
+        .into_iter()
+        .filter_map(|(n, t)| t.then_some(n))
+        .collect();
+    if !truncated.is_empty() {
+        write("truncated", format!("{}\n", truncated.join("\n")).as_bytes())?;
+    }
+
+    let opts = Options { hidden: true, ..Options::with_version(CidVersion::V1) };
+    let added = Importer::new(store, opts).add_path(&result_dir).map_err(storage("storing the result".to_string()))?;
+    store.flush().map_err(storage("storing the result".to_string()))?;
+    store.pin_add(&added.root, PinMode::Recursive).map_err(storage("pinning the result".to_string()))?;
+    let outputs = exporter::resolve(store, &added.root, &["outputs".to_string()])
+        .map_err(storage("reading the result back".to_string()))?;
+    Ok(Finished { spec: spec.id(), result: added.root, outputs, exit_status: status, outcome })
+}
+
+/// A failure as one line, without the backtrace (which goes to stderr).
+fn failure_line(f: &Failure) -> String {
+    let s = f.to_string();
+    s.lines().next().unwrap_or_default().to_string()
+}
