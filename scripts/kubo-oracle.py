@@ -44,6 +44,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -239,6 +240,15 @@ class Oracle:
 
 def main():
     oracle = Oracle()
+
+    def on_signal(signum, _frame):
+        # Tests may kill us instead of closing stdin: still remove the repo.
+        if not os.environ.get("SHOAL_KUBO_ORACLE_KEEP"):
+            shutil.rmtree(oracle.tmp, ignore_errors=True)
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     try:
         if len(sys.argv) > 1:
             for p in sys.argv[1:]:

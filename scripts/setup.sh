@@ -40,7 +40,7 @@ say()  { printf '[setup] %s\n' "$*"; }
 warn() { printf '[setup] WARNING: %s\n' "$*" >&2; }
 die()  { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
 want_test=0 want_samples=0 want_vulkan=0 check_only=0
 for arg in "$@"; do
@@ -129,7 +129,7 @@ if [ $want_test -eq 1 ]; then
   command -v ip >/dev/null || need_pkg iproute2
   node_ok || need_pkg nodejs npm
   command -v python3 >/dev/null || need_pkg python3
-  pip_ok || need_pkg python3-pip
+  kubo_ok || pip_ok || need_pkg python3-pip
 fi
 [ $want_samples -eq 1 ] && need_pkg $SAMPLES_PKGS
 [ $want_vulkan -eq 1 ] && need_pkg $VULKAN_PKGS
@@ -194,6 +194,11 @@ install_jsipfs() {
   mkdir -p "$jsipfs_dir"
   cp "$here/jsipfs-package.json" "$jsipfs_dir/package.json"
   cp "$here/jsipfs-package-lock.json" "$jsipfs_dir/package-lock.json"
+  # Empty stand-in for the optional WebRTC deps (wrtc, electron-webrtc): one
+  # of them pulls a GitHub tarball, which breaks `npm ci` without GitHub;
+  # js-ipfs loads them lazily and webRTCStar is disabled anyway.
+  mkdir -p "$jsipfs_dir/stub-empty"
+  printf '{ "name": "shoal-empty-stub", "version": "0.0.0" }\n' > "$jsipfs_dir/stub-empty/package.json"
   rm -f "$jsipfs_dir/.shoal-stamp"
   say "js-ipfs: npm ci ipfs@$JSIPFS_VERSION into ${jsipfs_dir#"$root"/} (~1000 packages, ~300 MB; a few minutes)"
   # --ignore-scripts: nothing needs building (classic-level ships
