@@ -7,7 +7,7 @@
 CARGO ?= cargo
 SHOAL := target/debug/shoal
 
-.PHONY: all demo test lint unit bench deps deps-test build clean
+.PHONY: all demo test lint unit bench deps deps-test build samples clean
 
 all: build
 
@@ -15,14 +15,17 @@ build:
 	$(CARGO) build --workspace
 
 deps:
-	scripts/setup.sh
+	scripts/setup.sh --samples
 
 deps-test:
-	scripts/setup.sh --test
+	scripts/setup.sh --test --samples
 
-## The main job: import the sample dataset into the embedded store, print
-## its CID, and read it back by CID.
-demo: build
+samples: deps
+	$(MAKE) -C samples
+
+## The main job, on the embedded store (no daemon, no Kubo): a word count
+## over the sample dataset, inputs and result addressed by CID.
+demo: samples build
 	scripts/demo.sh $(SHOAL)
 
 lint:
@@ -37,7 +40,9 @@ test: deps-test lint
 
 ## Benchmarks: ratios measured side by side in one run (see docs/).
 bench: deps-test
+	$(MAKE) -C samples
 	$(CARGO) bench -p shoal-storage --bench storage
+	$(CARGO) bench -p shoal-runtime --bench runtime
 
 clean:
 	$(CARGO) clean

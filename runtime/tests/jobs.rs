@@ -369,14 +369,19 @@ fn initial_memory_above_limit_is_a_memory_failure() {
     assert_eq!(o.failure, Some(Failure::MemoryLimit { limit: 64 << 10 }));
 }
 
+/// A guest written in Rust (Debian's rustc and wasm32-wasi std, installed
+/// by `scripts/setup.sh --samples`).
 #[test]
-#[ignore = "needs a rustc with the wasm32-wasi std: apt-get install rustc libstd-rust-dev-wasm32"]
 fn rust_guest_lists_inputs() {
     let out = std::process::Command::new("make")
         .args(["-C", common::samples_dir().to_str().unwrap(), "rust"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "building the rust sample failed (scripts/setup.sh --samples installs rustc and libstd-rust-dev-wasm32): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let input = tempfile::tempdir().unwrap();
     let output = tempfile::tempdir().unwrap();
     fs::write(input.path().join("b"), b"12").unwrap();

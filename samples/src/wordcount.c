@@ -1,12 +1,26 @@
-/* Counts lines, words and bytes of every file in a directory (default
- * /inputs); prints a summary and writes /outputs/counts.tsv. */
+/* Counts lines, words and bytes of every file under a directory (default
+ * /inputs, recursively); prints a summary and writes /outputs/counts.tsv
+ * with one row per file, named by its path relative to the directory. */
 #include <ctype.h>
+#include <sys/stat.h>
 #include "common.h"
 
-struct totals { FILE *tsv; unsigned long long lines, words, bytes, files; };
+struct totals { FILE *tsv; unsigned long long lines, words, bytes, files; const char *prefix; };
 
-static void count(const char *path, const char *name, void *ctx) {
+static void count(const char *path, const char *entry, void *ctx) {
     struct totals *t = ctx;
+    char name[4096];
+    snprintf(name, sizeof name, "%s%s", t->prefix, entry);
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        char sub[4096];
+        snprintf(sub, sizeof sub, "%s/", name);
+        const char *saved = t->prefix;
+        t->prefix = sub;
+        for_each_entry(path, count, t);
+        t->prefix = saved;
+        return;
+    }
     FILE *f = fopen(path, "rb");
     if (!f) { perror(path); return; }
     unsigned long long lines = 0, words = 0, bytes = 0;
@@ -26,6 +40,7 @@ static void count(const char *path, const char *name, void *ctx) {
 int main(int argc, char **argv) {
     const char *dir = argc > 1 ? argv[1] : "/inputs";
     struct totals t = {0};
+    t.prefix = "";
     t.tsv = fopen("/outputs/counts.tsv", "w");
     if (!t.tsv) perror("/outputs/counts.tsv");
     else fprintf(t.tsv, "file\tlines\twords\tbytes\n");

@@ -209,7 +209,11 @@ impl<'a> Importer<'a> {
         if estimated >= SHARDING_THRESHOLD {
             let entries = links
                 .into_iter()
-                .map(|l| crate::hamt::Entry { name: l.name.unwrap_or_default(), cid: l.hash, tsize: l.tsize.unwrap_or(0) })
+                .map(|l| crate::hamt::Entry {
+                    name: l.name.unwrap_or_default(),
+                    cid: l.hash,
+                    tsize: l.tsize.unwrap_or(0),
+                })
                 .collect();
             let (blocks, cid, tsize) = crate::hamt::build(entries, self.opts.cid_version)?;
             self.store.put_many(&blocks)?;
