@@ -39,6 +39,9 @@ pub struct RunArgs {
     /// Wall-clock limit, e.g. 60s or 2m.
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<humantime::Duration>,
+    /// Limit on the total bytes of the inputs, e.g. 8GiB.
+    #[arg(long, value_name = "SIZE")]
+    pub max_input: Option<bytesize::ByteSize>,
     /// CPU limit in fuel units (about one per Wasm instruction).
     #[arg(long, value_name = "N")]
     pub fuel: Option<u64>,
@@ -102,6 +105,9 @@ impl RunArgs {
         }
         if let Some(f) = self.fuel {
             l.fuel = f;
+        }
+        if let Some(m) = self.max_input {
+            l.inputs_bytes = m.as_u64();
         }
         l
     }

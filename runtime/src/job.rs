@@ -16,6 +16,8 @@
 //! failure     present only when the job failed: why, in one line (a trap
 //!             also has its Wasm backtrace in `stderr`)
 //! truncated   present only when a stream hit its cap: the streams' names
+//! nondeterministic  present only when the job ran with real clocks and
+//!             randomness (`--nondeterministic`)
 //! outputs/    the guest's /outputs tree
 //! ```
 //!
@@ -104,6 +106,7 @@ impl Spec {
                 "tables": l.tables, "memories": l.memories, "fuel": l.fuel,
                 "timeout_ms": l.timeout.as_millis() as u64, "stdout": l.stdout, "stderr": l.stderr,
                 "outputs_bytes": l.outputs_bytes, "outputs_files": l.outputs_files,
+                "inputs_bytes": l.inputs_bytes,
             },
             "deterministic": self.deterministic,
         })
@@ -141,6 +144,14 @@ pub enum JobError {
     /// The executor could not run the task.
     #[error(transparent)]
     Runtime(#[from] crate::Error),
+    /// The inputs hold more bytes than the job's limit allows.
+    #[error("the inputs hold more than {limit} bytes (the job's input limit; {at} is where it was crossed); raise the limit (--max-input) or pass less data")]
+    InputsTooLarge {
+        /// `Limits::inputs_bytes`.
+        limit: u64,
+        /// The input being measured when the limit was crossed.
+        at: String,
+    },
     /// Scratch space could not be prepared or read.
     #[error("{action} {path}: {source}")]
     Io {
@@ -208,18 +219,28 @@ pub fn run(exec: &Executor, store: &dyn BlockStore, spec: &Spec, scratch: &Path)
 
     let inputs = work.path().join("inputs");
     fs::create_dir(&inputs).map_err(io("cannot create", &inputs))?;
-    for (i, input) in spec.inputs.iter().enumerate() {
-        let what = || {
-            format!(
-                "input {}{} -> {}",
-                input.cid,
-                input.path.iter().map(|p| format!("/{p}")).collect::<String>(),
-                input.guest
-            )
-        };
-        let cid = exporter::resolve(store, &input.cid, &input.path).map_err(storage(what()))?;
+    let what = |input: &Input| {
+        format!(
+            "input {}{} -> {}",
+            input.cid,
+            input.path.iter().map(|p| format!("/{p}")).collect::<String>(),
+            input.guest
+        )
+    };
+    // Measure everything first: nothing is fetched for a job that cannot run.
+    let mut resolved = Vec::with_capacity(spec.inputs.len());
+    let mut total = 0u64;
+    for input in &spec.inputs {
+        let cid = exporter::resolve(store, &input.cid, &input.path).map_err(storage(what(input)))?;
+        content_bytes(store, &cid, &mut total, spec.limits.inputs_bytes, 0).map_err(|e| match e {
+            Measure::Over => JobError::InputsTooLarge { limit: spec.limits.inputs_bytes, at: what(input) },
+            Measure::Storage(source) => JobError::Storage { what: what(input), source },
+        })?;
+        resolved.push(cid);
+    }
+    for (i, (input, cid)) in spec.inputs.iter().zip(resolved).enumerate() {
         let host = inputs.join(i.to_string());
-        exporter::get(store, &cid, &host).map_err(storage(what()))?;
+        exporter::get(store, &cid, &host).map_err(storage(what(input)))?;
         task.mounts.push(Mount::new(host, input.guest.clone()));
     }
 
@@ -255,6 +276,9 @@ pub fn run(exec: &Executor, store: &dyn BlockStore, spec: &Spec, scratch: &Path)
     if let Some(f) = &outcome.failure {
         write("failure", format!("{}\n", failure_line(f)).as_bytes())?;
     }
+    if !outcome.deterministic {
+        write("nondeterministic", b"real clocks and randomness: other runs may differ\n")?;
+    }
     let truncated: Vec<&str> = [("stdout", outcome.stdout.truncated), ("stderr", outcome.stderr.truncated)]
         .into_iter()
         .filter_map(|(n, t)| t.then_some(n))
@@ -270,6 +294,38 @@ pub fn run(exec: &Executor, store: &dyn BlockStore, spec: &Spec, scratch: &Path)
     let outputs = exporter::resolve(store, &added.root, &["outputs".to_string()])
         .map_err(storage("reading the result back".to_string()))?;
     Ok(Finished { spec: spec.id(), result: added.root, outputs, exit_status: status, outcome })
+}
+
+enum Measure {
+    Over,
+    Storage(shoal_storage::Error),
+}
+
+/// Adds the file bytes under `cid` to `total`, stopping as soon as it
+/// passes `limit`. Reads only directory nodes and file roots.
+fn content_bytes(store: &dyn BlockStore, cid: &Cid, total: &mut u64, limit: u64, depth: usize) -> Result<(), Measure> {
+    use shoal_storage::exporter::Kind;
+    if depth > shoal_storage::MAX_DIR_DEPTH {
+        return Err(Measure::Storage(shoal_storage::Error::Unsupported(format!(
+            "{cid} nests directories deeper than {}",
+            shoal_storage::MAX_DIR_DEPTH
+        ))));
+    }
+    match exporter::stat(store, cid).map_err(Measure::Storage)? {
+        Kind::File { size } => {
+            *total = total.saturating_add(size);
+            if *total > limit {
+                return Err(Measure::Over);
+            }
+        }
+        Kind::Directory { .. } | Kind::Sharded => {
+            for e in exporter::ls(store, cid).map_err(Measure::Storage)? {
+                content_bytes(store, &e.cid, total, limit, depth + 1)?;
+            }
+        }
+        Kind::Symlink { .. } | Kind::Other { .. } => {}
+    }
+    Ok(())
 }
 
 /// A failure as one line, without the backtrace (which goes to stderr).

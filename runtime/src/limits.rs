@@ -47,6 +47,10 @@ pub struct Limits {
     pub outputs_files: u64,
     /// How often `/outputs` is measured while the job runs. Default: 100 ms.
     pub outputs_check_interval: Duration,
+    /// Total bytes of file content across a job's inputs, checked from the
+    /// DAGs' declared sizes before anything is materialised (used by
+    /// [`job::run`](crate::job::run)). Default: 8 GiB.
+    pub inputs_bytes: u64,
 }
 
 impl Default for Limits {
@@ -58,6 +62,7 @@ impl Default for Limits {
             tables: 4,
             memories: 1,
             fuel: 500_000_000_000,
+            inputs_bytes: 8 << 30,
             timeout: Duration::from_secs(60),
             stdout: 1 << 20,
             stderr: 1 << 20,

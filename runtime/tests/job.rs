@@ -126,3 +126,32 @@ fn a_missing_input_is_a_clear_error_not_a_result() {
     assert!(msg.contains(&absent.to_string()) && msg.contains("/inputs") && msg.contains("not in the store"), "{msg}");
     assert!(store.pin_ls().unwrap().is_empty(), "no result for a job that did not run");
 }
+
+#[test]
+fn inputs_over_the_limit_are_refused_before_anything_runs() {
+    let store = MemStore::new();
+    let data = dataset(); // 28 bytes of text
+    let mut spec = Spec::new(add(&store, &common::sample("hello")));
+    spec.inputs.push(Input { cid: add(&store, data.path()), path: vec![], guest: "/inputs".into() });
+    spec.limits.inputs_bytes = 20;
+    let scratch = tempfile::tempdir().unwrap();
+    let err = job::run(common::executor(), &store, &spec, scratch.path()).unwrap_err();
+    assert!(matches!(err, JobError::InputsTooLarge { limit: 20, .. }), "{err}");
+    assert!(err.to_string().contains("--max-input"), "{err}");
+    spec.limits.inputs_bytes = 28;
+    let f = job::run(common::executor(), &store, &spec, scratch.path()).unwrap();
+    assert_eq!(f.exit_status, 0);
+}
+
+#[test]
+fn a_nondeterministic_result_says_so() {
+    let store = MemStore::new();
+    let mut spec = Spec::new(add(&store, &common::sample("hello")));
+    let scratch = tempfile::tempdir().unwrap();
+    let det = job::run(common::executor(), &store, &spec, scratch.path()).unwrap();
+    assert!(exporter::resolve(&store, &det.result, &["nondeterministic".into()]).is_err());
+    spec.deterministic = false;
+    let f = job::run(common::executor(), &store, &spec, scratch.path()).unwrap();
+    let marker = String::from_utf8(cat(&store, &f.result, "nondeterministic")).unwrap();
+    assert!(marker.contains("real clocks"), "{marker}");
+}
