@@ -25,9 +25,12 @@ fn disk_cache_is_used_and_corruption_recovered() {
     let first = cached_executor(dir.path()).run(&t).unwrap();
     assert!(first.success());
     assert!(!first.cached);
-    let entries: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(entries.len(), 1, "{entries:?}");
-    assert!(entries[0].extension().is_some_and(|e| e == "cwasm"));
+    let mut all: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    all.sort();
+    assert_eq!(all.len(), 2, "the entry and its checksum: {all:?}");
+    let entries: Vec<_> = all.iter().filter(|p| p.extension().is_some_and(|e| e == "cwasm")).cloned().collect();
+    assert_eq!(entries.len(), 1, "{all:?}");
+    assert!(all.iter().any(|p| p.extension().is_some_and(|e| e == "xxh3")), "{all:?}");
 
     // A fresh process (executor) starts from the disk entry.
     let exec = cached_executor(dir.path());
