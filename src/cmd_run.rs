@@ -246,6 +246,18 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
     }
     spec.limits = a.limits();
     spec.deterministic = !a.nondeterministic;
+    if !ctx.json {
+        // Stream the guest's output to the terminal as it is written.
+        spec.tee = Some(shoal_runtime::Tee(std::sync::Arc::new(|stream, bytes: &[u8]| {
+            let _ = match stream {
+                shoal_runtime::Stream::Stderr => std::io::stderr().lock().write_all(bytes),
+                _ => {
+                    let mut o = std::io::stdout().lock();
+                    o.write_all(bytes).and_then(|_| o.flush())
+                }
+            };
+        })));
+    }
 
     let mut config = Config::default();
     config.cache_dir = Some(ctx.home.join("cache").join("modules"));
@@ -264,9 +276,10 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
         }))?;
     } else {
         let mut out = std::io::stdout().lock();
-        out.write_all(&o.stdout.bytes)?;
-        out.flush()?;
-        std::io::stderr().write_all(&o.stderr.bytes)?;
+        // The guest's output was streamed as it ran; end on a line break.
+        if o.stdout.bytes.last().is_some_and(|&b| b != b'\n') {
+            writeln!(out)?;
+        }
         if let Some(f) = &o.failure {
             eprintln!("job failed: {}", f.to_string().lines().next().unwrap_or_default());
         }

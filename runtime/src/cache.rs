@@ -23,7 +23,7 @@ use wasmtime::{Engine, Module};
 pub(crate) type Key = [u8; 32];
 
 /// Version of the cache key/entry layout; bump when either changes.
-const CACHE_FORMAT: &[u8] = b"shoal-runtime module cache v1";
+const CACHE_FORMAT: &[u8] = b"shoal-runtime module cache v2";
 
 pub(crate) fn key(engine: &Engine, module_bytes: &[u8]) -> Key {
     // `precompile_compatibility_hash` covers the wasmtime version, target

@@ -28,11 +28,18 @@ struct State {
 pub(crate) struct CappedPipe {
     cap: usize,
     state: Arc<Mutex<State>>,
+    tee: Option<(crate::Stream, crate::task::Tee)>,
 }
 
 impl CappedPipe {
     pub(crate) fn new(cap: usize) -> Self {
-        CappedPipe { cap, state: Arc::default() }
+        CappedPipe { cap, state: Arc::default(), tee: None }
+    }
+
+    /// Also hands every accepted write to `tee`.
+    pub(crate) fn with_tee(mut self, stream: crate::Stream, tee: Option<crate::task::Tee>) -> Self {
+        self.tee = tee.map(|t| (stream, t));
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -47,6 +54,9 @@ impl CappedPipe {
         let room = self.cap.saturating_sub(st.bytes.len());
         let take = room.min(data.len());
         st.bytes.extend_from_slice(&data[..take]);
+        if let Some((stream, tee)) = &self.tee {
+            (tee.0)(*stream, &data[..take]);
+        }
         if take < data.len() {
             st.truncated = true;
             return false;

@@ -241,8 +241,8 @@ impl Executor {
         }
 
         let limits = &task.limits;
-        let stdout = CappedPipe::new(limits.stdout);
-        let stderr = CappedPipe::new(limits.stderr);
+        let stdout = CappedPipe::new(limits.stdout).with_tee(Stream::Stdout, task.tee.clone());
+        let stderr = CappedPipe::new(limits.stderr).with_tee(Stream::Stderr, task.tee.clone());
         let mut b = WasiCtxBuilder::new();
         // Files are accessed on the job's own thread: no thread pool hop per
         // read, and nothing outlives the job.

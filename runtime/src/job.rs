@@ -66,6 +66,8 @@ pub struct Spec {
     pub limits: Limits,
     /// Deterministic mode (the default) or real clocks and randomness.
     pub deterministic: bool,
+    /// A live copy of the guest's output (not part of the spec's identity).
+    pub tee: Option<crate::Tee>,
 }
 
 impl Spec {
@@ -80,6 +82,7 @@ impl Spec {
             inputs: Vec::new(),
             limits: Limits::default(),
             deterministic: true,
+            tee: None,
         }
     }
 
@@ -215,6 +218,7 @@ pub fn run(exec: &Executor, store: &dyn BlockStore, spec: &Spec, scratch: &Path)
     task.env = spec.env.clone();
     task.env.sort();
     task.limits = spec.limits.clone();
+    task.tee = spec.tee.clone();
     task.mode = if spec.deterministic { Mode::Deterministic { seed: spec.seed() } } else { Mode::Nondeterministic };
 
     let inputs = work.path().join("inputs");

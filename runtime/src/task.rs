@@ -112,6 +112,20 @@ pub struct Task {
     pub limits: Limits,
     /// Determinism. Default: deterministic with an all-zero seed.
     pub mode: Mode,
+    /// Receives what the guest writes to stdout and stderr as it writes it
+    /// (within the caps), e.g. to stream it to a terminal. Captured output
+    /// is unaffected. Default: none.
+    pub tee: Option<Tee>,
+}
+
+/// A live copy of a job's output streams: called with each accepted write.
+#[derive(Clone)]
+pub struct Tee(pub std::sync::Arc<dyn Fn(crate::Stream, &[u8]) + Send + Sync>);
+
+impl std::fmt::Debug for Tee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tee(..)")
+    }
 }
 
 impl Task {
@@ -123,6 +137,7 @@ impl Task {
             args: Vec::new(),
             program_name: "main.wasm".to_owned(),
             env: Vec::new(),
+            tee: None,
             mounts: Vec::new(),
             outputs: None,
             limits: Limits::default(),

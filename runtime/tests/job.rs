@@ -155,3 +155,27 @@ fn a_nondeterministic_result_says_so() {
     let marker = String::from_utf8(cat(&store, &f.result, "nondeterministic")).unwrap();
     assert!(marker.contains("real clocks"), "{marker}");
 }
+
+#[test]
+fn output_can_be_streamed_while_the_job_runs() {
+    use std::sync::{Arc, Mutex};
+    let store = MemStore::new();
+    let mut spec = Spec::new(add(&store, &common::sample("wordcount")));
+    let data = dataset();
+    spec.inputs.push(Input { cid: add(&store, data.path()), path: vec![], guest: "/inputs".into() });
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    spec.tee = Some(shoal_runtime::Tee(Arc::new(move |stream, bytes: &[u8]| {
+        if stream == shoal_runtime::Stream::Stdout {
+            sink.lock().unwrap().extend_from_slice(bytes);
+        }
+    })));
+    let scratch = tempfile::tempdir().unwrap();
+    let f = job::run(common::executor(), &store, &spec, scratch.path()).unwrap();
+    assert!(!seen.lock().unwrap().is_empty());
+    assert_eq!(*seen.lock().unwrap(), cat(&store, &f.result, "stdout"));
+    // The tee is not part of the job's identity.
+    let mut plain = spec.clone();
+    plain.tee = None;
+    assert_eq!(plain.id(), spec.id());
+}
