@@ -118,9 +118,12 @@ pub struct Task {
     pub tee: Option<Tee>,
 }
 
-/// A live copy of a job's output streams: called with each accepted write.
+/// Called with each accepted write to a job's stdout or stderr.
+pub type TeeFn = dyn Fn(crate::Stream, &[u8]) + Send + Sync;
+
+/// A live copy of a job's output streams.
 #[derive(Clone)]
-pub struct Tee(pub std::sync::Arc<dyn Fn(crate::Stream, &[u8]) + Send + Sync>);
+pub struct Tee(pub std::sync::Arc<TeeFn>);
 
 impl std::fmt::Debug for Tee {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
