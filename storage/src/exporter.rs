@@ -145,7 +145,12 @@ pub fn ls(store: &dyn BlockStore, cid: &Cid) -> Result<Vec<DirEntry>> {
                 .collect()
         }
         Node::Pb(_, u) if u.kind == DataType::HamtShard => {
-            Err(Error::Unsupported(format!("{cid} is a hamt-sharded directory, which shoal cannot read yet")))
+            let mut seen = HashSet::new();
+            let entries = crate::hamt::list(store, cid)?;
+            for e in &entries {
+                check_name(cid, &e.name, &mut seen)?;
+            }
+            Ok(entries)
         }
         Node::Pb(_, u) if u.kind == DataType::Symlink => {
             Err(Error::WrongKind { cid: *cid, actual: "a symlink", expected: "a directory" })
