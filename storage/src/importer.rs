@@ -10,8 +10,9 @@
 //! [`FileBuilder`] does, streaming, with a handful of pending links per level.
 //!
 //! Chunks are hashed in parallel (rayon) in batches of [`Options::batch`]
-//! chunks while a reader thread fills the next batch, so memory stays at a
-//! few batches whatever the file size.
+//! chunks while a reader thread fills the next batch and a writer thread
+//! stores the previous one, so memory stays at a few batches whatever the
+//! file size.
 //!
 //! Directories list their entries sorted by name bytes, as Kubo does, and
 //! become HAMT shards (see [`crate::hamt`]) past Kubo's size threshold.
@@ -271,6 +272,17 @@ impl<'a> Importer<'a> {
                     return;
                 }
             });
+            // Writing overlaps hashing: a writer thread stores one batch
+            // while the next is hashed (one batch in flight, so memory stays
+            // bounded).
+            let (wtx, wrx) = std::sync::mpsc::sync_channel::<Vec<Block>>(1);
+            let store = self.store;
+            let writer = s.spawn(move || -> Result<()> {
+                for blocks in wrx.iter() {
+                    store.put_many(&blocks)?;
+                }
+                Ok(())
+            });
             let mut result = Ok(());
             for batch in rx.iter() {
                 let chunks = match batch {
@@ -281,15 +293,23 @@ impl<'a> Importer<'a> {
                     }
                 };
                 let n: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-                let leaves: Vec<(Block, Link)> = chunks.into_par_iter().map(|c| self.leaf(c)).collect();
-                if let Err(e) = builder.push_leaves(leaves) {
+                let (blocks, links): (Vec<Block>, Vec<Link>) =
+                    chunks.into_par_iter().map(|c| self.leaf(c)).collect::<Vec<_>>().into_iter().unzip();
+                if wtx.send(blocks).is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+                if let Err(e) = builder.push_links(links) {
                     result = Err(e);
                     break;
                 }
                 (self.progress)(n);
             }
             drop(rx);
+            drop(wtx);
             let _ = reader_thread.join();
+            let written =
+                writer.join().unwrap_or_else(|_| Err(Error::Unsupported("block writer thread panicked".into())));
+            written?;
             result?;
             builder.finish()
         })
@@ -324,9 +344,7 @@ impl<'i, 'a> FileBuilder<'i, 'a> {
         FileBuilder { imp, levels: vec![Vec::new()], bytes: 0 }
     }
 
-    fn push_leaves(&mut self, leaves: Vec<(Block, Link)>) -> Result<()> {
-        let (blocks, links): (Vec<Block>, Vec<Link>) = leaves.into_iter().unzip();
-        self.imp.store.put_many(&blocks)?;
+    fn push_links(&mut self, links: Vec<Link>) -> Result<()> {
         for l in links {
             self.bytes += l.filesize;
             self.push(0, l)?;

@@ -12,14 +12,16 @@
 //!   collection holds it exclusively, so it never removes blocks of an
 //!   import whose pin is not committed yet.
 //!
-//! Crash safety: a block is written to a temporary file, fsynced, and only
-//! then renamed into place; `flush` fsyncs the directories that received
-//! new names. Importers pin only after `flush`, so a killed import leaves
-//! no pin, only unpinned blocks that `repo gc` removes. A block that is
-//! damaged anyway (bad disk, manual edit) is caught by hash checks on every
-//! read and reported by `repo verify`; it is never served.
+//! Crash safety: a block is written to a temporary file and renamed into
+//! place, so a reader never sees a partial write; `flush` then makes every
+//! block durable at once (`syncfs`). Importers pin only after `flush`, so a
+//! killed import leaves no pin, only unpinned blocks that `repo gc`
+//! removes. A crash can leave a named block file whose bytes never reached
+//! the disk: `put` therefore trusts an existing block only after comparing
+//! its bytes, and rewrites it otherwise, so no new pin is ever built on
+//! one. A block damaged anyway (bad disk, manual edit) is caught by hash
+//! checks on every read and reported by `repo verify`; it is never served.
 
-use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -33,10 +35,6 @@ use super::{pin_key, raw_cid, BlockStore, PinMode};
 use crate::{Block, Error, Result};
 
 const SCHEMA_VERSION: i64 = 1;
-/// Threads that write and fsync blocks. fsync is bound by the disk's
-/// latency, not the CPU: several in flight keep the device queue full
-/// (measured here: 1 thread ~80 MB/s, 4 or more ~265 MB/s).
-pub const IO_THREADS: usize = 8;
 /// How long a writer waits for another process's database transaction.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -48,8 +46,8 @@ pub struct FsStore {
     tmp: PathBuf,
     db_path: PathBuf,
     db: Mutex<Connection>,
-    dirty_dirs: Mutex<HashSet<PathBuf>>,
-    io_pool: rayon::ThreadPool,
+    /// Whether blocks were written since the last `flush`.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 /// Held while importing and pinning; keeps `repo gc` out (see module docs).
@@ -98,12 +96,7 @@ impl FsStore {
                 })
             }
         }
-        let io_pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(IO_THREADS)
-            .thread_name(|i| format!("shoal-fs-io-{i}"))
-            .build()
-            .map_err(|e| Error::Unsupported(format!("cannot start the store's i/o threads: {e}")))?;
-        Ok(FsStore { root, blocks, tmp, db_path, db: Mutex::new(db), dirty_dirs: Mutex::new(HashSet::new()), io_pool })
+        Ok(FsStore { root, blocks, tmp, db_path, db: Mutex::new(db), dirty: std::sync::atomic::AtomicBool::new(false) })
     }
 
     /// The home directory this store lives in.
@@ -145,9 +138,14 @@ impl FsStore {
     fn write_block(&self, block: &Block) -> Result<()> {
         let path = self.block_path(block.cid());
         match fs::metadata(&path) {
-            // Same length means same bytes unless the disk lies, which reads
-            // detect; a short file left by a crash is rewritten.
-            Ok(m) if m.len() == block.len() as u64 => return Ok(()),
+            // A file of the right size is trusted only once its bytes match:
+            // a crash before `flush` can leave a named file of zeros, and a
+            // new import must not build on it.
+            Ok(m) if m.len() == block.len() as u64 => match fs::read(&path) {
+                Ok(d) if d == block.data() => return Ok(()),
+                Ok(_) => tracing::warn!(path = %path.display(), "rewriting a damaged block"),
+                Err(e) => return Err(Error::io("cannot read block", path, e)),
+            },
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("cannot stat block", path, e)),
@@ -157,9 +155,8 @@ impl FsStore {
         let mut tmp = tempfile::NamedTempFile::new_in(&self.tmp)
             .map_err(|e| Error::io("cannot create temporary file in", &self.tmp, e))?;
         tmp.write_all(block.data()).map_err(|e| Error::io("cannot write block to", tmp.path(), e))?;
-        tmp.as_file().sync_data().map_err(|e| Error::io("cannot sync block to", tmp.path(), e))?;
         tmp.persist(&path).map_err(|e| Error::io("cannot move block into place at", &path, e.error))?;
-        self.dirty_dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(dir.to_path_buf());
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 }
@@ -170,8 +167,7 @@ impl BlockStore for FsStore {
     }
 
     fn put_many(&self, blocks: &[Block]) -> Result<()> {
-        // fsync dominates: overlapping several keeps the disk busy.
-        self.io_pool.install(|| blocks.par_iter().try_for_each(|b| self.write_block(b)))
+        blocks.par_iter().try_for_each(|b| self.write_block(b))
     }
 
     fn get(&self, cid: &Cid) -> Result<Block> {
@@ -240,10 +236,21 @@ impl BlockStore for FsStore {
     }
 
     fn flush(&self) -> Result<()> {
-        let dirs: Vec<PathBuf> = self.dirty_dirs.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
-        dirs.par_iter().try_for_each(|d| {
-            File::open(d).and_then(|f| f.sync_all()).map_err(|e| Error::io("cannot sync directory", d, e))
-        })
+        if !self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(());
+        }
+        // One syncfs makes every block written so far (data, names and
+        // directories) durable: the kernel writes it back in large runs,
+        // where an fsync per 256 KiB block was bound by disk latency
+        // (200 MB/s against Kubo's 750 MB/s here).
+        let dir = File::open(&self.blocks).map_err(|e| Error::io("cannot open", &self.blocks, e))?;
+        // SAFETY: syncfs takes a valid open descriptor and nothing else.
+        let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
+        if rc != 0 {
+            self.dirty.store(true, std::sync::atomic::Ordering::Release);
+            return Err(Error::io("cannot sync the store at", &self.blocks, std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     fn pin_add(&self, cid: &Cid, mode: PinMode) -> Result<()> {
@@ -309,6 +316,18 @@ mod tests {
         assert!(name.starts_with("CIQ"), "{name}");
         let shard = p.parent().unwrap().file_name().unwrap().to_str().unwrap();
         assert_eq!(shard, &name[name.len() - 3..name.len() - 1]);
+    }
+
+    #[test]
+    fn a_right_sized_file_of_zeros_is_not_trusted() {
+        // What a crash before `flush` can leave behind.
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStore::open(dir.path()).unwrap();
+        let b = Block::new(CidVersion::V1, RAW, vec![7u8; 4096]);
+        s.put(&b).unwrap();
+        fs::write(s.block_path(b.cid()), vec![0u8; 4096]).unwrap();
+        s.put(&b).unwrap();
+        assert_eq!(s.get(b.cid()).unwrap(), b);
     }
 
     #[test]

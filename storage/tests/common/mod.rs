@@ -149,14 +149,24 @@ use std::os::unix::process::CommandExt;
 impl Drop for Daemon {
     fn drop(&mut self) {
         // The script execs node, but kill the whole group to be sure.
-        unsafe_kill_group(self.child.id());
+        kill_group(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn unsafe_kill_group(pid: u32) {
-    let _ = Command::new("kill").args(["-KILL", &format!("-{pid}")]).status();
+/// SIGKILLs the process group led by `pid` (the daemon was started as a
+/// group leader). Done with the syscall, not `kill(1)`: procps' `kill
+/// -KILL -1234` parses `-1234` as an option and signals pid -1 — every
+/// process the caller may signal.
+fn kill_group(pid: u32) {
+    let Ok(pgid) = i32::try_from(pid) else { return };
+    if pgid > 1 {
+        // SAFETY: kill(2) with a negative pgid only sends a signal.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
 }
 
 /// Deterministic pseudo-random bytes (xorshift), fast enough for hundreds
