@@ -166,7 +166,26 @@ impl<'a> Importer<'a> {
         } else if ft.is_dir() {
             self.add_dir(path, skipped, depth)
         } else if ft.is_file() {
-            let f = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+            let mut f = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+            if meta.len() < self.opts.chunk_size as u64 {
+                // One chunk: no pipeline threads for what is one leaf (most
+                // files of a dataset or a job's result). Reading until EOF
+                // keeps a file that grew meanwhile correct.
+                let mut data = Vec::with_capacity(meta.len() as usize + 1);
+                (&mut f)
+                    .take(self.opts.chunk_size as u64)
+                    .read_to_end(&mut data)
+                    .map_err(|e| Error::io("cannot read", path, e))?;
+                if data.len() < self.opts.chunk_size {
+                    let n = data.len() as u64;
+                    let (block, link) = self.leaf(data);
+                    self.store.put(&block)?;
+                    (self.progress)(n);
+                    return Ok((link, n));
+                }
+                // It grew to a full chunk or more: import it as a stream.
+                return self.add_file_reader(io::Cursor::new(data).chain(f), path);
+            }
             self.add_file_reader(f, path)
         } else {
             Err(Error::Unsupported(format!(
