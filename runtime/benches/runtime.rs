@@ -215,6 +215,7 @@ fn end_to_end(quick: bool) {
     let store = MemStore::new();
     let add = |name: &str| Importer::new(&store, Options::default()).add_path(&common::sample(name)).unwrap().root;
     let exec = Executor::new(Config::default()).unwrap();
+    let runner = job::Runner::new(&exec);
     let scratch = tempfile::tempdir().unwrap();
     let (size, iter) = if quick { ("200", "200") } else { ("400", "500") };
     let mut spec = Spec::new(add("mandelbrot"));
@@ -223,10 +224,10 @@ fn end_to_end(quick: bool) {
     let raw = Raw::new(&Config::default().wasmtime_config(), &wasm, true, true);
     let rounds = if quick { 3 } else { 7 };
     let (mut e2e, mut base) = (Vec::new(), Vec::new());
-    job::run(&exec, &store, &spec, scratch.path()).unwrap();
+    runner.run(&store, &spec, scratch.path()).unwrap();
     for _ in 0..rounds {
         let s = Instant::now();
-        let f = job::run(&exec, &store, &spec, scratch.path()).unwrap();
+        let f = runner.run(&store, &spec, scratch.path()).unwrap();
         e2e.push(s.elapsed());
         assert_eq!(f.exit_status, 0);
         base.push(raw.run(&["mandelbrot", size, iter]));
@@ -237,13 +238,13 @@ fn end_to_end(quick: bool) {
     let hello = Spec::new(add("hello"));
     let n = if quick { 300 } else { 3000 };
     for _ in 0..100 {
-        job::run(&exec, &store, &hello, scratch.path()).unwrap();
+        runner.run(&store, &hello, scratch.path()).unwrap();
     }
     let mut lat = Vec::with_capacity(n);
     let start = Instant::now();
     for _ in 0..n {
         let s = Instant::now();
-        job::run(&exec, &store, &hello, scratch.path()).unwrap();
+        runner.run(&store, &hello, scratch.path()).unwrap();
         lat.push(s.elapsed());
     }
     let total = start.elapsed();

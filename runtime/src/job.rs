@@ -120,14 +120,15 @@ impl Spec {
         let bytes = serde_json::to_vec(&self.canonical()).unwrap_or_default();
         *shoal_storage::Block::new(CidVersion::V1, shoal_storage::block::RAW, bytes).cid()
     }
+}
 
-    fn seed(&self) -> [u8; 32] {
-        let mut seed = [0u8; 32];
-        let id = self.id();
-        let digest = id.hash().digest();
-        seed[..digest.len().min(32)].copy_from_slice(&digest[..digest.len().min(32)]);
-        seed
-    }
+/// The deterministic seed of a spec: its id's SHA-256 digest.
+fn seed_of(id: &Cid) -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    let digest = id.hash().digest();
+    let n = digest.len().min(32);
+    seed[..n].copy_from_slice(&digest[..n]);
+    seed
 }
 
 /// Why a job could not be run at all (as opposed to running and failing,
@@ -201,6 +202,53 @@ pub fn exit_status(o: &Outcome) -> i32 {
 /// emptied afterwards) for the materialised inputs and the result tree;
 /// stores and pins the result.
 pub fn run(exec: &Executor, store: &dyn BlockStore, spec: &Spec, scratch: &Path) -> Result<Finished, JobError> {
+    Runner::new(exec).run(store, spec, scratch)
+}
+
+/// Module bytes kept in memory by a [`Runner`], by CID.
+pub const MODULE_CACHE_ENTRIES: usize = 32;
+
+/// Runs jobs with an executor, keeping recently used modules' bytes in
+/// memory by CID: a CID names its bytes forever, so a warm process neither
+/// re-reads nor re-hashes a module it has run (and the executor, which
+/// remembers buffers it has seen, skips its own hashing too).
+pub struct Runner<'a> {
+    exec: &'a Executor,
+    modules: std::sync::Mutex<Vec<(Cid, Arc<[u8]>)>>,
+}
+
+impl<'a> Runner<'a> {
+    /// A runner over `exec`.
+    pub fn new(exec: &'a Executor) -> Runner<'a> {
+        Runner { exec, modules: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    fn module(&self, store: &dyn BlockStore, cid: &Cid) -> Result<Arc<[u8]>, shoal_storage::Error> {
+        {
+            let cache = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, m)) = cache.iter().find(|(c, _)| c == cid) {
+                return Ok(m.clone());
+            }
+        }
+        let mut bytes = Vec::new();
+        exporter::cat(store, cid, &mut bytes)?;
+        let m: Arc<[u8]> = Arc::from(bytes);
+        let mut cache = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MODULE_CACHE_ENTRIES {
+            cache.remove(0);
+        }
+        cache.push((*cid, m.clone()));
+        Ok(m)
+    }
+
+    /// Runs `spec` (see [`run`]).
+    pub fn run(&self, store: &dyn BlockStore, spec: &Spec, scratch: &Path) -> Result<Finished, JobError> {
+        run_with(self, store, spec, scratch)
+    }
+}
+
+fn run_with(runner: &Runner<'_>, store: &dyn BlockStore, spec: &Spec, scratch: &Path) -> Result<Finished, JobError> {
+    let exec = runner.exec;
     fs::create_dir_all(scratch).map_err(io("cannot create scratch directory", scratch))?;
     let work = tempfile::Builder::new()
         .prefix("job-")
@@ -208,10 +256,9 @@ pub fn run(exec: &Executor, store: &dyn BlockStore, spec: &Spec, scratch: &Path)
         .map_err(io("cannot create scratch directory in", scratch))?;
     let storage = |what: String| move |source| JobError::Storage { what, source };
 
-    let mut module = Vec::new();
-    exporter::cat(store, &spec.module, &mut module).map_err(storage(format!("module {}", spec.module)))?;
+    let module = runner.module(store, &spec.module).map_err(storage(format!("module {}", spec.module)))?;
 
-    let mut task = Task::new(ModuleSource::Bytes(Arc::from(module)));
+    let mut task = Task::new(ModuleSource::Bytes(module));
     task.entry = spec.entry.clone();
     task.program_name = spec.program_name.clone();
     task.args = spec.args.clone();
@@ -219,7 +266,9 @@ pub fn run(exec: &Executor, store: &dyn BlockStore, spec: &Spec, scratch: &Path)
     task.env.sort();
     task.limits = spec.limits.clone();
     task.tee = spec.tee.clone();
-    task.mode = if spec.deterministic { Mode::Deterministic { seed: spec.seed() } } else { Mode::Nondeterministic };
+    let spec_id = spec.id();
+    task.mode =
+        if spec.deterministic { Mode::Deterministic { seed: seed_of(&spec_id) } } else { Mode::Nondeterministic };
 
     let inputs = work.path().join("inputs");
     fs::create_dir(&inputs).map_err(io("cannot create", &inputs))?;
@@ -248,17 +297,22 @@ pub fn run(exec: &Executor, store: &dyn BlockStore, spec: &Spec, scratch: &Path)
         task.mounts.push(Mount::new(host, input.guest.clone()));
     }
 
-    let result_dir = work.path().join("result");
-    let outputs = result_dir.join("outputs");
+    let outputs = work.path().join("outputs");
     fs::create_dir_all(&outputs).map_err(io("cannot create", &outputs))?;
-    task.outputs = Some(outputs);
+    task.outputs = Some(outputs.clone());
 
     let outcome = exec.run(&task)?;
 
     let status = exit_status(&outcome);
-    let write = |name: &str, bytes: &[u8]| {
-        let p = result_dir.join(name);
-        fs::write(&p, bytes).map_err(io("cannot write", &p))
+    // The small files are imported straight from memory; only the guest's
+    // /outputs tree comes from disk.
+    let opts = Options { hidden: true, ..Options::with_version(CidVersion::V1) };
+    let importer = Importer::new(store, opts);
+    let stored = || storage("storing the result".to_string());
+    let mut entries = Vec::new();
+    let mut write = |name: &str, bytes: &[u8]| -> Result<(), JobError> {
+        entries.push((name.to_string(), importer.add_bytes(bytes).map_err(stored())?));
+        Ok(())
     };
     write("exitCode", status.to_string().as_bytes())?;
     write("stdout", &outcome.stdout.bytes)?;
@@ -291,13 +345,13 @@ pub fn run(exec: &Executor, store: &dyn BlockStore, spec: &Spec, scratch: &Path)
         write("truncated", format!("{}\n", truncated.join("\n")).as_bytes())?;
     }
 
-    let opts = Options { hidden: true, ..Options::with_version(CidVersion::V1) };
-    let added = Importer::new(store, opts).add_path(&result_dir).map_err(storage("storing the result".to_string()))?;
+    entries.push(("outputs".to_string(), importer.add_path(&outputs).map_err(stored())?));
+    let outputs_cid = entries.last().map(|(_, a)| a.root);
+    let added = importer.add_directory(entries).map_err(stored())?;
     store.flush().map_err(storage("storing the result".to_string()))?;
     store.pin_add(&added.root, PinMode::Recursive).map_err(storage("pinning the result".to_string()))?;
-    let outputs = exporter::resolve(store, &added.root, &["outputs".to_string()])
-        .map_err(storage("reading the result back".to_string()))?;
-    Ok(Finished { spec: spec.id(), result: added.root, outputs, exit_status: status, outcome })
+    let outputs = outputs_cid.unwrap_or(added.root);
+    Ok(Finished { spec: spec_id, result: added.root, outputs, exit_status: status, outcome })
 }
 
 enum Measure {

@@ -179,3 +179,24 @@ fn output_can_be_streamed_while_the_job_runs() {
     plain.tee = None;
     assert_eq!(plain.id(), spec.id());
 }
+
+#[test]
+fn a_runner_keeps_module_bytes_by_cid() {
+    let store = MemStore::new();
+    let module = add(&store, &common::sample("hello"));
+    let spec = Spec::new(module);
+    let runner = job::Runner::new(common::executor());
+    let scratch = tempfile::tempdir().unwrap();
+    let first = runner.run(&store, &spec, scratch.path()).unwrap();
+    // Remove the module's blocks: the runner still has its bytes, a fresh
+    // one reports the missing module.
+    shoal_storage::exporter::walk(&store, &module, &mut |c, _| {
+        store.delete(c)?;
+        Ok(())
+    })
+    .unwrap();
+    let second = runner.run(&store, &spec, scratch.path()).unwrap();
+    assert_eq!(first.result, second.result);
+    let err = job::Runner::new(common::executor()).run(&store, &spec, scratch.path()).unwrap_err();
+    assert!(err.to_string().contains(&format!("module {module}")), "{err}");
+}

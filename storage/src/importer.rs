@@ -214,14 +214,41 @@ impl<'a> Importer<'a> {
             };
             names.push(s.to_string());
         }
-        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        let mut links = Vec::with_capacity(names.len());
-        let mut estimated = 0usize;
+        let mut children = Vec::with_capacity(names.len());
         let mut bytes = 0;
-        let mut tsize_sum = 0u64;
         for name in names {
             let (child, b) = self.add_entry(&path.join(&name), skipped, depth + 1)?;
             bytes += b;
+            children.push((name, child));
+        }
+        Ok((self.dir_node(children)?, bytes))
+    }
+
+    /// Builds a directory from entries already imported (e.g. files made
+    /// in memory with [`Importer::add_bytes`] beside a tree imported from
+    /// disk), exactly as if they had been imported from a directory.
+    /// Names must be unique and valid UnixFS names.
+    pub fn add_directory(&self, entries: Vec<(String, Added)>) -> Result<Added> {
+        let mut seen = std::collections::HashSet::new();
+        for (name, _) in &entries {
+            if name.is_empty() || name == "." || name == ".." || name.contains('/') || !seen.insert(name.clone()) {
+                return Err(Error::Unsupported(format!("{name:?} is not a valid, unique directory entry name")));
+            }
+        }
+        let bytes = entries.iter().map(|(_, a)| a.bytes).sum();
+        let skipped_hidden = entries.iter().map(|(_, a)| a.skipped_hidden).sum();
+        let children =
+            entries.into_iter().map(|(n, a)| (n, Link { cid: a.root, filesize: 0, tsize: a.dag_size })).collect();
+        let link = self.dir_node(children)?;
+        Ok(Added { root: link.cid, bytes, dag_size: link.tsize, skipped_hidden })
+    }
+
+    fn dir_node(&self, mut children: Vec<(String, Link)>) -> Result<Link> {
+        children.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut links = Vec::with_capacity(children.len());
+        let mut estimated = 0usize;
+        let mut tsize_sum = 0u64;
+        for (name, child) in children {
             tsize_sum += child.tsize;
             estimated += name.len() + child.cid.to_bytes().len();
             links.push(PbLink { hash: child.cid, name: Some(name), tsize: Some(child.tsize) });
@@ -237,11 +264,11 @@ impl<'a> Importer<'a> {
                 .collect();
             let (blocks, cid, tsize) = crate::hamt::build(entries, self.opts.cid_version)?;
             self.store.put_many(&blocks)?;
-            return Ok((Link { cid, filesize: 0, tsize }, bytes));
+            return Ok(Link { cid, filesize: 0, tsize });
         }
         let block = self.node(links, &UnixFs::new(DataType::Directory));
         self.store.put(&block)?;
-        Ok((Link { cid: *block.cid(), filesize: 0, tsize: block.len() as u64 + tsize_sum }, bytes))
+        Ok(Link { cid: *block.cid(), filesize: 0, tsize: block.len() as u64 + tsize_sum })
     }
 
     fn node(&self, links: Vec<PbLink>, u: &UnixFs) -> Block {
@@ -448,6 +475,32 @@ mod tests {
         let s = MemStore::new();
         let added = Importer::new(&s, Options::default()).add_path(dir.path()).unwrap();
         assert_eq!(added.root.to_string(), "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn");
+    }
+
+    #[test]
+    fn a_directory_built_from_parts_equals_one_imported_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/x"), b"inner").unwrap();
+        std::fs::write(dir.path().join("b"), b"bee").unwrap();
+        std::fs::write(dir.path().join("a"), b"").unwrap();
+        let s = MemStore::new();
+        for v in [CidVersion::V0, CidVersion::V1] {
+            let imp = Importer::new(&s, Options::with_version(v));
+            let whole = imp.add_path(dir.path()).unwrap();
+            let parts = vec![
+                ("sub".to_string(), imp.add_path(&dir.path().join("sub")).unwrap()),
+                ("b".to_string(), imp.add_bytes(b"bee").unwrap()),
+                ("a".to_string(), imp.add_bytes(b"").unwrap()),
+            ];
+            let built = imp.add_directory(parts).unwrap();
+            assert_eq!(built.root, whole.root);
+            assert_eq!(built.dag_size, whole.dag_size);
+        }
+        let imp = Importer::new(&s, Options::default());
+        let x = imp.add_bytes(b"x").unwrap();
+        assert!(imp.add_directory(vec![("a".into(), x.clone()), ("a".into(), x.clone())]).is_err());
+        assert!(imp.add_directory(vec![("../x".into(), x)]).is_err());
     }
 
     #[test]
