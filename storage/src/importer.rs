@@ -140,6 +140,13 @@ impl<'a> Importer<'a> {
 
     /// Imports a byte slice as one file.
     pub fn add_bytes(&self, data: &[u8]) -> Result<Added> {
+        if data.len() < self.opts.chunk_size {
+            // One leaf: no pipeline threads.
+            let (block, link) = self.leaf(data.to_vec());
+            self.store.put(&block)?;
+            (self.progress)(data.len() as u64);
+            return Ok(Added { root: link.cid, bytes: link.filesize, dag_size: link.tsize, skipped_hidden: 0 });
+        }
         self.add_reader(data)
     }
 
