@@ -261,8 +261,10 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
 
     let mut config = Config::default();
     config.cache_dir = Some(ctx.home.join("cache").join("modules"));
-    // One job per process: a small instance pool reserves less memory.
-    config.max_concurrent_jobs = 2;
+    // One job per process: a pool of one instance sized to this job's
+    // memory limit reserves (and later unmaps) far less address space.
+    config.max_concurrent_jobs = 1;
+    config.max_memory = config.max_memory.min(spec.limits.memory.max(1 << 20));
     let exec = Executor::new(config).context("cannot start the wasm engine")?;
     let finished = job::run(&exec, store.get(), &spec, &ctx.home.join("tmp"))?;
     let o = &finished.outcome;
