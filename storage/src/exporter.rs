@@ -110,11 +110,18 @@ pub fn resolve(store: &dyn BlockStore, root: &Cid, path: &[String]) -> Result<Ci
 
 /// What the node at `cid` is.
 pub fn stat(store: &dyn BlockStore, cid: &Cid) -> Result<Kind> {
+    Ok(stat_and_list(store, cid)?.0)
+}
+
+/// What the node at `cid` is and, for a directory, its entries: one read
+/// where `stat` then `ls` would take two.
+pub fn stat_and_list(store: &dyn BlockStore, cid: &Cid) -> Result<(Kind, Vec<DirEntry>)> {
     let block = store.get(cid)?;
     if ![RAW, DAG_PB].contains(&cid.codec()) {
-        return Ok(Kind::Other { codec: cid.codec() });
+        return Ok((Kind::Other { codec: cid.codec() }, Vec::new()));
     }
-    Ok(match decode(block)? {
+    let node = decode(block)?;
+    let kind = match &node {
         Node::Raw(d) => Kind::File { size: d.len() as u64 },
         Node::Pb(pb, u) => match u.kind {
             DataType::Directory => Kind::Directory { entries: pb.links.len() },
@@ -127,12 +134,22 @@ pub fn stat(store: &dyn BlockStore, cid: &Cid) -> Result<Kind> {
             }
             DataType::Metadata => Kind::Other { codec: DAG_PB },
         },
-    })
+    };
+    let list = match kind {
+        Kind::Directory { .. } | Kind::Sharded => entries(store, cid, node)?,
+        _ => Vec::new(),
+    };
+    Ok((kind, list))
 }
 
 /// Lists a directory's entries, in stored order.
 pub fn ls(store: &dyn BlockStore, cid: &Cid) -> Result<Vec<DirEntry>> {
-    match decode(store.get(cid)?)? {
+    entries(store, cid, decode(store.get(cid)?)?)
+}
+
+/// The entries of an already decoded directory node.
+fn entries(store: &dyn BlockStore, cid: &Cid, node: Node) -> Result<Vec<DirEntry>> {
+    match node {
         Node::Pb(pb, u) if u.kind == DataType::Directory => {
             let mut seen = HashSet::new();
             pb.links
@@ -180,7 +197,12 @@ fn write_file(store: &dyn BlockStore, block: Block, w: &mut dyn Write, depth: us
     if depth > crate::MAX_FILE_DEPTH {
         return Err(Error::Malformed { cid, reason: format!("file dag deeper than {} levels", crate::MAX_FILE_DEPTH) });
     }
-    let (pb, u) = match decode(block)? {
+    write_node(store, &cid, decode(block)?, w, depth)
+}
+
+fn write_node(store: &dyn BlockStore, cid: &Cid, node: Node, w: &mut dyn Write, depth: usize) -> Result<u64> {
+    let cid = *cid;
+    let (pb, u) = match node {
         Node::Raw(d) => {
             w.write_all(&d).map_err(|e| Error::io("cannot write", "output", e))?;
             return Ok(d.len() as u64);
@@ -255,8 +277,15 @@ fn get_into(store: &dyn BlockStore, cid: &Cid, dest: &Path, stats: &mut GetStats
             reason: format!("directories nested deeper than {}", crate::MAX_DIR_DEPTH),
         });
     }
-    match stat(store, cid)? {
-        Kind::File { .. } => {
+    // Each node is read and decoded once: `get` materialises every job's
+    // inputs, so a second read per file or directory would double its cost.
+    let node = decode(store.get(cid)?)?;
+    let kind = match &node {
+        Node::Raw(_) => DataType::File,
+        Node::Pb(_, u) => u.kind,
+    };
+    match kind {
+        DataType::File | DataType::Raw => {
             // create_new: never write through something already there.
             let f = File::options()
                 .write(true)
@@ -264,31 +293,27 @@ fn get_into(store: &dyn BlockStore, cid: &Cid, dest: &Path, stats: &mut GetStats
                 .open(dest)
                 .map_err(|e| Error::io("cannot create", dest, e))?;
             let mut w = BufWriter::with_capacity(1 << 20, f);
-            stats.bytes += cat(store, cid, &mut w)?;
+            stats.bytes += write_node(store, cid, node, &mut w, 0)?;
             w.flush().map_err(|e| Error::io("cannot write", dest, e))?;
             stats.files += 1;
         }
-        Kind::Directory { .. } => {
-            let entries = ls(store, cid)?;
+        DataType::Directory | DataType::HamtShard => {
+            let entries = entries(store, cid, node)?;
             fs::create_dir(dest).map_err(|e| Error::io("cannot create directory", dest, e))?;
             stats.dirs += 1;
             for e in entries {
                 get_into(store, &e.cid, &dest.join(&e.name), stats, depth + 1)?;
             }
         }
-        Kind::Symlink { target } => {
+        DataType::Symlink => {
+            let target = match &node {
+                Node::Pb(_, u) => String::from_utf8_lossy(u.data.as_deref().unwrap_or_default()).into_owned(),
+                Node::Raw(_) => String::new(),
+            };
             std::os::unix::fs::symlink(&target, dest).map_err(|e| Error::io("cannot create symlink", dest, e))?;
             stats.symlinks += 1;
         }
-        Kind::Sharded => {
-            let entries = ls(store, cid)?;
-            fs::create_dir(dest).map_err(|e| Error::io("cannot create directory", dest, e))?;
-            stats.dirs += 1;
-            for e in entries {
-                get_into(store, &e.cid, &dest.join(&e.name), stats, depth + 1)?;
-            }
-        }
-        Kind::Other { .. } => {
+        DataType::Metadata => {
             return Err(Error::WrongKind { cid: *cid, actual: "not a unixfs node", expected: "a file or directory" })
         }
     }

@@ -31,7 +31,7 @@ use cid::Cid;
 use rayon::prelude::*;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{pin_key, raw_cid, BlockStore, PinMode};
+use super::{pin_key, BlockStore, PinMode};
 use crate::{Block, Error, Result};
 
 const SCHEMA_VERSION: i64 = 1;
@@ -229,7 +229,7 @@ impl BlockStore for FsStore {
                     tracing::warn!(path = %entry.path().display(), "ignoring a file that is not a block");
                     continue;
                 };
-                out.push(raw_cid(&Cid::new_v1(crate::block::RAW, mh)));
+                out.push(Cid::new_v1(crate::block::RAW, mh));
             }
         }
         Ok(out)

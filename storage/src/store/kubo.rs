@@ -174,9 +174,8 @@ impl BlockStore for KuboStore {
     }
 
     fn get(&self, cid: &Cid) -> Result<Block> {
-        if !self.has(cid)? {
-            return Err(Error::NotFound { cid: *cid });
-        }
+        // One call: a missing block comes back as "not found" (Kubo,
+        // offline) or as the lookup deadline expiring (js-ipfs).
         let c = self.local();
         let key = cid.to_string();
         let data: Vec<u8> = self

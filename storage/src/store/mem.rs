@@ -5,7 +5,7 @@ use std::sync::RwLock;
 
 use cid::Cid;
 
-use super::{raw_cid, BlockStore, PinMode};
+use super::{BlockStore, PinMode};
 use crate::{Block, Error, Result};
 
 /// Blocks and pins in memory. Cheap to create; everything is lost on drop.
@@ -64,7 +64,7 @@ impl BlockStore for MemStore {
             .map(|k| {
                 let mh = multihash::Multihash::<64>::from_bytes(k)
                     .map_err(|e| Error::Unsupported(format!("bad multihash in memory store: {e}")))?;
-                Ok(raw_cid(&Cid::new_v1(crate::block::RAW, mh)))
+                Ok(Cid::new_v1(crate::block::RAW, mh))
             })
             .collect()
     }
