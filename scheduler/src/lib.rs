@@ -9,3 +9,5 @@
 //!
 //! ## Layout
 //! - `lib.rs`: this overview.
+
+pub mod net;

@@ -1,0 +1,604 @@
+//! The node-to-node protocol over libp2p: one [`Behaviour`] (identify, ping,
+//! Kademlia, gossipsub, and two request-response protocols from
+//! [`proto`]), driven by an [`EventLoop`] that owns the swarm. Async callers
+//! talk to it through a cloneable [`Client`] whose methods send a command
+//! over a bounded channel and await a oneshot reply (the shape of
+//! rust-libp2p's file-sharing example); what the network asks of the node
+//! arrives as [`Event`]s on another bounded channel, with the reply handle
+//! inside, so the node's logic never touches the swarm.
+//!
+//! Discovery is explicit: nodes dial the `--peer` addresses they are given,
+//! learn each other's listen addresses through identify and keep them in
+//! Kademlia, which then supplies addresses whenever a request must dial a
+//! peer by id. mDNS only runs when [`Config::mdns`] is set.
+
+pub mod proto;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::request_response::{self, cbor, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use tokio::sync::{mpsc, oneshot};
+
+use proto::{Announcement, BlockRequest, BlockResponse, Request, Response};
+
+/// Settings of the network layer; each has a documented default.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Run mDNS discovery on the local network (default off: nodes find
+    /// each other only through explicit peers).
+    pub mdns: bool,
+    /// How long one request may take before it fails (default 30 s; a
+    /// block response of 8 MiB on a slow link must fit).
+    pub request_timeout: Duration,
+    /// Capacity of the command and event channels (default 1024). When the
+    /// node's logic falls this far behind, inbound requests are answered
+    /// "busy" and announcements dropped rather than queued without bound.
+    pub channel_capacity: usize,
+    /// Close connections idle for this long (default 60 s).
+    pub idle_timeout: Duration,
+    /// Concurrent streams per connection per protocol (default 256).
+    pub max_streams: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mdns: false,
+            request_timeout: Duration::from_secs(30),
+            channel_capacity: 1024,
+            idle_timeout: Duration::from_secs(60),
+            max_streams: 256,
+        }
+    }
+}
+
+/// What can go wrong talking to the network.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The event loop has stopped (the node is shutting down).
+    #[error("the network event loop has stopped; is the node shutting down?")]
+    Stopped,
+    /// A request to a peer failed (unreachable, timed out, protocol error).
+    #[error("request to peer {peer} failed: {reason}")]
+    Request { peer: PeerId, reason: String },
+    /// Listening on an address failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    /// Dialing an address failed.
+    #[error("cannot dial {addr}: {reason}")]
+    Dial { addr: Multiaddr, reason: String },
+    /// Building the transport or a behaviour failed.
+    #[error("cannot set up the network: {0}")]
+    Setup(String),
+}
+
+/// Everything a node speaks, composed.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    exec: cbor::Behaviour<Request, Response>,
+    blocks: cbor::Behaviour<BlockRequest, BlockResponse>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+impl Behaviour {
+    /// Builds the behaviour for `key` with `cfg`.
+    pub fn new(key: &Keypair, cfg: &Config) -> Result<Behaviour, Error> {
+        let peer = key.public().to_peer_id();
+        let identify = identify::Behaviour::new(identify::Config::new("/shoal/1".into(), key.public()));
+        let mut kad_cfg = kad::Config::new(StreamProtocol::new("/shoal/kad/1"));
+        kad_cfg.set_query_timeout(Duration::from_secs(10));
+        let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), kad_cfg);
+        // Server mode from the start: on loopback or a LAN no external
+        // address is ever confirmed, and in the automatic mode peers would
+        // then never enter each other's routing tables.
+        kad.set_mode(Some(kad::Mode::Server));
+        let gossip_cfg = gossipsub::ConfigBuilder::default()
+            .max_transmit_size(proto::MAX_ANNOUNCEMENT)
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .heartbeat_interval(Duration::from_millis(500))
+            .build()
+            .map_err(|e| Error::Setup(format!("gossipsub config: {e}")))?;
+        let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)
+            .map_err(|e| Error::Setup(format!("gossipsub: {e}")))?;
+        gossipsub
+            .subscribe(&IdentTopic::new(proto::ANNOUNCE_TOPIC))
+            .map_err(|e| Error::Setup(format!("gossipsub subscribe: {e}")))?;
+        let rr_cfg = request_response::Config::default()
+            .with_request_timeout(cfg.request_timeout)
+            .with_max_concurrent_streams(cfg.max_streams);
+        let exec = cbor::Behaviour::with_codec(
+            cbor::codec::Codec::default()
+                .set_request_size_maximum(proto::MAX_EXEC_MESSAGE)
+                .set_response_size_maximum(proto::MAX_EXEC_MESSAGE),
+            [(StreamProtocol::new(proto::EXEC_PROTOCOL), ProtocolSupport::Full)],
+            rr_cfg.clone(),
+        );
+        let blocks = cbor::Behaviour::with_codec(
+            cbor::codec::Codec::default()
+                .set_request_size_maximum(proto::MAX_BLOCK_REQUEST)
+                .set_response_size_maximum(proto::MAX_BLOCK_RESPONSE),
+            [(StreamProtocol::new(proto::BLOCKS_PROTOCOL), ProtocolSupport::Full)],
+            rr_cfg,
+        );
+        let mdns = if cfg.mdns {
+            Some(
+                mdns::tokio::Behaviour::new(mdns::Config::default(), peer)
+                    .map_err(|e| Error::Setup(format!("mdns: {e}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(Behaviour { identify, ping: ping::Behaviour::default(), kad, gossipsub, exec, blocks, mdns: mdns.into() })
+    }
+}
+
+/// Builds a TCP + Noise + Yamux swarm for `key`.
+pub fn tcp_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, Error> {
+    let behaviour = Behaviour::new(&key, cfg)?;
+    let idle = cfg.idle_timeout;
+    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| Error::Setup(format!("tcp transport: {e}")))?
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| Error::Setup(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build())
+}
+
+/// Something the network asks of the node. Requests carry the channel to
+/// answer on through [`Client::respond`] / [`Client::respond_blocks`].
+#[derive(Debug)]
+pub enum Event {
+    /// An execution-protocol request from `peer`.
+    Request { peer: PeerId, request: Request, channel: ResponseChannel<Response> },
+    /// A block request from `peer`.
+    Blocks { peer: PeerId, request: BlockRequest, channel: ResponseChannel<BlockResponse> },
+    /// A node's announcement (signed by `peer`).
+    Announcement { peer: PeerId, announcement: Announcement },
+    /// The last connection to `peer` closed.
+    Disconnected { peer: PeerId },
+}
+
+enum Command {
+    Listen { addr: Multiaddr, reply: oneshot::Sender<Result<Multiaddr, Error>> },
+    Dial { addr: Multiaddr, reply: oneshot::Sender<Result<(), Error>> },
+    Request { peer: PeerId, request: Request, reply: oneshot::Sender<Result<Response, Error>> },
+    Blocks { peer: PeerId, request: BlockRequest, reply: oneshot::Sender<Result<BlockResponse, Error>> },
+    Respond { channel: ResponseChannel<Response>, response: Response },
+    RespondBlocks { channel: ResponseChannel<BlockResponse>, response: BlockResponse },
+    Publish { announcement: Announcement },
+    Peers { reply: oneshot::Sender<Vec<PeerId>> },
+}
+
+/// The handle async code uses to talk to the swarm. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    local: PeerId,
+}
+
+impl Client {
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Listens on `addr` (port 0 picks one) and returns the address bound.
+    pub async fn listen(&self, addr: Multiaddr) -> Result<Multiaddr, Error> {
+        self.call(|reply| Command::Listen { addr, reply }).await?
+    }
+
+    /// Dials `addr` (which should end in `/p2p/<peer id>`) and waits for the
+    /// connection.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), Error> {
+        self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Sends an execution-protocol request and waits for the response.
+    pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, Error> {
+        self.call(|reply| Command::Request { peer, request, reply }).await?
+    }
+
+    /// Asks `peer` for blocks.
+    pub async fn blocks(&self, peer: PeerId, request: BlockRequest) -> Result<BlockResponse, Error> {
+        self.call(|reply| Command::Blocks { peer, request, reply }).await?
+    }
+
+    /// Answers an inbound execution request.
+    pub async fn respond(&self, channel: ResponseChannel<Response>, response: Response) -> Result<(), Error> {
+        self.commands.send(Command::Respond { channel, response }).await.map_err(|_| Error::Stopped)
+    }
+
+    /// Answers an inbound block request.
+    pub async fn respond_blocks(
+        &self,
+        channel: ResponseChannel<BlockResponse>,
+        response: BlockResponse,
+    ) -> Result<(), Error> {
+        self.commands.send(Command::RespondBlocks { channel, response }).await.map_err(|_| Error::Stopped)
+    }
+
+    /// Publishes this node's announcement.
+    pub async fn announce(&self, announcement: Announcement) -> Result<(), Error> {
+        self.commands.send(Command::Publish { announcement }).await.map_err(|_| Error::Stopped)
+    }
+
+    /// The peers currently connected.
+    pub async fn peers(&self) -> Result<Vec<PeerId>, Error> {
+        self.call(|reply| Command::Peers { reply }).await
+    }
+}
+
+/// Owns the swarm; run it on its own task with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    topic: IdentTopic,
+    pending_listen: HashMap<ListenerId, (Multiaddr, oneshot::Sender<Result<Multiaddr, Error>>)>,
+    pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<(), Error>>>>,
+    pending_exec: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<Response, Error>>)>,
+    pending_blocks: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<BlockResponse, Error>>)>,
+    connected: HashSet<PeerId>,
+}
+
+/// Wraps `swarm` into a client, its event loop and the stream of events.
+pub fn new(swarm: Swarm<Behaviour>, cfg: &Config) -> (Client, EventLoop, mpsc::Receiver<Event>) {
+    let (cmd_tx, cmd_rx) = mpsc::channel(cfg.channel_capacity);
+    let (ev_tx, ev_rx) = mpsc::channel(cfg.channel_capacity);
+    let local = *swarm.local_peer_id();
+    let client = Client { commands: cmd_tx, local };
+    let event_loop = EventLoop {
+        swarm,
+        commands: cmd_rx,
+        events: ev_tx,
+        topic: IdentTopic::new(proto::ANNOUNCE_TOPIC),
+        pending_listen: HashMap::new(),
+        pending_dial: HashMap::new(),
+        pending_exec: HashMap::new(),
+        pending_blocks: HashMap::new(),
+        connected: HashSet::new(),
+    };
+    (client, event_loop, ev_rx)
+}
+
+impl EventLoop {
+    /// Drives the swarm until every [`Client`] is dropped or `shutdown`
+    /// resolves.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm(event),
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let b = self.swarm.behaviour_mut();
+        match command {
+            Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    self.pending_listen.insert(id, (addr, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(Error::Listen { addr, reason: e.to_string() }));
+                }
+            },
+            Command::Dial { addr, reply } => {
+                let peer = addr.iter().find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                    _ => None,
+                });
+                let Some(peer) = peer else {
+                    let _ = reply.send(Err(Error::Dial { addr, reason: "the address has no /p2p/<peer id>".into() }));
+                    return;
+                };
+                if self.connected.contains(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                b.kad.add_address(&peer, addr.clone());
+                match self.swarm.dial(addr.clone()) {
+                    Ok(()) => self.pending_dial.entry(peer).or_default().push(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(Error::Dial { addr, reason: e.to_string() }));
+                    }
+                }
+            }
+            Command::Request { peer, request, reply } => {
+                let id = b.exec.send_request(&peer, request);
+                self.pending_exec.insert(id, (peer, reply));
+            }
+            Command::Blocks { peer, request, reply } => {
+                let id = b.blocks.send_request(&peer, request);
+                self.pending_blocks.insert(id, (peer, reply));
+            }
+            Command::Respond { channel, response } => {
+                // The requester may have gone away; nothing to do then.
+                let _ = b.exec.send_response(channel, response);
+            }
+            Command::RespondBlocks { channel, response } => {
+                let _ = b.blocks.send_response(channel, response);
+            }
+            Command::Publish { announcement } => {
+                if let Ok(bytes) = serde_json::to_vec(&announcement) {
+                    // Fails harmlessly with InsufficientPeers while alone.
+                    if let Err(e) = b.gossipsub.publish(self.topic.clone(), bytes) {
+                        tracing::debug!("announcement not published: {e}");
+                    }
+                }
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.connected.iter().copied().collect());
+            }
+        }
+    }
+
+    fn emit(&mut self, event: Event) {
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                // The node is overloaded: refuse instead of queueing.
+                tracing::warn!("node busy: dropping a network event");
+                match event {
+                    Event::Request { channel, .. } => {
+                        let _ = self.swarm.behaviour_mut().exec.send_response(
+                            channel,
+                            Response::Error { message: "node busy; try again later".into() },
+                        );
+                    }
+                    Event::Blocks { channel, .. } => {
+                        let _ = self.swarm.behaviour_mut().blocks.send_response(channel, BlockResponse::default());
+                    }
+                    _ => {}
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                if let Some((_, reply)) = self.pending_listen.remove(&listener_id) {
+                    let _ = reply.send(Ok(address));
+                }
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                if let Some((addr, reply)) = self.pending_listen.remove(&listener_id) {
+                    let reason = match reason {
+                        Ok(()) => "closed".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    let _ = reply.send(Err(Error::Listen { addr, reason }));
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                self.connected.insert(peer_id);
+                for reply in self.pending_dial.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                for reply in self.pending_dial.remove(&peer).unwrap_or_default() {
+                    let _ = reply.send(Err(Error::Dial { addr: Multiaddr::empty(), reason: error.to_string() }));
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.connected.remove(&peer_id);
+                self.emit(Event::Disconnected { peer: peer_id });
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    let _ = self.swarm.dial(addr);
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                let Some(peer) = message.source else { return };
+                match serde_json::from_slice::<Announcement>(&message.data) {
+                    Ok(announcement) => self.emit(Event::Announcement { peer, announcement }),
+                    Err(e) => tracing::debug!("malformed announcement from {peer}: {e}"),
+                }
+            }
+            BehaviourEvent::Exec(request_response::Event::Message { peer, message, .. }) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.emit(Event::Request { peer, request, channel })
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some((_, reply)) = self.pending_exec.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            BehaviourEvent::Exec(request_response::Event::OutboundFailure { request_id, error, peer, .. }) => {
+                if let Some((_, reply)) = self.pending_exec.remove(&request_id) {
+                    let _ = reply.send(Err(Error::Request { peer, reason: error.to_string() }));
+                }
+            }
+            BehaviourEvent::Blocks(request_response::Event::Message { peer, message, .. }) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.emit(Event::Blocks { peer, request, channel })
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some((_, reply)) = self.pending_blocks.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            BehaviourEvent::Blocks(request_response::Event::OutboundFailure { request_id, error, peer, .. }) => {
+                if let Some((_, reply)) = self.pending_blocks.remove(&request_id) {
+                    let _ = reply.send(Err(Error::Request { peer, reason: error.to_string() }));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A swarm over libp2p's in-memory transport: the same behaviour and event
+/// loop, no sockets. Used by unit tests here and in the node.
+pub fn memory_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, Error> {
+    use libp2p::core::transport::{MemoryTransport, Transport};
+    use libp2p::core::upgrade::Version;
+    let behaviour = Behaviour::new(&key, cfg)?;
+    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            Ok(MemoryTransport::default()
+                .upgrade(Version::V1)
+                .authenticate(noise::Config::new(key)?)
+                .multiplex(yamux::Config::default()))
+        })
+        .map_err(|e| Error::Setup(format!("memory transport: {e}")))?
+        .with_behaviour(|_| behaviour)
+        .map_err(|e| Error::Setup(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::multiaddr::Protocol;
+
+    async fn node() -> (Client, mpsc::Receiver<Event>, Multiaddr, oneshot::Sender<()>) {
+        let cfg = Config::default();
+        let swarm = memory_swarm(Keypair::generate_ed25519(), &cfg).unwrap();
+        let (client, event_loop, events) = new(swarm, &cfg);
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(event_loop.run(async move {
+            let _ = stopped.await;
+        }));
+        let addr = client.listen("/memory/0".parse().unwrap()).await.unwrap();
+        let addr = addr.with(Protocol::P2p(client.local_peer_id()));
+        (client, events, addr, stop)
+    }
+
+    #[tokio::test]
+    async fn exec_request_round_trip_and_block_exchange() {
+        let (a, mut a_events, a_addr, _sa) = node().await;
+        let (b, _b_events, _b_addr, _sb) = node().await;
+        b.dial(a_addr).await.unwrap();
+        // The event loop stops when its last client is dropped: keep one.
+        let a_keep = a.clone();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                match a_events.recv().await.unwrap() {
+                    Event::Request { request, channel, .. } => {
+                        assert_eq!(request.exec(), "e-1");
+                        a.respond(channel, Response::Bid { accepted: true, reason: None }).await.unwrap();
+                    }
+                    Event::Blocks { request, channel, .. } => {
+                        let response = BlockResponse { blocks: vec![], missing: request.want };
+                        a.respond_blocks(channel, response).await.unwrap();
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        });
+        let peer_a = _sa_peer(&b).await;
+        let response = b
+            .request(peer_a, Request::Bid { job: "j-1".into(), exec: "e-1".into(), spec: "{}".into() })
+            .await
+            .unwrap();
+        assert_eq!(response, Response::Bid { accepted: true, reason: None });
+        let blocks = b.blocks(peer_a, BlockRequest { want: vec![vec![1, 2, 3]] }).await.unwrap();
+        assert_eq!(blocks.missing, vec![vec![1, 2, 3]]);
+        server.await.unwrap();
+        drop(a_keep);
+    }
+
+    async fn _sa_peer(client: &Client) -> PeerId {
+        client.peers().await.unwrap()[0]
+    }
+
+    #[tokio::test]
+    async fn request_to_unknown_peer_fails_cleanly() {
+        let (a, _events, _addr, _s) = node().await;
+        let stranger = Keypair::generate_ed25519().public().to_peer_id();
+        let err = a.request(stranger, Request::Run { exec: "e".into() }).await.unwrap_err();
+        assert!(matches!(err, Error::Request { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn announcements_reach_subscribed_peers() {
+        let (a, mut a_events, a_addr, _sa) = node().await;
+        let (b, _b_events, _b_addr, _sb) = node().await;
+        b.dial(a_addr).await.unwrap();
+        let ann = Announcement {
+            boot: 7,
+            version: "test".into(),
+            compute: true,
+            slots_total: 2,
+            slots_free: 1,
+            memory_bytes: 1 << 30,
+            labels: [("zone".to_string(), "eu".to_string())].into(),
+            gpu: None,
+            api: None,
+        };
+        // Subscriptions are exchanged just after connecting: publish until
+        // one arrives (bounded).
+        for _ in 0..100 {
+            b.announce(ann.clone()).await.unwrap();
+            if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(50), a_events.recv()).await {
+                match ev {
+                    Event::Announcement { peer, announcement } => {
+                        assert_eq!(peer, b.local_peer_id());
+                        assert_eq!(announcement, ann);
+                        let _ = a;
+                        return;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        panic!("no announcement arrived in 100 tries");
+    }
+
+    #[tokio::test]
+    async fn dial_without_peer_id_is_refused() {
+        let (a, _e, _addr, _s) = node().await;
+        let err = a.dial("/memory/1234".parse().unwrap()).await.unwrap_err();
+        assert!(err.to_string().contains("/p2p/"), "{err}");
+    }
+}

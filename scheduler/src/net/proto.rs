@@ -1,0 +1,130 @@
+//! The messages nodes exchange. Everything is CBOR on the wire (libp2p's
+//! request-response `cbor` codec) with explicit size caps, so a peer cannot
+//! make another buffer an unbounded message.
+//!
+//! Two request-response protocols and one gossip topic:
+//! - [`EXEC_PROTOCOL`]: the execution conversation between a requester and
+//!   a compute node ([`Request`] / [`Response`]): bid, run, commit, reveal,
+//!   cancel, fail.
+//! - [`BLOCKS_PROTOCOL`]: block exchange ([`BlockRequest`] /
+//!   [`BlockResponse`]); the receiver hash-checks every block.
+//! - [`ANNOUNCE_TOPIC`]: gossipsub announcements ([`Announcement`]) of each
+//!   node's capacity, labels and GPU.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The execution protocol's name (bumped on incompatible changes).
+pub const EXEC_PROTOCOL: &str = "/shoal/exec/1";
+/// The block exchange protocol's name.
+pub const BLOCKS_PROTOCOL: &str = "/shoal/blocks/1";
+/// The gossipsub topic node announcements travel on.
+pub const ANNOUNCE_TOPIC: &str = "shoal/nodes/1";
+
+/// Largest execution-protocol message: a spec is small, a reveal carries at
+/// most [`MAX_LOG_BYTES`] of each stream.
+pub const MAX_EXEC_MESSAGE: u64 = 1 << 20;
+/// Largest block request: at most [`MAX_WANT`] CIDs.
+pub const MAX_BLOCK_REQUEST: u64 = 64 << 10;
+/// Largest block response. A responder stops adding blocks before this and
+/// leaves the rest for the next request.
+pub const MAX_BLOCK_RESPONSE: u64 = 9 << 20;
+/// The byte budget a responder fills (below [`MAX_BLOCK_RESPONSE`], leaving
+/// room for framing).
+pub const BLOCK_RESPONSE_BUDGET: usize = 8 << 20;
+/// Most CIDs one block request may ask for.
+pub const MAX_WANT: usize = 256;
+/// How much of an execution's stdout and stderr travels with its reveal.
+pub const MAX_LOG_BYTES: usize = 64 << 10;
+/// Largest announcement accepted from gossip.
+pub const MAX_ANNOUNCEMENT: usize = 16 << 10;
+
+/// A request on [`EXEC_PROTOCOL`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Requester → compute: would you run this execution? The spec is the
+    /// job spec as JSON. Accepting reserves a slot until `Run` or `Cancel`.
+    Bid { job: String, exec: String, spec: String },
+    /// Requester → compute: run the execution you accepted.
+    Run { exec: String },
+    /// Compute → requester: the execution finished; `commitment` binds its
+    /// result CID without revealing it (see `commit`).
+    Commit { exec: String, commitment: [u8; 32], exit_code: i32 },
+    /// Compute → requester: the execution could not run (host-side error).
+    Failed { exec: String, error: String },
+    /// Requester → compute: reveal the result behind your commitment.
+    Reveal { exec: String },
+    /// Requester → compute: stop and forget this execution.
+    Cancel { exec: String },
+}
+
+impl Request {
+    /// The execution a request is about.
+    pub fn exec(&self) -> &str {
+        match self {
+            Request::Bid { exec, .. }
+            | Request::Run { exec }
+            | Request::Commit { exec, .. }
+            | Request::Failed { exec, .. }
+            | Request::Reveal { exec }
+            | Request::Cancel { exec } => exec,
+        }
+    }
+}
+
+/// A response on [`EXEC_PROTOCOL`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The answer to `Bid`.
+    Bid { accepted: bool, reason: Option<String> },
+    /// Done (Run started, Commit recorded, Cancel applied...).
+    Ok,
+    /// The answer to `Reveal`: the result CID, the nonce that opens the
+    /// commitment, and the head of each output stream.
+    Revealed { result: String, nonce: [u8; 32], exit_code: i32, stdout: String, stderr: String },
+    /// The request was refused; the message says why.
+    Error { message: String },
+}
+
+/// A request on [`BLOCKS_PROTOCOL`]: CIDs in binary form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRequest {
+    pub want: Vec<Vec<u8>>,
+}
+
+/// A response on [`BLOCKS_PROTOCOL`]. CIDs the responder neither sent nor
+/// listed as missing were left out for size: ask again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct BlockResponse {
+    /// `(cid, data)` pairs; the receiver verifies each.
+    pub blocks: Vec<(Vec<u8>, Vec<u8>)>,
+    /// CIDs the responder does not have.
+    pub missing: Vec<Vec<u8>>,
+}
+
+/// A node's GPU as announced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gpu {
+    pub name: String,
+    pub memory_bytes: u64,
+    /// A software rasteriser (lavapipe): correct but slow.
+    pub software: bool,
+}
+
+/// What a node tells the network about itself, about once a second.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// Random per process start: a new value tells requesters that the
+    /// node restarted and has forgotten its running executions.
+    pub boot: u64,
+    pub version: String,
+    pub compute: bool,
+    pub slots_total: u32,
+    pub slots_free: u32,
+    pub memory_bytes: u64,
+    pub labels: BTreeMap<String, String>,
+    pub gpu: Option<Gpu>,
+    /// The node's HTTP API, if it serves one (for `shoal nodes`).
+    pub api: Option<String>,
+}
