@@ -185,6 +185,7 @@ pub fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<ExitCode> {
 
 pub fn cat(ctx: &Ctx, a: CatArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(ctx)?;
+    crate::cmd_net::fetch_if_missing(ctx, store.get(), &a.target)?;
     let cid = resolve(store.get(), &a.target)?;
     let stdout = std::io::stdout();
     let mut w = BufWriter::with_capacity(1 << 20, stdout.lock());
@@ -203,6 +204,7 @@ pub fn cat(ctx: &Ctx, a: CatArgs) -> anyhow::Result<ExitCode> {
 
 pub fn get(ctx: &Ctx, a: GetArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(ctx)?;
+    crate::cmd_net::fetch_if_missing(ctx, store.get(), &a.target)?;
     let cid = resolve(store.get(), &a.target)?;
     let out = a.output.unwrap_or_else(|| {
         let (root, path) = parse_cid_path(&a.target).unwrap_or((cid, vec![]));

@@ -11,8 +11,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cmd_net;
 mod cmd_run;
 mod cmd_storage;
+mod node;
 mod output;
 mod store;
 
@@ -30,6 +32,10 @@ pub struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    /// A node's HTTP API, for the verbs that talk to a node (and for
+    /// `cat`/`get` of CIDs not in the local store).
+    #[arg(long, global = true, env = "SHOAL_NODE", value_name = "URL")]
+    node: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +63,17 @@ enum Command {
     /// Verify, garbage-collect or measure the store.
     #[command(subcommand)]
     Repo(cmd_storage::RepoCmd),
+    /// Run a peer node (requester and compute node).
+    Node(node::NodeArgs),
+    /// Start N nodes on loopback and keep them running until Ctrl-C.
+    Devstack(cmd_net::DevstackArgs),
+    /// Submit a job to a node; print its id (or, with --wait, its result CID).
+    Submit(cmd_net::SubmitArgs),
+    /// Describe, list, follow or cancel jobs on a node.
+    #[command(subcommand)]
+    Job(cmd_net::JobCmd),
+    /// The nodes a node knows, with their capacity and record.
+    Nodes,
 }
 
 /// Global settings every verb sees.
@@ -64,6 +81,8 @@ pub struct Ctx {
     pub home: PathBuf,
     pub ipfs_api: Option<String>,
     pub json: bool,
+    /// The node the network verbs talk to.
+    pub node: cmd_net::NodeUrl,
     /// Progress bars only when a person is watching.
     pub interactive: bool,
 }
@@ -82,6 +101,7 @@ fn main() -> ExitCode {
         home: cli.home.clone().unwrap_or_else(default_home),
         ipfs_api: cli.ipfs_api.clone(),
         json: cli.json,
+        node: cmd_net::NodeUrl { node: cli.node.clone() },
         interactive: std::io::stderr().is_terminal(),
     };
     let res = match cli.command {
@@ -94,6 +114,11 @@ fn main() -> ExitCode {
         Command::Pin(c) => cmd_storage::pin(&ctx, c),
         Command::Car(c) => cmd_storage::car(&ctx, c),
         Command::Repo(c) => cmd_storage::repo(&ctx, c),
+        Command::Node(a) => node::run(&ctx, a),
+        Command::Devstack(a) => cmd_net::devstack(&ctx, a),
+        Command::Submit(a) => cmd_net::submit(&ctx, a),
+        Command::Job(c) => cmd_net::job(&ctx, c),
+        Command::Nodes => cmd_net::nodes(&ctx),
     };
     match res {
         Ok(code) => code,

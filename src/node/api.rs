@@ -1,0 +1,352 @@
+//! The node's HTTP API (axum): jobs, nodes, data in and out as CAR files,
+//! health, Prometheus metrics and the OpenAPI document at `/openapi.json`.
+//!
+//! On a loopback bind the API is open to local users; on any other bind
+//! every request must carry `Authorization: Bearer <token>` with the token
+//! from `<home>/api-token`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::json;
+use shoal_scheduler::model::{Job, JobId, JobState};
+use shoal_scheduler::spec::Spec;
+use shoal_storage::Cid;
+use utoipa::OpenApi;
+
+use super::{fetch, requester, Node};
+
+/// Largest request body: a job spec, or a CAR file of a module and its
+/// inputs uploaded by `shoal submit`.
+pub const MAX_BODY: usize = 256 << 20;
+/// Largest CAR the API returns for `GET /v1/car/{cid}`.
+pub const MAX_CAR: usize = 1 << 30;
+/// Jobs a requester holds unfinished before it refuses new ones.
+pub const MAX_ACTIVE_JOBS: usize = 100_000;
+/// Longest `wait` long poll.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// The node's Prometheus metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub jobs_submitted: Counter,
+    pub jobs_completed: Counter,
+    pub jobs_failed: Counter,
+    pub executions_run: Counter,
+    pub executions_lost: Counter,
+    pub active_jobs: Gauge,
+    pub job_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("shoal");
+        let m = Metrics {
+            registry: Registry::default(),
+            jobs_submitted: Counter::default(),
+            jobs_completed: Counter::default(),
+            jobs_failed: Counter::default(),
+            executions_run: Counter::default(),
+            executions_lost: Counter::default(),
+            active_jobs: Gauge::default(),
+            job_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0]),
+        };
+        registry.register("jobs_submitted", "Jobs accepted on this node's API", m.jobs_submitted.clone());
+        registry.register("jobs_completed", "Jobs completed with an agreed result", m.jobs_completed.clone());
+        registry.register("jobs_failed", "Jobs that failed", m.jobs_failed.clone());
+        registry.register("executions_run", "Executions this node ran", m.executions_run.clone());
+        registry.register("executions_lost", "Executions marked lost", m.executions_lost.clone());
+        registry.register("active_jobs", "Queued or running jobs", m.active_jobs.clone());
+        registry.register("job_seconds", "Submit-to-result latency", m.job_seconds.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+type Shared = Arc<Node>;
+
+/// An error as the API returns it: a status and `{"error": "..."}`.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("no job {id} on this node; `shoal job list` shows the jobs it knows"))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Shoal node API", description = "Submit and follow Wasm jobs on a Shoal peer network."),
+    paths(submit, get_job, list_jobs, cancel_job, job_logs, wait_job, nodes, health, metrics, car_import, car_export)
+)]
+struct ApiDoc;
+
+/// The API's routes for `node`; `token` is required when set.
+pub fn router(node: Shared, token: Option<String>) -> Router {
+    let app = Router::new()
+        .route("/v1/jobs", post(submit).get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/logs", get(job_logs))
+        .route("/v1/jobs/{id}/wait", get(wait_job))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/health", get(health))
+        .route("/v1/car", post(car_import))
+        .route("/v1/car/{cid}", get(car_export))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(node);
+    match token {
+        Some(t) => app.layer(middleware::from_fn(move |req: Request, next: Next| {
+            let t = t.clone();
+            async move {
+                let ok = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .is_some_and(|given| constant_time_eq(given.as_bytes(), t.as_bytes()));
+                if ok {
+                    next.run(req).await
+                } else {
+                    ApiError(
+                        StatusCode::UNAUTHORIZED,
+                        "missing or wrong bearer token: send `Authorization: Bearer <token>` with the token from the node's <home>/api-token (or set SHOAL_TOKEN)".into(),
+                    )
+                    .into_response()
+                }
+            }
+        })),
+        None => app,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn job_json(node: &Node, job: &Job) -> serde_json::Value {
+    let execs = node.db().executions(&job.id).unwrap_or_default();
+    json!({ "job": job, "executions": execs })
+}
+
+fn parse_id(id: &str) -> Result<JobId, ApiError> {
+    id.parse().map_err(|_| bad(format!("malformed job id {id:?}; job ids look like j-0190f…")))
+}
+
+/// Submit a job (YAML or JSON spec).
+#[utoipa::path(post, path = "/v1/jobs", request_body(content = String, description = "job spec, YAML or JSON (docs/job-spec.md)"),
+    responses((status = 201, description = "accepted: {\"id\": ...}"), (status = 400, description = "bad spec")))]
+async fn submit(State(node): State<Shared>, body: String) -> Result<impl IntoResponse, ApiError> {
+    let spec = Spec::from_yaml_or_json(&body).map_err(|e| bad(format!("bad job spec: {e}")))?;
+    let active = node.db().active_jobs().map_err(internal)?.len();
+    if active >= MAX_ACTIVE_JOBS {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this node already holds {active} unfinished jobs; retry later"),
+        ));
+    }
+    let now = node.now();
+    let job = Job::new(JobId::from_parts(now, rand::random()), spec, now);
+    node.db().insert_job(&job).map_err(internal)?;
+    node.metrics.jobs_submitted.inc();
+    node.kick.notify_one();
+    node.notify_changed();
+    Ok((StatusCode::CREATED, Json(json!({ "id": job.id }))))
+}
+
+/// A job and its executions.
+#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path)), responses((status = 200), (status = 404)))]
+async fn get_job(State(node): State<Shared>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let jid = parse_id(&id)?;
+    let job = node.db().job(&jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
+    Ok(Json(job_json(&node, &job)))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Jobs, newest first, optionally filtered by state.
+#[utoipa::path(get, path = "/v1/jobs", params(("state" = Option<String>, Query), ("limit" = Option<usize>, Query)), responses((status = 200)))]
+async fn list_jobs(State(node): State<Shared>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<JobState>().map_err(|_| {
+            bad(format!("unknown state {s:?}; use queued, running, completed, failed or cancelled"))
+        })?),
+    };
+    let jobs = node.db().jobs(state, q.limit.unwrap_or(100).min(10_000)).map_err(internal)?;
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+/// Cancel a job.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", params(("id" = String, Path)), responses((status = 200), (status = 404)))]
+async fn cancel_job(State(node): State<Shared>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let jid = parse_id(&id)?;
+    let job = requester::cancel(&node, &jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
+    Ok(Json(job_json(&node, &job)))
+}
+
+/// The stdout and stderr of each execution (heads, as revealed).
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs", params(("id" = String, Path)), responses((status = 200), (status = 404)))]
+async fn job_logs(State(node): State<Shared>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let jid = parse_id(&id)?;
+    node.db().job(&jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
+    let execs = node.db().executions(&jid).map_err(internal)?;
+    let logs: Vec<_> = execs
+        .iter()
+        .map(|e| {
+            json!({ "execution": e.id, "node": e.node, "state": e.state, "exit_code": e.exit_code,
+                    "stdout": e.stdout, "stderr": e.stderr, "error": e.error })
+        })
+        .collect();
+    Ok(Json(json!({ "job": jid, "executions": logs })))
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    timeout: Option<u64>,
+}
+
+/// Long poll: returns when the job ends or after `timeout` seconds.
+#[utoipa::path(get, path = "/v1/jobs/{id}/wait", params(("id" = String, Path), ("timeout" = Option<u64>, Query)), responses((status = 200), (status = 404)))]
+async fn wait_job(
+    State(node): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let jid = parse_id(&id)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.timeout.unwrap_or(30)).min(MAX_WAIT);
+    let mut changes = node.changed.subscribe();
+    loop {
+        let job = node.db().job(&jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
+        if job.state.is_terminal() {
+            return Ok(Json(job_json(&node, &job)));
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return Ok(Json(job_json(&node, &job))),
+        }
+    }
+}
+
+/// The nodes this node knows, with their announcements and record.
+#[utoipa::path(get, path = "/v1/nodes", responses((status = 200)))]
+async fn nodes(State(node): State<Shared>) -> Json<serde_json::Value> {
+    let views = requester::views(&node);
+    let apis: std::collections::HashMap<String, Option<String>> = {
+        let v = node.views.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter().map(|(p, v)| (p.to_string(), v.announcement.api.clone())).collect()
+    };
+    let list: Vec<_> = views
+        .iter()
+        .map(|v| {
+            let api = if v.id == node.peer.to_string() { node.api_url.get().cloned() } else { apis.get(&v.id).cloned().flatten() };
+            json!({ "node": v, "api": api, "self": v.id == node.peer.to_string() })
+        })
+        .collect();
+    Json(json!({ "nodes": list }))
+}
+
+/// Liveness and identity.
+#[utoipa::path(get, path = "/v1/health", responses((status = 200)))]
+async fn health(State(node): State<Shared>) -> Json<serde_json::Value> {
+    let peers = node.client.peers().await.map(|p| p.len()).unwrap_or(0);
+    Json(json!({ "ok": true, "peer": node.peer.to_string(), "version": env!("CARGO_PKG_VERSION"), "connected_peers": peers }))
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
+async fn metrics(State(node): State<Shared>) -> Result<impl IntoResponse, ApiError> {
+    let active = node.db().active_jobs().map(|j| j.len()).unwrap_or(0);
+    node.metrics.active_jobs.set(active as i64);
+    let mut out = String::new();
+    encode(&mut out, &node.metrics.registry).map_err(internal)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+/// Import a CAR file (a module, a dataset) and pin its roots.
+#[utoipa::path(post, path = "/v1/car", request_body(content = Vec<u8>, content_type = "application/vnd.ipld.car"), responses((status = 200, description = "{\"roots\": [...]}"), (status = 400)))]
+async fn car_import(State(node): State<Shared>, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+    let store = node.store.clone();
+    let stats = tokio::task::spawn_blocking(move || {
+        let stats = shoal_storage::car::import(&*store, std::io::Cursor::new(body), "the uploaded car")?;
+        for root in &stats.roots {
+            shoal_storage::pin::add(&*store, root, shoal_storage::PinMode::Recursive)?;
+        }
+        Ok::<_, shoal_storage::Error>(stats)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| bad(e.to_string()))?;
+    Ok(Json(json!({ "roots": stats.roots.iter().map(|c| c.to_string()).collect::<Vec<_>>() })))
+}
+
+/// A DAG as a CAR file, fetched from the network first when not local.
+#[utoipa::path(get, path = "/v1/car/{cid}", params(("cid" = String, Path)), responses((status = 200, content_type = "application/vnd.ipld.car"), (status = 404)))]
+async fn car_export(State(node): State<Shared>, Path(cid): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let root: Cid = cid.parse().map_err(|e| bad(format!("malformed cid {cid:?}: {e}")))?;
+    let providers = node.client.peers().await.unwrap_or_default();
+    fetch::fetch_dag(&node.client, &node.store, root, &providers)
+        .await
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, format!("{e:#}")))?;
+    let store = node.store.clone();
+    let car = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        shoal_storage::car::export(&*store, &root, &mut LimitedWriter(&mut out, MAX_CAR))?;
+        Ok::<_, shoal_storage::Error>(out)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/vnd.ipld.car")], car))
+}
+
+struct LimitedWriter<'a>(&'a mut Vec<u8>, usize);
+
+impl std::io::Write for LimitedWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > self.1 {
+            return Err(std::io::Error::other(format!("the dag is larger than {} bytes; fetch it with a node", self.1)));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,327 @@
+//! The compute side of a node: it accepts bids while it has free slots,
+//! runs accepted executions with the runtime over inputs fetched by CID,
+//! commits to the result (a hash of the result CID and a secret nonce) and
+//! reveals it only when the requester asks, after it has collected the
+//! commitments it needs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use libp2p::PeerId;
+use shoal_runtime::job;
+use shoal_runtime::{Config, Executor};
+use shoal_scheduler::commit;
+use shoal_scheduler::net::proto::{self, Gpu, Request, Response};
+use shoal_scheduler::spec::Spec;
+use shoal_storage::Cid;
+
+use super::{fetch, Node};
+
+/// A reservation not followed by `Run` within this long is released.
+pub const RESERVATION_TTL_MS: u64 = 30_000;
+/// How many times a commitment or failure report is retried (the requester
+/// may be restarting), with doubling delays from 200 ms.
+pub const REPORT_RETRIES: u32 = 8;
+/// Most executions remembered at once (finished ones are forgotten after
+/// their reveal, or the oldest first beyond this).
+pub const MAX_TRACKED: usize = 4096;
+
+/// Deliberately wrong behaviours, for tests of the network's defences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Misbehave {
+    /// Runs the job, then commits to (and reveals) a different result.
+    WrongResult,
+    /// Exits the whole process once an execution has started.
+    Crash,
+    /// Accepts executions and never reports on them.
+    Silent,
+}
+
+enum State {
+    Reserved { since_ms: u64 },
+    Running,
+    Done { result: Cid, nonce: [u8; 32], exit_code: i32, stdout: String, stderr: String },
+}
+
+struct Slot {
+    requester: PeerId,
+    spec: Spec,
+    state: State,
+    order: u64,
+}
+
+/// The compute half of a node.
+pub struct Compute {
+    pub slots: u32,
+    pub gpu: Option<Gpu>,
+    execs: Mutex<HashMap<String, Slot>>,
+    exec: Arc<Executor>,
+    scratch: PathBuf,
+    misbehave: Option<Misbehave>,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+/// Total memory of this machine in bytes (0 if unknown).
+pub fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn head(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(proto::MAX_LOG_BYTES)]);
+    s.into_owned()
+}
+
+/// The runtime's job spec for a scheduler spec.
+pub fn to_runtime(spec: &Spec) -> anyhow::Result<job::Spec> {
+    spec.to_runtime().context("the job spec cannot be run")
+}
+
+impl Compute {
+    pub fn new(home: &Path, slots: u32, misbehave: Option<Misbehave>, _gpu: bool) -> anyhow::Result<Compute> {
+        let mut config = Config::default();
+        config.cache_dir = Some(home.join("cache").join("modules"));
+        config.max_concurrent_jobs = slots.max(1);
+        let exec = Executor::new(config).context("cannot start the wasm engine")?;
+        Ok(Compute {
+            slots: slots.max(1),
+            gpu: None,
+            execs: Mutex::new(HashMap::new()),
+            exec: Arc::new(exec),
+            scratch: home.join("tmp").join("exec"),
+            misbehave,
+            counter: Default::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.execs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Slots neither reserved nor running (expired reservations count as
+    /// free).
+    pub fn free_slots(&self, now: u64) -> u32 {
+        let execs = self.lock();
+        let busy = execs
+            .values()
+            .filter(|s| match s.state {
+                State::Reserved { since_ms } => now.saturating_sub(since_ms) < RESERVATION_TTL_MS,
+                State::Running => true,
+                State::Done { .. } => false,
+            })
+            .count() as u32;
+        self.slots.saturating_sub(busy)
+    }
+
+    /// Answers a request from a requester.
+    pub async fn handle(&self, node: &Arc<Node>, peer: PeerId, request: Request) -> Response {
+        match request {
+            Request::Bid { exec, spec, .. } => self.bid(node, peer, exec, &spec),
+            Request::Run { exec } => self.start(node, peer, exec),
+            Request::Reveal { exec } => self.reveal(peer, &exec),
+            Request::Cancel { exec } => {
+                let mut execs = self.lock();
+                if execs.get(&exec).is_some_and(|s| s.requester == peer) {
+                    execs.remove(&exec);
+                }
+                Response::Ok
+            }
+            Request::Commit { .. } | Request::Failed { .. } => {
+                Response::Error { message: "compute nodes do not take commitments".into() }
+            }
+        }
+    }
+
+    fn bid(&self, node: &Node, peer: PeerId, exec: String, spec: &str) -> Response {
+        let spec = match Spec::from_yaml_or_json(spec) {
+            Ok(s) => s,
+            Err(e) => return Response::Bid { accepted: false, reason: Some(format!("bad spec: {e}")) },
+        };
+        let reject = |reason: String| Response::Bid { accepted: false, reason: Some(reason) };
+        if spec.resources.gpu && self.gpu.is_none() {
+            return reject("this node has no gpu".into());
+        }
+        if spec.resources.memory > memory_bytes() {
+            return reject(format!("job needs {} bytes of memory, this node has {}", spec.resources.memory, memory_bytes()));
+        }
+        let now = node.now();
+        if self.free_slots(now) < spec.resources.slots {
+            return reject("no free slot".into());
+        }
+        let mut execs = self.lock();
+        execs.retain(|_, s| !matches!(s.state, State::Reserved { since_ms } if now.saturating_sub(since_ms) >= RESERVATION_TTL_MS));
+        if execs.len() >= MAX_TRACKED {
+            // Forget the oldest finished execution.
+            if let Some(k) = execs
+                .iter()
+                .filter(|(_, s)| matches!(s.state, State::Done { .. }))
+                .min_by_key(|(_, s)| s.order)
+                .map(|(k, _)| k.clone())
+            {
+                execs.remove(&k);
+            } else {
+                return reject("too many executions tracked".into());
+            }
+        }
+        let order = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        execs.insert(exec, Slot { requester: peer, spec, state: State::Reserved { since_ms: now }, order });
+        Response::Bid { accepted: true, reason: None }
+    }
+
+    fn start(&self, node: &Arc<Node>, peer: PeerId, exec: String) -> Response {
+        let spec = {
+            let mut execs = self.lock();
+            match execs.get_mut(&exec) {
+                Some(s) if s.requester == peer && matches!(s.state, State::Reserved { .. }) => {
+                    s.state = State::Running;
+                    s.spec.clone()
+                }
+                Some(s) if s.requester == peer && matches!(s.state, State::Running | State::Done { .. }) => {
+                    return Response::Ok
+                }
+                _ => return Response::Error { message: format!("unknown execution {exec}: bid for it first") },
+            }
+        };
+        match self.misbehave {
+            Some(Misbehave::Silent) => return Response::Ok,
+            Some(Misbehave::Crash) => {
+                tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    eprintln!("misbehaving node: crashing mid-job on purpose");
+                    std::process::exit(101);
+                });
+                return Response::Ok;
+            }
+            _ => {}
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            let report = match run_execution(&node, peer, &spec).await {
+                Ok(done) => done,
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    tracing::warn!("execution {exec} failed: {error}");
+                    if let Some(c) = &node.compute {
+                        c.lock().remove(&exec);
+                    }
+                    report(&node, peer, Request::Failed { exec, error }).await;
+                    return;
+                }
+            };
+            let Some(c) = &node.compute else { return };
+            let (mut result, exit_code, stdout, stderr) = report_parts(report);
+            if c.misbehave == Some(Misbehave::WrongResult) {
+                result = wrong_result(&node, &result).await.unwrap_or(result);
+            }
+            let nonce: [u8; 32] = rand::random();
+            let commitment = commit::commitment(&result, &nonce);
+            {
+                let mut execs = c.lock();
+                match execs.get_mut(&exec) {
+                    Some(s) => s.state = State::Done { result, nonce, exit_code, stdout, stderr },
+                    None => return, // cancelled meanwhile
+                }
+            }
+            report(&node, peer, Request::Commit { exec, commitment, exit_code }).await;
+        });
+        Response::Ok
+    }
+
+    fn reveal(&self, peer: PeerId, exec: &str) -> Response {
+        let mut execs = self.lock();
+        match execs.get(exec) {
+            Some(s) if s.requester == peer => match &s.state {
+                State::Done { result, nonce, exit_code, stdout, stderr } => {
+                    let r = Response::Revealed {
+                        result: result.to_string(),
+                        nonce: *nonce,
+                        exit_code: *exit_code,
+                        stdout: stdout.clone(),
+                        stderr: stderr.clone(),
+                    };
+                    execs.remove(exec);
+                    r
+                }
+                _ => Response::Error { message: format!("execution {exec} has not finished") },
+            },
+            _ => Response::Error { message: format!("unknown execution {exec}") },
+        }
+    }
+}
+
+type Report = (Cid, i32, String, String);
+
+fn report_parts(r: Report) -> Report {
+    r
+}
+
+/// Fetches what the job needs, runs it, and returns its result.
+async fn run_execution(node: &Arc<Node>, requester: PeerId, spec: &Spec) -> anyhow::Result<Report> {
+    let rt = to_runtime(spec)?;
+    let mut providers = vec![requester];
+    if let Ok(peers) = node.client.peers().await {
+        providers.extend(peers.into_iter().filter(|p| *p != requester));
+    }
+    providers.retain(|p| *p != node.peer);
+    let mut roots = vec![rt.module];
+    roots.extend(rt.inputs.iter().map(|i| i.cid));
+    for root in roots {
+        fetch::fetch_dag(&node.client, &node.store, root, &providers)
+            .await
+            .with_context(|| format!("cannot fetch {root}"))?;
+    }
+    let Some(c) = &node.compute else { anyhow::bail!("this node does not compute") };
+    let exec = c.exec.clone();
+    let store = node.store.clone();
+    let scratch = c.scratch.clone();
+    let finished = tokio::task::spawn_blocking(move || job::run(&exec, &*store, &rt, &scratch))
+        .await
+        .context("the execution thread panicked")??;
+    node.metrics.executions_run.inc();
+    let o = &finished.outcome;
+    Ok((finished.result, finished.exit_status, head(&o.stdout.bytes), head(&o.stderr.bytes)))
+}
+
+/// A plausible but wrong result for a lying node: a real, stored result
+/// directory whose stdout differs.
+async fn wrong_result(node: &Arc<Node>, honest: &Cid) -> Option<Cid> {
+    let store = node.store.clone();
+    let honest = *honest;
+    tokio::task::spawn_blocking(move || {
+        use shoal_storage::importer::{Importer, Options};
+        let data = format!("forged by a lying node instead of {honest}\n");
+        let opts = Options { cid_version: shoal_storage::CidVersion::V1, ..Options::default() };
+        let added = Importer::new(&*store, opts).add_bytes(data.as_bytes()).ok()?;
+        shoal_storage::pin::add(&*store, &added.root, shoal_storage::PinMode::Recursive).ok()?;
+        Some(added.root)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Sends a report to the requester, retrying while it is unreachable.
+async fn report(node: &Arc<Node>, requester: PeerId, request: Request) {
+    let mut delay = Duration::from_millis(200);
+    for attempt in 0..=REPORT_RETRIES {
+        match node.send(requester, request.clone()).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!("report to {requester} failed (attempt {attempt}): {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::warn!("gave up reporting execution {} to {requester}", request.exec());
+}

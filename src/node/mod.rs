@@ -1,0 +1,364 @@
+//! `shoal node`: one peer of the network. Every node is a requester (it
+//! accepts jobs on its HTTP API and schedules them) and, unless
+//! `--no-compute`, a compute node (it bids for executions and runs them).
+//!
+//! The pieces, each in its own file:
+//! - `requester.rs`: the scheduling loop. It persists jobs and executions
+//!   in the node's SQLite database, asks the pure
+//!   [`shoal_scheduler::placement::plan`] what to do, and carries the plan
+//!   out (bids, runs, reveals, completion) through the network client.
+//! - `compute.rs`: the compute side: slots, bids, running executions with
+//!   the runtime, commit-reveal.
+//! - `fetch.rs`: block exchange (fetch a DAG from peers, serve ours).
+//! - `api.rs`: the HTTP API (axum), OpenAPI document and metrics.
+//! - `misbehave.rs`: deliberately wrong behaviours for tests.
+//!
+//! The network itself is [`shoal_scheduler::net`]: this module only sees
+//! its client and its events.
+
+pub mod api;
+pub mod compute;
+pub mod fetch;
+pub mod requester;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use shoal_scheduler::db::Db;
+use shoal_scheduler::net::proto::{Announcement, Request, Response};
+use shoal_scheduler::net::{self, Client, Event};
+use shoal_storage::BlockStore;
+use tokio::sync::{watch, Notify};
+
+use crate::Ctx;
+
+/// Run a peer node: requester and (unless --no-compute) compute node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// libp2p listen address; port 0 lets the OS choose.
+    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0", value_name = "MULTIADDR")]
+    pub listen: Multiaddr,
+    /// A peer to connect to at start (ending in /p2p/<peer id>). Repeatable.
+    #[arg(long = "peer", value_name = "MULTIADDR")]
+    pub peers: Vec<Multiaddr>,
+    /// Address of the HTTP API. A non-loopback address requires the bearer
+    /// token in <home>/api-token on every request.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub api: SocketAddr,
+    /// A label other nodes can select on (constraints). Repeatable.
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Executions this node runs at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub slots: u32,
+    /// Only schedule jobs; run none.
+    #[arg(long)]
+    pub no_compute: bool,
+    /// GPU use: `auto` advertises a GPU if one is found, `off` never.
+    #[arg(long, default_value = "auto", value_name = "auto|off")]
+    pub gpu: String,
+    /// Discover peers on the local network with mDNS (off by default).
+    #[arg(long)]
+    pub mdns: bool,
+    /// Misbehave, for tests: wrong-result, crash, or silent.
+    #[arg(long, hide = true, value_name = "MODE")]
+    pub misbehave: Option<compute::Misbehave>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected K=V, got {s:?}")),
+    }
+}
+
+/// What this node last heard from a peer.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub announcement: Announcement,
+    pub last_seen_ms: u64,
+}
+
+/// The time source (injected so tests can drive it).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Milliseconds since the Unix epoch.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    })
+}
+
+/// A running node's shared state.
+pub struct Node {
+    pub peer: PeerId,
+    pub client: Client,
+    pub store: Arc<dyn BlockStore>,
+    pub db: Mutex<Db>,
+    pub views: Mutex<HashMap<PeerId, View>>,
+    pub compute: Option<compute::Compute>,
+    /// Wakes the scheduling loop early.
+    pub kick: Notify,
+    /// Bumped whenever a job changes (long polls watch it).
+    pub changed: watch::Sender<u64>,
+    pub metrics: api::Metrics,
+    pub labels: BTreeMap<String, String>,
+    pub boot: u64,
+    pub clock: Clock,
+    pub api_url: OnceLock<String>,
+    /// Reveals, completions and bids in flight, so a tick does not start
+    /// the same work twice.
+    pub inflight: Mutex<HashSet<String>>,
+    pub placement: shoal_scheduler::placement::Config,
+}
+
+impl Node {
+    pub fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// Locks the database (a poisoned lock is still usable: SQLite keeps
+    /// its own consistency).
+    pub fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn notify_changed(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Sends `request` to `peer`; to ourselves it is a direct call.
+    pub async fn send(self: &Arc<Self>, peer: PeerId, request: Request) -> Result<Response, net::Error> {
+        if peer == self.peer {
+            let node = self.clone();
+            return Ok(Box::pin(async move { node.handle(peer, request).await }).await);
+        }
+        self.client.request(peer, request).await
+    }
+
+    /// Answers an execution-protocol request from `peer`.
+    pub async fn handle(self: &Arc<Self>, peer: PeerId, request: Request) -> Response {
+        match request {
+            Request::Commit { .. } | Request::Failed { .. } => requester::handle(self, peer, request).await,
+            _ => match &self.compute {
+                Some(c) => c.handle(self, peer, request).await,
+                None => Response::Error { message: "this node does not compute (--no-compute)".into() },
+            },
+        }
+    }
+
+    /// This node's own announcement.
+    pub fn announcement(&self) -> Announcement {
+        let (compute, slots_total, slots_free, gpu) = match &self.compute {
+            Some(c) => (true, c.slots, c.free_slots(self.now()), c.gpu.clone()),
+            None => (false, 0, 0, None),
+        };
+        Announcement {
+            boot: self.boot,
+            version: env!("CARGO_PKG_VERSION").into(),
+            compute,
+            slots_total,
+            slots_free,
+            memory_bytes: compute::memory_bytes(),
+            labels: self.labels.clone(),
+            gpu,
+            api: self.api_url.get().cloned(),
+        }
+    }
+
+    /// Records what a peer announced; a new boot id means the peer
+    /// restarted and lost its executions.
+    fn on_announcement(self: &Arc<Self>, peer: PeerId, announcement: Announcement) {
+        let now = self.now();
+        let restarted = {
+            let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+            let old = views.insert(peer, View { announcement: announcement.clone(), last_seen_ms: now });
+            old.is_some_and(|v| v.announcement.boot != announcement.boot)
+        };
+        if restarted {
+            requester::peer_restarted(self, peer);
+        }
+    }
+}
+
+/// Loads the node's ed25519 identity from `<home>/node.key`, creating it on
+/// first start (mode 0600).
+pub fn load_key(home: &Path) -> anyhow::Result<Keypair> {
+    let path = home.join("node.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .with_context(|| format!("{} is not a valid node key; move it away to create a new identity", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().context("cannot encode the new node key")?;
+            write_private(&path, &bytes)?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read the node key {}", path.display())),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// The API bearer token from `<home>/api-token`, created on first use.
+pub fn load_token(home: &Path) -> anyhow::Result<String> {
+    let path = home.join("api-token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
+        Ok(_) | Err(_) if !path.exists() || std::fs::metadata(&path).map(|m| m.len() == 0).unwrap_or(true) => {
+            let token: [u8; 32] = rand::random();
+            let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+            write_private(&path, token.as_bytes())?;
+            Ok(token)
+        }
+        Ok(_) => bail!("{} is empty; delete it to create a new token", path.display()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Runs `shoal node` until SIGINT/SIGTERM.
+pub fn run(ctx: &Ctx, args: NodeArgs) -> anyhow::Result<std::process::ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        };
+        let listener = tokio::net::TcpListener::bind(args.api)
+            .await
+            .with_context(|| format!("cannot bind the api on {}; is the port in use?", args.api))?;
+        serve(ctx.home.clone(), ctx.ipfs_api.clone(), args, listener, system_clock(), shutdown).await
+    })?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Starts a node on `listener` (API) and runs it until `shutdown`.
+pub async fn serve(
+    home: PathBuf,
+    ipfs_api: Option<String>,
+    args: NodeArgs,
+    listener: tokio::net::TcpListener,
+    clock: Clock,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&home).with_context(|| format!("cannot create the node home {}", home.display()))?;
+    let store_ctx = Ctx { home: home.clone(), ipfs_api, json: false, node: Default::default(), interactive: false };
+    let store = crate::store::Store::open(&store_ctx)?.dyn_store;
+    let key = load_key(&home)?;
+    let db_path = home.join("scheduler.sqlite");
+    let db = Db::open(&db_path).with_context(|| format!("cannot open the job database {}", db_path.display()))?;
+    let cfg = net::Config { mdns: args.mdns, ..net::Config::default() };
+    let swarm = net::tcp_swarm(key, &cfg)?;
+    let (client, event_loop, mut events) = net::new(swarm, &cfg);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let net_task = tokio::spawn(event_loop.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let listen = client.listen(args.listen.clone()).await?;
+    let peer = client.local_peer_id();
+    let compute = if args.no_compute {
+        None
+    } else {
+        Some(compute::Compute::new(&home, args.slots, args.misbehave, args.gpu != "off")?)
+    };
+    let api_addr = listener.local_addr().context("api listener has no address")?;
+    let node = Arc::new(Node {
+        peer,
+        client: client.clone(),
+        store,
+        db: Mutex::new(db),
+        views: Mutex::new(HashMap::new()),
+        compute,
+        kick: Notify::new(),
+        changed: watch::channel(0).0,
+        metrics: api::Metrics::new(),
+        labels: args.labels.iter().cloned().collect(),
+        boot: rand::random(),
+        clock,
+        api_url: OnceLock::new(),
+        inflight: Mutex::new(HashSet::new()),
+        placement: Default::default(),
+    });
+    let _ = node.api_url.set(format!("http://{api_addr}"));
+    let token = if api_addr.ip().is_loopback() { None } else { Some(load_token(&home)?) };
+
+    for p in &args.peers {
+        if let Err(e) = client.dial(p.clone()).await {
+            tracing::warn!("cannot reach peer {p}: {e}");
+        }
+    }
+
+    // Network events.
+    let n = node.clone();
+    let events_task = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Request { peer, request, channel } => {
+                    let n = n.clone();
+                    tokio::spawn(async move {
+                        let response = n.handle(peer, request).await;
+                        let _ = n.client.respond(channel, response).await;
+                    });
+                }
+                Event::Blocks { request, channel, .. } => {
+                    let n = n.clone();
+                    tokio::spawn(async move {
+                        let st = n.store.clone();
+                        let response = tokio::task::spawn_blocking(move || fetch::serve(&*st, &request))
+                            .await
+                            .unwrap_or_default();
+                        let _ = n.client.respond_blocks(channel, response).await;
+                    });
+                }
+                Event::Announcement { peer, announcement } => n.on_announcement(peer, announcement),
+                Event::Disconnected { .. } => n.kick.notify_one(),
+            }
+        }
+    });
+    // Announcements, once a second and whenever the scheduler asks.
+    let n = node.clone();
+    let announce_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1000));
+        loop {
+            tick.tick().await;
+            let _ = n.client.announce(n.announcement()).await;
+        }
+    });
+    let sched_task = tokio::spawn(requester::run(node.clone()));
+    let app = api::router(node.clone(), token);
+
+    println!("ready api=http://{api_addr} peer={}", listen.with(libp2p::multiaddr::Protocol::P2p(peer)));
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    announce_task.abort();
+    sched_task.abort();
+    events_task.abort();
+    let _ = stop_tx.send(());
+    let _ = net_task.await;
+    served.context("the api server failed")
+}

@@ -1,0 +1,437 @@
+//! The requester: a loop that asks the pure planner what each active job
+//! needs and carries the plan out. Every state change is written to the
+//! node's database before the message that depends on it is sent, so a
+//! requester killed at any point resumes from what it wrote: executions it
+//! had asked for are found again through their commitments, lost ones time
+//! out and are placed elsewhere.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use shoal_scheduler::model::{ExecId, ExecState, Execution, Job, JobState, NodeStats, NodeView};
+use shoal_scheduler::net::proto::{Request, Response};
+use shoal_scheduler::placement::{self, Plan};
+use shoal_scheduler::{commit, model};
+use shoal_storage::Cid;
+
+use super::{fetch, Node};
+
+/// How often the loop runs without being kicked.
+pub const TICK: Duration = Duration::from_millis(200);
+
+/// Runs the scheduling loop forever.
+pub async fn run(node: Arc<Node>) {
+    loop {
+        tokio::select! {
+            _ = node.kick.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        if let Err(e) = tick(&node) {
+            tracing::warn!("scheduling pass failed: {e:#}");
+        }
+    }
+}
+
+/// The views placement sees: every peer heard from, plus ourselves.
+pub fn views(node: &Node) -> Vec<NodeView> {
+    let now = node.now();
+    let stats = node.db().node_stats().unwrap_or_default();
+    let mut out = Vec::new();
+    let mut push = |id: String, a: &shoal_scheduler::net::proto::Announcement, seen: u64| {
+        out.push(NodeView {
+            stats: stats.get(&id).cloned().unwrap_or_default(),
+            id,
+            labels: a.labels.clone(),
+            compute: a.compute,
+            slots_total: a.slots_total,
+            slots_free: a.slots_free,
+            memory_bytes: a.memory_bytes,
+            gpu: a.gpu.as_ref().map(|g| model::Gpu {
+                name: g.name.clone(),
+                memory_bytes: g.memory_bytes,
+                software: g.software,
+            }),
+            version: a.version.clone(),
+            last_seen_ms: seen,
+            holds: Default::default(),
+        });
+    };
+    push(node.peer.to_string(), &node.announcement(), now);
+    for (peer, v) in node.views.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        push(peer.to_string(), &v.announcement, v.last_seen_ms);
+    }
+    out
+}
+
+fn tick(node: &Arc<Node>) -> anyhow::Result<()> {
+    let jobs = node.db().active_jobs()?;
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let views = views(node);
+    let now = node.now();
+    for job in jobs {
+        let execs = node.db().executions(&job.id)?;
+        let plan = placement::plan(&job, &views, &execs, now, &node.placement);
+        carry_out(node, job, execs, plan)?;
+    }
+    Ok(())
+}
+
+fn claim(node: &Node, key: String) -> bool {
+    node.inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(key)
+}
+
+fn release(node: &Node, key: &str) {
+    node.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+}
+
+fn peer_of(e: &Execution) -> Option<PeerId> {
+    e.node.parse().ok()
+}
+
+fn carry_out(node: &Arc<Node>, mut job: Job, execs: Vec<Execution>, plan: Plan) -> anyhow::Result<()> {
+    let now = node.now();
+    let mut changed = false;
+    for id in &plan.lost {
+        if let Some(e) = execs.iter().find(|e| &e.id == id) {
+            let mut e = e.clone();
+            e.state = ExecState::Lost;
+            e.updated_ms = now;
+            e.error.get_or_insert_with(|| "node disappeared or exceeded the execution timeout".into());
+            node.db().update_execution(&e)?;
+            node.db().bump_stats(&e.node, NodeStats { lost: 1, ..Default::default() })?;
+            node.metrics.executions_lost.inc();
+            if let Some(peer) = peer_of(&e) {
+                let n = node.clone();
+                let exec = e.id.to_string();
+                tokio::spawn(async move {
+                    let _ = n.send(peer, Request::Cancel { exec }).await;
+                });
+            }
+            changed = true;
+        }
+    }
+    if let Some(update) = plan.job {
+        match update.state {
+            JobState::Completed => {
+                if let Some(result) = update.result {
+                    complete(node, &job, result, update.agreeing.clone(), update.dissenting.clone());
+                }
+            }
+            state => {
+                if job.state != state || job.error != update.error {
+                    job.state = state;
+                    job.error = update.error.clone();
+                    job.updated_ms = now;
+                    if state == JobState::Running && job.started_ms.is_none() {
+                        job.started_ms = Some(now);
+                    }
+                    node.db().update_job(&job)?;
+                    if state == JobState::Failed {
+                        node.metrics.jobs_failed.inc();
+                        cancel_live(node, &execs);
+                    }
+                    changed = true;
+                }
+            }
+        }
+    }
+    if !job.state.is_terminal() {
+        for target in &plan.place {
+            let Ok(peer) = target.parse::<PeerId>() else { continue };
+            let extra = execs.iter().filter(|e| !matches!(e.state, ExecState::Rejected)).count()
+                >= job.spec.redundancy.count as usize;
+            let e = Execution::new(
+                ExecId::from_parts(now, rand::random()),
+                job.id.clone(),
+                target.clone(),
+                now,
+                extra,
+            );
+            node.db().insert_execution(&e)?;
+            if job.state == JobState::Queued {
+                job.state = JobState::Running;
+                job.started_ms.get_or_insert(now);
+                job.updated_ms = now;
+                node.db().update_job(&job)?;
+            }
+            changed = true;
+            let n = node.clone();
+            let spec = serde_json::to_string(&job.spec)?;
+            let job_id = job.id.to_string();
+            tokio::spawn(async move { bid_and_run(n, peer, e, job_id, spec).await });
+        }
+        for id in &plan.reveal {
+            let Some(e) = execs.iter().find(|e| &e.id == id) else { continue };
+            let Some(peer) = peer_of(e) else { continue };
+            if !claim(node, format!("reveal:{id}")) {
+                continue;
+            }
+            let n = node.clone();
+            let e = e.clone();
+            tokio::spawn(async move {
+                let key = format!("reveal:{}", e.id);
+                reveal(&n, peer, e).await;
+                release(&n, &key);
+                n.kick.notify_one();
+            });
+        }
+    }
+    if changed {
+        node.notify_changed();
+    }
+    Ok(())
+}
+
+async fn bid_and_run(node: Arc<Node>, peer: PeerId, mut e: Execution, job: String, spec: String) {
+    let exec = e.id.to_string();
+    let outcome = match node.send(peer, Request::Bid { job, exec: exec.clone(), spec }).await {
+        Ok(Response::Bid { accepted: true, .. }) => {
+            e.state = ExecState::Accepted;
+            e.updated_ms = node.now();
+            let _ = node.db().update_execution(&e);
+            match node.send(peer, Request::Run { exec: exec.clone() }).await {
+                Ok(Response::Ok) => Ok(()),
+                Ok(Response::Error { message }) => Err((ExecState::Failed, message)),
+                Ok(other) => Err((ExecState::Failed, format!("unexpected answer to run: {other:?}"))),
+                Err(err) => Err((ExecState::Lost, err.to_string())),
+            }
+        }
+        Ok(Response::Bid { accepted: false, reason }) => {
+            Err((ExecState::Rejected, reason.unwrap_or_else(|| "bid rejected".into())))
+        }
+        Ok(Response::Error { message }) => Err((ExecState::Rejected, message)),
+        Ok(other) => Err((ExecState::Rejected, format!("unexpected answer to bid: {other:?}"))),
+        Err(err) => Err((ExecState::Rejected, err.to_string())),
+    };
+    // Re-read: a fast node may already have committed.
+    let current = node.db().execution(&e.id).ok().flatten().unwrap_or(e);
+    let mut e = current;
+    match outcome {
+        Ok(()) => {
+            if e.state == ExecState::Accepted {
+                e.state = ExecState::Running;
+                e.started_ms.get_or_insert(node.now());
+                e.updated_ms = node.now();
+                let _ = node.db().update_execution(&e);
+            }
+        }
+        Err((state, error)) => {
+            if e.state.is_live() && e.state != ExecState::Committed {
+                e.state = state;
+                e.error = Some(error);
+                e.updated_ms = node.now();
+                let _ = node.db().update_execution(&e);
+            }
+        }
+    }
+    node.notify_changed();
+    node.kick.notify_one();
+}
+
+async fn reveal(node: &Arc<Node>, peer: PeerId, mut e: Execution) {
+    let now = node.now();
+    match node.send(peer, Request::Reveal { exec: e.id.to_string() }).await {
+        Ok(Response::Revealed { result, nonce, exit_code, stdout, stderr }) => {
+            let parsed: Option<Cid> = result.parse().ok();
+            let opens = match (&parsed, &e.commitment) {
+                (Some(cid), Some(c)) => commit::verify(c, cid, &nonce),
+                _ => false,
+            };
+            if opens {
+                e.state = ExecState::Revealed;
+                e.result = parsed;
+                e.nonce = Some(nonce);
+                e.exit_code = Some(exit_code);
+                e.stdout = Some(stdout);
+                e.stderr = Some(stderr);
+            } else {
+                e.state = ExecState::Failed;
+                e.error = Some(format!("revealed result {result} does not match the commitment"));
+                let _ = node.db().bump_stats(&e.node, NodeStats { dissented: 1, ..Default::default() });
+            }
+        }
+        Ok(Response::Error { message }) => {
+            e.state = ExecState::Lost;
+            e.error = Some(format!("reveal refused: {message}"));
+        }
+        Ok(other) => {
+            e.state = ExecState::Failed;
+            e.error = Some(format!("unexpected answer to reveal: {other:?}"));
+        }
+        Err(err) => {
+            // Unreachable for now: leave it committed; placement marks it
+            // lost if the node stays away.
+            tracing::debug!("reveal of {} failed: {err}", e.id);
+            return;
+        }
+    }
+    e.updated_ms = now;
+    let _ = node.db().update_execution(&e);
+    node.notify_changed();
+}
+
+/// Completes `job` with `result` once its blocks are here: fetched from the
+/// agreeing nodes and pinned, so the result stays reachable.
+fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dissenting: Vec<ExecId>) {
+    let key = format!("complete:{}", job.id);
+    if !claim(node, key.clone()) {
+        return;
+    }
+    let node = node.clone();
+    let job_id = job.id.clone();
+    tokio::spawn(async move {
+        let outcome = async {
+            let execs = node.db().executions(&job_id)?;
+            let providers: Vec<PeerId> = execs
+                .iter()
+                .filter(|e| agreeing.contains(&e.id))
+                .filter_map(peer_of)
+                .filter(|p| *p != node.peer)
+                .collect();
+            fetch::fetch_dag(&node.client, &node.store, result, &providers).await?;
+            let Some(mut job) = node.db().job(&job_id)? else { return Ok(()) };
+            if job.state.is_terminal() {
+                return Ok(());
+            }
+            let now = node.now();
+            job.state = JobState::Completed;
+            job.result = Some(result);
+            job.updated_ms = now;
+            let mut changed = Vec::new();
+            for mut e in execs {
+                if agreeing.contains(&e.id) {
+                    e.state = ExecState::Completed;
+                    e.updated_ms = now;
+                    node.db().bump_stats(&e.node, NodeStats { agreed: 1, ..Default::default() })?;
+                    changed.push(e);
+                } else if dissenting.contains(&e.id) {
+                    e.state = ExecState::Completed;
+                    e.error = Some(format!("dissented: result {} differs from the agreed {result}", e.result.map(|c| c.to_string()).unwrap_or_default()));
+                    e.updated_ms = now;
+                    node.db().bump_stats(&e.node, NodeStats { dissented: 1, ..Default::default() })?;
+                    changed.push(e);
+                } else if e.state.is_live() {
+                    cancel_live(&node, std::slice::from_ref(&e));
+                    e.state = ExecState::Failed;
+                    e.error = Some("not needed: the job completed".into());
+                    e.updated_ms = now;
+                    changed.push(e);
+                }
+            }
+            node.db().apply(&job, &changed)?;
+            node.metrics.jobs_completed.inc();
+            let latency = now.saturating_sub(job.created_ms) as f64 / 1e3;
+            node.metrics.job_seconds.observe(latency);
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            tracing::warn!("cannot complete job {job_id} with {result}: {e:#}");
+        }
+        release(&node, &key);
+        node.notify_changed();
+        node.kick.notify_one();
+    });
+}
+
+fn cancel_live(node: &Arc<Node>, execs: &[Execution]) {
+    for e in execs.iter().filter(|e| e.state.is_live()) {
+        if let Some(peer) = peer_of(e) {
+            let n = node.clone();
+            let exec = e.id.to_string();
+            tokio::spawn(async move {
+                let _ = n.send(peer, Request::Cancel { exec }).await;
+            });
+        }
+    }
+}
+
+/// Handles a compute node's report (Commit or Failed).
+pub async fn handle(node: &Arc<Node>, peer: PeerId, request: Request) -> Response {
+    let id: ExecId = match request.exec().parse() {
+        Ok(id) => id,
+        Err(_) => return Response::Error { message: format!("malformed execution id {}", request.exec()) },
+    };
+    let Ok(Some(mut e)) = node.db().execution(&id) else {
+        return Response::Error { message: format!("unknown execution {id}") };
+    };
+    if e.node != peer.to_string() {
+        return Response::Error { message: format!("execution {id} was not placed on you") };
+    }
+    let now = node.now();
+    match request {
+        Request::Commit { commitment, exit_code, .. } => {
+            if matches!(e.state, ExecState::BidAsked | ExecState::Accepted | ExecState::Running) {
+                e.state = ExecState::Committed;
+                e.commitment = Some(commitment);
+                e.exit_code = Some(exit_code);
+                e.updated_ms = now;
+            } else if e.commitment != Some(commitment) {
+                return Response::Error { message: format!("execution {id} is {}; commitment refused", e.state) };
+            }
+        }
+        Request::Failed { error, .. } => {
+            if e.state.is_live() {
+                e.state = ExecState::Failed;
+                e.error = Some(error);
+                e.updated_ms = now;
+                let _ = node.db().bump_stats(&e.node, NodeStats { failed: 1, ..Default::default() });
+            }
+        }
+        _ => return Response::Error { message: "not a report".into() },
+    }
+    if let Err(err) = node.db().update_execution(&e) {
+        return Response::Error { message: format!("cannot record execution {id}: {err}") };
+    }
+    node.notify_changed();
+    node.kick.notify_one();
+    Response::Ok
+}
+
+/// A peer restarted: whatever it was running for us is gone.
+pub fn peer_restarted(node: &Arc<Node>, peer: PeerId) {
+    let id = peer.to_string();
+    let Ok(jobs) = node.db().active_jobs() else { return };
+    let now = node.now();
+    for job in jobs {
+        let Ok(execs) = node.db().executions(&job.id) else { continue };
+        for mut e in execs.into_iter().filter(|e| e.node == id && e.state.is_live()) {
+            e.state = ExecState::Lost;
+            e.error = Some("the node restarted during the execution".into());
+            e.updated_ms = now;
+            let _ = node.db().update_execution(&e);
+            let _ = node.db().bump_stats(&e.node, NodeStats { lost: 1, ..Default::default() });
+        }
+    }
+    node.kick.notify_one();
+}
+
+/// Cancels a job: marks it and its live executions, tells the nodes.
+pub fn cancel(node: &Arc<Node>, job: &model::JobId) -> anyhow::Result<Option<Job>> {
+    let Some(mut job) = node.db().job(job)? else { return Ok(None) };
+    if job.state.is_terminal() {
+        return Ok(Some(job));
+    }
+    let now = node.now();
+    let execs = node.db().executions(&job.id)?;
+    cancel_live(node, &execs);
+    let changed: Vec<Execution> = execs
+        .into_iter()
+        .filter(|e| e.state.is_live())
+        .map(|mut e| {
+            e.state = ExecState::Failed;
+            e.error = Some("cancelled".into());
+            e.updated_ms = now;
+            e
+        })
+        .collect();
+    job.state = JobState::Cancelled;
+    job.error = Some("cancelled by the user".into());
+    job.updated_ms = now;
+    node.db().apply(&job, &changed)?;
+    node.notify_changed();
+    Ok(Some(job))
+}

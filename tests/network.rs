@@ -1,0 +1,427 @@
+//! The peer network as users run it: real `shoal node` processes on
+//! loopback (ports chosen by the OS), driven through the CLI and the HTTP
+//! API. Includes misbehaving nodes (a liar, a crasher) and a requester
+//! killed and restarted mid-job.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn sample(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let st = Command::new("make").arg("-C").arg(root().join("samples")).status().expect("make");
+        assert!(st.success(), "building samples failed: run scripts/setup.sh --samples");
+    });
+    root().join("samples/build").join(format!("{name}.wasm"))
+}
+
+fn texts() -> PathBuf {
+    root().join("samples/data/texts")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// One running node process.
+struct NodeProc {
+    child: Child,
+    home: PathBuf,
+    api: String,
+    peer: String,
+}
+
+impl NodeProc {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `shoal node` with `extra` flags and waits for its ready line.
+fn start_node(home: &Path, extra: &[&str]) -> NodeProc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--home")
+        .arg(home)
+        .arg("node")
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn shoal node");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).expect("node did not print its ready line in 60 s");
+    let rest = line.trim().strip_prefix("ready ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let mut api = String::new();
+    let mut peer = String::new();
+    for part in rest.split_whitespace() {
+        if let Some(v) = part.strip_prefix("api=") {
+            api = v.to_owned();
+        } else if let Some(v) = part.strip_prefix("peer=") {
+            peer = v.to_owned();
+        }
+    }
+    NodeProc { child, home: home.to_owned(), api, peer }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build().into()
+}
+
+fn get(url: &str) -> (u16, Value) {
+    let mut r = agent().get(url).call().unwrap();
+    (r.status().as_u16(), r.body_mut().read_json().unwrap_or(Value::Null))
+}
+
+fn cli(node: &NodeProc, home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .env("SHOAL_HOME", home)
+        .env("SHOAL_NODE", &node.api)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Polls `f` every 100 ms until it returns Some, for at most `secs`.
+fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until `node` sees `n` nodes (itself included).
+fn wait_for_nodes(node: &NodeProc, n: usize) {
+    eventually(30, "nodes to see each other", || {
+        let (_, v) = get(&format!("{}/v1/nodes", node.api));
+        (v["nodes"].as_array().map_or(0, Vec::len) >= n).then_some(())
+    });
+}
+
+/// A requester plus compute nodes, each with its own home.
+struct Net {
+    dir: tempfile::TempDir,
+    nodes: Vec<NodeProc>,
+}
+
+impl Net {
+    fn new() -> Net {
+        Net { dir: tempfile::tempdir().unwrap(), nodes: Vec::new() }
+    }
+
+    fn home(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Adds a node joined to the first one.
+    fn add(&mut self, name: &str, extra: &[&str]) -> usize {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(first) = self.nodes.first() {
+            args.push("--peer".into());
+            args.push(first.peer.clone());
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let n = start_node(&self.home(name), &argv);
+        self.nodes.push(n);
+        self.nodes.len() - 1
+    }
+}
+
+/// The result CID of a local `shoal run` of the word count.
+fn local_wordcount() -> String {
+    let t = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .env("SHOAL_HOME", t.path())
+        .args(["run", "-q", "--input", &format!("{}:/inputs", texts().display()), sample("wordcount").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    text(&o.stdout).lines().last().unwrap().to_owned()
+}
+
+fn submit_wordcount(net: &Net, node: usize, extra: &[&str]) -> Output {
+    let input = format!("{}:/inputs", texts().display());
+    let wc = sample("wordcount");
+    let mut args = vec!["submit", "--wait", "-q", "--input", &input];
+    args.extend_from_slice(extra);
+    args.push(wc.to_str().unwrap());
+    cli(&net.nodes[node], &net.home("cli"), &args)
+}
+
+fn job(node: &NodeProc, id: &str) -> Value {
+    get(&format!("{}/v1/jobs/{id}", node.api)).1
+}
+
+#[test]
+fn redundancy_three_agrees_with_a_local_run() {
+    let mut net = Net::new();
+    for i in 0..3 {
+        net.add(&format!("n{i}"), &[]);
+    }
+    wait_for_nodes(&net.nodes[0], 3);
+    let o = submit_wordcount(&net, 0, &["--redundancy", "3"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let result = text(&o.stdout).lines().last().unwrap().to_owned();
+    assert_eq!(result, local_wordcount(), "the agreed result is what a local run gives");
+
+    // Three executions on three distinct nodes, all agreeing.
+    let list = get(&format!("{}/v1/jobs?state=completed", net.nodes[0].api)).1;
+    let id = list["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let j = job(&net.nodes[0], &id);
+    let execs = j["executions"].as_array().unwrap();
+    let nodes: std::collections::BTreeSet<&str> = execs.iter().map(|e| e["node"].as_str().unwrap()).collect();
+    assert_eq!(nodes.len(), 3, "{j}");
+    assert!(execs.iter().all(|e| e["result"] == Value::String(result.clone())), "{j}");
+
+    // The result is reachable: `shoal cat` from an empty home fetches it
+    // through the node.
+    let cat = cli(&net.nodes[1], &net.home("reader"), &["cat", &format!("{result}/exitCode")]);
+    assert!(cat.status.success(), "{}", text(&cat.stderr));
+    assert_eq!(text(&cat.stdout).trim(), "0");
+    let d = cli(&net.nodes[0], &net.home("cli"), &["job", "describe", &id]);
+    assert!(text(&d.stdout).contains("completed"), "{}", text(&d.stdout));
+}
+
+#[test]
+fn a_lying_node_is_outvoted_and_recorded() {
+    let mut net = Net::new();
+    net.add("n0", &[]);
+    net.add("n1", &[]);
+    let liar = net.add("liar", &["--misbehave", "wrong-result"]);
+    wait_for_nodes(&net.nodes[0], 3);
+    let o = submit_wordcount(&net, 0, &["--redundancy", "3"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().last().unwrap(), local_wordcount());
+    let liar_id = net.nodes[liar].peer.rsplit('/').next().unwrap().to_owned();
+    let n = cli(&net.nodes[0], &net.home("cli"), &["--json", "nodes"]);
+    let v: Value = serde_json::from_slice(&n.stdout).unwrap();
+    let rec = v["nodes"].as_array().unwrap().iter().find(|n| n["node"]["id"] == Value::String(liar_id.clone())).unwrap();
+    assert_eq!(rec["node"]["stats"]["dissented"], 1, "{v}");
+    let honest = v["nodes"].as_array().unwrap().iter().filter(|n| n["node"]["stats"]["agreed"] == 1).count();
+    assert_eq!(honest, 2, "{v}");
+}
+
+#[test]
+fn a_crashed_node_loses_its_execution_and_the_job_completes_elsewhere() {
+    let mut net = Net::new();
+    net.add("requester", &["--no-compute"]);
+    let crasher = net.add("crasher", &["--misbehave", "crash"]);
+    wait_for_nodes(&net.nodes[0], 2);
+    let input = format!("{}:/inputs", texts().display());
+    let wc = sample("wordcount");
+    let o = cli(&net.nodes[0], &net.home("cli"), &["submit", "--input", &input, wc.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let id = text(&o.stdout).trim().to_owned();
+    // The crasher takes the execution and dies.
+    eventually(30, "the crashing node to exit", || net.nodes[crasher].child.try_wait().unwrap());
+    eventually(30, "the execution to be marked lost", || {
+        let j = job(&net.nodes[0], &id);
+        j["executions"].as_array().unwrap().iter().any(|e| e["state"] == "lost").then_some(())
+    });
+    // An honest node joins; the job completes there.
+    net.add("honest", &[]);
+    let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", "-q", &id]);
+    assert!(w.status.success(), "{}", text(&w.stderr));
+    assert_eq!(text(&w.stdout).trim(), local_wordcount());
+}
+
+#[test]
+fn a_restarted_requester_resumes_its_jobs() {
+    let mut net = Net::new();
+    // A fixed port, so compute nodes find the requester again after it
+    // restarts (its identity persists in its home).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    net.add("requester", &["--no-compute", "--listen", &listen]);
+    net.add("a", &[]);
+    net.add("b", &[]);
+    wait_for_nodes(&net.nodes[0], 3);
+    let o = cli(&net.nodes[0], &net.home("cli"), &["submit", "--redundancy", "2", sample("sleep").to_str().unwrap(), "--", "1500"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let id = text(&o.stdout).trim().to_owned();
+    eventually(30, "both executions to run", || {
+        let j = job(&net.nodes[0], &id);
+        (j["executions"].as_array().unwrap().iter().filter(|e| e["state"] == "running").count() == 2).then_some(())
+    });
+    net.nodes[0].kill();
+    let home = net.nodes[0].home.clone();
+    let peer_a = net.nodes[1].peer.clone();
+    net.nodes[0] = start_node(&home, &["--no-compute", "--listen", &listen, "--peer", &peer_a]);
+    let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", &id]);
+    assert!(w.status.success(), "{}{}", text(&w.stdout), text(&w.stderr));
+    let j = job(&net.nodes[0], &id);
+    assert_eq!(j["job"]["state"], "completed", "{j}");
+    let cat = cli(&net.nodes[0], &net.home("cli"), &["cat", &format!("{}/stdout", j["job"]["result"].as_str().unwrap())]);
+    assert_eq!(text(&cat.stdout), "slept 1500 ms\n");
+}
+
+#[test]
+fn an_unsatisfiable_job_is_queued_until_a_matching_node_joins() {
+    let mut net = Net::new();
+    net.add("requester", &["--no-compute"]);
+    net.add("eu", &["--label", "zone=eu"]);
+    wait_for_nodes(&net.nodes[0], 2);
+    let o = cli(&net.nodes[0], &net.home("cli"), &["submit", "--constraint", "zone=us", sample("hello").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let id = text(&o.stdout).trim().to_owned();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(job(&net.nodes[0], &id)["job"]["state"], "queued");
+    net.add("us", &["--label", "zone=us"]);
+    let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", "-q", &id]);
+    assert!(w.status.success(), "{}", text(&w.stderr));
+    let j = job(&net.nodes[0], &id);
+    let us = net.nodes[2].peer.rsplit('/').next().unwrap().to_owned();
+    assert_eq!(j["executions"][0]["node"], Value::String(us), "{j}");
+}
+
+#[test]
+fn an_input_pinned_only_on_the_submitters_node_reaches_the_executor() {
+    let mut net = Net::new();
+    net.add("requester", &["--no-compute"]);
+    net.add("worker", &[]);
+    wait_for_nodes(&net.nodes[0], 2);
+    // Pinned in the requester's own store (the store is safe to share
+    // between processes).
+    let add = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["--home", net.nodes[0].home.to_str().unwrap(), "add", "-q", texts().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let cid = text(&add.stdout).trim().to_owned();
+    let worker_home = net.nodes[1].home.clone();
+    let has = |c: &str| {
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["--home", worker_home.to_str().unwrap(), "pin", "ls", c])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(!has(&cid), "the worker must not have the input beforehand");
+    let wc = sample("wordcount");
+    let o = cli(
+        &net.nodes[0],
+        &net.home("cli"),
+        &["submit", "--wait", "-q", "--input", &format!("{cid}:/inputs"), wc.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().last().unwrap(), local_wordcount());
+    assert!(has(&cid), "the worker fetched and pinned the input");
+}
+
+#[test]
+fn bad_specs_and_unknown_jobs_get_clear_errors() {
+    let mut net = Net::new();
+    net.add("n0", &[]);
+    let spec = net.home("bad.yaml");
+    std::fs::write(&spec, "task:\n  module: QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o\n  colour: blue\n").unwrap();
+    let o = cli(&net.nodes[0], &net.home("cli"), &["submit", "-f", spec.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("colour"), "the unknown field is named: {err}");
+    std::fs::write(&spec, "task:\n  module: not-a-cid\n").unwrap();
+    let o = cli(&net.nodes[0], &net.home("cli"), &["submit", "-f", spec.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("not-a-cid"), "{}", text(&o.stderr));
+    let o = cli(&net.nodes[0], &net.home("cli"), &["job", "describe", "j-0000000000000000000000"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("no job j-0000000000000000000000"), "{}", text(&o.stderr));
+    let o = cli(&net.nodes[0], &net.home("cli"), &["job", "describe", "nonsense"]);
+    assert!(text(&o.stderr).contains("malformed job id"), "{}", text(&o.stderr));
+    // No node at all: says how to give one.
+    let o = Command::new(env!("CARGO_BIN_EXE_shoal")).env_remove("SHOAL_NODE").args(["job", "list"]).output().unwrap();
+    assert!(text(&o.stderr).contains("--node"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn the_api_requires_the_token_on_a_non_loopback_bind() {
+    let t = tempfile::tempdir().unwrap();
+    let n = start_node(&t.path().join("n"), &["--api", "0.0.0.0:0", "--no-compute"]);
+    let port = n.api.rsplit(':').next().unwrap().to_owned();
+    let url = format!("http://127.0.0.1:{port}/v1/health");
+    let (status, body) = get(&url);
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("api-token"), "{body}");
+    let token = std::fs::read_to_string(n.home.join("api-token")).unwrap();
+    let mut r = agent().get(&url).header("Authorization", format!("Bearer {}", token.trim())).call().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.body_mut().read_json().unwrap();
+    assert_eq!(v["ok"], true);
+    // A loopback node needs none, and serves its OpenAPI document.
+    let l = start_node(&t.path().join("l"), &["--no-compute"]);
+    let (status, doc) = get(&format!("{}/openapi.json", l.api));
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/v1/jobs"].is_object(), "{doc}");
+    let m = agent().get(&format!("{}/metrics", l.api)).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(m.contains("shoal_jobs_submitted"), "{m}");
+}
+
+#[test]
+fn devstack_starts_a_network_and_ctrl_c_stops_it() {
+    let t = tempfile::tempdir().unwrap();
+    let mut ds = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["--home", t.path().to_str().unwrap(), "devstack", "--nodes", "3"])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(ds.stdout.take().unwrap());
+    let mut apis = Vec::new();
+    for _ in 0..4 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        if line.trim() == "ready" {
+            break;
+        }
+        let api = line.split_whitespace().find_map(|p| p.strip_prefix("api=")).expect(&line).to_owned();
+        assert!(line.starts_with(&format!("node {} ", apis.len())), "{line}");
+        assert!(line.contains("peer=/ip4/127.0.0.1/tcp/"), "{line}");
+        apis.push(api);
+    }
+    assert_eq!(apis.len(), 3);
+    eventually(30, "devstack nodes to see each other", || {
+        let (_, v) = get(&format!("{}/v1/nodes", apis[2]));
+        (v["nodes"].as_array().map_or(0, Vec::len) == 3).then_some(())
+    });
+    let o = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .env("SHOAL_HOME", t.path().join("cli"))
+        .args(["--node", &apis[1], "submit", "--wait", "-q", "--redundancy", "3", sample("hello").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // Ctrl-C: every node stops.
+    unsafe {
+        libc::kill(ds.id() as i32, libc::SIGINT);
+    }
+    let status = eventually(30, "devstack to exit", || ds.try_wait().unwrap());
+    assert!(status.success(), "{status:?}");
+    for api in &apis {
+        assert!(agent().get(&format!("{api}/v1/health")).call().is_err(), "{api} still answers");
+    }
+}
