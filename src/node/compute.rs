@@ -82,9 +82,33 @@ fn head(bytes: &[u8]) -> String {
     s.into_owned()
 }
 
-/// The runtime's job spec for a scheduler spec.
-pub fn to_runtime(spec: &Spec) -> anyhow::Result<job::Spec> {
-    spec.to_runtime().context("the job spec cannot be run")
+/// The runtime's job spec for a scheduler spec. The program name is the
+/// same as `shoal run` gives a module named by CID, so a network run and a
+/// local run of the same job agree.
+pub fn to_runtime(spec: &Spec) -> job::Spec {
+    let t = &spec.task;
+    let mut r = job::Spec::new(t.module);
+    r.entry = match &t.invoke {
+        Some(export) => shoal_runtime::Entry::Reactor { export: export.clone() },
+        None => shoal_runtime::Entry::Command { export: t.entrypoint.clone() },
+    };
+    r.program_name = t.module.to_string();
+    r.args = t.args.clone();
+    r.env = t.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    r.inputs =
+        t.inputs.iter().map(|i| job::Input { cid: i.cid, path: i.segments(), guest: i.mount.clone() }).collect();
+    let mut l = shoal_runtime::Limits::default();
+    l.memory = t.limits.memory.0;
+    l.timeout = t.limits.timeout;
+    if let Some(f) = t.limits.fuel {
+        l.fuel = f;
+    }
+    l.inputs_bytes = t.limits.max_input.0;
+    l.stdout = t.limits.stdout.0 as usize;
+    l.stderr = t.limits.stderr.0 as usize;
+    r.limits = l;
+    r.deterministic = !t.nondeterministic;
+    r
 }
 
 impl Compute {
@@ -151,7 +175,7 @@ impl Compute {
         if spec.resources.gpu && self.gpu.is_none() {
             return reject("this node has no gpu".into());
         }
-        if spec.resources.memory > memory_bytes() {
+        if spec.resources.memory.0 > memory_bytes() {
             return reject(format!("job needs {} bytes of memory, this node has {}", spec.resources.memory, memory_bytes()));
         }
         let now = node.now();
@@ -206,7 +230,7 @@ impl Compute {
         }
         let node = node.clone();
         tokio::spawn(async move {
-            let report = match run_execution(&node, peer, &spec).await {
+            let finished = match run_execution(&node, peer, &spec).await {
                 Ok(done) => done,
                 Err(e) => {
                     let error = format!("{e:#}");
@@ -219,7 +243,7 @@ impl Compute {
                 }
             };
             let Some(c) = &node.compute else { return };
-            let (mut result, exit_code, stdout, stderr) = report_parts(report);
+            let (mut result, exit_code, stdout, stderr) = finished;
             if c.misbehave == Some(Misbehave::WrongResult) {
                 result = wrong_result(&node, &result).await.unwrap_or(result);
             }
@@ -259,15 +283,12 @@ impl Compute {
     }
 }
 
+/// What an execution produced: result CID, exit status, stream heads.
 type Report = (Cid, i32, String, String);
-
-fn report_parts(r: Report) -> Report {
-    r
-}
 
 /// Fetches what the job needs, runs it, and returns its result.
 async fn run_execution(node: &Arc<Node>, requester: PeerId, spec: &Spec) -> anyhow::Result<Report> {
-    let rt = to_runtime(spec)?;
+    let rt = to_runtime(spec);
     let mut providers = vec![requester];
     if let Ok(peers) = node.client.peers().await {
         providers.extend(peers.into_iter().filter(|p| *p != requester));

@@ -262,7 +262,7 @@ pub async fn serve(
     args: NodeArgs,
     listener: tokio::net::TcpListener,
     clock: Clock,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&home).with_context(|| format!("cannot create the node home {}", home.display()))?;
     let store_ctx = Ctx { home: home.clone(), ipfs_api, json: false, node: Default::default(), interactive: false };
@@ -334,7 +334,13 @@ pub async fn serve(
                     });
                 }
                 Event::Announcement { peer, announcement } => n.on_announcement(peer, announcement),
-                Event::Disconnected { .. } => n.kick.notify_one(),
+                Event::Disconnected { peer } => {
+                    // Gone until it announces itself again: placement then
+                    // marks what it was running as lost and places it
+                    // elsewhere, without waiting for the node ttl.
+                    n.views.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
+                    n.kick.notify_one();
+                }
             }
         }
     });

@@ -69,12 +69,12 @@ fn tick(node: &Arc<Node>) -> anyhow::Result<()> {
     if jobs.is_empty() {
         return Ok(());
     }
-    let views = views(node);
+    let mut views = views(node);
     let now = node.now();
     for job in jobs {
         let execs = node.db().executions(&job.id)?;
         let plan = placement::plan(&job, &views, &execs, now, &node.placement);
-        carry_out(node, job, execs, plan)?;
+        carry_out(node, job, execs, plan, &mut views)?;
     }
     Ok(())
 }
@@ -91,71 +91,57 @@ fn peer_of(e: &Execution) -> Option<PeerId> {
     e.node.parse().ok()
 }
 
-fn carry_out(node: &Arc<Node>, mut job: Job, execs: Vec<Execution>, plan: Plan) -> anyhow::Result<()> {
+fn end_executions(node: &Arc<Node>, execs: &[Execution], ids: &[ExecId], plan: &Plan, state: ExecState) -> anyhow::Result<bool> {
     let now = node.now();
     let mut changed = false;
-    for id in &plan.lost {
-        if let Some(e) = execs.iter().find(|e| &e.id == id) {
-            let mut e = e.clone();
-            e.state = ExecState::Lost;
-            e.updated_ms = now;
-            e.error.get_or_insert_with(|| "node disappeared or exceeded the execution timeout".into());
-            node.db().update_execution(&e)?;
+    for id in ids {
+        let Some(e) = execs.iter().find(|e| &e.id == id) else { continue };
+        if !e.state.is_live() {
+            continue;
+        }
+        let mut e = e.clone();
+        e.state = state;
+        e.updated_ms = now;
+        e.error = Some(plan.reasons.get(id).cloned().unwrap_or_else(|| format!("marked {state} by the scheduler")));
+        node.db().update_execution(&e)?;
+        if state == ExecState::Lost {
             node.db().bump_stats(&e.node, NodeStats { lost: 1, ..Default::default() })?;
             node.metrics.executions_lost.inc();
-            if let Some(peer) = peer_of(&e) {
-                let n = node.clone();
-                let exec = e.id.to_string();
-                tokio::spawn(async move {
-                    let _ = n.send(peer, Request::Cancel { exec }).await;
-                });
-            }
-            changed = true;
         }
+        cancel_live(node, std::slice::from_ref(execs.iter().find(|x| &x.id == id).unwrap_or(&e)));
+        changed = true;
     }
-    if let Some(update) = plan.job {
-        match update.state {
-            JobState::Completed => {
-                if let Some(result) = update.result {
-                    complete(node, &job, result, update.agreeing.clone(), update.dissenting.clone());
-                }
+    Ok(changed)
+}
+
+fn carry_out(node: &Arc<Node>, mut job: Job, execs: Vec<Execution>, plan: Plan, views: &mut [NodeView]) -> anyhow::Result<()> {
+    let now = node.now();
+    let mut changed = end_executions(node, &execs, &plan.lost, &plan, ExecState::Lost)?;
+    changed |= end_executions(node, &execs, &plan.expired, &plan, ExecState::Rejected)?;
+    changed |= end_executions(node, &execs, &plan.cancel, &plan, ExecState::Failed)?;
+    if let Some(update) = &plan.job {
+        match (update.state, update.result) {
+            (JobState::Completed, Some(result)) => {
+                complete(node, &job, result, update.agreeing.clone(), update.dissenting.clone());
             }
-            state => {
-                if job.state != state || job.error != update.error {
-                    job.state = state;
-                    job.error = update.error.clone();
-                    job.updated_ms = now;
-                    if state == JobState::Running && job.started_ms.is_none() {
-                        job.started_ms = Some(now);
-                    }
-                    node.db().update_job(&job)?;
-                    if state == JobState::Failed {
-                        node.metrics.jobs_failed.inc();
-                        cancel_live(node, &execs);
-                    }
-                    changed = true;
+            _ => {
+                update.apply_to(&mut job, now);
+                node.db().update_job(&job)?;
+                if update.state == JobState::Failed {
+                    node.metrics.jobs_failed.inc();
+                    cancel_live(node, &execs);
                 }
+                changed = true;
             }
         }
     }
     if !job.state.is_terminal() {
-        for target in &plan.place {
+        for (target, extra) in plan.placements() {
             let Ok(peer) = target.parse::<PeerId>() else { continue };
-            let extra = execs.iter().filter(|e| !matches!(e.state, ExecState::Rejected)).count()
-                >= job.spec.redundancy.count as usize;
-            let e = Execution::new(
-                ExecId::from_parts(now, rand::random()),
-                job.id.clone(),
-                target.clone(),
-                now,
-                extra,
-            );
+            let e = Execution::new(ExecId::from_parts(now, rand::random()), job.id.clone(), target.clone(), extra, now);
             node.db().insert_execution(&e)?;
-            if job.state == JobState::Queued {
-                job.state = JobState::Running;
-                job.started_ms.get_or_insert(now);
-                job.updated_ms = now;
-                node.db().update_job(&job)?;
+            if let Some(v) = views.iter_mut().find(|v| &v.id == target) {
+                v.slots_free = v.slots_free.saturating_sub(job.spec.resources.slots);
             }
             changed = true;
             let n = node.clone();
@@ -276,6 +262,7 @@ async fn reveal(node: &Arc<Node>, peer: PeerId, mut e: Execution) {
 /// Completes `job` with `result` once its blocks are here: fetched from the
 /// agreeing nodes and pinned, so the result stays reachable.
 fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dissenting: Vec<ExecId>) {
+    let extra_used = job.extra_used;
     let key = format!("complete:{}", job.id);
     if !claim(node, key.clone()) {
         return;
@@ -292,7 +279,7 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                 .filter(|p| *p != node.peer)
                 .collect();
             fetch::fetch_dag(&node.client, &node.store, result, &providers).await?;
-            let Some(mut job) = node.db().job(&job_id)? else { return Ok(()) };
+            let Some(mut job) = node.db().job(&job_id)? else { return anyhow::Ok(()) };
             if job.state.is_terminal() {
                 return Ok(());
             }
@@ -301,6 +288,7 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
             job.result = Some(result);
             job.updated_ms = now;
             let mut changed = Vec::new();
+            job.extra_used = job.extra_used.max(extra_used);
             for mut e in execs {
                 if agreeing.contains(&e.id) {
                     e.state = ExecState::Completed;

@@ -136,6 +136,7 @@ impl<T: BlockStore + ?Sized> BlockStore for std::sync::Arc<T> {
     }
 }
 
+#[cfg(feature = "kubo")]
 /// The CIDv1 raw form under which stores list a multihash.
 pub(crate) fn raw_cid(cid: &Cid) -> Cid {
     Cid::new_v1(crate::block::RAW, *cid.hash())

@@ -1,0 +1,687 @@
+//! Jobs, executions and node stats in SQLite.
+//!
+//! One file, given by the caller, in WAL mode with a busy timeout so that a
+//! CLI reading jobs does not fail while the node writes. The schema is
+//! versioned with `PRAGMA user_version`: a newer file is refused rather
+//! than misread. Specs are stored as JSON; CIDs as their string form;
+//! times as milliseconds since the Unix epoch. [`Db::apply`] writes a job
+//! and its changed executions in one transaction, so a crash never leaves
+//! a job's state out of step with its executions.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use shoal_storage::Cid;
+
+use crate::model::{ExecId, Execution, Job, JobId, JobState, NodeId, NodeStats};
+use crate::spec::Spec;
+
+/// The schema this code reads and writes.
+pub const SCHEMA_VERSION: i64 = 1;
+/// How long a writer waits for another connection's transaction.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most jobs [`Db::jobs`] returns, whatever the limit asked.
+pub const MAX_LIST: usize = 10_000;
+
+/// A database failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// SQLite failed.
+    #[error("scheduler database {path}: {action}: {message}")]
+    Sqlite {
+        /// The file (":memory:" for in-memory databases).
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// SQLite's message.
+        message: String,
+    },
+    /// The file was written by a newer Shoal.
+    #[error("scheduler database {path} has schema version {found}; this shoal reads version {SCHEMA_VERSION}: upgrade shoal")]
+    Schema {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        found: i64,
+    },
+    /// A stored row does not decode.
+    #[error("scheduler database {path}: {what} is unreadable ({message}); restore the file from a backup or remove it")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Which row and column.
+        what: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The scheduler's database.
+#[derive(Debug)]
+pub struct Db {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    started_ms INTEGER,
+    result TEXT,
+    error TEXT,
+    extra_used INTEGER NOT NULL
+);
+CREATE INDEX jobs_state ON jobs (state, created_ms);
+CREATE INDEX jobs_created ON jobs (created_ms);
+CREATE TABLE executions (
+    id TEXT PRIMARY KEY,
+    job TEXT NOT NULL REFERENCES jobs (id),
+    node TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    started_ms INTEGER,
+    commitment BLOB,
+    result TEXT,
+    error TEXT,
+    stdout TEXT,
+    stderr TEXT,
+    exit_code INTEGER,
+    extra INTEGER NOT NULL,
+    nonce BLOB
+);
+CREATE INDEX executions_job ON executions (job);
+CREATE TABLE node_stats (
+    node TEXT PRIMARY KEY,
+    agreed INTEGER NOT NULL,
+    dissented INTEGER NOT NULL,
+    lost INTEGER NOT NULL,
+    failed INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+const JOB_COLS: &str = "id, state, spec, created_ms, updated_ms, started_ms, result, error, extra_used";
+const EXEC_COLS: &str = "id, job, node, state, created_ms, updated_ms, started_ms, commitment, result, error, stdout, \
+                         stderr, exit_code, extra, nonce";
+
+/// Per-row decoding failures, turned into [`Error::Corrupt`] with the path.
+struct Bad {
+    what: String,
+    message: String,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Db, Error> {
+        let path = path.as_ref().to_path_buf();
+        let conn = Connection::open(&path).map_err(sqlite(&path, "cannot open"))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sqlite(&path, "cannot enable WAL"))?;
+        Db::init(path, conn)
+    }
+
+    /// A private in-memory database (tests, throwaway nodes).
+    pub fn open_in_memory() -> Result<Db, Error> {
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_in_memory().map_err(sqlite(&path, "cannot open"))?;
+        Db::init(path, conn)
+    }
+
+    fn init(path: PathBuf, mut conn: Connection) -> Result<Db, Error> {
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite(&path, "cannot set the busy timeout"))?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(sqlite(&path, "cannot enable foreign keys"))?;
+        let tx = conn.transaction().map_err(sqlite(&path, "cannot begin"))?;
+        let version: i64 =
+            tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sqlite(&path, "cannot read the schema"))?;
+        match version {
+            0 => {
+                tx.execute_batch(SCHEMA).map_err(sqlite(&path, "cannot create the schema"))?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(sqlite(&path, "cannot set the schema version"))?;
+            }
+            SCHEMA_VERSION => {}
+            found => return Err(Error::Schema { path, found }),
+        }
+        tx.commit().map_err(sqlite(&path, "cannot create the schema"))?;
+        Ok(Db { path, conn: Mutex::new(conn) })
+    }
+
+    /// The file this database lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic elsewhere while holding the lock leaves SQLite consistent
+        // (an open transaction rolls back when dropped).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, action: &'static str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+        sqlite(&self.path, action)
+    }
+
+    fn corrupt(&self, bad: Bad) -> Error {
+        Error::Corrupt { path: self.path.clone(), what: bad.what, message: bad.message }
+    }
+
+    /// Stores a new job.
+    pub fn insert_job(&self, job: &Job) -> Result<(), Error> {
+        write_job(&self.conn(), job, true).map_err(self.err("cannot insert job"))
+    }
+
+    /// Overwrites a stored job.
+    pub fn update_job(&self, job: &Job) -> Result<(), Error> {
+        write_job(&self.conn(), job, false).map_err(self.err("cannot update job"))
+    }
+
+    /// A job by id.
+    pub fn job(&self, id: &JobId) -> Result<Option<Job>, Error> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"), [id.as_str()], raw_job)
+            .optional()
+            .map_err(self.err("cannot read job"))?;
+        row.map(|r| r.decode().map_err(|b| self.corrupt(b))).transpose()
+    }
+
+    /// Up to `limit` jobs (at most [`MAX_LIST`]), newest first, in `state`
+    /// if given.
+    pub fn jobs(&self, state: Option<JobState>, limit: usize) -> Result<Vec<Job>, Error> {
+        let limit = i64::try_from(limit.min(MAX_LIST)).unwrap_or(0);
+        let conn = self.conn();
+        let rows = match state {
+            Some(s) => query(
+                &conn,
+                &format!("SELECT {JOB_COLS} FROM jobs WHERE state = ?1 ORDER BY created_ms DESC, id DESC LIMIT ?2"),
+                params![s.as_str(), limit],
+                raw_job,
+            ),
+            None => query(
+                &conn,
+                &format!("SELECT {JOB_COLS} FROM jobs ORDER BY created_ms DESC, id DESC LIMIT ?1"),
+                params![limit],
+                raw_job,
+            ),
+        }
+        .map_err(self.err("cannot list jobs"))?;
+        rows.into_iter().map(|r| r.decode().map_err(|b| self.corrupt(b))).collect()
+    }
+
+    /// Queued and Running jobs, oldest first (the order to plan them in).
+    pub fn active_jobs(&self) -> Result<Vec<Job>, Error> {
+        let conn = self.conn();
+        let rows = query(
+            &conn,
+            &format!("SELECT {JOB_COLS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_ms, id"),
+            [],
+            raw_job,
+        )
+        .map_err(self.err("cannot list active jobs"))?;
+        rows.into_iter().map(|r| r.decode().map_err(|b| self.corrupt(b))).collect()
+    }
+
+    /// How many jobs are in `state`.
+    pub fn count_jobs(&self, state: JobState) -> Result<u64, Error> {
+        self.conn()
+            .query_row("SELECT COUNT(*) FROM jobs WHERE state = ?1", [state.as_str()], |r| r.get(0))
+            .map_err(self.err("cannot count jobs"))
+    }
+
+    /// Stores a new execution (its job must be stored).
+    pub fn insert_execution(&self, e: &Execution) -> Result<(), Error> {
+        write_exec(&self.conn(), e, true).map_err(self.err("cannot insert execution"))
+    }
+
+    /// Overwrites a stored execution.
+    pub fn update_execution(&self, e: &Execution) -> Result<(), Error> {
+        write_exec(&self.conn(), e, false).map_err(self.err("cannot update execution"))
+    }
+
+    /// A job's executions, oldest first.
+    pub fn executions(&self, job: &JobId) -> Result<Vec<Execution>, Error> {
+        let conn = self.conn();
+        let rows = query(
+            &conn,
+            &format!("SELECT {EXEC_COLS} FROM executions WHERE job = ?1 ORDER BY created_ms, id"),
+            [job.as_str()],
+            raw_exec,
+        )
+        .map_err(self.err("cannot list executions"))?;
+        rows.into_iter().map(|r| r.decode().map_err(|b| self.corrupt(b))).collect()
+    }
+
+    /// An execution by id.
+    pub fn execution(&self, id: &ExecId) -> Result<Option<Execution>, Error> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(&format!("SELECT {EXEC_COLS} FROM executions WHERE id = ?1"), [id.as_str()], raw_exec)
+            .optional()
+            .map_err(self.err("cannot read execution"))?;
+        row.map(|r| r.decode().map_err(|b| self.corrupt(b))).transpose()
+    }
+
+    /// Every node's track record.
+    pub fn node_stats(&self) -> Result<BTreeMap<NodeId, NodeStats>, Error> {
+        let conn = self.conn();
+        let rows = query(&conn, "SELECT node, agreed, dissented, lost, failed FROM node_stats", [], |r| {
+            Ok((r.get(0)?, NodeStats { agreed: r.get(1)?, dissented: r.get(2)?, lost: r.get(3)?, failed: r.get(4)? }))
+        })
+        .map_err(self.err("cannot read node stats"))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Adds `delta` to `node`'s track record.
+    pub fn bump_stats(&self, node: &NodeId, delta: NodeStats) -> Result<(), Error> {
+        bump(&self.conn(), node, delta).map_err(self.err("cannot update node stats"))
+    }
+
+    /// Writes `job` (inserted or updated) and `executions` (inserted or
+    /// updated) in one transaction.
+    pub fn apply(&self, job: &Job, executions: &[Execution]) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err("cannot begin"))?;
+        upsert_job(&tx, job).map_err(self.err("cannot write job"))?;
+        for e in executions {
+            upsert_exec(&tx, e).map_err(self.err("cannot write execution"))?;
+        }
+        tx.commit().map_err(self.err("cannot commit"))
+    }
+}
+
+fn sqlite<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
+    move |e| Error::Sqlite { path: path.to_path_buf(), action, message: e.to_string().to_lowercase() }
+}
+
+fn query<T, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, f)?;
+    rows.collect()
+}
+
+fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 9] {
+    [
+        Box::new(job.id.as_str()),
+        Box::new(job.state.as_str()),
+        Box::new(job.spec.to_json()),
+        Box::new(job.created_ms),
+        Box::new(job.updated_ms),
+        Box::new(job.started_ms),
+        Box::new(job.result.map(|c| c.to_string())),
+        Box::new(job.error.as_deref()),
+        Box::new(job.extra_used),
+    ]
+}
+
+fn write_job(conn: &Connection, job: &Job, insert: bool) -> rusqlite::Result<()> {
+    let sql = if insert {
+        format!("INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")
+    } else {
+        "UPDATE jobs SET state = ?2, spec = ?3, created_ms = ?4, updated_ms = ?5, started_ms = ?6, result = ?7, \
+         error = ?8, extra_used = ?9 WHERE id = ?1"
+            .to_string()
+    };
+    let p = job_params(job);
+    let n = conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(p.iter()))?;
+    if n == 0 {
+        return Err(rusqlite::Error::QueryReturnedNoRows);
+    }
+    Ok(())
+}
+
+fn upsert_job(conn: &Connection, job: &Job) -> rusqlite::Result<()> {
+    let sql = format!(
+        "INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO UPDATE SET \
+         state = ?2, spec = ?3, created_ms = ?4, updated_ms = ?5, started_ms = ?6, result = ?7, error = ?8, \
+         extra_used = ?9"
+    );
+    let p = job_params(job);
+    conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(p.iter()))?;
+    Ok(())
+}
+
+fn exec_params(e: &Execution) -> [Box<dyn rusqlite::ToSql + '_>; 15] {
+    [
+        Box::new(e.id.as_str()),
+        Box::new(e.job.as_str()),
+        Box::new(e.node.as_str()),
+        Box::new(e.state.as_str()),
+        Box::new(e.created_ms),
+        Box::new(e.updated_ms),
+        Box::new(e.started_ms),
+        Box::new(e.commitment.map(|c| c.to_vec())),
+        Box::new(e.result.map(|c| c.to_string())),
+        Box::new(e.error.as_deref()),
+        Box::new(e.stdout.as_deref()),
+        Box::new(e.stderr.as_deref()),
+        Box::new(e.exit_code),
+        Box::new(e.extra),
+        Box::new(e.nonce.map(|c| c.to_vec())),
+    ]
+}
+
+const EXEC_VALUES: &str = "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+const EXEC_SET: &str = "job = ?2, node = ?3, state = ?4, created_ms = ?5, updated_ms = ?6, started_ms = ?7, \
+                        commitment = ?8, result = ?9, error = ?10, stdout = ?11, stderr = ?12, exit_code = ?13, \
+                        extra = ?14, nonce = ?15";
+
+fn write_exec(conn: &Connection, e: &Execution, insert: bool) -> rusqlite::Result<()> {
+    let sql = if insert {
+        format!("INSERT INTO executions ({EXEC_COLS}) VALUES {EXEC_VALUES}")
+    } else {
+        format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1")
+    };
+    let p = exec_params(e);
+    let n = conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(p.iter()))?;
+    if n == 0 {
+        return Err(rusqlite::Error::QueryReturnedNoRows);
+    }
+    Ok(())
+}
+
+fn upsert_exec(conn: &Connection, e: &Execution) -> rusqlite::Result<()> {
+    let sql = format!("INSERT INTO executions ({EXEC_COLS}) VALUES {EXEC_VALUES} ON CONFLICT (id) DO UPDATE SET {EXEC_SET}");
+    let p = exec_params(e);
+    conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(p.iter()))?;
+    Ok(())
+}
+
+fn bump(conn: &Connection, node: &str, d: NodeStats) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO node_stats (node, agreed, dissented, lost, failed) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (node) DO UPDATE SET agreed = agreed + ?2, dissented = dissented + ?3, lost = lost + ?4,
+         failed = failed + ?5",
+    )?
+    .execute(params![node, d.agreed, d.dissented, d.lost, d.failed])?;
+    Ok(())
+}
+
+/// A job row as stored, decoded outside SQLite's callback so that a bad
+/// value becomes a [`Error::Corrupt`] naming it.
+struct RawJob {
+    id: String,
+    state: String,
+    spec: String,
+    created_ms: u64,
+    updated_ms: u64,
+    started_ms: Option<u64>,
+    result: Option<String>,
+    error: Option<String>,
+    extra_used: u32,
+}
+
+fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
+    Ok(RawJob {
+        id: r.get(0)?,
+        state: r.get(1)?,
+        spec: r.get(2)?,
+        created_ms: r.get(3)?,
+        updated_ms: r.get(4)?,
+        started_ms: r.get(5)?,
+        result: r.get(6)?,
+        error: r.get(7)?,
+        extra_used: r.get(8)?,
+    })
+}
+
+fn bad(what: String) -> impl FnOnce(String) -> Bad {
+    move |message| Bad { what, message }
+}
+
+fn cid(what: String, s: Option<String>) -> Result<Option<Cid>, Bad> {
+    s.map(|s| crate::serde_util::parse_cid(&s).map_err(bad(what))).transpose()
+}
+
+impl RawJob {
+    fn decode(self) -> Result<Job, Bad> {
+        let id: JobId = self.id.parse().map_err(|e: crate::model::Error| bad("a job id".into())(e.to_string()))?;
+        let what = |col: &str| format!("job {id} {col}");
+        let spec: Spec = serde_json::from_str(&self.spec).map_err(|e| bad(what("spec"))(e.to_string()))?;
+        Ok(Job {
+            state: self.state.parse().map_err(|e: crate::model::Error| bad(what("state"))(e.to_string()))?,
+            spec,
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            started_ms: self.started_ms,
+            result: cid(what("result"), self.result)?,
+            error: self.error,
+            extra_used: self.extra_used,
+            id,
+        })
+    }
+}
+
+struct RawExec {
+    id: String,
+    job: String,
+    node: String,
+    state: String,
+    created_ms: u64,
+    updated_ms: u64,
+    started_ms: Option<u64>,
+    commitment: Option<Vec<u8>>,
+    result: Option<String>,
+    error: Option<String>,
+    stdout: Option<String>,
+    stderr: Option<String>,
+    exit_code: Option<i32>,
+    extra: bool,
+    nonce: Option<Vec<u8>>,
+}
+
+fn raw_exec(r: &Row<'_>) -> rusqlite::Result<RawExec> {
+    Ok(RawExec {
+        id: r.get(0)?,
+        job: r.get(1)?,
+        node: r.get(2)?,
+        state: r.get(3)?,
+        created_ms: r.get(4)?,
+        updated_ms: r.get(5)?,
+        started_ms: r.get(6)?,
+        commitment: r.get(7)?,
+        result: r.get(8)?,
+        error: r.get(9)?,
+        stdout: r.get(10)?,
+        stderr: r.get(11)?,
+        exit_code: r.get(12)?,
+        extra: r.get(13)?,
+        nonce: r.get(14)?,
+    })
+}
+
+fn bytes32(what: String, v: Option<Vec<u8>>) -> Result<Option<[u8; 32]>, Bad> {
+    v.map(|v| <[u8; 32]>::try_from(v.as_slice()).map_err(|_| bad(what)(format!("{} bytes, expected 32", v.len()))))
+        .transpose()
+}
+
+impl RawExec {
+    fn decode(self) -> Result<Execution, Bad> {
+        let id: ExecId =
+            self.id.parse().map_err(|e: crate::model::Error| bad("an execution id".into())(e.to_string()))?;
+        let what = |col: &str| format!("execution {id} {col}");
+        Ok(Execution {
+            job: self.job.parse().map_err(|e: crate::model::Error| bad(what("job"))(e.to_string()))?,
+            node: self.node,
+            state: self.state.parse().map_err(|e: crate::model::Error| bad(what("state"))(e.to_string()))?,
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            started_ms: self.started_ms,
+            commitment: bytes32(what("commitment"), self.commitment)?,
+            result: cid(what("result"), self.result)?,
+            error: self.error,
+            stdout: self.stdout,
+            stderr: self.stderr,
+            exit_code: self.exit_code,
+            extra: self.extra,
+            nonce: bytes32(what("nonce"), self.nonce)?,
+            id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ExecState;
+
+    fn cid(n: u8) -> Cid {
+        *shoal_storage::Block::new(shoal_storage::CidVersion::V1, shoal_storage::block::RAW, vec![n]).cid()
+    }
+
+    fn job(n: u64) -> Job {
+        let mut spec = Spec::new(cid(0));
+        spec.redundancy.count = 3;
+        spec.constraints.push("zone=eu".parse().unwrap());
+        Job::new(JobId::from_parts(1000 + n, n), spec, 1000 + n)
+    }
+
+    fn exec(job: &Job, n: u64) -> Execution {
+        let mut e = Execution::new(ExecId::from_parts(2000 + n, n), job.id.clone(), format!("node{n}"), n % 2 == 0, 2000);
+        e.state = ExecState::Revealed;
+        e.started_ms = Some(2001);
+        e.commitment = Some([n as u8; 32]);
+        e.nonce = Some([7; 32]);
+        e.result = Some(cid(n as u8));
+        e.stdout = Some("out".into());
+        e.exit_code = Some(-3);
+        e
+    }
+
+    #[test]
+    fn jobs_and_executions_round_trip() {
+        let db = Db::open_in_memory().unwrap();
+        let mut j = job(1);
+        db.insert_job(&j).unwrap();
+        assert_eq!(db.job(&j.id).unwrap().as_ref(), Some(&j));
+        j.state = JobState::Completed;
+        j.result = Some(cid(9));
+        j.error = Some("x".into());
+        j.started_ms = Some(5);
+        j.extra_used = 2;
+        db.update_job(&j).unwrap();
+        assert_eq!(db.job(&j.id).unwrap().as_ref(), Some(&j));
+        assert!(db.job(&"j-none".parse().unwrap()).unwrap().is_none());
+
+        let mut e = exec(&j, 1);
+        db.insert_execution(&e).unwrap();
+        assert_eq!(db.execution(&e.id).unwrap().as_ref(), Some(&e));
+        e.state = ExecState::Lost;
+        e.error = Some("gone".into());
+        db.update_execution(&e).unwrap();
+        assert_eq!(db.executions(&j.id).unwrap(), vec![e.clone()]);
+        // Inserting twice, or updating what is not there, is an error.
+        assert!(db.insert_execution(&e).is_err());
+        let missing = exec(&j, 2);
+        let err = db.update_execution(&missing).unwrap_err().to_string();
+        assert!(err.contains("cannot update execution"), "{err}");
+        // An execution of an unknown job is refused.
+        let mut orphan = exec(&j, 3);
+        orphan.job = "j-nope".parse().unwrap();
+        assert!(db.insert_execution(&orphan).is_err());
+    }
+
+    #[test]
+    fn lists_filter_and_order() {
+        let db = Db::open_in_memory().unwrap();
+        let jobs: Vec<Job> = (0..5).map(job).collect();
+        for j in &jobs {
+            db.insert_job(j).unwrap();
+        }
+        let mut done = jobs[1].clone();
+        done.state = JobState::Failed;
+        db.update_job(&done).unwrap();
+        let mut running = jobs[3].clone();
+        running.state = JobState::Running;
+        db.update_job(&running).unwrap();
+
+        let all: Vec<JobId> = db.jobs(None, 100).unwrap().into_iter().map(|j| j.id).collect();
+        let newest_first: Vec<JobId> = jobs.iter().rev().map(|j| j.id.clone()).collect();
+        assert_eq!(all, newest_first);
+        assert_eq!(db.jobs(None, 2).unwrap().len(), 2);
+        assert_eq!(db.jobs(Some(JobState::Failed), 10).unwrap(), vec![done]);
+        let active: Vec<JobId> = db.active_jobs().unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(active, [&jobs[0], &jobs[2], &jobs[3], &jobs[4]].map(|j| j.id.clone()));
+        assert_eq!(db.count_jobs(JobState::Queued).unwrap(), 3);
+        assert_eq!(db.count_jobs(JobState::Completed).unwrap(), 0);
+    }
+
+    #[test]
+    fn apply_writes_everything_or_nothing() {
+        let db = Db::open_in_memory().unwrap();
+        let mut j = job(1);
+        let a = exec(&j, 1);
+        let mut b = exec(&j, 2);
+        db.apply(&j, &[a.clone(), b.clone()]).unwrap();
+        j.state = JobState::Running;
+        b.state = ExecState::Failed;
+        db.apply(&j, std::slice::from_ref(&b)).unwrap();
+        assert_eq!(db.job(&j.id).unwrap().unwrap().state, JobState::Running);
+        assert_eq!(db.executions(&j.id).unwrap(), vec![a.clone(), b.clone()]);
+
+        // A bad execution (unknown job) rolls the job back too.
+        j.state = JobState::Completed;
+        let mut orphan = exec(&j, 3);
+        orphan.job = "j-nope".parse().unwrap();
+        assert!(db.apply(&j, &[orphan]).is_err());
+        assert_eq!(db.job(&j.id).unwrap().unwrap().state, JobState::Running);
+    }
+
+    #[test]
+    fn stats_accumulate() {
+        let db = Db::open_in_memory().unwrap();
+        db.bump_stats(&"a".into(), NodeStats { agreed: 2, ..Default::default() }).unwrap();
+        db.bump_stats(&"a".into(), NodeStats { agreed: 1, dissented: 1, lost: 3, failed: 4 }).unwrap();
+        db.bump_stats(&"b".into(), NodeStats { lost: 1, ..Default::default() }).unwrap();
+        let s = db.node_stats().unwrap();
+        assert_eq!(s["a"], NodeStats { agreed: 3, dissented: 1, lost: 3, failed: 4 });
+        assert_eq!(s["b"], NodeStats { lost: 1, ..Default::default() });
+    }
+
+    #[test]
+    fn a_reopened_file_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scheduler.sqlite");
+        let j = job(1);
+        let e = exec(&j, 1);
+        {
+            let db = Db::open(&path).unwrap();
+            db.apply(&j, std::slice::from_ref(&e)).unwrap();
+            db.bump_stats(&"n".into(), NodeStats { agreed: 1, ..Default::default() }).unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.path(), path);
+        assert_eq!(db.job(&j.id).unwrap(), Some(j.clone()));
+        assert_eq!(db.executions(&j.id).unwrap(), vec![e]);
+        assert_eq!(db.node_stats().unwrap()["n"].agreed, 1);
+    }
+
+    #[test]
+    fn newer_schemas_and_corrupt_rows_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let j = job(1);
+        {
+            let db = Db::open(&path).unwrap();
+            db.insert_job(&j).unwrap();
+            db.conn().execute("UPDATE jobs SET spec = '{\"task\": 1}'", []).unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let e = db.job(&j.id).unwrap_err().to_string();
+        assert!(e.contains(&format!("job {} spec is unreadable", j.id)), "{e}");
+        db.conn().pragma_update(None, "user_version", 9).unwrap();
+        drop(db);
+        let e = Db::open(&path).unwrap_err().to_string();
+        assert!(e.contains("schema version 9") && e.contains("upgrade shoal"), "{e}");
+    }
+}

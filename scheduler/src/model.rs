@@ -1,0 +1,429 @@
+//! Ids, states and the records the scheduler keeps: jobs, their
+//! executions (one job run on one node), and what it knows of each node.
+//!
+//! Ids are made by the caller, which owns the clock and the randomness;
+//! [`JobId::from_parts`] and [`ExecId::from_parts`] only format them, so
+//! that ids sort by creation time as strings (and in SQLite).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use shoal_storage::Cid;
+
+use crate::spec::Spec;
+
+/// Longest id accepted ([`JobId`], [`ExecId`]): ids arrive from the network.
+pub const MAX_ID_LEN: usize = 128;
+
+/// A node: a libp2p `PeerId` in base58.
+pub type NodeId = String;
+
+/// Why an id or a state name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Not a well-formed id.
+    #[error("invalid {kind} id {id:?}: use 1 to {MAX_ID_LEN} characters from a-z, A-Z, 0-9, '-', '_' and '.'")]
+    Id {
+        /// "job" or "execution".
+        kind: &'static str,
+        /// What was given.
+        id: String,
+    },
+    /// Not a known state name.
+    #[error("unknown {kind} state {given:?}; expected one of: {expected}")]
+    State {
+        /// "job" or "execution".
+        kind: &'static str,
+        /// What was given.
+        given: String,
+        /// The names accepted.
+        expected: &'static str,
+    },
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ID_LEN
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+macro_rules! id_type {
+    ($name:ident, $kind:literal, $prefix:literal) => {
+        #[doc = concat!("The id of a", $kind, ": 1 to [`MAX_ID_LEN`] characters of `[A-Za-z0-9._-]`.")]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            #[doc = concat!("A sortable id `", $prefix, "-<13 hex digits of now_ms><8 hex digits of rand>`: ")]
+            /// ids made later sort later (to the millisecond); `rand`
+            /// (its low 32 bits) separates ids made in the same millisecond.
+            pub fn from_parts(now_ms: u64, rand: u64) -> $name {
+                // 13 hex digits hold 52 bits of milliseconds: the year 144 000.
+                $name(format!(concat!($prefix, "-{:013x}{:08x}"), now_ms & ((1 << 52) - 1), rand as u32))
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Error> {
+                if valid_id(s) {
+                    Ok($name(s.to_string()))
+                } else {
+                    Err(Error::Id { kind: $kind, id: s.chars().take(MAX_ID_LEN + 16).collect() })
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(s: String) -> Result<Self, Error> {
+                if valid_id(&s) {
+                    Ok($name(s))
+                } else {
+                    s.parse()
+                }
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+    };
+}
+
+id_type!(JobId, "job", "j");
+id_type!(ExecId, "execution", "e");
+
+macro_rules! state_names {
+    ($name:ident, $kind:literal, $($variant:ident => $text:literal),+ $(,)?) => {
+        impl $name {
+            /// Every state, in lifecycle order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The state's name (as displayed, parsed and stored).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self, Error> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(Error::State {
+                        kind: $kind,
+                        given: s.chars().take(64).collect(),
+                        expected: concat!($($text, " "),+).trim_ascii_end(),
+                    }),
+                }
+            }
+        }
+    };
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for nodes: no node has accepted it, or every execution
+    /// ended without a result and replacements are being sought.
+    Queued,
+    /// Some node accepted it, or results are in and being agreed on.
+    Running,
+    /// Results agreed: [`Job::result`] is the answer.
+    Completed,
+    /// Gave up: [`Job::error`] says why.
+    Failed,
+    /// Cancelled by its submitter.
+    Cancelled,
+}
+
+state_names!(JobState, "job",
+    Queued => "queued", Running => "running", Completed => "completed", Failed => "failed", Cancelled => "cancelled");
+
+impl JobState {
+    /// Completed, Failed or Cancelled: nothing more happens to the job.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// Where one execution (a job on one node) is in its life.
+///
+/// ```text
+/// bid_asked -> accepted -> running -> committed -> revealed
+///     \-> rejected                      (any live) -> failed | lost
+/// ```
+/// `completed` is a result taken without commit-reveal (the node sent the
+/// result itself); agreement counts it like `revealed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecState {
+    /// The node was asked to take the job.
+    BidAsked,
+    /// The node said yes.
+    Accepted,
+    /// The node started it.
+    Running,
+    /// The node finished and sent a commitment to its result.
+    Committed,
+    /// The node revealed its result and nonce, and they match the commitment.
+    Revealed,
+    /// The node sent its result directly.
+    Completed,
+    /// The node said no (or did not answer the bid in time).
+    Rejected,
+    /// The node could not run it (and said why).
+    Failed,
+    /// The node went away or ran past the execution timeout.
+    Lost,
+}
+
+state_names!(ExecState, "execution",
+    BidAsked => "bid_asked", Accepted => "accepted", Running => "running", Committed => "committed",
+    Revealed => "revealed", Completed => "completed", Rejected => "rejected", Failed => "failed", Lost => "lost");
+
+impl ExecState {
+    /// Rejected, Completed, Failed or Lost: the execution is over.
+    /// (Revealed is not: its result still waits for agreement.)
+    pub fn is_terminal(self) -> bool {
+        matches!(self, ExecState::Rejected | ExecState::Completed | ExecState::Failed | ExecState::Lost)
+    }
+
+    /// BidAsked, Accepted, Running or Committed: the execution may still
+    /// produce a result.
+    pub fn is_live(self) -> bool {
+        matches!(self, ExecState::BidAsked | ExecState::Accepted | ExecState::Running | ExecState::Committed)
+    }
+
+    /// Revealed or Completed: the execution has a result for agreement.
+    pub fn has_result(self) -> bool {
+        matches!(self, ExecState::Revealed | ExecState::Completed)
+    }
+}
+
+/// A job and where it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// What to run and how.
+    pub spec: Spec,
+    /// Where it is.
+    pub state: JobState,
+    /// When it was submitted (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// When it last changed.
+    pub updated_ms: u64,
+    /// When it first became Running.
+    pub started_ms: Option<u64>,
+    /// The agreed result (Completed jobs).
+    #[serde(with = "crate::serde_util::opt_cid")]
+    pub result: Option<Cid>,
+    /// Why it failed (Failed jobs).
+    pub error: Option<String>,
+    /// Extra executions granted beyond `redundancy.count` to settle a
+    /// disagreement (at most `redundancy.max_extra`).
+    pub extra_used: u32,
+}
+
+impl Job {
+    /// A new Queued job.
+    pub fn new(id: JobId, spec: Spec, now_ms: u64) -> Job {
+        Job {
+            id,
+            spec,
+            state: JobState::Queued,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            started_ms: None,
+            result: None,
+            error: None,
+            extra_used: 0,
+        }
+    }
+}
+
+/// One job run on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Execution {
+    /// Its id.
+    pub id: ExecId,
+    /// The job it runs.
+    pub job: JobId,
+    /// The node it runs on.
+    pub node: NodeId,
+    /// Where it is.
+    pub state: ExecState,
+    /// When the bid was asked.
+    pub created_ms: u64,
+    /// When it last changed.
+    pub updated_ms: u64,
+    /// When the node started it.
+    pub started_ms: Option<u64>,
+    /// The node's commitment to its result (see [`commit`](crate::commit)).
+    #[serde(with = "crate::serde_util::opt_hex32")]
+    pub commitment: Option<[u8; 32]>,
+    /// The result CID (Revealed or Completed).
+    #[serde(with = "crate::serde_util::opt_cid")]
+    pub result: Option<Cid>,
+    /// Why it failed, was lost or rejected.
+    pub error: Option<String>,
+    /// The head of its standard output, for display (the result holds it all).
+    pub stdout: Option<String>,
+    /// The head of its standard error, for display.
+    pub stderr: Option<String>,
+    /// The guest's exit status.
+    pub exit_code: Option<i32>,
+    /// Placed beyond `redundancy.count` to settle a disagreement.
+    pub extra: bool,
+    /// The nonce revealed with the result.
+    #[serde(with = "crate::serde_util::opt_hex32")]
+    pub nonce: Option<[u8; 32]>,
+}
+
+impl Execution {
+    /// A new execution in BidAsked.
+    pub fn new(id: ExecId, job: JobId, node: NodeId, extra: bool, now_ms: u64) -> Execution {
+        Execution {
+            id,
+            job,
+            node,
+            state: ExecState::BidAsked,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            started_ms: None,
+            commitment: None,
+            result: None,
+            error: None,
+            stdout: None,
+            stderr: None,
+            exit_code: None,
+            extra,
+            nonce: None,
+        }
+    }
+}
+
+/// A GPU a node offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gpu {
+    /// Adapter name.
+    pub name: String,
+    /// Its memory.
+    pub memory_bytes: u64,
+    /// A software (CPU) implementation rather than hardware.
+    pub software: bool,
+}
+
+/// A node's track record, kept by the scheduler from agreement outcomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// Executions whose result matched the agreed one.
+    pub agreed: u64,
+    /// Executions whose result differed from the agreed one.
+    pub dissented: u64,
+    /// Executions lost (node gone, execution timeout).
+    pub lost: u64,
+    /// Executions the node reported as failed.
+    pub failed: u64,
+}
+
+/// What the scheduler knows of a node (from its announcements).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Its id.
+    pub id: NodeId,
+    /// Labels matched by job constraints (`zone=eu`...).
+    pub labels: BTreeMap<String, String>,
+    /// Whether it runs jobs at all.
+    pub compute: bool,
+    /// Job slots it has.
+    pub slots_total: u32,
+    /// Job slots free now.
+    pub slots_free: u32,
+    /// Memory it offers to jobs.
+    pub memory_bytes: u64,
+    /// Its GPU, if any.
+    pub gpu: Option<Gpu>,
+    /// Its Shoal version.
+    pub version: String,
+    /// When it was last heard from (ms since the Unix epoch).
+    pub last_seen_ms: u64,
+    /// Inputs it told us it holds (may be empty: unknown).
+    #[serde(with = "crate::serde_util::cid_set")]
+    pub holds: BTreeSet<Cid>,
+    /// Its track record.
+    pub stats: NodeStats,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time_and_round_trip() {
+        let a = JobId::from_parts(1_700_000_000_000, 0xffff_ffff_1234_5678);
+        let b = JobId::from_parts(1_700_000_000_001, 0);
+        assert_eq!(a.as_str(), "j-0018bcfe5680012345678");
+        assert!(a < b);
+        assert_eq!(a.to_string().parse::<JobId>().unwrap(), a);
+        let e = ExecId::from_parts(5, 6);
+        assert_eq!(e.as_str(), "e-000000000000500000006");
+        assert_eq!(serde_json::to_string(&e).unwrap(), "\"e-000000000000500000006\"");
+        assert_eq!(serde_json::from_str::<ExecId>("\"e-1\"").unwrap().as_str(), "e-1");
+    }
+
+    #[test]
+    fn bad_ids_are_refused() {
+        for bad in ["", "a b", "x/y", &"a".repeat(MAX_ID_LEN + 1)] {
+            let e = bad.parse::<JobId>().unwrap_err();
+            assert!(e.to_string().starts_with("invalid job id"), "{e}");
+        }
+        assert!(serde_json::from_str::<ExecId>("\"../x\"").is_err());
+    }
+
+    #[test]
+    fn states_round_trip_and_classify() {
+        for s in JobState::ALL {
+            assert_eq!(s.to_string().parse::<JobState>().unwrap(), *s);
+            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
+        }
+        for s in ExecState::ALL {
+            assert_eq!(s.to_string().parse::<ExecState>().unwrap(), *s);
+            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
+            assert!(!(s.is_live() && s.is_terminal()));
+        }
+        assert_eq!(ExecState::BidAsked.to_string(), "bid_asked");
+        assert!(!ExecState::Revealed.is_live() && !ExecState::Revealed.is_terminal());
+        assert!(JobState::Cancelled.is_terminal() && !JobState::Running.is_terminal());
+        let e = "done".parse::<JobState>().unwrap_err().to_string();
+        assert_eq!(e, "unknown job state \"done\"; expected one of: queued running completed failed cancelled");
+    }
+}

@@ -1,0 +1,458 @@
+//! The scheduler's step function: [`plan`] looks at one job, the nodes
+//! seen, the job's executions and the time, and says what to do next. It
+//! is pure and idempotent: the caller applies the [`Plan`] (asks bids,
+//! marks executions, requests reveals, updates the job) and calls it again
+//! whenever anything changes or on a timer. Asking the same reveal twice is
+//! harmless; the network layer dedupes requests in flight.
+//!
+//! # Rules
+//!
+//! **Terminal jobs** (completed, failed, cancelled) get an empty plan.
+//!
+//! **Ending executions.** Each live execution is checked, in this order:
+//! - on a node that is gone (absent from `nodes`, or not seen for
+//!   [`Config::node_ttl_ms`]) it is `lost`;
+//! - a bid unanswered for [`Config::bid_timeout_ms`] is `expired` (the
+//!   caller marks it Rejected: a silent node is treated as a node that
+//!   said no);
+//! - an Accepted or Running execution past `timeouts.execution` since
+//!   `started_ms` (or `created_ms` if it never reported a start) is `lost`.
+//!   Committed executions are not timed: they have done their work and
+//!   wait only for the others; `timeouts.total` bounds them.
+//!
+//! [`Plan::reasons`] says why for each, for `Execution::error`. The rest of
+//! the plan already counts them as ended.
+//!
+//! **Total timeout.** Past `timeouts.total` since `created_ms` the job
+//! fails ("timed out after …", with what it was waiting for) and its live
+//! executions are cancelled.
+//!
+//! **How many executions.** The job wants `count + extra_used` executions
+//! that are live or have a result. Executions that fail or are lost are
+//! replaced from a budget of `count + extra_used + retries` executions in
+//! all: every execution that was not a rejected bid spends one. So
+//! `retries` is the number of failed or lost executions that are replaced;
+//! rejected bids (including expired ones) cost nothing, since a node
+//! declining is not the job failing, and they are bounded anyway: a job
+//! never goes to the same node twice.
+//!
+//! **Agreement.** [`agreement::decide`] runs over the Revealed and
+//! Completed results, with `pending` = live executions plus the
+//! replacements about to be placed, and `extra_left = max_extra -
+//! extra_used`:
+//! - Agreed: the job completes with that result; `agreeing` and
+//!   `dissenting` go into the [`JobUpdate`] (for node reputation); live
+//!   executions are cancelled.
+//! - Wait: replacements (if any) are placed.
+//! - NeedMore(n): `extra_used` grows by n and n extra executions are
+//!   placed (as nodes allow; the rest follow as replacements later).
+//! - NoConsensus: the job fails. If the retry budget ran out, the message
+//!   says so and lists each failure ("gave up after 3 failed or lost
+//!   executions (retries: 2): e-1 on node A: …"); otherwise it lists every
+//!   result ("no consensus: <cid> (e-1 on A), …").
+//!
+//! **Placing.** A node is eligible if it is alive, computes, satisfies
+//! every constraint, has `slots_free >= resources.slots`, `memory_bytes >=
+//! resources.memory` and a GPU (hardware or software) if `resources.gpu`,
+//! and has no execution of this job in any state: never two executions of
+//! one job on one node, not even after a failure, so that one node cannot
+//! outvote others. Eligible nodes are ranked by, in order:
+//! 1. reputation: the smaller share of executions that dissented or were
+//!    lost, `(dissented + lost) / (agreed + dissented + lost + failed + 1)`;
+//! 2. more of the job's input CIDs held (`holds`);
+//! 3. a larger share of free slots;
+//! 4. node id, so that equal nodes are always taken in the same order.
+//!
+//! `plan` places at most one execution per node per job; the caller should
+//! take the slots it asked for off its node views before planning the next
+//! job. New executions fill `redundancy.count` first; the rest are extra
+//! (the last [`Plan::extra`] of [`Plan::place`]).
+//!
+//! **Queueing.** When executions are wanted but no node is eligible and
+//! nothing is live, the job waits as Queued. If it never started, it fails
+//! once `timeouts.queue` has passed since submission, with a message naming
+//! the constraints and resources and why each node was passed over. A job
+//! that did start waits for nodes until `timeouts.total`.
+//!
+//! **Reveals.** Committed executions are asked to reveal once no live
+//! execution is still before its commitment (bid asked, accepted, running),
+//! nothing is being placed, and either committed plus results reach the
+//! quorum or no more executions are coming. So no node can learn another's
+//! answer before committing to its own.
+//!
+//! **Job state.** Otherwise the job is Running while any execution is
+//! accepted, running, committed or has a result, and Queued when none is
+//! (it goes back to Queued if every execution ended without a result).
+//! [`Plan::job`] is set whenever the state, result, error or `extra_used`
+//! changes.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use shoal_storage::Cid;
+
+use crate::agreement::{self, Verdict};
+use crate::model::{ExecId, ExecState, Execution, Job, JobState, NodeId, NodeView};
+
+/// Tuning of [`plan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// A node not seen for this long is gone, and its live executions are
+    /// lost. Default 10 s.
+    pub node_ttl_ms: u64,
+    /// A bid not answered for this long expires. Default 30 s.
+    pub bid_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config { node_ttl_ms: 10_000, bid_timeout_ms: 30_000 }
+    }
+}
+
+/// What the job itself becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobUpdate {
+    /// New state.
+    pub state: JobState,
+    /// The agreed result (Completed).
+    pub result: Option<Cid>,
+    /// Why it failed (Failed).
+    pub error: Option<String>,
+    /// New `Job::extra_used`.
+    pub extra_used: u32,
+    /// Executions whose result was agreed (Completed), for reputation.
+    pub agreeing: Vec<ExecId>,
+    /// Executions whose result differed (Completed), for reputation.
+    pub dissenting: Vec<ExecId>,
+}
+
+impl JobUpdate {
+    /// Writes the update into `job` at `now_ms` (setting `started_ms` when
+    /// it first runs).
+    pub fn apply_to(&self, job: &mut Job, now_ms: u64) {
+        job.state = self.state;
+        job.result = self.result;
+        job.error = self.error.clone();
+        job.extra_used = self.extra_used;
+        job.updated_ms = now_ms;
+        if self.state == JobState::Running && job.started_ms.is_none() {
+            job.started_ms = Some(now_ms);
+        }
+    }
+}
+
+/// What to do next for one job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Nodes to ask for a bid, in order (one new execution each).
+    pub place: Vec<NodeId>,
+    /// How many of the last entries of `place` are extra executions
+    /// (`Execution::extra`).
+    pub extra: usize,
+    /// Live executions to mark Lost.
+    pub lost: Vec<ExecId>,
+    /// Bids that were not answered in time: mark them Rejected.
+    pub expired: Vec<ExecId>,
+    /// Committed executions to ask for their reveal now.
+    pub reveal: Vec<ExecId>,
+    /// Live executions no longer needed because the job ended: tell their
+    /// nodes to stop and mark them Failed.
+    pub cancel: Vec<ExecId>,
+    /// Why each execution in `lost`, `expired` and `cancel` was ended.
+    pub reasons: BTreeMap<ExecId, String>,
+    /// The job's new state, if it changes.
+    pub job: Option<JobUpdate>,
+}
+
+impl Plan {
+    /// Each node to ask, with whether its execution is extra.
+    pub fn placements(&self) -> impl Iterator<Item = (&NodeId, bool)> {
+        let base = self.place.len().saturating_sub(self.extra);
+        self.place.iter().enumerate().map(move |(i, n)| (n, i >= base))
+    }
+}
+
+fn human(ms: u64) -> String {
+    humantime::format_duration(Duration::from_millis(ms)).to_string()
+}
+
+fn dur_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Plans the next step for `job` (see the module documentation).
+/// `executions` are the job's executions (others are ignored).
+pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64, cfg: &Config) -> Plan {
+    let mut plan = Plan::default();
+    if job.state.is_terminal() {
+        return plan;
+    }
+    let spec = &job.spec;
+    let node_map: BTreeMap<&str, &NodeView> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    let alive = |id: &str| node_map.get(id).is_some_and(|n| now_ms.saturating_sub(n.last_seen_ms) <= cfg.node_ttl_ms);
+    let mut execs: Vec<&Execution> = executions.iter().filter(|e| e.job == job.id).collect();
+    execs.sort_by(|a, b| a.id.cmp(&b.id));
+
+    // Effective states, after ending what must end.
+    let mut state: BTreeMap<&ExecId, ExecState> = BTreeMap::new();
+    let exec_timeout = dur_ms(spec.timeouts.execution);
+    for e in &execs {
+        let mut s = e.state;
+        if s.is_live() {
+            if !alive(&e.node) {
+                plan.lost.push(e.id.clone());
+                plan.reasons.insert(e.id.clone(), format!("node {} gone (not seen for {})", e.node, human(cfg.node_ttl_ms)));
+                s = ExecState::Lost;
+            } else if s == ExecState::BidAsked && now_ms.saturating_sub(e.created_ms) > cfg.bid_timeout_ms {
+                plan.expired.push(e.id.clone());
+                plan.reasons.insert(e.id.clone(), format!("bid not answered within {}", human(cfg.bid_timeout_ms)));
+                s = ExecState::Rejected;
+            } else if matches!(s, ExecState::Accepted | ExecState::Running)
+                && now_ms.saturating_sub(e.started_ms.unwrap_or(e.created_ms)) > exec_timeout
+            {
+                plan.lost.push(e.id.clone());
+                plan.reasons.insert(
+                    e.id.clone(),
+                    format!("ran past the {} execution timeout (timeouts.execution)", human(exec_timeout)),
+                );
+                s = ExecState::Lost;
+            }
+        }
+        state.insert(&e.id, s);
+    }
+    let st = |e: &Execution| state.get(&e.id).copied().unwrap_or(e.state);
+
+    let live: Vec<&Execution> = execs.iter().copied().filter(|e| st(e).is_live()).collect();
+    let results: Vec<(ExecId, NodeId, Cid)> = execs
+        .iter()
+        .filter(|e| st(e).has_result())
+        .filter_map(|e| e.result.map(|c| (e.id.clone(), e.node.clone(), c)))
+        .collect();
+    // A result state without a result is a broken report: a failure.
+    let failures: Vec<&Execution> = execs
+        .iter()
+        .copied()
+        .filter(|e| matches!(st(e), ExecState::Failed | ExecState::Lost) || (st(e).has_result() && e.result.is_none()))
+        .collect();
+    let used = execs.iter().filter(|e| st(e) != ExecState::Rejected).count();
+
+    let count = spec.redundancy.count as usize;
+    let quorum = spec.quorum() as usize;
+    let mut extra_used = job.extra_used;
+    let extra_left = spec.redundancy.max_extra.saturating_sub(extra_used) as usize;
+    let target = count + extra_used as usize;
+    let deficit = target.saturating_sub(live.len() + results.len());
+    let budget = target + spec.retries as usize;
+    let replace = deficit.min(budget.saturating_sub(used));
+    let out_of_retries = replace < deficit;
+
+    let finish = |plan: &mut Plan, update: JobUpdate| {
+        let why = match update.state {
+            JobState::Completed => "job completed".to_string(),
+            _ => "job failed".to_string(),
+        };
+        for e in &live {
+            plan.cancel.push(e.id.clone());
+            plan.reasons.insert(e.id.clone(), why.clone());
+        }
+        plan.job = Some(update);
+    };
+    let failed = |error: String, extra_used: u32| JobUpdate {
+        state: JobState::Failed,
+        result: None,
+        error: Some(error),
+        extra_used,
+        agreeing: Vec::new(),
+        dissenting: Vec::new(),
+    };
+
+    let total = dur_ms(spec.timeouts.total);
+    if now_ms.saturating_sub(job.created_ms) > total {
+        let detail = if !results.is_empty() {
+            format!("results so far: {}", list_results(&results))
+        } else if !live.is_empty() {
+            format!("{} execution(s) still running", live.len())
+        } else {
+            unfit(job, nodes, &execs, now_ms, cfg)
+        };
+        finish(&mut plan, failed(format!("timed out after {} (timeouts.total): {detail}", human(total)), extra_used));
+        return plan;
+    }
+
+    let verdict = agreement::decide(quorum, &results, live.len() + replace, extra_left);
+    let want = match verdict {
+        Verdict::Agreed { result, agreeing, dissenting } => {
+            finish(
+                &mut plan,
+                JobUpdate { state: JobState::Completed, result: Some(result), error: None, extra_used, agreeing, dissenting },
+            );
+            return plan;
+        }
+        Verdict::NoConsensus { results } => {
+            let error = if out_of_retries && !failures.is_empty() {
+                let mut m = format!(
+                    "gave up after {} failed or lost executions (retries: {}): {}",
+                    failures.len(),
+                    spec.retries,
+                    list_failures(&failures, &plan.reasons)
+                );
+                if !results.is_empty() {
+                    m.push_str(&format!("; results: {}", list_results(&results)));
+                }
+                m
+            } else {
+                format!("no consensus: {}", list_results(&results))
+            };
+            finish(&mut plan, failed(error, extra_used));
+            return plan;
+        }
+        Verdict::Wait => replace,
+        Verdict::NeedMore(n) => {
+            extra_used = extra_used.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+            n
+        }
+    };
+
+    if want > 0 {
+        let taken: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
+        let mut eligible: Vec<&NodeView> =
+            nodes.iter().filter(|n| alive(&n.id) && !taken.contains(n.id.as_str()) && fits(job, n)).collect();
+        eligible.sort_by(|a, b| rank(job, a, b));
+        eligible.dedup_by(|a, b| a.id == b.id);
+        plan.place = eligible.iter().take(want).map(|n| n.id.clone()).collect();
+        let base_have = live.iter().filter(|e| !e.extra).count()
+            + execs.iter().filter(|e| st(e).has_result() && e.result.is_some() && !e.extra).count();
+        let base_new = if matches!(verdict, Verdict::NeedMore(_)) { 0 } else { count.saturating_sub(base_have) };
+        plan.extra = plan.place.len().saturating_sub(base_new);
+
+        let queue = dur_ms(spec.timeouts.queue);
+        if plan.place.is_empty()
+            && live.is_empty()
+            && job.started_ms.is_none()
+            && now_ms.saturating_sub(job.created_ms) > queue
+        {
+            let error = format!(
+                "{} after waiting {} (timeouts.queue)",
+                unfit(job, nodes, &execs, now_ms, cfg),
+                human(queue)
+            );
+            finish(&mut plan, failed(error, extra_used));
+            return plan;
+        }
+    }
+
+    let pre_commit =
+        live.iter().any(|e| matches!(st(e), ExecState::BidAsked | ExecState::Accepted | ExecState::Running));
+    let committed: Vec<&Execution> = live.iter().copied().filter(|e| st(e) == ExecState::Committed).collect();
+    let more_coming = want > 0;
+    if !pre_commit && plan.place.is_empty() && (committed.len() + results.len() >= quorum || !more_coming) {
+        plan.reveal = committed.iter().map(|e| e.id.clone()).collect();
+    }
+
+    let working = execs.iter().any(|e| {
+        matches!(st(e), ExecState::Accepted | ExecState::Running | ExecState::Committed)
+            || (st(e).has_result() && e.result.is_some())
+    });
+    let new_state = if working { JobState::Running } else { JobState::Queued };
+    if new_state != job.state || extra_used != job.extra_used {
+        plan.job = Some(JobUpdate {
+            state: new_state,
+            result: None,
+            error: None,
+            extra_used,
+            agreeing: Vec::new(),
+            dissenting: Vec::new(),
+        });
+    }
+    plan
+}
+
+/// Whether `node` has what the job needs (liveness and exclusion aside).
+fn fits(job: &Job, node: &NodeView) -> bool {
+    let r = &job.spec.resources;
+    node.compute
+        && job.spec.constraints.iter().all(|c| c.matches(&node.labels))
+        && node.slots_free >= r.slots
+        && node.memory_bytes >= r.memory.0
+        && (!r.gpu || node.gpu.is_some())
+}
+
+/// Orders nodes best first (see the module documentation).
+fn rank(job: &Job, a: &NodeView, b: &NodeView) -> Ordering {
+    let bad = |n: &NodeView| {
+        let s = &n.stats;
+        let bad = u128::from(s.dissented) + u128::from(s.lost);
+        let all = u128::from(s.agreed) + u128::from(s.dissented) + u128::from(s.lost) + u128::from(s.failed) + 1;
+        (bad, all)
+    };
+    let ((bad_a, all_a), (bad_b, all_b)) = (bad(a), bad(b));
+    let inputs: BTreeSet<&Cid> = job.spec.task.inputs.iter().map(|i| &i.cid).collect();
+    let held = |n: &NodeView| inputs.iter().filter(|c| n.holds.contains(**c)).count();
+    let total = |n: &NodeView| u128::from(n.slots_total.max(n.slots_free).max(1));
+    (bad_a * all_b)
+        .cmp(&(bad_b * all_a))
+        .then_with(|| held(b).cmp(&held(a)))
+        .then_with(|| (u128::from(b.slots_free) * total(a)).cmp(&(u128::from(a.slots_free) * total(b))))
+        .then_with(|| a.id.cmp(&b.id))
+}
+
+/// Why no node fits: the requirements and how many nodes fell at each.
+fn unfit(job: &Job, nodes: &[NodeView], execs: &[&Execution], now_ms: u64, cfg: &Config) -> String {
+    let spec = &job.spec;
+    let r = &spec.resources;
+    let mut needs = Vec::new();
+    if !spec.constraints.is_empty() {
+        let cs: Vec<String> = spec.constraints.iter().map(|c| c.to_string()).collect();
+        needs.push(format!("constraints [{}]", cs.join(", ")));
+    }
+    needs.push(format!("memory >= {}", r.memory));
+    needs.push(format!("{} free slot(s)", r.slots));
+    if r.gpu {
+        needs.push("a gpu".into());
+    }
+    let taken: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
+    let (mut gone, mut no_compute, mut constrained, mut small, mut ran) = (0, 0, 0, 0, 0);
+    for n in nodes {
+        if now_ms.saturating_sub(n.last_seen_ms) > cfg.node_ttl_ms {
+            gone += 1;
+        } else if !n.compute {
+            no_compute += 1;
+        } else if !spec.constraints.iter().all(|c| c.matches(&n.labels)) {
+            constrained += 1;
+        } else if taken.contains(n.id.as_str()) {
+            ran += 1;
+        } else if !fits(job, n) {
+            small += 1;
+        }
+    }
+    format!(
+        "no node satisfies {} (of {} known nodes: {gone} gone, {no_compute} not computing, {constrained} failing \
+         constraints, {small} short of resources, {ran} already tried this job); add nodes or relax the spec",
+        needs.join(", "),
+        nodes.len()
+    )
+}
+
+fn list_results(results: &[(ExecId, NodeId, Cid)]) -> String {
+    if results.is_empty() {
+        return "no results".into();
+    }
+    results.iter().map(|(e, n, c)| format!("{c} ({e} on {n})")).collect::<Vec<_>>().join(", ")
+}
+
+fn list_failures(failures: &[&Execution], reasons: &BTreeMap<ExecId, String>) -> String {
+    failures
+        .iter()
+        .map(|e| {
+            let why = reasons.get(&e.id).or(e.error.as_ref()).map(String::as_str).unwrap_or(match e.state {
+                ExecState::Lost => "lost",
+                ExecState::Failed => "failed",
+                _ => "reported no result",
+            });
+            format!("{} on {}: {why}", e.id, e.node)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
