@@ -48,7 +48,9 @@ pub enum Error {
         found: i64,
     },
     /// A stored row does not decode.
-    #[error("scheduler database {path}: {what} is unreadable ({message}); restore the file from a backup or remove it")]
+    #[error(
+        "scheduler database {path}: {what} is unreadable ({message}); restore the file from a backup or remove it"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -391,7 +393,8 @@ fn write_exec(conn: &Connection, e: &Execution, insert: bool) -> rusqlite::Resul
 }
 
 fn upsert_exec(conn: &Connection, e: &Execution) -> rusqlite::Result<()> {
-    let sql = format!("INSERT INTO executions ({EXEC_COLS}) VALUES {EXEC_VALUES} ON CONFLICT (id) DO UPDATE SET {EXEC_SET}");
+    let sql =
+        format!("INSERT INTO executions ({EXEC_COLS}) VALUES {EXEC_VALUES} ON CONFLICT (id) DO UPDATE SET {EXEC_SET}");
     let p = exec_params(e);
     conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(p.iter()))?;
     Ok(())
@@ -547,7 +550,13 @@ mod tests {
     }
 
     fn exec(job: &Job, n: u64) -> Execution {
-        let mut e = Execution::new(ExecId::from_parts(2000 + n, n), job.id.clone(), format!("node{n}"), n % 2 == 0, 2000);
+        let mut e = Execution::new(
+            ExecId::from_parts(2000 + n, n),
+            job.id.clone(),
+            format!("node{n}"),
+            n.is_multiple_of(2),
+            2000,
+        );
         e.state = ExecState::Revealed;
         e.started_ms = Some(2001);
         e.commitment = Some([n as u8; 32]);

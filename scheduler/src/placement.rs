@@ -203,7 +203,8 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
         if s.is_live() {
             if !alive(&e.node) {
                 plan.lost.push(e.id.clone());
-                plan.reasons.insert(e.id.clone(), format!("node {} gone (not seen for {})", e.node, human(cfg.node_ttl_ms)));
+                plan.reasons
+                    .insert(e.id.clone(), format!("node {} gone (not seen for {})", e.node, human(cfg.node_ttl_ms)));
                 s = ExecState::Lost;
             } else if s == ExecState::BidAsked && now_ms.saturating_sub(e.created_ms) > cfg.bid_timeout_ms {
                 plan.expired.push(e.id.clone());
@@ -275,7 +276,8 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
         } else if !live.is_empty() {
             format!("{} execution(s) still running", live.len())
         } else {
-            unfit(job, nodes, &execs, now_ms, cfg)
+            let (needs, census) = unfit(job, nodes, &execs, now_ms, cfg);
+            format!("{needs} ({census})")
         };
         finish(&mut plan, failed(format!("timed out after {} (timeouts.total): {detail}", human(total)), extra_used));
         return plan;
@@ -286,7 +288,14 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
         Verdict::Agreed { result, agreeing, dissenting } => {
             finish(
                 &mut plan,
-                JobUpdate { state: JobState::Completed, result: Some(result), error: None, extra_used, agreeing, dissenting },
+                JobUpdate {
+                    state: JobState::Completed,
+                    result: Some(result),
+                    error: None,
+                    extra_used,
+                    agreeing,
+                    dissenting,
+                },
             );
             return plan;
         }
@@ -333,11 +342,8 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
             && job.started_ms.is_none()
             && now_ms.saturating_sub(job.created_ms) > queue
         {
-            let error = format!(
-                "{} after waiting {} (timeouts.queue)",
-                unfit(job, nodes, &execs, now_ms, cfg),
-                human(queue)
-            );
+            let (needs, census) = unfit(job, nodes, &execs, now_ms, cfg);
+            let error = format!("{needs} after waiting {} (timeouts.queue) ({census})", human(queue));
             finish(&mut plan, failed(error, extra_used));
             return plan;
         }
@@ -398,8 +404,8 @@ fn rank(job: &Job, a: &NodeView, b: &NodeView) -> Ordering {
         .then_with(|| a.id.cmp(&b.id))
 }
 
-/// Why no node fits: the requirements and how many nodes fell at each.
-fn unfit(job: &Job, nodes: &[NodeView], execs: &[&Execution], now_ms: u64, cfg: &Config) -> String {
+/// Why no node fits: the requirements, then how many nodes fell at each.
+fn unfit(job: &Job, nodes: &[NodeView], execs: &[&Execution], now_ms: u64, cfg: &Config) -> (String, String) {
     let spec = &job.spec;
     let r = &spec.resources;
     let mut needs = Vec::new();
@@ -427,11 +433,13 @@ fn unfit(job: &Job, nodes: &[NodeView], execs: &[&Execution], now_ms: u64, cfg: 
             small += 1;
         }
     }
-    format!(
-        "no node satisfies {} (of {} known nodes: {gone} gone, {no_compute} not computing, {constrained} failing \
-         constraints, {small} short of resources, {ran} already tried this job); add nodes or relax the spec",
-        needs.join(", "),
-        nodes.len()
+    (
+        format!("no node satisfies {}", needs.join(", ")),
+        format!(
+            "of {} known node(s): {gone} gone, {no_compute} not computing, {constrained} failing constraints, \
+             {small} short of resources, {ran} already tried this job; add nodes or relax the spec",
+            nodes.len()
+        ),
     )
 }
 
@@ -455,4 +463,443 @@ fn list_failures(failures: &[&Execution], reasons: &BTreeMap<ExecId, String>) ->
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Gpu, NodeStats};
+    use crate::spec::{Bytes, Spec};
+    use proptest::prelude::*;
+
+    const NOW: u64 = 1_000_000;
+
+    fn cid(n: u8) -> Cid {
+        *shoal_storage::Block::new(shoal_storage::CidVersion::V1, shoal_storage::block::RAW, vec![n]).cid()
+    }
+
+    fn node(id: &str) -> NodeView {
+        NodeView {
+            id: id.into(),
+            labels: BTreeMap::new(),
+            compute: true,
+            slots_total: 4,
+            slots_free: 4,
+            memory_bytes: 8 << 30,
+            gpu: None,
+            version: "0.1.0".into(),
+            last_seen_ms: NOW,
+            holds: BTreeSet::new(),
+            stats: NodeStats::default(),
+        }
+    }
+
+    fn nodes(ids: &[&str]) -> Vec<NodeView> {
+        ids.iter().map(|i| node(i)).collect()
+    }
+
+    fn job(count: u32, f: impl FnOnce(&mut Spec)) -> Job {
+        let mut spec = Spec::new(cid(0));
+        spec.redundancy.count = count;
+        f(&mut spec);
+        spec.validate().unwrap();
+        Job::new("j-1".parse().unwrap(), spec, NOW - 1000)
+    }
+
+    fn ex(id: &str, node: &str, state: ExecState) -> Execution {
+        let mut e = Execution::new(id.parse().unwrap(), "j-1".parse().unwrap(), node.into(), false, NOW - 500);
+        e.state = state;
+        if state.has_result() {
+            e.result = Some(cid(1));
+        }
+        e
+    }
+
+    fn with_result(mut e: Execution, c: u8) -> Execution {
+        e.result = Some(cid(c));
+        e
+    }
+
+    fn cfg() -> Config {
+        Config::default()
+    }
+
+    fn ids(v: &[&str]) -> Vec<ExecId> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn terminal_jobs_get_an_empty_plan() {
+        for state in [JobState::Completed, JobState::Failed, JobState::Cancelled] {
+            let mut j = job(1, |_| {});
+            j.state = state;
+            let p = plan(&j, &nodes(&["a"]), &[ex("e1", "a", ExecState::Running)], NOW + 10_000_000, &cfg());
+            assert_eq!(p, Plan::default());
+        }
+    }
+
+    #[test]
+    fn a_new_job_asks_count_nodes_in_rank_order() {
+        let j = job(3, |_| {});
+        let p = plan(&j, &nodes(&["d", "b", "a", "c"]), &[], NOW, &cfg());
+        assert_eq!(p.place, ["a", "b", "c"]);
+        assert_eq!(p.extra, 0);
+        assert!(p.job.is_none(), "stays queued until a node accepts");
+        assert!(p.placements().all(|(_, extra)| !extra));
+    }
+
+    #[test]
+    fn nodes_that_do_not_fit_are_skipped() {
+        let j = job(1, |s| {
+            s.constraints = vec!["zone=eu".parse().unwrap(), "!spot".parse().unwrap()];
+            s.resources.slots = 2;
+            s.resources.memory = Bytes(1 << 30);
+            s.resources.gpu = true;
+        });
+        let good = || {
+            let mut n = node("z-good");
+            n.labels.insert("zone".into(), "eu".into());
+            n.gpu = Some(Gpu { name: "sw".into(), memory_bytes: 0, software: true });
+            n
+        };
+        let mut bad = Vec::new();
+        for f in [
+            (|n: &mut NodeView| n.compute = false) as fn(&mut NodeView),
+            |n| n.labels.clear(),
+            |n| {
+                n.labels.insert("spot".into(), "1".into());
+            },
+            |n| n.slots_free = 1,
+            |n| n.memory_bytes = (1 << 30) - 1,
+            |n| n.gpu = None,
+            |n| n.last_seen_ms = NOW - 10_001,
+        ] {
+            let mut n = good();
+            n.id = format!("a-bad{}", bad.len());
+            f(&mut n);
+            bad.push(n);
+        }
+        let p = plan(&j, &bad, &[], NOW, &cfg());
+        assert!(p.place.is_empty());
+        bad.push(good());
+        let p = plan(&j, &bad, &[], NOW, &cfg());
+        assert_eq!(p.place, ["z-good"]);
+    }
+
+    #[test]
+    fn never_two_executions_on_one_node() {
+        let j = job(2, |_| {});
+        let execs = [ex("e1", "a", ExecState::Failed), ex("e2", "b", ExecState::Running)];
+        let p = plan(&j, &nodes(&["a", "b", "c"]), &execs, NOW, &cfg());
+        assert_eq!(p.place, ["c"]);
+        let p = plan(&j, &nodes(&["a", "b"]), &execs, NOW, &cfg());
+        assert!(p.place.is_empty());
+    }
+
+    #[test]
+    fn ranking_prefers_reputation_then_inputs_then_free_slots_then_id() {
+        let j = job(1, |s| {
+            s.task.inputs = vec![crate::spec::Input { cid: cid(7), path: None, mount: "/inputs".into() }];
+        });
+        let best = |ns: &[NodeView]| plan(&j, ns, &[], NOW, &cfg()).place;
+        let mut a = node("a");
+        let mut b = node("b");
+        assert_eq!(best(&[b.clone(), a.clone()]), ["a"]);
+        b.slots_free = 4;
+        a.slots_free = 2;
+        assert_eq!(best(&[a.clone(), b.clone()]), ["b"], "more free slots");
+        a.holds.insert(cid(7));
+        assert_eq!(best(&[a.clone(), b.clone()]), ["a"], "holds the input");
+        a.stats = NodeStats { agreed: 100, dissented: 1, ..Default::default() };
+        assert_eq!(best(&[a.clone(), b.clone()]), ["b"], "b has a clean record");
+        b.stats = NodeStats { agreed: 1, lost: 1, ..Default::default() };
+        assert_eq!(best(&[a.clone(), b.clone()]), ["a"], "1% dissent beats 33% lost");
+    }
+
+    #[test]
+    fn gone_nodes_lose_their_executions_and_are_replaced() {
+        let j = job(2, |_| {});
+        let execs = [ex("e1", "a", ExecState::Running), ex("e2", "b", ExecState::Running)];
+        let mut ns = nodes(&["a", "c"]);
+        ns[0].last_seen_ms = NOW - 20_000;
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert_eq!(p.lost, ids(&["e1", "e2"]));
+        assert!(p.reasons[&ids(&["e1"])[0]].contains("node a gone"));
+        assert_eq!(p.place, ["c"]);
+        // Nothing is accepted any more: back to queued.
+        let mut running = j.clone();
+        running.state = JobState::Running;
+        let p = plan(&running, &ns, &execs, NOW, &cfg());
+        assert_eq!(p.job.map(|u| u.state), Some(JobState::Queued));
+    }
+
+    #[test]
+    fn executions_past_the_timeout_are_lost_but_committed_ones_wait() {
+        let j = job(2, |s| s.timeouts.execution = Duration::from_secs(60));
+        let mut slow = ex("e1", "a", ExecState::Running);
+        slow.started_ms = Some(NOW - 60_001);
+        let mut done = ex("e2", "b", ExecState::Committed);
+        done.started_ms = Some(NOW - 600_000);
+        let p = plan(&j, &nodes(&["a", "b", "c"]), &[slow, done], NOW, &cfg());
+        assert_eq!(p.lost, ids(&["e1"]));
+        assert!(p.reasons[&ids(&["e1"])[0]].contains("execution timeout"));
+        assert_eq!(p.place, ["c"]);
+    }
+
+    #[test]
+    fn unanswered_bids_expire_without_spending_retries() {
+        let j = job(1, |s| s.retries = 0);
+        let mut bid = ex("e1", "a", ExecState::BidAsked);
+        bid.created_ms = NOW - 30_001;
+        let rejected = ex("e0", "z", ExecState::Rejected);
+        let p = plan(&j, &nodes(&["a", "b", "z"]), &[bid, rejected], NOW, &cfg());
+        assert_eq!(p.expired, ids(&["e1"]));
+        assert_eq!(p.place, ["b"]);
+        assert!(p.job.is_none());
+    }
+
+    #[test]
+    fn failures_are_replaced_until_retries_run_out() {
+        let j = job(1, |s| s.retries = 2);
+        let mut execs = vec![ex("e1", "a", ExecState::Failed)];
+        execs[0].error = Some("cannot fetch module".into());
+        let p = plan(&j, &nodes(&["a", "b", "c", "d"]), &execs, NOW, &cfg());
+        assert_eq!(p.place, ["b"]);
+        execs.push(ex("e2", "b", ExecState::Lost));
+        let p = plan(&j, &nodes(&["a", "b", "c", "d"]), &execs, NOW, &cfg());
+        assert_eq!(p.place, ["c"]);
+        execs.push(ex("e3", "c", ExecState::Failed));
+        let p = plan(&j, &nodes(&["a", "b", "c", "d"]), &execs, NOW, &cfg());
+        assert!(p.place.is_empty());
+        let u = p.job.unwrap();
+        assert_eq!(u.state, JobState::Failed);
+        let e = u.error.unwrap();
+        assert!(
+            e.starts_with(
+                "gave up after 3 failed or lost executions (retries: 2): e1 on a: cannot fetch module; e2 on b: lost"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_total_timeout_fails_the_job_and_cancels_the_rest() {
+        let j = job(2, |s| s.timeouts.total = Duration::from_secs(60));
+        let execs = [ex("e1", "a", ExecState::Running), with_result(ex("e2", "b", ExecState::Revealed), 3)];
+        let late = j.created_ms + 60_001;
+        let mut ns = nodes(&["a", "b"]);
+        ns.iter_mut().for_each(|n| n.last_seen_ms = late);
+        let p = plan(&j, &ns, &execs, late, &cfg());
+        let u = p.job.unwrap();
+        assert_eq!(u.state, JobState::Failed);
+        let e = u.error.unwrap();
+        assert!(e.starts_with("timed out after 1m (timeouts.total): results so far: "), "{e}");
+        assert_eq!(p.cancel, ids(&["e1"]));
+    }
+
+    #[test]
+    fn with_no_node_a_job_queues_then_fails_naming_its_needs() {
+        let j = job(1, |s| s.constraints = vec!["zone=mars".parse().unwrap()]);
+        let late = j.created_ms + 5 * 60_000 + 1;
+        let mut ns = nodes(&["a"]);
+        ns[0].last_seen_ms = late;
+        let p = plan(&j, &ns, &[], NOW, &cfg());
+        assert_eq!(p, Plan::default());
+        let p = plan(&j, &ns, &[], late, &cfg());
+        let e = p.job.unwrap().error.unwrap();
+        assert!(
+            e.starts_with(
+                "no node satisfies constraints [zone=mars], memory >= 256 MiB, 1 free slot(s) after waiting 5m \
+                 (timeouts.queue) (of 1 known node(s): 0 gone, 0 not computing, 1 failing constraints"
+            ),
+            "{e}"
+        );
+        assert!(e.ends_with("add nodes or relax the spec)"), "{e}");
+        // A job that already ran waits for nodes until the total timeout.
+        let mut started = j.clone();
+        started.started_ms = Some(NOW);
+        let p = plan(&started, &ns, &[ex("e1", "a", ExecState::Lost)], late, &cfg());
+        assert!(p.job.is_none());
+    }
+
+    #[test]
+    fn reveals_wait_until_every_live_execution_committed() {
+        let j = job(3, |_| {});
+        let ns = nodes(&["a", "b", "c"]);
+        let execs = [
+            ex("e1", "a", ExecState::Committed),
+            ex("e2", "b", ExecState::Committed),
+            ex("e3", "c", ExecState::Running),
+        ];
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert!(p.reveal.is_empty());
+        assert_eq!(p.job.map(|u| u.state), Some(JobState::Running));
+        let execs = [execs[0].clone(), execs[1].clone(), ex("e3", "c", ExecState::Committed)];
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert_eq!(p.reveal, ids(&["e1", "e2", "e3"]));
+        // One lost and none to replace it with: two committed still reach the quorum.
+        let execs = [execs[0].clone(), execs[1].clone(), ex("e3", "c", ExecState::Lost)];
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert_eq!(p.reveal, ids(&["e1", "e2"]));
+    }
+
+    #[test]
+    fn agreement_completes_the_job() {
+        let mut j = job(3, |_| {});
+        j.state = JobState::Running;
+        let execs = [
+            with_result(ex("e1", "a", ExecState::Revealed), 1),
+            with_result(ex("e2", "b", ExecState::Revealed), 2),
+            with_result(ex("e3", "c", ExecState::Revealed), 1),
+        ];
+        let p = plan(&j, &nodes(&["a", "b", "c"]), &execs, NOW, &cfg());
+        let u = p.job.unwrap();
+        assert_eq!(u.state, JobState::Completed);
+        assert_eq!(u.result, Some(cid(1)));
+        assert_eq!(u.agreeing, ids(&["e1", "e3"]));
+        assert_eq!(u.dissenting, ids(&["e2"]));
+        let mut done = j.clone();
+        u.apply_to(&mut done, NOW);
+        assert_eq!((done.state, done.result, done.updated_ms), (JobState::Completed, Some(cid(1)), NOW));
+    }
+
+    #[test]
+    fn an_unassailable_majority_cancels_the_stragglers() {
+        let j = job(3, |_| {});
+        let execs = [
+            with_result(ex("e1", "a", ExecState::Revealed), 1),
+            with_result(ex("e2", "b", ExecState::Completed), 1),
+            ex("e3", "c", ExecState::Running),
+        ];
+        let p = plan(&j, &nodes(&["a", "b", "c"]), &execs, NOW, &cfg());
+        assert_eq!(p.job.unwrap().state, JobState::Completed);
+        assert_eq!(p.cancel, ids(&["e3"]));
+        assert_eq!(p.reasons[&ids(&["e3"])[0]], "job completed");
+    }
+
+    #[test]
+    fn a_tie_asks_for_an_extra_execution() {
+        let mut j = job(2, |s| s.redundancy.max_extra = 1);
+        j.state = JobState::Running;
+        let mut execs = vec![
+            with_result(ex("e1", "a", ExecState::Revealed), 1),
+            with_result(ex("e2", "b", ExecState::Revealed), 2),
+        ];
+        let ns = nodes(&["a", "b", "c", "d"]);
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert_eq!(p.place, ["c"]);
+        assert_eq!(p.extra, 1);
+        assert_eq!(p.placements().collect::<Vec<_>>(), [(&"c".to_string(), true)]);
+        let u = p.job.unwrap();
+        assert_eq!((u.state, u.extra_used), (JobState::Running, 1));
+        u.apply_to(&mut j, NOW);
+
+        // Planning again before the bid is stored would ask again: the
+        // caller stores it. With it stored, nothing more is placed.
+        let mut c = ex("e3", "c", ExecState::Running);
+        c.extra = true;
+        execs.push(c);
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert!(p.place.is_empty() && p.job.is_none() && p.reveal.is_empty());
+        execs[2] = with_result(ex("e3", "c", ExecState::Revealed), 2);
+        let u = plan(&j, &ns, &execs, NOW, &cfg()).job.unwrap();
+        assert_eq!((u.state, u.result), (JobState::Completed, Some(cid(2))));
+        assert_eq!(u.dissenting, ids(&["e1"]));
+    }
+
+    #[test]
+    fn no_consensus_fails_listing_every_result() {
+        let j = job(2, |_| {});
+        let execs =
+            [with_result(ex("e1", "a", ExecState::Revealed), 1), with_result(ex("e2", "b", ExecState::Revealed), 2)];
+        let p = plan(&j, &nodes(&["a", "b", "c"]), &execs, NOW, &cfg());
+        let e = p.job.unwrap().error.unwrap();
+        assert!(e.starts_with("no consensus: "), "{e}");
+        assert!(e.contains(&format!("{} (e1 on a)", cid(1))) && e.contains(&format!("{} (e2 on b)", cid(2))), "{e}");
+    }
+
+    #[test]
+    fn accepted_work_makes_the_job_running() {
+        let j = job(1, |_| {});
+        let p = plan(&j, &nodes(&["a"]), &[ex("e1", "a", ExecState::Accepted)], NOW, &cfg());
+        let mut j2 = j.clone();
+        p.job.unwrap().apply_to(&mut j2, NOW);
+        assert_eq!((j2.state, j2.started_ms), (JobState::Running, Some(NOW)));
+    }
+
+    fn arb_state() -> impl Strategy<Value = ExecState> {
+        proptest::sample::select(ExecState::ALL.to_vec())
+    }
+
+    prop_compose! {
+        fn arb_case()(
+            count in 1u32..5,
+            max_extra in 0u32..3,
+            retries in 0u32..3,
+            node_count in 0usize..8,
+            execs in proptest::collection::vec((0usize..8, arb_state(), 0u8..3, any::<bool>()), 0..8),
+            seen in proptest::collection::vec(0u64..30_000, 8),
+            age in 0u64..2_000_000,
+        ) -> (Job, Vec<NodeView>, Vec<Execution>, u64) {
+            let j = job(count, |s| { s.redundancy.max_extra = max_extra; s.retries = retries; });
+            let ns: Vec<NodeView> = (0..node_count).map(|i| {
+                let mut n = node(&format!("n{i}"));
+                n.last_seen_ms = NOW - seen[i];
+                n
+            }).collect();
+            let execs = execs.into_iter().enumerate().map(|(i, (n, state, c, extra))| {
+                let mut e = ex(&format!("e{i}"), &format!("n{n}"), state);
+                if state.has_result() { e.result = Some(cid(c)); }
+                e.extra = extra;
+                e
+            }).collect();
+            (j, ns, execs, j_created(age))
+        }
+    }
+
+    fn j_created(age: u64) -> u64 {
+        NOW - 1000 + age
+    }
+
+    proptest! {
+        #[test]
+        fn never_places_twice_on_a_node((j, ns, execs, now) in arb_case()) {
+            let p = plan(&j, &ns, &execs, now, &cfg());
+            let used: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
+            let placed: BTreeSet<&str> = p.place.iter().map(String::as_str).collect();
+            prop_assert_eq!(placed.len(), p.place.len());
+            prop_assert!(placed.is_disjoint(&used));
+            prop_assert!(p.extra <= p.place.len());
+            let s = &j.spec.redundancy;
+            prop_assert!(p.place.len() <= (s.count + s.max_extra) as usize);
+        }
+
+        #[test]
+        fn plans_do_not_depend_on_input_order((j, ns, execs, now) in arb_case()) {
+            let p = plan(&j, &ns, &execs, now, &cfg());
+            let mut rns = ns.clone();
+            rns.reverse();
+            let mut rex = execs.clone();
+            rex.reverse();
+            prop_assert_eq!(plan(&j, &rns, &rex, now, &cfg()), p);
+        }
+
+        #[test]
+        fn plans_only_touch_live_executions((j, ns, execs, now) in arb_case()) {
+            let p = plan(&j, &ns, &execs, now, &cfg());
+            let live: BTreeSet<&ExecId> = execs.iter().filter(|e| e.state.is_live()).map(|e| &e.id).collect();
+            for id in p.lost.iter().chain(&p.expired).chain(&p.cancel).chain(&p.reveal) {
+                prop_assert!(live.contains(id), "{} is not live", id);
+            }
+            for id in p.lost.iter().chain(&p.expired).chain(&p.cancel) {
+                prop_assert!(p.reasons.contains_key(id));
+            }
+            if let Some(u) = &p.job {
+                prop_assert_eq!(u.state == JobState::Completed, u.result.is_some());
+                prop_assert_eq!(u.state == JobState::Failed, u.error.is_some());
+                if u.state.is_terminal() { prop_assert!(p.place.is_empty() && p.reveal.is_empty()); }
+                prop_assert!(u.extra_used <= j.spec.redundancy.max_extra);
+            }
+        }
+    }
 }

@@ -65,6 +65,12 @@ pub struct Bytes(pub u64);
 
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Whole units print without decimals ("512 MiB", not "512.0 MiB").
+        for (unit, name) in [(1u64 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+            if self.0 >= unit && self.0.is_multiple_of(unit) {
+                return write!(f, "{} {name}", self.0 / unit);
+            }
+        }
         write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
     }
 }
@@ -83,9 +89,8 @@ impl<'de> Deserialize<'de> for Bytes {
             N(u64),
             S(String),
         }
-        let raw = Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a size: a number of bytes or a string like \"512MiB\"")
-        })?;
+        let raw = Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a size: a number of bytes or a string like \"512MiB\""))?;
         match raw {
             Raw::N(n) => Ok(Bytes(n)),
             Raw::S(s) => s.trim().parse::<bytesize::ByteSize>().map(|b| Bytes(b.0)).map_err(|e| {
@@ -424,7 +429,10 @@ impl Spec {
             let field = format!("task.inputs[{i}].mount");
             guest_path(&field, &input.mount)?;
             if !mounts.insert(input.mount.trim_end_matches('/')) {
-                return Err(invalid(field, format!("{:?} is mounted twice; give each input its own path", input.mount)));
+                return Err(invalid(
+                    field,
+                    format!("{:?} is mounted twice; give each input its own path", input.mount),
+                ));
             }
             if let Some(p) = &input.path {
                 if p.split('/').any(|s| s == ".." || s == ".") || p.starts_with('/') || p.contains('\0') {
@@ -450,7 +458,10 @@ impl Spec {
         }
         let r = &self.redundancy;
         if r.count == 0 || r.count > MAX_REDUNDANCY {
-            return Err(invalid("redundancy.count", format!("must be between 1 and {MAX_REDUNDANCY}, got {}", r.count)));
+            return Err(invalid(
+                "redundancy.count",
+                format!("must be between 1 and {MAX_REDUNDANCY}, got {}", r.count),
+            ));
         }
         if let Some(q) = r.quorum {
             if q == 0 || q > r.count {
@@ -485,7 +496,10 @@ fn export_name(field: &str, name: &str) -> Result<(), Error> {
 
 fn guest_path(field: &str, p: &str) -> Result<(), Error> {
     if !p.starts_with('/') || p.split('/').any(|s| s == ".." || s == ".") || p.contains('\0') || p.len() > 4096 {
-        return Err(invalid(field, format!("{p:?} must be an absolute guest path without '.' or '..', like \"/inputs\"")));
+        return Err(invalid(
+            field,
+            format!("{p:?} must be an absolute guest path without '.' or '..', like \"/inputs\""),
+        ));
     }
     if p.trim_end_matches('/').is_empty() {
         return Err(invalid(field, "cannot mount over the guest's root \"/\"; use a directory like \"/inputs\""));
@@ -597,9 +611,18 @@ retries: 0
             ("resources: {slots: 0}\n", "resources.slots: must be at least 1"),
             ("retries: 17\n", "retries: must be at most 16"),
             ("constraints: [\"zone==\", \"a b\"]\n", "invalid constraint \"a b\""),
-            ("  inputs: [{cid: QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn, mount: inputs}]\n", "task.inputs[0].mount"),
-            ("  inputs: [{cid: QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn, mount: /a/../b}]\n", "task.inputs[0].mount"),
-            ("  inputs: [{cid: QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn, path: ../x, mount: /a}]\n", "task.inputs[0].path"),
+            (
+                "  inputs: [{cid: QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn, mount: inputs}]\n",
+                "task.inputs[0].mount",
+            ),
+            (
+                "  inputs: [{cid: QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn, mount: /a/../b}]\n",
+                "task.inputs[0].mount",
+            ),
+            (
+                "  inputs: [{cid: QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn, path: ../x, mount: /a}]\n",
+                "task.inputs[0].path",
+            ),
             ("  inputs: [{cid: nope, mount: /a}]\n", "invalid cid \"nope\""),
             ("  limits: {memory: lots}\n", "invalid size \"lots\""),
             ("  limits: {timeout: soon}\n", "invalid duration \"soon\""),
@@ -611,6 +634,14 @@ retries: 0
         }
         let e = Spec::from_yaml_or_json("task: {}").unwrap_err().to_string();
         assert!(e.contains("missing field `module`"), "{e}");
+    }
+
+    #[test]
+    fn sizes_display_in_whole_units_when_they_can() {
+        assert_eq!(Bytes(512 << 20).to_string(), "512 MiB");
+        assert_eq!(Bytes(3 << 30).to_string(), "3 GiB");
+        assert_eq!(Bytes(100).to_string(), "100 B");
+        assert_eq!(Bytes(1536).to_string(), "1.5 KiB");
     }
 
     #[test]
