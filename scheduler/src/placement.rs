@@ -158,7 +158,7 @@ pub struct Plan {
     /// Committed executions to ask for their reveal now.
     pub reveal: Vec<ExecId>,
     /// Live executions no longer needed because the job ended: tell their
-    /// nodes to stop and mark them Failed.
+    /// nodes to stop and mark them Failed (not counted against the node).
     pub cancel: Vec<ExecId>,
     /// Why each execution in `lost`, `expired` and `cancel` was ended.
     pub reasons: BTreeMap<ExecId, String>,

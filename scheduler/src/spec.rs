@@ -374,10 +374,18 @@ impl Spec {
         if text.len() > MAX_SPEC_BYTES {
             return Err(Error::TooLarge(text.len()));
         }
-        // JSON goes through serde_json: YAML 1.1 parsers choke on some valid
-        // JSON (tabs for indentation). Both name the field at fault.
         let spec: Spec = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| Error::Parse(e.to_string()))?
+            // JSON: serde_json judges the syntax (YAML 1.1 parsers refuse some
+            // valid JSON, such as tab indentation), then the YAML parser reads
+            // it for its errors, which name the field's path
+            // (`task.limits: unknown field ...`). Tabs can only be whitespace
+            // in valid JSON, so turning them into spaces changes nothing.
+            serde_json::from_str::<serde_json::Value>(text).map_err(|e| Error::Parse(e.to_string()))?;
+            match serde_norway::from_str(&text.replace('\t', " ")) {
+                Ok(spec) => spec,
+                // What YAML reads differently (rare escapes): serde_json decides.
+                Err(yaml) => serde_json::from_str(text).map_err(|_| Error::Parse(yaml.to_string()))?,
+            }
         } else {
             serde_norway::from_str(text).map_err(|e| Error::Parse(e.to_string()))?
         };
@@ -597,7 +605,13 @@ retries: 0
         let e = Spec::from_yaml_or_json(&format!("{{\"task\": {{\"module\": \"{MODULE}\", \"argz\": []}}}}"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown field `argz`"), "{e}");
+        assert!(e.contains("task: unknown field `argz`"), "{e}");
+        let e = Spec::from_yaml_or_json("{\"task\": {\"module\": 1,}}").unwrap_err().to_string();
+        assert!(e.contains("trailing comma at line 1"), "{e}");
+        let e = Spec::from_yaml_or_json(&format!("{{\"task\": {{\"module\": \"{MODULE}\"}}, \"retries\": \"x\"}}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retries: invalid type"), "{e}");
     }
 
     #[test]
@@ -642,6 +656,21 @@ retries: 0
         assert_eq!(Bytes(3 << 30).to_string(), "3 GiB");
         assert_eq!(Bytes(100).to_string(), "100 B");
         assert_eq!(Bytes(1536).to_string(), "1.5 KiB");
+    }
+
+    #[test]
+    fn the_reference_examples_parse() {
+        let doc = include_str!("../../docs/job-spec.md");
+        let mut specs = Vec::new();
+        for lang in ["```yaml\n", "```json\n"] {
+            for block in doc.split(lang).skip(1) {
+                let text = block.split("```").next().unwrap_or_default();
+                specs.push(Spec::from_yaml_or_json(text).unwrap_or_else(|e| panic!("{e}\n{text}")));
+            }
+        }
+        assert_eq!(specs.len(), 3);
+        assert_eq!(specs[0], specs[2], "the YAML and JSON examples are the same job");
+        assert_eq!(specs[0].quorum(), 2);
     }
 
     #[test]
