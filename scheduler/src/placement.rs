@@ -38,14 +38,17 @@
 //!
 //! **Agreement.** [`agreement::decide`] runs over the Revealed and
 //! Completed results, with `pending` = live executions plus the
-//! replacements about to be placed, and `extra_left = max_extra -
-//! extra_used`:
+//! replacements wanted, and `extra_left = max_extra - extra_used`. It is
+//! first asked with only the replacements that eligible nodes could take
+//! now: a quorum that nothing live or placeable could tie is final, even
+//! if the job wanted more executions than there are nodes for.
 //! - Agreed: the job completes with that result; `agreeing` and
 //!   `dissenting` go into the [`JobUpdate`] (for node reputation); live
 //!   executions are cancelled.
 //! - Wait: replacements (if any) are placed.
-//! - NeedMore(n): `extra_used` grows by n and n extra executions are
-//!   placed (as nodes allow; the rest follow as replacements later).
+//! - NeedMore(n): up to n extra executions are placed, and `extra_used`
+//!   grows by as many as were placed (with no node for them, the job waits
+//!   and asks again).
 //! - NoConsensus: the job fails. If the retry budget ran out, the message
 //!   says so and lists each failure ("gave up after 3 failed or lost
 //!   executions (retries: 2): e-1 on node A: …"); otherwise it lists every
@@ -63,7 +66,8 @@
 //! 3. a larger share of free slots;
 //! 4. node id, so that equal nodes are always taken in the same order.
 //!
-//! `plan` places at most one execution per node per job; the caller should
+//! Should `nodes` hold two views of one node, the most recently seen is
+//! used. `plan` places at most one execution per node per job; the caller should
 //! take the slots it asked for off its node views before planning the next
 //! job. New executions fill `redundancy.count` first; the rest are extra
 //! (the last [`Plan::extra`] of [`Plan::place`]).
@@ -190,7 +194,14 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
         return plan;
     }
     let spec = &job.spec;
-    let node_map: BTreeMap<&str, &NodeView> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    // One view per node: the most recently seen, should a caller pass two.
+    let mut node_map: BTreeMap<&str, &NodeView> = BTreeMap::new();
+    for n in nodes {
+        let e = node_map.entry(n.id.as_str()).or_insert(n);
+        if n.last_seen_ms > e.last_seen_ms {
+            *e = n;
+        }
+    }
     let alive = |id: &str| node_map.get(id).is_some_and(|n| now_ms.saturating_sub(n.last_seen_ms) <= cfg.node_ttl_ms);
     let mut execs: Vec<&Execution> = executions.iter().filter(|e| e.job == job.id).collect();
     execs.sort_by(|a, b| a.id.cmp(&b.id));
@@ -269,21 +280,47 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
         dissenting: Vec::new(),
     };
 
+    let taken: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
+    let mut eligible: Vec<Rank<'_>> = node_map
+        .values()
+        .filter(|n| alive(&n.id) && !taken.contains(n.id.as_str()) && fits(job, n))
+        .map(|n| Rank::of(job, n))
+        .collect();
+    eligible.sort();
+
     let total = dur_ms(spec.timeouts.total);
     if now_ms.saturating_sub(job.created_ms) > total {
-        let detail = if !results.is_empty() {
-            format!("results so far: {}", list_results(&results))
-        } else if !live.is_empty() {
-            format!("{} execution(s) still running", live.len())
-        } else {
+        // Everything the job was still waiting for.
+        let mut waiting = Vec::new();
+        if !results.is_empty() {
+            waiting.push(format!("results so far: {}", list_results(&results)));
+        }
+        let committed = live.iter().filter(|e| st(e) == ExecState::Committed).count();
+        if committed > 0 {
+            waiting.push(format!("{committed} execution(s) committed, waiting for more results before revealing"));
+        }
+        if live.len() > committed {
+            waiting.push(format!("{} execution(s) not finished", live.len() - committed));
+        }
+        if replace > eligible.len() {
             let (needs, census) = unfit(job, nodes, &execs, now_ms, cfg);
-            format!("{needs} ({census})")
-        };
+            waiting.push(format!("{needs} for {} more execution(s) ({census})", replace - eligible.len()));
+        }
+        if waiting.is_empty() {
+            waiting.push("no result".into());
+        }
+        let detail = waiting.join("; ");
         finish(&mut plan, failed(format!("timed out after {} (timeouts.total): {detail}", human(total)), extra_used));
         return plan;
     }
 
-    let verdict = agreement::decide(quorum, &results, live.len() + replace, extra_left);
+    // A quorum that nothing live or placeable now could tie is final, even
+    // if the job wanted more executions than there are nodes for.
+    let now_possible = live.len() + replace.min(eligible.len());
+    let verdict = match agreement::decide(quorum, &results, now_possible, extra_left) {
+        agreed @ Verdict::Agreed { .. } => agreed,
+        _ => agreement::decide(quorum, &results, live.len() + replace, extra_left),
+    };
     let want = match verdict {
         Verdict::Agreed { result, agreeing, dissenting } => {
             finish(
@@ -318,19 +355,16 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
             return plan;
         }
         Verdict::Wait => replace,
-        Verdict::NeedMore(n) => {
-            extra_used = extra_used.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
-            n
-        }
+        Verdict::NeedMore(n) => n,
     };
 
     if want > 0 {
-        let taken: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
-        let mut eligible: Vec<&NodeView> =
-            nodes.iter().filter(|n| alive(&n.id) && !taken.contains(n.id.as_str()) && fits(job, n)).collect();
-        eligible.sort_by(|a, b| rank(job, a, b));
-        eligible.dedup_by(|a, b| a.id == b.id);
-        plan.place = eligible.iter().take(want).map(|n| n.id.clone()).collect();
+        plan.place = eligible.iter().take(want).map(|r| r.id.to_string()).collect();
+        if matches!(verdict, Verdict::NeedMore(_)) {
+            // Only what is placed is granted: with no node for it, the
+            // extra budget stays for when one comes.
+            extra_used = extra_used.saturating_add(u32::try_from(plan.place.len()).unwrap_or(u32::MAX));
+        }
         let base_have = live.iter().filter(|e| !e.extra).count()
             + execs.iter().filter(|e| st(e).has_result() && e.result.is_some() && !e.extra).count();
         let base_new = if matches!(verdict, Verdict::NeedMore(_)) { 0 } else { count.saturating_sub(base_have) };
@@ -385,23 +419,51 @@ fn fits(job: &Job, node: &NodeView) -> bool {
         && (!r.gpu || node.gpu.is_some())
 }
 
-/// Orders nodes best first (see the module documentation).
-fn rank(job: &Job, a: &NodeView, b: &NodeView) -> Ordering {
-    let bad = |n: &NodeView| {
+/// A node's place in the ranking (see the module documentation):
+/// computed once per node, compared as fractions without rounding.
+#[derive(Debug, PartialEq, Eq)]
+struct Rank<'a> {
+    /// Executions that dissented or were lost.
+    bad: u128,
+    /// All its executions, plus one (so that a new node has a share of 0).
+    all: u128,
+    /// How many of the job's input CIDs it holds.
+    held: usize,
+    slots_free: u128,
+    slots_total: u128,
+    id: &'a str,
+}
+
+impl<'a> Rank<'a> {
+    fn of(job: &Job, n: &'a NodeView) -> Rank<'a> {
         let s = &n.stats;
-        let bad = u128::from(s.dissented) + u128::from(s.lost);
-        let all = u128::from(s.agreed) + u128::from(s.dissented) + u128::from(s.lost) + u128::from(s.failed) + 1;
-        (bad, all)
-    };
-    let ((bad_a, all_a), (bad_b, all_b)) = (bad(a), bad(b));
-    let inputs: BTreeSet<&Cid> = job.spec.task.inputs.iter().map(|i| &i.cid).collect();
-    let held = |n: &NodeView| inputs.iter().filter(|c| n.holds.contains(**c)).count();
-    let total = |n: &NodeView| u128::from(n.slots_total.max(n.slots_free).max(1));
-    (bad_a * all_b)
-        .cmp(&(bad_b * all_a))
-        .then_with(|| held(b).cmp(&held(a)))
-        .then_with(|| (u128::from(b.slots_free) * total(a)).cmp(&(u128::from(a.slots_free) * total(b))))
-        .then_with(|| a.id.cmp(&b.id))
+        let inputs: BTreeSet<&Cid> = job.spec.task.inputs.iter().map(|i| &i.cid).collect();
+        Rank {
+            bad: u128::from(s.dissented) + u128::from(s.lost),
+            all: u128::from(s.agreed) + u128::from(s.dissented) + u128::from(s.lost) + u128::from(s.failed) + 1,
+            held: inputs.iter().filter(|c| n.holds.contains(**c)).count(),
+            slots_free: u128::from(n.slots_free),
+            slots_total: u128::from(n.slots_total.max(n.slots_free).max(1)),
+            id: &n.id,
+        }
+    }
+}
+
+impl Ord for Rank<'_> {
+    /// Best first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.bad * o.all)
+            .cmp(&(o.bad * self.all))
+            .then_with(|| o.held.cmp(&self.held))
+            .then_with(|| (o.slots_free * self.slots_total).cmp(&(self.slots_free * o.slots_total)))
+            .then_with(|| self.id.cmp(o.id))
+    }
+}
+
+impl PartialOrd for Rank<'_> {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
 }
 
 /// Why no node fits: the requirements, then how many nodes fell at each.
@@ -808,6 +870,48 @@ mod tests {
     }
 
     #[test]
+    fn a_quorum_is_final_when_no_node_could_add_to_it() {
+        let mut j = job(4, |s| s.redundancy.quorum = Some(2));
+        j.state = JobState::Running;
+        let execs =
+            [with_result(ex("e1", "a", ExecState::Revealed), 1), with_result(ex("e2", "b", ExecState::Revealed), 1)];
+        let p = plan(&j, &nodes(&["a", "b"]), &execs, NOW, &cfg());
+        assert_eq!(p.job.unwrap().state, JobState::Completed);
+        // Two more nodes could make it 2-2: run them first.
+        let p = plan(&j, &nodes(&["a", "b", "c", "d"]), &execs, NOW, &cfg());
+        assert_eq!(p.place, ["c", "d"]);
+        assert!(p.job.is_none());
+    }
+
+    #[test]
+    fn extras_without_nodes_keep_the_extra_budget() {
+        let mut j = job(2, |s| s.redundancy.max_extra = 1);
+        j.state = JobState::Running;
+        let execs =
+            [with_result(ex("e1", "a", ExecState::Revealed), 1), with_result(ex("e2", "b", ExecState::Revealed), 2)];
+        let p = plan(&j, &nodes(&["a", "b"]), &execs, NOW, &cfg());
+        assert_eq!(p, Plan::default());
+    }
+
+    #[test]
+    fn the_timeout_says_what_the_job_waited_for() {
+        let j = job(3, |s| s.timeouts.total = Duration::from_secs(60));
+        let late = j.created_ms + 60_001;
+        let mut ns = nodes(&["a"]);
+        ns[0].last_seen_ms = late;
+        let p = plan(&j, &ns, &[ex("e1", "a", ExecState::Committed)], late, &cfg());
+        let e = p.job.unwrap().error.unwrap();
+        assert!(
+            e.starts_with(
+                "timed out after 1m (timeouts.total): 1 execution(s) committed, waiting for more results before \
+                 revealing; no node satisfies memory >= 256 MiB, 1 free slot(s) for 2 more execution(s) (of 1 known \
+                 node(s): 0 gone, 0 not computing, 0 failing constraints, 0 short of resources, 1 already tried"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn no_consensus_fails_listing_every_result() {
         let j = job(2, |_| {});
         let execs =
@@ -861,7 +965,100 @@ mod tests {
         NOW - 1000 + age
     }
 
+    /// How a simulated node behaves.
+    #[derive(Debug, Clone, Copy)]
+    enum Behaviour {
+        Honest,
+        /// Answers with its own wrong result.
+        Liar,
+        Rejects,
+        Fails,
+        /// Vanishes once it has accepted.
+        Vanishes,
+        /// Never answers a bid.
+        Silent,
+    }
+
+    fn arb_behaviour() -> impl Strategy<Value = Behaviour> {
+        use Behaviour::*;
+        prop_oneof![4 => Just(Honest), 1 => Just(Liar), 1 => Just(Rejects), 1 => Just(Fails), 1 => Just(Vanishes), 1 => Just(Silent)]
+    }
+
     proptest! {
+        /// Runs jobs to the end against nodes that misbehave in every way:
+        /// every job ends before its total timeout, never uses a node twice,
+        /// and a completed job's result has a quorum of distinct nodes.
+        #[test]
+        fn simulated_jobs_always_end(
+            count in 1u32..5,
+            max_extra in 0u32..3,
+            retries in 0u32..3,
+            quorum_less in 0u32..2,
+            behaviours in proptest::collection::vec(arb_behaviour(), 0..9),
+        ) {
+            let mut j = job(count, |s| {
+                s.redundancy.max_extra = max_extra;
+                s.retries = retries;
+                s.redundancy.quorum = Some((s.redundancy.count / 2 + 1).saturating_sub(quorum_less).max(1));
+            });
+            let mut ns: Vec<NodeView> = (0..behaviours.len()).map(|i| node(&format!("n{i}"))).collect();
+            let mut execs: Vec<Execution> = Vec::new();
+            let mut now = j.created_ms;
+            let step = 5_000;
+            let mut steps = 0;
+            while !j.state.is_terminal() {
+                steps += 1;
+                prop_assert!(now <= j.created_ms + 31 * 60_000, "job still {} after its total timeout", j.state);
+                for (i, n) in ns.iter_mut().enumerate() {
+                    let gone = matches!(behaviours[i], Behaviour::Vanishes)
+                        && execs.iter().any(|e| e.node == n.id && e.state != ExecState::BidAsked);
+                    if !gone { n.last_seen_ms = now; }
+                }
+                let p = plan(&j, &ns, &execs, now, &cfg());
+                for e in execs.iter_mut() {
+                    if p.lost.contains(&e.id) { e.state = ExecState::Lost; }
+                    if p.expired.contains(&e.id) { e.state = ExecState::Rejected; }
+                    if p.cancel.contains(&e.id) { e.state = ExecState::Failed; }
+                    if p.reveal.contains(&e.id) { e.state = ExecState::Revealed; }
+                }
+                if let Some(u) = &p.job { u.apply_to(&mut j, now); }
+                for (k, (n, extra)) in p.placements().enumerate() {
+                    let id = format!("e{:04}{k}", steps);
+                    execs.push(Execution::new(id.parse().unwrap(), j.id.clone(), n.clone(), extra, now));
+                }
+                let used: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
+                prop_assert_eq!(used.len(), execs.len(), "two executions on one node");
+                // Nodes move their executions on.
+                for e in execs.iter_mut() {
+                    let i: usize = e.node[1..].parse().unwrap();
+                    e.state = match (behaviours[i], e.state) {
+                        (Behaviour::Rejects, ExecState::BidAsked) => ExecState::Rejected,
+                        (Behaviour::Silent, ExecState::BidAsked) => ExecState::BidAsked,
+                        (_, ExecState::BidAsked) => ExecState::Accepted,
+                        (_, ExecState::Accepted) => { e.started_ms = Some(now); ExecState::Running }
+                        (Behaviour::Fails, ExecState::Running) => ExecState::Failed,
+                        (Behaviour::Vanishes, ExecState::Running) => ExecState::Running,
+                        (b, ExecState::Running) => {
+                            e.result = Some(cid(if matches!(b, Behaviour::Liar) { 100 + i as u8 } else { 1 }));
+                            ExecState::Committed
+                        }
+                        (_, s) => s,
+                    };
+                }
+                now += step;
+            }
+            if j.state == JobState::Completed {
+                // Each liar has its own answer: one can only win alone.
+                prop_assert!(j.result == Some(cid(1)) || j.spec.quorum() == 1);
+                let agreeing: BTreeSet<&str> = execs.iter()
+                    .filter(|e| e.state == ExecState::Revealed && e.result == j.result)
+                    .map(|e| e.node.as_str()).collect();
+                prop_assert!(agreeing.len() >= j.spec.quorum() as usize);
+            } else {
+                prop_assert!(j.error.is_some());
+            }
+        }
+
         #[test]
         fn never_places_twice_on_a_node((j, ns, execs, now) in arb_case()) {
             let p = plan(&j, &ns, &execs, now, &cfg());
