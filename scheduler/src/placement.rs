@@ -67,10 +67,10 @@
 //! 4. node id, so that equal nodes are always taken in the same order.
 //!
 //! Should `nodes` hold two views of one node, the most recently seen is
-//! used. `plan` places at most one execution per node per job; the caller should
-//! take the slots it asked for off its node views before planning the next
-//! job. New executions fill `redundancy.count` first; the rest are extra
-//! (the last [`Plan::extra`] of [`Plan::place`]).
+//! used. `plan` places at most one execution per node per job; the caller
+//! should take the slots it asked for off its node views before planning
+//! the next job. New executions fill `redundancy.count` first; the rest are
+//! extra (the last [`Plan::extra`] of [`Plan::place`]).
 //!
 //! **Queueing.** When executions are wanted but no node is eligible and
 //! nothing is live, the job waits as Queued. If it never started, it fails
@@ -82,7 +82,11 @@
 //! execution is still before its commitment (bid asked, accepted, running),
 //! nothing is being placed, and either committed plus results reach the
 //! quorum or no more executions are coming. So no node can learn another's
-//! answer before committing to its own.
+//! answer before committing to its own. The caller checks each reveal with
+//! [`commit::verify`](crate::commit::verify) before marking the execution
+//! Revealed (a reveal that does not open its commitment is a failure). A
+//! node that commits and never reveals is bounded by `timeouts.total`.
+//! Results already in stand even if their node goes away.
 //!
 //! **Job state.** Otherwise the job is Running while any execution is
 //! accepted, running, committed or has a result, and Queued when none is
@@ -97,7 +101,7 @@ use std::time::Duration;
 use shoal_storage::Cid;
 
 use crate::agreement::{self, Verdict};
-use crate::model::{ExecId, ExecState, Execution, Job, JobState, NodeId, NodeView};
+use crate::model::{ExecId, ExecState, Execution, Job, JobState, NodeId, NodeStats, NodeView};
 
 /// Tuning of [`plan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +175,27 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// What the plan means for node track records: agreed and dissented
+    /// (when the job completes) and lost executions, by node. Failures the
+    /// nodes report themselves are the caller's to count.
+    pub fn stats(&self, executions: &[Execution]) -> BTreeMap<NodeId, NodeStats> {
+        let node_of: BTreeMap<&ExecId, &NodeId> = executions.iter().map(|e| (&e.id, &e.node)).collect();
+        let mut out: BTreeMap<NodeId, NodeStats> = BTreeMap::new();
+        let mut add = |ids: &[ExecId], f: fn(&mut NodeStats)| {
+            for id in ids {
+                if let Some(n) = node_of.get(id) {
+                    f(out.entry((*n).clone()).or_default());
+                }
+            }
+        };
+        if let Some(u) = &self.job {
+            add(&u.agreeing, |s| s.agreed += 1);
+            add(&u.dissenting, |s| s.dissented += 1);
+        }
+        add(&self.lost, |s| s.lost += 1);
+        out
+    }
+
     /// Each node to ask, with whether its execution is extra.
     pub fn placements(&self) -> impl Iterator<Item = (&NodeId, bool)> {
         let base = self.place.len().saturating_sub(self.extra);
@@ -530,7 +555,7 @@ fn list_failures(failures: &[&Execution], reasons: &BTreeMap<ExecId, String>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Gpu, NodeStats};
+    use crate::model::Gpu;
     use crate::spec::{Bytes, Spec};
     use proptest::prelude::*;
 
@@ -823,6 +848,23 @@ mod tests {
         let mut done = j.clone();
         u.apply_to(&mut done, NOW);
         assert_eq!((done.state, done.result, done.updated_ms), (JobState::Completed, Some(cid(1)), NOW));
+    }
+
+    #[test]
+    fn plans_tell_node_stats() {
+        let j = job(3, |_| {});
+        let execs = [
+            with_result(ex("e1", "a", ExecState::Revealed), 1),
+            with_result(ex("e2", "b", ExecState::Revealed), 2),
+            with_result(ex("e3", "c", ExecState::Revealed), 1),
+            ex("e4", "d", ExecState::Running),
+        ];
+        let p = plan(&j, &nodes(&["a", "b", "c"]), &execs, NOW, &cfg());
+        let s = p.stats(&execs);
+        assert_eq!(s["a"], NodeStats { agreed: 1, ..Default::default() });
+        assert_eq!(s["b"], NodeStats { dissented: 1, ..Default::default() });
+        assert_eq!(s["d"], NodeStats { lost: 1, ..Default::default() });
+        assert_eq!(s.len(), 4);
     }
 
     #[test]
