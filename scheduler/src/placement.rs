@@ -52,7 +52,7 @@
 //! - NoConsensus: the job fails. If the retry budget ran out, the message
 //!   says so and lists each failure ("gave up after 3 failed or lost
 //!   executions (retries: 2): e-1 on node A: …"); otherwise it lists every
-//!   result ("no consensus: <cid> (e-1 on A), …").
+//!   result (`no consensus: <cid> (e-1 on A), …`).
 //!
 //! **Placing.** A node is eligible if it is alive, computes, satisfies
 //! every constraint, has `slots_free >= resources.slots`, `memory_bytes >=
