@@ -101,7 +101,9 @@ pub fn decide(quorum: usize, revealed: &[(ExecId, NodeId, Cid)], pending: usize,
         let winner = votes.iter().find(|(_, &v)| v == best).map(|(b, _)| (*b).clone());
         if let Some(result) = winner.as_ref().and_then(|b| cids.get(b)) {
             let voted = |e: &ExecId| {
-                clean.get(e).is_some_and(|(n, b)| Some(b) == winner.as_ref() && by_node.get(n).is_some_and(|c| c.len() == 1))
+                clean
+                    .get(e)
+                    .is_some_and(|(n, b)| Some(b) == winner.as_ref() && by_node.get(n).is_some_and(|c| c.len() == 1))
             };
             let (agreeing, dissenting): (Vec<ExecId>, Vec<ExecId>) =
                 by_exec.keys().map(|e| (*e).clone()).partition(|e| voted(e));

@@ -48,7 +48,9 @@ pub enum Error {
         found: i64,
     },
     /// A stored row does not decode.
-    #[error("scheduler database {path}: {what} is unreadable ({message}); restore the file from a backup or remove it")]
+    #[error(
+        "scheduler database {path}: {what} is unreadable ({message}); restore the file from a backup or remove it"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -285,11 +287,26 @@ impl Db {
     /// Writes `job` (inserted or updated) and `executions` (inserted or
     /// updated) in one transaction.
     pub fn apply(&self, job: &Job, executions: &[Execution]) -> Result<(), Error> {
+        self.apply_with_stats(job, executions, &BTreeMap::new())
+    }
+
+    /// [`Db::apply`], adding `stats` to node track records in the same
+    /// transaction (see [`Plan::stats`](crate::placement::Plan::stats)),
+    /// so that a job's outcome is counted exactly once.
+    pub fn apply_with_stats(
+        &self,
+        job: &Job,
+        executions: &[Execution],
+        stats: &BTreeMap<NodeId, NodeStats>,
+    ) -> Result<(), Error> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(self.err("cannot begin"))?;
         upsert_job(&tx, job).map_err(self.err("cannot write job"))?;
         for e in executions {
             upsert_exec(&tx, e).map_err(self.err("cannot write execution"))?;
+        }
+        for (node, delta) in stats {
+            bump(&tx, node, *delta).map_err(self.err("cannot update node stats"))?;
         }
         tx.commit().map_err(self.err("cannot commit"))
     }
@@ -391,7 +408,8 @@ fn write_exec(conn: &Connection, e: &Execution, insert: bool) -> rusqlite::Resul
 }
 
 fn upsert_exec(conn: &Connection, e: &Execution) -> rusqlite::Result<()> {
-    let sql = format!("INSERT INTO executions ({EXEC_COLS}) VALUES {EXEC_VALUES} ON CONFLICT (id) DO UPDATE SET {EXEC_SET}");
+    let sql =
+        format!("INSERT INTO executions ({EXEC_COLS}) VALUES {EXEC_VALUES} ON CONFLICT (id) DO UPDATE SET {EXEC_SET}");
     let p = exec_params(e);
     conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(p.iter()))?;
     Ok(())
@@ -547,7 +565,13 @@ mod tests {
     }
 
     fn exec(job: &Job, n: u64) -> Execution {
-        let mut e = Execution::new(ExecId::from_parts(2000 + n, n), job.id.clone(), format!("node{n}"), n % 2 == 0, 2000);
+        let mut e = Execution::new(
+            ExecId::from_parts(2000 + n, n),
+            job.id.clone(),
+            format!("node{n}"),
+            n.is_multiple_of(2),
+            2000,
+        );
         e.state = ExecState::Revealed;
         e.started_ms = Some(2001);
         e.commitment = Some([n as u8; 32]);
@@ -635,6 +659,19 @@ mod tests {
         orphan.job = "j-nope".parse().unwrap();
         assert!(db.apply(&j, &[orphan]).is_err());
         assert_eq!(db.job(&j.id).unwrap().unwrap().state, JobState::Running);
+    }
+
+    #[test]
+    fn apply_with_stats_counts_once_with_the_job() {
+        let db = Db::open_in_memory().unwrap();
+        let j = job(1);
+        let stats: BTreeMap<NodeId, NodeStats> =
+            [("a".to_string(), NodeStats { agreed: 1, ..Default::default() })].into();
+        db.apply_with_stats(&j, &[], &stats).unwrap();
+        let mut orphan = exec(&j, 3);
+        orphan.job = "j-nope".parse().unwrap();
+        assert!(db.apply_with_stats(&j, &[orphan], &stats).is_err());
+        assert_eq!(db.node_stats().unwrap()["a"].agreed, 1);
     }
 
     #[test]

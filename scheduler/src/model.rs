@@ -52,7 +52,7 @@ fn valid_id(s: &str) -> bool {
 
 macro_rules! id_type {
     ($name:ident, $kind:literal, $prefix:literal) => {
-        #[doc = concat!("The id of a", $kind, ": 1 to [`MAX_ID_LEN`] characters of `[A-Za-z0-9._-]`.")]
+        #[doc = concat!("A ", $kind, " id: 1 to [`MAX_ID_LEN`] characters of `[A-Za-z0-9._-]`.")]
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
@@ -229,7 +229,7 @@ impl ExecState {
 }
 
 /// A job and where it stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     /// Its id.
     pub id: JobId,

@@ -38,18 +38,21 @@
 //!
 //! **Agreement.** [`agreement::decide`] runs over the Revealed and
 //! Completed results, with `pending` = live executions plus the
-//! replacements about to be placed, and `extra_left = max_extra -
-//! extra_used`:
+//! replacements wanted, and `extra_left = max_extra - extra_used`. It is
+//! first asked with only the replacements that eligible nodes could take
+//! now: a quorum that nothing live or placeable could tie is final, even
+//! if the job wanted more executions than there are nodes for.
 //! - Agreed: the job completes with that result; `agreeing` and
 //!   `dissenting` go into the [`JobUpdate`] (for node reputation); live
 //!   executions are cancelled.
 //! - Wait: replacements (if any) are placed.
-//! - NeedMore(n): `extra_used` grows by n and n extra executions are
-//!   placed (as nodes allow; the rest follow as replacements later).
+//! - NeedMore(n): up to n extra executions are placed, and `extra_used`
+//!   grows by as many as were placed (with no node for them, the job waits
+//!   and asks again).
 //! - NoConsensus: the job fails. If the retry budget ran out, the message
 //!   says so and lists each failure ("gave up after 3 failed or lost
 //!   executions (retries: 2): e-1 on node A: …"); otherwise it lists every
-//!   result ("no consensus: <cid> (e-1 on A), …").
+//!   result (`no consensus: <cid> (e-1 on A), …`).
 //!
 //! **Placing.** A node is eligible if it is alive, computes, satisfies
 //! every constraint, has `slots_free >= resources.slots`, `memory_bytes >=
@@ -63,10 +66,11 @@
 //! 3. a larger share of free slots;
 //! 4. node id, so that equal nodes are always taken in the same order.
 //!
-//! `plan` places at most one execution per node per job; the caller should
-//! take the slots it asked for off its node views before planning the next
-//! job. New executions fill `redundancy.count` first; the rest are extra
-//! (the last [`Plan::extra`] of [`Plan::place`]).
+//! Should `nodes` hold two views of one node, the most recently seen is
+//! used. `plan` places at most one execution per node per job; the caller
+//! should take the slots it asked for off its node views before planning
+//! the next job. New executions fill `redundancy.count` first; the rest are
+//! extra (the last [`Plan::extra`] of [`Plan::place`]).
 //!
 //! **Queueing.** When executions are wanted but no node is eligible and
 //! nothing is live, the job waits as Queued. If it never started, it fails
@@ -78,7 +82,11 @@
 //! execution is still before its commitment (bid asked, accepted, running),
 //! nothing is being placed, and either committed plus results reach the
 //! quorum or no more executions are coming. So no node can learn another's
-//! answer before committing to its own.
+//! answer before committing to its own. The caller checks each reveal with
+//! [`commit::verify`](crate::commit::verify) before marking the execution
+//! Revealed (a reveal that does not open its commitment is a failure). A
+//! node that commits and never reveals is bounded by `timeouts.total`.
+//! Results already in stand even if their node goes away.
 //!
 //! **Job state.** Otherwise the job is Running while any execution is
 //! accepted, running, committed or has a result, and Queued when none is
@@ -93,7 +101,7 @@ use std::time::Duration;
 use shoal_storage::Cid;
 
 use crate::agreement::{self, Verdict};
-use crate::model::{ExecId, ExecState, Execution, Job, JobState, NodeId, NodeView};
+use crate::model::{ExecId, ExecState, Execution, Job, JobState, NodeId, NodeStats, NodeView};
 
 /// Tuning of [`plan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +166,7 @@ pub struct Plan {
     /// Committed executions to ask for their reveal now.
     pub reveal: Vec<ExecId>,
     /// Live executions no longer needed because the job ended: tell their
-    /// nodes to stop and mark them Failed.
+    /// nodes to stop and mark them Failed (not counted against the node).
     pub cancel: Vec<ExecId>,
     /// Why each execution in `lost`, `expired` and `cancel` was ended.
     pub reasons: BTreeMap<ExecId, String>,
@@ -167,6 +175,27 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// What the plan means for node track records: agreed and dissented
+    /// (when the job completes) and lost executions, by node. Failures the
+    /// nodes report themselves are the caller's to count.
+    pub fn stats(&self, executions: &[Execution]) -> BTreeMap<NodeId, NodeStats> {
+        let node_of: BTreeMap<&ExecId, &NodeId> = executions.iter().map(|e| (&e.id, &e.node)).collect();
+        let mut out: BTreeMap<NodeId, NodeStats> = BTreeMap::new();
+        let mut add = |ids: &[ExecId], f: fn(&mut NodeStats)| {
+            for id in ids {
+                if let Some(n) = node_of.get(id) {
+                    f(out.entry((*n).clone()).or_default());
+                }
+            }
+        };
+        if let Some(u) = &self.job {
+            add(&u.agreeing, |s| s.agreed += 1);
+            add(&u.dissenting, |s| s.dissented += 1);
+        }
+        add(&self.lost, |s| s.lost += 1);
+        out
+    }
+
     /// Each node to ask, with whether its execution is extra.
     pub fn placements(&self) -> impl Iterator<Item = (&NodeId, bool)> {
         let base = self.place.len().saturating_sub(self.extra);
@@ -190,7 +219,14 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
         return plan;
     }
     let spec = &job.spec;
-    let node_map: BTreeMap<&str, &NodeView> = nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    // One view per node: the most recently seen, should a caller pass two.
+    let mut node_map: BTreeMap<&str, &NodeView> = BTreeMap::new();
+    for n in nodes {
+        let e = node_map.entry(n.id.as_str()).or_insert(n);
+        if n.last_seen_ms > e.last_seen_ms {
+            *e = n;
+        }
+    }
     let alive = |id: &str| node_map.get(id).is_some_and(|n| now_ms.saturating_sub(n.last_seen_ms) <= cfg.node_ttl_ms);
     let mut execs: Vec<&Execution> = executions.iter().filter(|e| e.job == job.id).collect();
     execs.sort_by(|a, b| a.id.cmp(&b.id));
@@ -203,7 +239,8 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
         if s.is_live() {
             if !alive(&e.node) {
                 plan.lost.push(e.id.clone());
-                plan.reasons.insert(e.id.clone(), format!("node {} gone (not seen for {})", e.node, human(cfg.node_ttl_ms)));
+                plan.reasons
+                    .insert(e.id.clone(), format!("node {} gone (not seen for {})", e.node, human(cfg.node_ttl_ms)));
                 s = ExecState::Lost;
             } else if s == ExecState::BidAsked && now_ms.saturating_sub(e.created_ms) > cfg.bid_timeout_ms {
                 plan.expired.push(e.id.clone());
@@ -268,25 +305,59 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
         dissenting: Vec::new(),
     };
 
+    let taken: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
+    let mut eligible: Vec<Rank<'_>> = node_map
+        .values()
+        .filter(|n| alive(&n.id) && !taken.contains(n.id.as_str()) && fits(job, n))
+        .map(|n| Rank::of(job, n))
+        .collect();
+    eligible.sort();
+
     let total = dur_ms(spec.timeouts.total);
     if now_ms.saturating_sub(job.created_ms) > total {
-        let detail = if !results.is_empty() {
-            format!("results so far: {}", list_results(&results))
-        } else if !live.is_empty() {
-            format!("{} execution(s) still running", live.len())
-        } else {
-            unfit(job, nodes, &execs, now_ms, cfg)
-        };
+        // Everything the job was still waiting for.
+        let mut waiting = Vec::new();
+        if !results.is_empty() {
+            waiting.push(format!("results so far: {}", list_results(&results)));
+        }
+        let committed = live.iter().filter(|e| st(e) == ExecState::Committed).count();
+        if committed > 0 {
+            waiting.push(format!("{committed} execution(s) committed, waiting for more results before revealing"));
+        }
+        if live.len() > committed {
+            waiting.push(format!("{} execution(s) not finished", live.len() - committed));
+        }
+        if replace > eligible.len() {
+            let (needs, census) = unfit(job, nodes, &execs, now_ms, cfg);
+            waiting.push(format!("{needs} for {} more execution(s) ({census})", replace - eligible.len()));
+        }
+        if waiting.is_empty() {
+            waiting.push("no result".into());
+        }
+        let detail = waiting.join("; ");
         finish(&mut plan, failed(format!("timed out after {} (timeouts.total): {detail}", human(total)), extra_used));
         return plan;
     }
 
-    let verdict = agreement::decide(quorum, &results, live.len() + replace, extra_left);
+    // A quorum that nothing live or placeable now could tie is final, even
+    // if the job wanted more executions than there are nodes for.
+    let now_possible = live.len() + replace.min(eligible.len());
+    let verdict = match agreement::decide(quorum, &results, now_possible, extra_left) {
+        agreed @ Verdict::Agreed { .. } => agreed,
+        _ => agreement::decide(quorum, &results, live.len() + replace, extra_left),
+    };
     let want = match verdict {
         Verdict::Agreed { result, agreeing, dissenting } => {
             finish(
                 &mut plan,
-                JobUpdate { state: JobState::Completed, result: Some(result), error: None, extra_used, agreeing, dissenting },
+                JobUpdate {
+                    state: JobState::Completed,
+                    result: Some(result),
+                    error: None,
+                    extra_used,
+                    agreeing,
+                    dissenting,
+                },
             );
             return plan;
         }
@@ -309,19 +380,16 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
             return plan;
         }
         Verdict::Wait => replace,
-        Verdict::NeedMore(n) => {
-            extra_used = extra_used.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
-            n
-        }
+        Verdict::NeedMore(n) => n,
     };
 
     if want > 0 {
-        let taken: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
-        let mut eligible: Vec<&NodeView> =
-            nodes.iter().filter(|n| alive(&n.id) && !taken.contains(n.id.as_str()) && fits(job, n)).collect();
-        eligible.sort_by(|a, b| rank(job, a, b));
-        eligible.dedup_by(|a, b| a.id == b.id);
-        plan.place = eligible.iter().take(want).map(|n| n.id.clone()).collect();
+        plan.place = eligible.iter().take(want).map(|r| r.id.to_string()).collect();
+        if matches!(verdict, Verdict::NeedMore(_)) {
+            // Only what is placed is granted: with no node for it, the
+            // extra budget stays for when one comes.
+            extra_used = extra_used.saturating_add(u32::try_from(plan.place.len()).unwrap_or(u32::MAX));
+        }
         let base_have = live.iter().filter(|e| !e.extra).count()
             + execs.iter().filter(|e| st(e).has_result() && e.result.is_some() && !e.extra).count();
         let base_new = if matches!(verdict, Verdict::NeedMore(_)) { 0 } else { count.saturating_sub(base_have) };
@@ -333,11 +401,8 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
             && job.started_ms.is_none()
             && now_ms.saturating_sub(job.created_ms) > queue
         {
-            let error = format!(
-                "{} after waiting {} (timeouts.queue)",
-                unfit(job, nodes, &execs, now_ms, cfg),
-                human(queue)
-            );
+            let (needs, census) = unfit(job, nodes, &execs, now_ms, cfg);
+            let error = format!("{needs} after waiting {} (timeouts.queue) ({census})", human(queue));
             finish(&mut plan, failed(error, extra_used));
             return plan;
         }
@@ -379,27 +444,55 @@ fn fits(job: &Job, node: &NodeView) -> bool {
         && (!r.gpu || node.gpu.is_some())
 }
 
-/// Orders nodes best first (see the module documentation).
-fn rank(job: &Job, a: &NodeView, b: &NodeView) -> Ordering {
-    let bad = |n: &NodeView| {
-        let s = &n.stats;
-        let bad = u128::from(s.dissented) + u128::from(s.lost);
-        let all = u128::from(s.agreed) + u128::from(s.dissented) + u128::from(s.lost) + u128::from(s.failed) + 1;
-        (bad, all)
-    };
-    let ((bad_a, all_a), (bad_b, all_b)) = (bad(a), bad(b));
-    let inputs: BTreeSet<&Cid> = job.spec.task.inputs.iter().map(|i| &i.cid).collect();
-    let held = |n: &NodeView| inputs.iter().filter(|c| n.holds.contains(**c)).count();
-    let total = |n: &NodeView| u128::from(n.slots_total.max(n.slots_free).max(1));
-    (bad_a * all_b)
-        .cmp(&(bad_b * all_a))
-        .then_with(|| held(b).cmp(&held(a)))
-        .then_with(|| (u128::from(b.slots_free) * total(a)).cmp(&(u128::from(a.slots_free) * total(b))))
-        .then_with(|| a.id.cmp(&b.id))
+/// A node's place in the ranking (see the module documentation):
+/// computed once per node, compared as fractions without rounding.
+#[derive(Debug, PartialEq, Eq)]
+struct Rank<'a> {
+    /// Executions that dissented or were lost.
+    bad: u128,
+    /// All its executions, plus one (so that a new node has a share of 0).
+    all: u128,
+    /// How many of the job's input CIDs it holds.
+    held: usize,
+    slots_free: u128,
+    slots_total: u128,
+    id: &'a str,
 }
 
-/// Why no node fits: the requirements and how many nodes fell at each.
-fn unfit(job: &Job, nodes: &[NodeView], execs: &[&Execution], now_ms: u64, cfg: &Config) -> String {
+impl<'a> Rank<'a> {
+    fn of(job: &Job, n: &'a NodeView) -> Rank<'a> {
+        let s = &n.stats;
+        let inputs: BTreeSet<&Cid> = job.spec.task.inputs.iter().map(|i| &i.cid).collect();
+        Rank {
+            bad: u128::from(s.dissented) + u128::from(s.lost),
+            all: u128::from(s.agreed) + u128::from(s.dissented) + u128::from(s.lost) + u128::from(s.failed) + 1,
+            held: inputs.iter().filter(|c| n.holds.contains(**c)).count(),
+            slots_free: u128::from(n.slots_free),
+            slots_total: u128::from(n.slots_total.max(n.slots_free).max(1)),
+            id: &n.id,
+        }
+    }
+}
+
+impl Ord for Rank<'_> {
+    /// Best first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.bad * o.all)
+            .cmp(&(o.bad * self.all))
+            .then_with(|| o.held.cmp(&self.held))
+            .then_with(|| (o.slots_free * self.slots_total).cmp(&(self.slots_free * o.slots_total)))
+            .then_with(|| self.id.cmp(o.id))
+    }
+}
+
+impl PartialOrd for Rank<'_> {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// Why no node fits: the requirements, then how many nodes fell at each.
+fn unfit(job: &Job, nodes: &[NodeView], execs: &[&Execution], now_ms: u64, cfg: &Config) -> (String, String) {
     let spec = &job.spec;
     let r = &spec.resources;
     let mut needs = Vec::new();
@@ -427,11 +520,13 @@ fn unfit(job: &Job, nodes: &[NodeView], execs: &[&Execution], now_ms: u64, cfg: 
             small += 1;
         }
     }
-    format!(
-        "no node satisfies {} (of {} known nodes: {gone} gone, {no_compute} not computing, {constrained} failing \
-         constraints, {small} short of resources, {ran} already tried this job); add nodes or relax the spec",
-        needs.join(", "),
-        nodes.len()
+    (
+        format!("no node satisfies {}", needs.join(", ")),
+        format!(
+            "of {} known node(s): {gone} gone, {no_compute} not computing, {constrained} failing constraints, \
+             {small} short of resources, {ran} already tried this job; add nodes or relax the spec",
+            nodes.len()
+        ),
     )
 }
 
@@ -455,4 +550,595 @@ fn list_failures(failures: &[&Execution], reasons: &BTreeMap<ExecId, String>) ->
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Gpu;
+    use crate::spec::{Bytes, Spec};
+    use proptest::prelude::*;
+
+    const NOW: u64 = 1_000_000;
+
+    fn cid(n: u8) -> Cid {
+        *shoal_storage::Block::new(shoal_storage::CidVersion::V1, shoal_storage::block::RAW, vec![n]).cid()
+    }
+
+    fn node(id: &str) -> NodeView {
+        NodeView {
+            id: id.into(),
+            labels: BTreeMap::new(),
+            compute: true,
+            slots_total: 4,
+            slots_free: 4,
+            memory_bytes: 8 << 30,
+            gpu: None,
+            version: "0.1.0".into(),
+            last_seen_ms: NOW,
+            holds: BTreeSet::new(),
+            stats: NodeStats::default(),
+        }
+    }
+
+    fn nodes(ids: &[&str]) -> Vec<NodeView> {
+        ids.iter().map(|i| node(i)).collect()
+    }
+
+    fn job(count: u32, f: impl FnOnce(&mut Spec)) -> Job {
+        let mut spec = Spec::new(cid(0));
+        spec.redundancy.count = count;
+        f(&mut spec);
+        spec.validate().unwrap();
+        Job::new("j-1".parse().unwrap(), spec, NOW - 1000)
+    }
+
+    fn ex(id: &str, node: &str, state: ExecState) -> Execution {
+        let mut e = Execution::new(id.parse().unwrap(), "j-1".parse().unwrap(), node.into(), false, NOW - 500);
+        e.state = state;
+        if state.has_result() {
+            e.result = Some(cid(1));
+        }
+        e
+    }
+
+    fn with_result(mut e: Execution, c: u8) -> Execution {
+        e.result = Some(cid(c));
+        e
+    }
+
+    fn cfg() -> Config {
+        Config::default()
+    }
+
+    fn ids(v: &[&str]) -> Vec<ExecId> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn terminal_jobs_get_an_empty_plan() {
+        for state in [JobState::Completed, JobState::Failed, JobState::Cancelled] {
+            let mut j = job(1, |_| {});
+            j.state = state;
+            let p = plan(&j, &nodes(&["a"]), &[ex("e1", "a", ExecState::Running)], NOW + 10_000_000, &cfg());
+            assert_eq!(p, Plan::default());
+        }
+    }
+
+    #[test]
+    fn a_new_job_asks_count_nodes_in_rank_order() {
+        let j = job(3, |_| {});
+        let p = plan(&j, &nodes(&["d", "b", "a", "c"]), &[], NOW, &cfg());
+        assert_eq!(p.place, ["a", "b", "c"]);
+        assert_eq!(p.extra, 0);
+        assert!(p.job.is_none(), "stays queued until a node accepts");
+        assert!(p.placements().all(|(_, extra)| !extra));
+    }
+
+    #[test]
+    fn nodes_that_do_not_fit_are_skipped() {
+        let j = job(1, |s| {
+            s.constraints = vec!["zone=eu".parse().unwrap(), "!spot".parse().unwrap()];
+            s.resources.slots = 2;
+            s.resources.memory = Bytes(1 << 30);
+            s.resources.gpu = true;
+        });
+        let good = || {
+            let mut n = node("z-good");
+            n.labels.insert("zone".into(), "eu".into());
+            n.gpu = Some(Gpu { name: "sw".into(), memory_bytes: 0, software: true });
+            n
+        };
+        let mut bad = Vec::new();
+        for f in [
+            (|n: &mut NodeView| n.compute = false) as fn(&mut NodeView),
+            |n| n.labels.clear(),
+            |n| {
+                n.labels.insert("spot".into(), "1".into());
+            },
+            |n| n.slots_free = 1,
+            |n| n.memory_bytes = (1 << 30) - 1,
+            |n| n.gpu = None,
+            |n| n.last_seen_ms = NOW - 10_001,
+        ] {
+            let mut n = good();
+            n.id = format!("a-bad{}", bad.len());
+            f(&mut n);
+            bad.push(n);
+        }
+        let p = plan(&j, &bad, &[], NOW, &cfg());
+        assert!(p.place.is_empty());
+        bad.push(good());
+        let p = plan(&j, &bad, &[], NOW, &cfg());
+        assert_eq!(p.place, ["z-good"]);
+    }
+
+    #[test]
+    fn never_two_executions_on_one_node() {
+        let j = job(2, |_| {});
+        let execs = [ex("e1", "a", ExecState::Failed), ex("e2", "b", ExecState::Running)];
+        let p = plan(&j, &nodes(&["a", "b", "c"]), &execs, NOW, &cfg());
+        assert_eq!(p.place, ["c"]);
+        let p = plan(&j, &nodes(&["a", "b"]), &execs, NOW, &cfg());
+        assert!(p.place.is_empty());
+    }
+
+    #[test]
+    fn ranking_prefers_reputation_then_inputs_then_free_slots_then_id() {
+        let j = job(1, |s| {
+            s.task.inputs = vec![crate::spec::Input { cid: cid(7), path: None, mount: "/inputs".into() }];
+        });
+        let best = |ns: &[NodeView]| plan(&j, ns, &[], NOW, &cfg()).place;
+        let mut a = node("a");
+        let mut b = node("b");
+        assert_eq!(best(&[b.clone(), a.clone()]), ["a"]);
+        b.slots_free = 4;
+        a.slots_free = 2;
+        assert_eq!(best(&[a.clone(), b.clone()]), ["b"], "more free slots");
+        a.holds.insert(cid(7));
+        assert_eq!(best(&[a.clone(), b.clone()]), ["a"], "holds the input");
+        a.stats = NodeStats { agreed: 100, dissented: 1, ..Default::default() };
+        assert_eq!(best(&[a.clone(), b.clone()]), ["b"], "b has a clean record");
+        b.stats = NodeStats { agreed: 1, lost: 1, ..Default::default() };
+        assert_eq!(best(&[a.clone(), b.clone()]), ["a"], "1% dissent beats 33% lost");
+    }
+
+    #[test]
+    fn gone_nodes_lose_their_executions_and_are_replaced() {
+        let j = job(2, |_| {});
+        let execs = [ex("e1", "a", ExecState::Running), ex("e2", "b", ExecState::Running)];
+        let mut ns = nodes(&["a", "c"]);
+        ns[0].last_seen_ms = NOW - 20_000;
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert_eq!(p.lost, ids(&["e1", "e2"]));
+        assert!(p.reasons[&ids(&["e1"])[0]].contains("node a gone"));
+        assert_eq!(p.place, ["c"]);
+        // Nothing is accepted any more: back to queued.
+        let mut running = j.clone();
+        running.state = JobState::Running;
+        let p = plan(&running, &ns, &execs, NOW, &cfg());
+        assert_eq!(p.job.map(|u| u.state), Some(JobState::Queued));
+    }
+
+    #[test]
+    fn executions_past_the_timeout_are_lost_but_committed_ones_wait() {
+        let j = job(2, |s| s.timeouts.execution = Duration::from_secs(60));
+        let mut slow = ex("e1", "a", ExecState::Running);
+        slow.started_ms = Some(NOW - 60_001);
+        let mut done = ex("e2", "b", ExecState::Committed);
+        done.started_ms = Some(NOW - 600_000);
+        let p = plan(&j, &nodes(&["a", "b", "c"]), &[slow, done], NOW, &cfg());
+        assert_eq!(p.lost, ids(&["e1"]));
+        assert!(p.reasons[&ids(&["e1"])[0]].contains("execution timeout"));
+        assert_eq!(p.place, ["c"]);
+    }
+
+    #[test]
+    fn unanswered_bids_expire_without_spending_retries() {
+        let j = job(1, |s| s.retries = 0);
+        let mut bid = ex("e1", "a", ExecState::BidAsked);
+        bid.created_ms = NOW - 30_001;
+        let rejected = ex("e0", "z", ExecState::Rejected);
+        let p = plan(&j, &nodes(&["a", "b", "z"]), &[bid, rejected], NOW, &cfg());
+        assert_eq!(p.expired, ids(&["e1"]));
+        assert_eq!(p.place, ["b"]);
+        assert!(p.job.is_none());
+    }
+
+    #[test]
+    fn failures_are_replaced_until_retries_run_out() {
+        let j = job(1, |s| s.retries = 2);
+        let mut execs = vec![ex("e1", "a", ExecState::Failed)];
+        execs[0].error = Some("cannot fetch module".into());
+        let p = plan(&j, &nodes(&["a", "b", "c", "d"]), &execs, NOW, &cfg());
+        assert_eq!(p.place, ["b"]);
+        execs.push(ex("e2", "b", ExecState::Lost));
+        let p = plan(&j, &nodes(&["a", "b", "c", "d"]), &execs, NOW, &cfg());
+        assert_eq!(p.place, ["c"]);
+        execs.push(ex("e3", "c", ExecState::Failed));
+        let p = plan(&j, &nodes(&["a", "b", "c", "d"]), &execs, NOW, &cfg());
+        assert!(p.place.is_empty());
+        let u = p.job.unwrap();
+        assert_eq!(u.state, JobState::Failed);
+        let e = u.error.unwrap();
+        assert!(
+            e.starts_with(
+                "gave up after 3 failed or lost executions (retries: 2): e1 on a: cannot fetch module; e2 on b: lost"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_total_timeout_fails_the_job_and_cancels_the_rest() {
+        let j = job(2, |s| s.timeouts.total = Duration::from_secs(60));
+        let execs = [ex("e1", "a", ExecState::Running), with_result(ex("e2", "b", ExecState::Revealed), 3)];
+        let late = j.created_ms + 60_001;
+        let mut ns = nodes(&["a", "b"]);
+        ns.iter_mut().for_each(|n| n.last_seen_ms = late);
+        let p = plan(&j, &ns, &execs, late, &cfg());
+        let u = p.job.unwrap();
+        assert_eq!(u.state, JobState::Failed);
+        let e = u.error.unwrap();
+        assert!(e.starts_with("timed out after 1m (timeouts.total): results so far: "), "{e}");
+        assert_eq!(p.cancel, ids(&["e1"]));
+    }
+
+    #[test]
+    fn with_no_node_a_job_queues_then_fails_naming_its_needs() {
+        let j = job(1, |s| s.constraints = vec!["zone=mars".parse().unwrap()]);
+        let late = j.created_ms + 5 * 60_000 + 1;
+        let mut ns = nodes(&["a"]);
+        ns[0].last_seen_ms = late;
+        let p = plan(&j, &ns, &[], NOW, &cfg());
+        assert_eq!(p, Plan::default());
+        let p = plan(&j, &ns, &[], late, &cfg());
+        let e = p.job.unwrap().error.unwrap();
+        assert!(
+            e.starts_with(
+                "no node satisfies constraints [zone=mars], memory >= 256 MiB, 1 free slot(s) after waiting 5m \
+                 (timeouts.queue) (of 1 known node(s): 0 gone, 0 not computing, 1 failing constraints"
+            ),
+            "{e}"
+        );
+        assert!(e.ends_with("add nodes or relax the spec)"), "{e}");
+        // A job that already ran waits for nodes until the total timeout.
+        let mut started = j.clone();
+        started.started_ms = Some(NOW);
+        let p = plan(&started, &ns, &[ex("e1", "a", ExecState::Lost)], late, &cfg());
+        assert!(p.job.is_none());
+    }
+
+    #[test]
+    fn reveals_wait_until_every_live_execution_committed() {
+        let j = job(3, |_| {});
+        let ns = nodes(&["a", "b", "c"]);
+        let execs = [
+            ex("e1", "a", ExecState::Committed),
+            ex("e2", "b", ExecState::Committed),
+            ex("e3", "c", ExecState::Running),
+        ];
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert!(p.reveal.is_empty());
+        assert_eq!(p.job.map(|u| u.state), Some(JobState::Running));
+        let execs = [execs[0].clone(), execs[1].clone(), ex("e3", "c", ExecState::Committed)];
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert_eq!(p.reveal, ids(&["e1", "e2", "e3"]));
+        // One lost and none to replace it with: two committed still reach the quorum.
+        let execs = [execs[0].clone(), execs[1].clone(), ex("e3", "c", ExecState::Lost)];
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert_eq!(p.reveal, ids(&["e1", "e2"]));
+    }
+
+    #[test]
+    fn agreement_completes_the_job() {
+        let mut j = job(3, |_| {});
+        j.state = JobState::Running;
+        let execs = [
+            with_result(ex("e1", "a", ExecState::Revealed), 1),
+            with_result(ex("e2", "b", ExecState::Revealed), 2),
+            with_result(ex("e3", "c", ExecState::Revealed), 1),
+        ];
+        let p = plan(&j, &nodes(&["a", "b", "c"]), &execs, NOW, &cfg());
+        let u = p.job.unwrap();
+        assert_eq!(u.state, JobState::Completed);
+        assert_eq!(u.result, Some(cid(1)));
+        assert_eq!(u.agreeing, ids(&["e1", "e3"]));
+        assert_eq!(u.dissenting, ids(&["e2"]));
+        let mut done = j.clone();
+        u.apply_to(&mut done, NOW);
+        assert_eq!((done.state, done.result, done.updated_ms), (JobState::Completed, Some(cid(1)), NOW));
+    }
+
+    #[test]
+    fn plans_tell_node_stats() {
+        let j = job(3, |_| {});
+        let execs = [
+            with_result(ex("e1", "a", ExecState::Revealed), 1),
+            with_result(ex("e2", "b", ExecState::Revealed), 2),
+            with_result(ex("e3", "c", ExecState::Revealed), 1),
+            ex("e4", "d", ExecState::Running),
+        ];
+        let p = plan(&j, &nodes(&["a", "b", "c"]), &execs, NOW, &cfg());
+        let s = p.stats(&execs);
+        assert_eq!(s["a"], NodeStats { agreed: 1, ..Default::default() });
+        assert_eq!(s["b"], NodeStats { dissented: 1, ..Default::default() });
+        assert_eq!(s["d"], NodeStats { lost: 1, ..Default::default() });
+        assert_eq!(s.len(), 4);
+    }
+
+    #[test]
+    fn an_unassailable_majority_cancels_the_stragglers() {
+        let j = job(3, |_| {});
+        let execs = [
+            with_result(ex("e1", "a", ExecState::Revealed), 1),
+            with_result(ex("e2", "b", ExecState::Completed), 1),
+            ex("e3", "c", ExecState::Running),
+        ];
+        let p = plan(&j, &nodes(&["a", "b", "c"]), &execs, NOW, &cfg());
+        assert_eq!(p.job.unwrap().state, JobState::Completed);
+        assert_eq!(p.cancel, ids(&["e3"]));
+        assert_eq!(p.reasons[&ids(&["e3"])[0]], "job completed");
+    }
+
+    #[test]
+    fn a_tie_asks_for_an_extra_execution() {
+        let mut j = job(2, |s| s.redundancy.max_extra = 1);
+        j.state = JobState::Running;
+        let mut execs = vec![
+            with_result(ex("e1", "a", ExecState::Revealed), 1),
+            with_result(ex("e2", "b", ExecState::Revealed), 2),
+        ];
+        let ns = nodes(&["a", "b", "c", "d"]);
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert_eq!(p.place, ["c"]);
+        assert_eq!(p.extra, 1);
+        assert_eq!(p.placements().collect::<Vec<_>>(), [(&"c".to_string(), true)]);
+        let u = p.job.unwrap();
+        assert_eq!((u.state, u.extra_used), (JobState::Running, 1));
+        u.apply_to(&mut j, NOW);
+
+        // Planning again before the bid is stored would ask again: the
+        // caller stores it. With it stored, nothing more is placed.
+        let mut c = ex("e3", "c", ExecState::Running);
+        c.extra = true;
+        execs.push(c);
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert!(p.place.is_empty() && p.job.is_none() && p.reveal.is_empty());
+        execs[2] = with_result(ex("e3", "c", ExecState::Revealed), 2);
+        let u = plan(&j, &ns, &execs, NOW, &cfg()).job.unwrap();
+        assert_eq!((u.state, u.result), (JobState::Completed, Some(cid(2))));
+        assert_eq!(u.dissenting, ids(&["e1"]));
+    }
+
+    #[test]
+    fn a_quorum_is_final_when_no_node_could_add_to_it() {
+        let mut j = job(4, |s| s.redundancy.quorum = Some(2));
+        j.state = JobState::Running;
+        let execs =
+            [with_result(ex("e1", "a", ExecState::Revealed), 1), with_result(ex("e2", "b", ExecState::Revealed), 1)];
+        let p = plan(&j, &nodes(&["a", "b"]), &execs, NOW, &cfg());
+        assert_eq!(p.job.unwrap().state, JobState::Completed);
+        // Two more nodes could make it 2-2: run them first.
+        let p = plan(&j, &nodes(&["a", "b", "c", "d"]), &execs, NOW, &cfg());
+        assert_eq!(p.place, ["c", "d"]);
+        assert!(p.job.is_none());
+    }
+
+    #[test]
+    fn extras_without_nodes_keep_the_extra_budget() {
+        let mut j = job(2, |s| s.redundancy.max_extra = 1);
+        j.state = JobState::Running;
+        let execs =
+            [with_result(ex("e1", "a", ExecState::Revealed), 1), with_result(ex("e2", "b", ExecState::Revealed), 2)];
+        let p = plan(&j, &nodes(&["a", "b"]), &execs, NOW, &cfg());
+        assert_eq!(p, Plan::default());
+    }
+
+    #[test]
+    fn the_timeout_says_what_the_job_waited_for() {
+        let j = job(3, |s| s.timeouts.total = Duration::from_secs(60));
+        let late = j.created_ms + 60_001;
+        let mut ns = nodes(&["a"]);
+        ns[0].last_seen_ms = late;
+        let p = plan(&j, &ns, &[ex("e1", "a", ExecState::Committed)], late, &cfg());
+        let e = p.job.unwrap().error.unwrap();
+        assert!(
+            e.starts_with(
+                "timed out after 1m (timeouts.total): 1 execution(s) committed, waiting for more results before \
+                 revealing; no node satisfies memory >= 256 MiB, 1 free slot(s) for 2 more execution(s) (of 1 known \
+                 node(s): 0 gone, 0 not computing, 0 failing constraints, 0 short of resources, 1 already tried"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn no_consensus_fails_listing_every_result() {
+        let j = job(2, |_| {});
+        let execs =
+            [with_result(ex("e1", "a", ExecState::Revealed), 1), with_result(ex("e2", "b", ExecState::Revealed), 2)];
+        let p = plan(&j, &nodes(&["a", "b", "c"]), &execs, NOW, &cfg());
+        let e = p.job.unwrap().error.unwrap();
+        assert!(e.starts_with("no consensus: "), "{e}");
+        assert!(e.contains(&format!("{} (e1 on a)", cid(1))) && e.contains(&format!("{} (e2 on b)", cid(2))), "{e}");
+    }
+
+    #[test]
+    fn accepted_work_makes_the_job_running() {
+        let j = job(1, |_| {});
+        let p = plan(&j, &nodes(&["a"]), &[ex("e1", "a", ExecState::Accepted)], NOW, &cfg());
+        let mut j2 = j.clone();
+        p.job.unwrap().apply_to(&mut j2, NOW);
+        assert_eq!((j2.state, j2.started_ms), (JobState::Running, Some(NOW)));
+    }
+
+    fn arb_state() -> impl Strategy<Value = ExecState> {
+        proptest::sample::select(ExecState::ALL.to_vec())
+    }
+
+    prop_compose! {
+        fn arb_case()(
+            count in 1u32..5,
+            max_extra in 0u32..3,
+            retries in 0u32..3,
+            node_count in 0usize..8,
+            execs in proptest::collection::vec((0usize..8, arb_state(), 0u8..3, any::<bool>()), 0..8),
+            seen in proptest::collection::vec(0u64..30_000, 8),
+            age in 0u64..2_000_000,
+        ) -> (Job, Vec<NodeView>, Vec<Execution>, u64) {
+            let j = job(count, |s| { s.redundancy.max_extra = max_extra; s.retries = retries; });
+            let ns: Vec<NodeView> = (0..node_count).map(|i| {
+                let mut n = node(&format!("n{i}"));
+                n.last_seen_ms = NOW - seen[i];
+                n
+            }).collect();
+            let execs = execs.into_iter().enumerate().map(|(i, (n, state, c, extra))| {
+                let mut e = ex(&format!("e{i}"), &format!("n{n}"), state);
+                if state.has_result() { e.result = Some(cid(c)); }
+                e.extra = extra;
+                e
+            }).collect();
+            (j, ns, execs, j_created(age))
+        }
+    }
+
+    fn j_created(age: u64) -> u64 {
+        NOW - 1000 + age
+    }
+
+    /// How a simulated node behaves.
+    #[derive(Debug, Clone, Copy)]
+    enum Behaviour {
+        Honest,
+        /// Answers with its own wrong result.
+        Liar,
+        Rejects,
+        Fails,
+        /// Vanishes once it has accepted.
+        Vanishes,
+        /// Never answers a bid.
+        Silent,
+    }
+
+    fn arb_behaviour() -> impl Strategy<Value = Behaviour> {
+        use Behaviour::*;
+        prop_oneof![4 => Just(Honest), 1 => Just(Liar), 1 => Just(Rejects), 1 => Just(Fails), 1 => Just(Vanishes), 1 => Just(Silent)]
+    }
+
+    proptest! {
+        /// Runs jobs to the end against nodes that misbehave in every way:
+        /// every job ends before its total timeout, never uses a node twice,
+        /// and a completed job's result has a quorum of distinct nodes.
+        #[test]
+        fn simulated_jobs_always_end(
+            count in 1u32..5,
+            max_extra in 0u32..3,
+            retries in 0u32..3,
+            quorum_less in 0u32..2,
+            behaviours in proptest::collection::vec(arb_behaviour(), 0..9),
+        ) {
+            let mut j = job(count, |s| {
+                s.redundancy.max_extra = max_extra;
+                s.retries = retries;
+                s.redundancy.quorum = Some((s.redundancy.count / 2 + 1).saturating_sub(quorum_less).max(1));
+            });
+            let mut ns: Vec<NodeView> = (0..behaviours.len()).map(|i| node(&format!("n{i}"))).collect();
+            let mut execs: Vec<Execution> = Vec::new();
+            let mut now = j.created_ms;
+            let step = 5_000;
+            let mut steps = 0;
+            while !j.state.is_terminal() {
+                steps += 1;
+                prop_assert!(now <= j.created_ms + 31 * 60_000, "job still {} after its total timeout", j.state);
+                for (i, n) in ns.iter_mut().enumerate() {
+                    let gone = matches!(behaviours[i], Behaviour::Vanishes)
+                        && execs.iter().any(|e| e.node == n.id && e.state != ExecState::BidAsked);
+                    if !gone { n.last_seen_ms = now; }
+                }
+                let p = plan(&j, &ns, &execs, now, &cfg());
+                for e in execs.iter_mut() {
+                    if p.lost.contains(&e.id) { e.state = ExecState::Lost; }
+                    if p.expired.contains(&e.id) { e.state = ExecState::Rejected; }
+                    if p.cancel.contains(&e.id) { e.state = ExecState::Failed; }
+                    if p.reveal.contains(&e.id) { e.state = ExecState::Revealed; }
+                }
+                if let Some(u) = &p.job { u.apply_to(&mut j, now); }
+                for (k, (n, extra)) in p.placements().enumerate() {
+                    let id = format!("e{:04}{k}", steps);
+                    execs.push(Execution::new(id.parse().unwrap(), j.id.clone(), n.clone(), extra, now));
+                }
+                let used: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
+                prop_assert_eq!(used.len(), execs.len(), "two executions on one node");
+                // Nodes move their executions on.
+                for e in execs.iter_mut() {
+                    let i: usize = e.node[1..].parse().unwrap();
+                    e.state = match (behaviours[i], e.state) {
+                        (Behaviour::Rejects, ExecState::BidAsked) => ExecState::Rejected,
+                        (Behaviour::Silent, ExecState::BidAsked) => ExecState::BidAsked,
+                        (_, ExecState::BidAsked) => ExecState::Accepted,
+                        (_, ExecState::Accepted) => { e.started_ms = Some(now); ExecState::Running }
+                        (Behaviour::Fails, ExecState::Running) => ExecState::Failed,
+                        (Behaviour::Vanishes, ExecState::Running) => ExecState::Running,
+                        (b, ExecState::Running) => {
+                            e.result = Some(cid(if matches!(b, Behaviour::Liar) { 100 + i as u8 } else { 1 }));
+                            ExecState::Committed
+                        }
+                        (_, s) => s,
+                    };
+                }
+                now += step;
+            }
+            if j.state == JobState::Completed {
+                // Each liar has its own answer: one can only win alone.
+                prop_assert!(j.result == Some(cid(1)) || j.spec.quorum() == 1);
+                let agreeing: BTreeSet<&str> = execs.iter()
+                    .filter(|e| e.state == ExecState::Revealed && e.result == j.result)
+                    .map(|e| e.node.as_str()).collect();
+                prop_assert!(agreeing.len() >= j.spec.quorum() as usize);
+            } else {
+                prop_assert!(j.error.is_some());
+            }
+        }
+
+        #[test]
+        fn never_places_twice_on_a_node((j, ns, execs, now) in arb_case()) {
+            let p = plan(&j, &ns, &execs, now, &cfg());
+            let used: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
+            let placed: BTreeSet<&str> = p.place.iter().map(String::as_str).collect();
+            prop_assert_eq!(placed.len(), p.place.len());
+            prop_assert!(placed.is_disjoint(&used));
+            prop_assert!(p.extra <= p.place.len());
+            let s = &j.spec.redundancy;
+            prop_assert!(p.place.len() <= (s.count + s.max_extra) as usize);
+        }
+
+        #[test]
+        fn plans_do_not_depend_on_input_order((j, ns, execs, now) in arb_case()) {
+            let p = plan(&j, &ns, &execs, now, &cfg());
+            let mut rns = ns.clone();
+            rns.reverse();
+            let mut rex = execs.clone();
+            rex.reverse();
+            prop_assert_eq!(plan(&j, &rns, &rex, now, &cfg()), p);
+        }
+
+        #[test]
+        fn plans_only_touch_live_executions((j, ns, execs, now) in arb_case()) {
+            let p = plan(&j, &ns, &execs, now, &cfg());
+            let live: BTreeSet<&ExecId> = execs.iter().filter(|e| e.state.is_live()).map(|e| &e.id).collect();
+            for id in p.lost.iter().chain(&p.expired).chain(&p.cancel).chain(&p.reveal) {
+                prop_assert!(live.contains(id), "{} is not live", id);
+            }
+            for id in p.lost.iter().chain(&p.expired).chain(&p.cancel) {
+                prop_assert!(p.reasons.contains_key(id));
+            }
+            if let Some(u) = &p.job {
+                prop_assert_eq!(u.state == JobState::Completed, u.result.is_some());
+                prop_assert_eq!(u.state == JobState::Failed, u.error.is_some());
+                if u.state.is_terminal() { prop_assert!(p.place.is_empty() && p.reveal.is_empty()); }
+                prop_assert!(u.extra_used <= j.spec.redundancy.max_extra);
+            }
+        }
+    }
 }

@@ -65,6 +65,12 @@ pub struct Bytes(pub u64);
 
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Whole units print without decimals ("512 MiB", not "512.0 MiB").
+        for (unit, name) in [(1u64 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+            if self.0 >= unit && self.0.is_multiple_of(unit) {
+                return write!(f, "{} {name}", self.0 / unit);
+            }
+        }
         write!(f, "{}", bytesize::ByteSize(self.0).display().iec())
     }
 }
@@ -83,9 +89,8 @@ impl<'de> Deserialize<'de> for Bytes {
             N(u64),
             S(String),
         }
-        let raw = Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("expected a size: a number of bytes or a string like \"512MiB\"")
-        })?;
+        let raw = Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a size: a number of bytes or a string like \"512MiB\""))?;
         match raw {
             Raw::N(n) => Ok(Bytes(n)),
             Raw::S(s) => s.trim().parse::<bytesize::ByteSize>().map(|b| Bytes(b.0)).map_err(|e| {
@@ -369,10 +374,18 @@ impl Spec {
         if text.len() > MAX_SPEC_BYTES {
             return Err(Error::TooLarge(text.len()));
         }
-        // JSON goes through serde_json: YAML 1.1 parsers choke on some valid
-        // JSON (tabs for indentation). Both name the field at fault.
         let spec: Spec = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| Error::Parse(e.to_string()))?
+            // JSON: serde_json judges the syntax (YAML 1.1 parsers refuse some
+            // valid JSON, such as tab indentation), then the YAML parser reads
+            // it for its errors, which name the field's path
+            // (`task.limits: unknown field ...`). Tabs can only be whitespace
+            // in valid JSON, so turning them into spaces changes nothing.
+            serde_json::from_str::<serde_json::Value>(text).map_err(|e| Error::Parse(e.to_string()))?;
+            match serde_norway::from_str(&text.replace('\t', " ")) {
+                Ok(spec) => spec,
+                // What YAML reads differently (rare escapes): serde_json decides.
+                Err(yaml) => serde_json::from_str(text).map_err(|_| Error::Parse(yaml.to_string()))?,
+            }
         } else {
             serde_norway::from_str(text).map_err(|e| Error::Parse(e.to_string()))?
         };
@@ -424,7 +437,10 @@ impl Spec {
             let field = format!("task.inputs[{i}].mount");
             guest_path(&field, &input.mount)?;
             if !mounts.insert(input.mount.trim_end_matches('/')) {
-                return Err(invalid(field, format!("{:?} is mounted twice; give each input its own path", input.mount)));
+                return Err(invalid(
+                    field,
+                    format!("{:?} is mounted twice; give each input its own path", input.mount),
+                ));
             }
             if let Some(p) = &input.path {
                 if p.split('/').any(|s| s == ".." || s == ".") || p.starts_with('/') || p.contains('\0') {
@@ -450,7 +466,10 @@ impl Spec {
         }
         let r = &self.redundancy;
         if r.count == 0 || r.count > MAX_REDUNDANCY {
-            return Err(invalid("redundancy.count", format!("must be between 1 and {MAX_REDUNDANCY}, got {}", r.count)));
+            return Err(invalid(
+                "redundancy.count",
+                format!("must be between 1 and {MAX_REDUNDANCY}, got {}", r.count),
+            ));
         }
         if let Some(q) = r.quorum {
             if q == 0 || q > r.count {
@@ -485,7 +504,10 @@ fn export_name(field: &str, name: &str) -> Result<(), Error> {
 
 fn guest_path(field: &str, p: &str) -> Result<(), Error> {
     if !p.starts_with('/') || p.split('/').any(|s| s == ".." || s == ".") || p.contains('\0') || p.len() > 4096 {
-        return Err(invalid(field, format!("{p:?} must be an absolute guest path without '.' or '..', like \"/inputs\"")));
+        return Err(invalid(
+            field,
+            format!("{p:?} must be an absolute guest path without '.' or '..', like \"/inputs\""),
+        ));
     }
     if p.trim_end_matches('/').is_empty() {
         return Err(invalid(field, "cannot mount over the guest's root \"/\"; use a directory like \"/inputs\""));
@@ -583,7 +605,13 @@ retries: 0
         let e = Spec::from_yaml_or_json(&format!("{{\"task\": {{\"module\": \"{MODULE}\", \"argz\": []}}}}"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown field `argz`"), "{e}");
+        assert!(e.contains("task: unknown field `argz`"), "{e}");
+        let e = Spec::from_yaml_or_json("{\"task\": {\"module\": 1,}}").unwrap_err().to_string();
+        assert!(e.contains("trailing comma at line 1"), "{e}");
+        let e = Spec::from_yaml_or_json(&format!("{{\"task\": {{\"module\": \"{MODULE}\"}}, \"retries\": \"x\"}}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("retries: invalid type"), "{e}");
     }
 
     #[test]
@@ -597,9 +625,18 @@ retries: 0
             ("resources: {slots: 0}\n", "resources.slots: must be at least 1"),
             ("retries: 17\n", "retries: must be at most 16"),
             ("constraints: [\"zone==\", \"a b\"]\n", "invalid constraint \"a b\""),
-            ("  inputs: [{cid: QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn, mount: inputs}]\n", "task.inputs[0].mount"),
-            ("  inputs: [{cid: QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn, mount: /a/../b}]\n", "task.inputs[0].mount"),
-            ("  inputs: [{cid: QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn, path: ../x, mount: /a}]\n", "task.inputs[0].path"),
+            (
+                "  inputs: [{cid: QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn, mount: inputs}]\n",
+                "task.inputs[0].mount",
+            ),
+            (
+                "  inputs: [{cid: QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn, mount: /a/../b}]\n",
+                "task.inputs[0].mount",
+            ),
+            (
+                "  inputs: [{cid: QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn, path: ../x, mount: /a}]\n",
+                "task.inputs[0].path",
+            ),
             ("  inputs: [{cid: nope, mount: /a}]\n", "invalid cid \"nope\""),
             ("  limits: {memory: lots}\n", "invalid size \"lots\""),
             ("  limits: {timeout: soon}\n", "invalid duration \"soon\""),
@@ -611,6 +648,29 @@ retries: 0
         }
         let e = Spec::from_yaml_or_json("task: {}").unwrap_err().to_string();
         assert!(e.contains("missing field `module`"), "{e}");
+    }
+
+    #[test]
+    fn sizes_display_in_whole_units_when_they_can() {
+        assert_eq!(Bytes(512 << 20).to_string(), "512 MiB");
+        assert_eq!(Bytes(3 << 30).to_string(), "3 GiB");
+        assert_eq!(Bytes(100).to_string(), "100 B");
+        assert_eq!(Bytes(1536).to_string(), "1.5 KiB");
+    }
+
+    #[test]
+    fn the_reference_examples_parse() {
+        let doc = include_str!("../../docs/job-spec.md");
+        let mut specs = Vec::new();
+        for lang in ["```yaml\n", "```json\n"] {
+            for block in doc.split(lang).skip(1) {
+                let text = block.split("```").next().unwrap_or_default();
+                specs.push(Spec::from_yaml_or_json(text).unwrap_or_else(|e| panic!("{e}\n{text}")));
+            }
+        }
+        assert_eq!(specs.len(), 3);
+        assert_eq!(specs[0], specs[2], "the YAML and JSON examples are the same job");
+        assert_eq!(specs[0].quorum(), 2);
     }
 
     #[test]
