@@ -46,12 +46,10 @@ impl Api {
     fn check(&self, what: &str, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
         let mut r = r.with_context(|| format!("cannot reach the node at {} ({what}); is it running?", self.base))?;
         let status = r.status();
-        let body: Value = r
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_json()
-            .with_context(|| format!("the node at {} answered {what} with something that is not json", self.base))?;
+        let body: Value =
+            r.body_mut().with_config().limit(64 << 20).read_json().with_context(|| {
+                format!("the node at {} answered {what} with something that is not json", self.base)
+            })?;
         if !status.is_success() {
             let msg = body.get("error").and_then(Value::as_str).unwrap_or("no message").to_owned();
             bail!("{what}: {msg}");
@@ -130,6 +128,9 @@ pub struct SubmitArgs {
     /// Follow the job and print its result CID.
     #[arg(long)]
     pub wait: bool,
+    /// With --wait: give up waiting after this long (the job goes on).
+    #[arg(long, value_name = "DURATION")]
+    pub wait_timeout: Option<humantime::Duration>,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -146,7 +147,10 @@ fn spec_from_flags(api: &Api, a: &SubmitArgs) -> anyhow::Result<Value> {
         }
         Ok(api.upload(p)?.to_string())
     };
-    let module = source(&a.run.module)?;
+    let Some(module) = &a.run.module else {
+        bail!("no module given: pass a .wasm path or a CID, or a job spec with -f FILE");
+    };
+    let module = source(module)?;
     let mut inputs = Vec::new();
     for i in &a.run.inputs {
         let src = source(&i.src)?;
@@ -212,6 +216,9 @@ fn spec_from_flags(api: &Api, a: &SubmitArgs) -> anyhow::Result<Value> {
 pub fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(&ctx.node)?;
     let body = match &a.file {
+        Some(_) if a.run.module.is_some() => {
+            bail!("give the module either in the job spec (-f) or on the command line, not both")
+        }
         Some(f) => std::fs::read_to_string(f).with_context(|| format!("cannot read the job spec {}", f.display()))?,
         None => serde_json::to_string(&spec_from_flags(&api, &a)?)?,
     };
@@ -228,21 +235,30 @@ pub fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     if !a.run.quiet && !ctx.json {
         eprintln!("job {id} submitted; waiting");
     }
-    wait_and_print(ctx, &api, &id, a.run.quiet)
+    wait_and_print(ctx, &api, &id, a.run.quiet, a.wait_timeout.map(Into::into))
 }
 
-fn wait_for(api: &Api, id: &str) -> anyhow::Result<Value> {
+fn wait_for(api: &Api, id: &str, timeout: Option<Duration>) -> anyhow::Result<Value> {
+    let deadline = timeout.map(|t| Instant::now() + t);
     loop {
-        let r = api.get(&format!("/v1/jobs/{id}/wait?timeout=60"))?;
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let poll = left.map_or(60, |l| l.as_secs().clamp(1, 60));
+        let r = api.get(&format!("/v1/jobs/{id}/wait?timeout={poll}"))?;
         let state = r.pointer("/job/state").and_then(Value::as_str).unwrap_or("");
         if matches!(state, "completed" | "failed" | "cancelled") {
             return Ok(r);
         }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            bail!(
+                "job {id} is still {state} after {}; it goes on (shoal job wait {id})",
+                humantime::format_duration(timeout.unwrap_or_default())
+            );
+        }
     }
 }
 
-fn wait_and_print(ctx: &Ctx, api: &Api, id: &str, quiet: bool) -> anyhow::Result<ExitCode> {
-    let r = wait_for(api, id)?;
+fn wait_and_print(ctx: &Ctx, api: &Api, id: &str, quiet: bool, timeout: Option<Duration>) -> anyhow::Result<ExitCode> {
+    let r = wait_for(api, id, timeout)?;
     let state = r.pointer("/job/state").and_then(Value::as_str).unwrap_or("").to_owned();
     if ctx.json {
         output::json(&r)?;
@@ -265,9 +281,7 @@ fn wait_and_print(ctx: &Ctx, api: &Api, id: &str, quiet: bool) -> anyhow::Result
 #[derive(Debug, clap::Subcommand)]
 pub enum JobCmd {
     /// A job, its state and every execution.
-    Describe {
-        id: String,
-    },
+    Describe { id: String },
     /// Jobs, newest first.
     List {
         /// Only jobs in this state.
@@ -277,19 +291,18 @@ pub enum JobCmd {
         limit: usize,
     },
     /// Stdout and stderr of each execution.
-    Logs {
-        id: String,
-    },
+    Logs { id: String },
     /// Wait for a job to end; print its result CID.
     Wait {
         #[arg(short, long)]
         quiet: bool,
+        /// Give up after this long (the job goes on).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<humantime::Duration>,
         id: String,
     },
     /// Cancel a job.
-    Cancel {
-        id: String,
-    },
+    Cancel { id: String },
 }
 
 pub fn job(ctx: &Ctx, c: JobCmd) -> anyhow::Result<ExitCode> {
@@ -333,7 +346,9 @@ pub fn job(ctx: &Ctx, c: JobCmd) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        JobCmd::Wait { quiet, id } => return wait_and_print(ctx, &Api::new(&ctx.node)?, &id, quiet),
+        JobCmd::Wait { quiet, timeout, id } => {
+            return wait_and_print(ctx, &Api::new(&ctx.node)?, &id, quiet, timeout.map(Into::into))
+        }
         JobCmd::Cancel { id } => {
             let r = Api::new(&ctx.node)?.post(&format!("/v1/jobs/{id}/cancel"), b"", "text/plain")?;
             if ctx.json {
@@ -348,7 +363,9 @@ pub fn job(ctx: &Ctx, c: JobCmd) -> anyhow::Result<ExitCode> {
 
 fn print_job(r: &Value) {
     let j = &r["job"];
-    let s = |v: &Value, k: &str| v.get(k).map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string())).unwrap_or_default();
+    let s = |v: &Value, k: &str| {
+        v.get(k).map(|x| x.as_str().map(str::to_owned).unwrap_or_else(|| x.to_string())).unwrap_or_default()
+    };
     println!("job:     {}", s(j, "id"));
     println!("state:   {}", s(j, "state"));
     if !j["result"].is_null() {
@@ -468,7 +485,8 @@ pub fn devstack(ctx: &Ctx, a: DevstackArgs) -> anyhow::Result<ExitCode> {
         children.0.push(child);
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).context("cannot read the node's ready line")?;
-        let (api, peer) = parse_ready(&line).with_context(|| format!("node {i} did not start (see its stderr above)"))?;
+        let (api, peer) =
+            parse_ready(&line).with_context(|| format!("node {i} did not start (see its stderr above)"))?;
         println!("node {i} api={api} peer={peer}");
         first_peer.get_or_insert(peer);
     }

@@ -57,9 +57,10 @@ pub struct RunArgs {
     /// Print only the result CID (as the last line) after the job's output.
     #[arg(short, long)]
     pub quiet: bool,
-    /// The module: a .wasm path (or, with storage, a CID).
+    /// The module: a .wasm path or a CID (`shoal submit -f` takes it from
+    /// the spec instead).
     #[arg(value_name = "MODULE")]
-    pub module: String,
+    pub module: Option<String>,
     /// Arguments passed to the job (after `--`).
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,
@@ -226,13 +227,16 @@ fn resolve_source(store: &Store, src: &str) -> anyhow::Result<(shoal_storage::Ci
 /// Runs the job (see the module docs); the process exits with the guest's
 /// exit status.
 pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let Some(module_arg) = a.module.clone() else {
+        bail!("no module given: pass a .wasm path or a CID, e.g. shoal run job.wasm");
+    };
     let store = Store::open(ctx)?;
-    let (module_root, module_path) = resolve_source(&store, &a.module)?;
+    let (module_root, module_path) = resolve_source(&store, &module_arg)?;
     let module = shoal_storage::exporter::resolve(store.get(), &module_root, &module_path)
-        .with_context(|| format!("module {}", a.module))?;
+        .with_context(|| format!("module {module_arg}"))?;
     let mut spec = Spec::new(module);
     spec.entry = a.entry();
-    spec.program_name = a.module.rsplit('/').next().unwrap_or(&a.module).to_owned();
+    spec.program_name = module_arg.rsplit('/').next().unwrap_or(&module_arg).to_owned();
     spec.args = a.args.clone();
     spec.env = a.env.clone();
     let mut names: Vec<&str> = spec.env.iter().map(|(k, _)| k.as_str()).collect();

@@ -87,7 +87,11 @@ fn start_node(home: &Path, extra: &[&str]) -> NodeProc {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(120))).build().into()
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
 }
 
 fn get(url: &str) -> (u16, Value) {
@@ -158,7 +162,13 @@ fn local_wordcount() -> String {
     let t = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_shoal"))
         .env("SHOAL_HOME", t.path())
-        .args(["run", "-q", "--input", &format!("{}:/inputs", texts().display()), sample("wordcount").to_str().unwrap()])
+        .args([
+            "run",
+            "-q",
+            "--input",
+            &format!("{}:/inputs", texts().display()),
+            sample("wordcount").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -168,7 +178,7 @@ fn local_wordcount() -> String {
 fn submit_wordcount(net: &Net, node: usize, extra: &[&str]) -> Output {
     let input = format!("{}:/inputs", texts().display());
     let wc = sample("wordcount");
-    let mut args = vec!["submit", "--wait", "-q", "--input", &input];
+    let mut args = vec!["submit", "--wait", "--wait-timeout", "120s", "-q", "--input", &input];
     args.extend_from_slice(extra);
     args.push(wc.to_str().unwrap());
     cli(&net.nodes[node], &net.home("cli"), &args)
@@ -221,7 +231,8 @@ fn a_lying_node_is_outvoted_and_recorded() {
     let liar_id = net.nodes[liar].peer.rsplit('/').next().unwrap().to_owned();
     let n = cli(&net.nodes[0], &net.home("cli"), &["--json", "nodes"]);
     let v: Value = serde_json::from_slice(&n.stdout).unwrap();
-    let rec = v["nodes"].as_array().unwrap().iter().find(|n| n["node"]["id"] == Value::String(liar_id.clone())).unwrap();
+    let rec =
+        v["nodes"].as_array().unwrap().iter().find(|n| n["node"]["id"] == Value::String(liar_id.clone())).unwrap();
     assert_eq!(rec["node"]["stats"]["dissented"], 1, "{v}");
     let honest = v["nodes"].as_array().unwrap().iter().filter(|n| n["node"]["stats"]["agreed"] == 1).count();
     assert_eq!(honest, 2, "{v}");
@@ -246,7 +257,7 @@ fn a_crashed_node_loses_its_execution_and_the_job_completes_elsewhere() {
     });
     // An honest node joins; the job completes there.
     net.add("honest", &[]);
-    let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", "-q", &id]);
+    let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", "--timeout", "120s", "-q", &id]);
     assert!(w.status.success(), "{}", text(&w.stderr));
     assert_eq!(text(&w.stdout).trim(), local_wordcount());
 }
@@ -262,7 +273,11 @@ fn a_restarted_requester_resumes_its_jobs() {
     net.add("a", &[]);
     net.add("b", &[]);
     wait_for_nodes(&net.nodes[0], 3);
-    let o = cli(&net.nodes[0], &net.home("cli"), &["submit", "--redundancy", "2", sample("sleep").to_str().unwrap(), "--", "1500"]);
+    let o = cli(
+        &net.nodes[0],
+        &net.home("cli"),
+        &["submit", "--redundancy", "2", sample("sleep").to_str().unwrap(), "--", "1500"],
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let id = text(&o.stdout).trim().to_owned();
     eventually(30, "both executions to run", || {
@@ -273,11 +288,12 @@ fn a_restarted_requester_resumes_its_jobs() {
     let home = net.nodes[0].home.clone();
     let peer_a = net.nodes[1].peer.clone();
     net.nodes[0] = start_node(&home, &["--no-compute", "--listen", &listen, "--peer", &peer_a]);
-    let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", &id]);
+    let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", "--timeout", "120s", &id]);
     assert!(w.status.success(), "{}{}", text(&w.stdout), text(&w.stderr));
     let j = job(&net.nodes[0], &id);
     assert_eq!(j["job"]["state"], "completed", "{j}");
-    let cat = cli(&net.nodes[0], &net.home("cli"), &["cat", &format!("{}/stdout", j["job"]["result"].as_str().unwrap())]);
+    let cat =
+        cli(&net.nodes[0], &net.home("cli"), &["cat", &format!("{}/stdout", j["job"]["result"].as_str().unwrap())]);
     assert_eq!(text(&cat.stdout), "slept 1500 ms\n");
 }
 
@@ -287,13 +303,14 @@ fn an_unsatisfiable_job_is_queued_until_a_matching_node_joins() {
     net.add("requester", &["--no-compute"]);
     net.add("eu", &["--label", "zone=eu"]);
     wait_for_nodes(&net.nodes[0], 2);
-    let o = cli(&net.nodes[0], &net.home("cli"), &["submit", "--constraint", "zone=us", sample("hello").to_str().unwrap()]);
+    let o =
+        cli(&net.nodes[0], &net.home("cli"), &["submit", "--constraint", "zone=us", sample("hello").to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let id = text(&o.stdout).trim().to_owned();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(job(&net.nodes[0], &id)["job"]["state"], "queued");
     net.add("us", &["--label", "zone=us"]);
-    let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", "-q", &id]);
+    let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", "--timeout", "120s", "-q", &id]);
     assert!(w.status.success(), "{}", text(&w.stderr));
     let j = job(&net.nodes[0], &id);
     let us = net.nodes[2].peer.rsplit('/').next().unwrap().to_owned();
@@ -316,19 +333,28 @@ fn an_input_pinned_only_on_the_submitters_node_reaches_the_executor() {
     let cid = text(&add.stdout).trim().to_owned();
     let worker_home = net.nodes[1].home.clone();
     let has = |c: &str| {
-        Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["--home", worker_home.to_str().unwrap(), "pin", "ls", c])
+        let o = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["--home", worker_home.to_str().unwrap(), "pin", "ls"])
             .output()
-            .unwrap()
-            .status
-            .success()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        text(&o.stdout).lines().any(|l| l.starts_with(c))
     };
     assert!(!has(&cid), "the worker must not have the input beforehand");
     let wc = sample("wordcount");
     let o = cli(
         &net.nodes[0],
         &net.home("cli"),
-        &["submit", "--wait", "-q", "--input", &format!("{cid}:/inputs"), wc.to_str().unwrap()],
+        &[
+            "submit",
+            "--wait",
+            "--wait-timeout",
+            "120s",
+            "-q",
+            "--input",
+            &format!("{cid}:/inputs"),
+            wc.to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).lines().last().unwrap(), local_wordcount());
@@ -352,7 +378,8 @@ fn bad_specs_and_unknown_jobs_get_clear_errors() {
     let o = cli(&net.nodes[0], &net.home("cli"), &["job", "describe", "j-0000000000000000000000"]);
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("no job j-0000000000000000000000"), "{}", text(&o.stderr));
-    let o = cli(&net.nodes[0], &net.home("cli"), &["job", "describe", "nonsense"]);
+    let o = cli(&net.nodes[0], &net.home("cli"), &["job", "describe", "no such job"]);
+    assert!(!o.status.success());
     assert!(text(&o.stderr).contains("malformed job id"), "{}", text(&o.stderr));
     // No node at all: says how to give one.
     let o = Command::new(env!("CARGO_BIN_EXE_shoal")).env_remove("SHOAL_NODE").args(["job", "list"]).output().unwrap();
@@ -411,7 +438,18 @@ fn devstack_starts_a_network_and_ctrl_c_stops_it() {
     });
     let o = Command::new(env!("CARGO_BIN_EXE_shoal"))
         .env("SHOAL_HOME", t.path().join("cli"))
-        .args(["--node", &apis[1], "submit", "--wait", "-q", "--redundancy", "3", sample("hello").to_str().unwrap()])
+        .args([
+            "--node",
+            &apis[1],
+            "submit",
+            "--wait",
+            "--wait-timeout",
+            "120s",
+            "-q",
+            "--redundancy",
+            "3",
+            sample("hello").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));

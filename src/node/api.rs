@@ -202,13 +202,17 @@ struct ListQuery {
 
 /// Jobs, newest first, optionally filtered by state.
 #[utoipa::path(get, path = "/v1/jobs", params(("state" = Option<String>, Query), ("limit" = Option<usize>, Query)), responses((status = 200)))]
-async fn list_jobs(State(node): State<Shared>, Query(q): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
-    let state = match q.state.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(s.parse::<JobState>().map_err(|_| {
-            bad(format!("unknown state {s:?}; use queued, running, completed, failed or cancelled"))
-        })?),
-    };
+async fn list_jobs(
+    State(node): State<Shared>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let state =
+        match q.state.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(s.parse::<JobState>().map_err(|_| {
+                bad(format!("unknown state {s:?}; use queued, running, completed, failed or cancelled"))
+            })?),
+        };
     let jobs = node.db().jobs(state, q.limit.unwrap_or(100).min(10_000)).map_err(internal)?;
     Ok(Json(json!({ "jobs": jobs })))
 }
@@ -275,7 +279,11 @@ async fn nodes(State(node): State<Shared>) -> Json<serde_json::Value> {
     let list: Vec<_> = views
         .iter()
         .map(|v| {
-            let api = if v.id == node.peer.to_string() { node.api_url.get().cloned() } else { apis.get(&v.id).cloned().flatten() };
+            let api = if v.id == node.peer.to_string() {
+                node.api_url.get().cloned()
+            } else {
+                apis.get(&v.id).cloned().flatten()
+            };
             json!({ "node": v, "api": api, "self": v.id == node.peer.to_string() })
         })
         .collect();
@@ -286,7 +294,9 @@ async fn nodes(State(node): State<Shared>) -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/v1/health", responses((status = 200)))]
 async fn health(State(node): State<Shared>) -> Json<serde_json::Value> {
     let peers = node.client.peers().await.map(|p| p.len()).unwrap_or(0);
-    Json(json!({ "ok": true, "peer": node.peer.to_string(), "version": env!("CARGO_PKG_VERSION"), "connected_peers": peers }))
+    Json(
+        json!({ "ok": true, "peer": node.peer.to_string(), "version": env!("CARGO_PKG_VERSION"), "connected_peers": peers }),
+    )
 }
 
 /// Prometheus metrics.
@@ -341,7 +351,10 @@ struct LimitedWriter<'a>(&'a mut Vec<u8>, usize);
 impl std::io::Write for LimitedWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.0.len() + buf.len() > self.1 {
-            return Err(std::io::Error::other(format!("the dag is larger than {} bytes; fetch it with a node", self.1)));
+            return Err(std::io::Error::other(format!(
+                "the dag is larger than {} bytes; fetch it with a node",
+                self.1
+            )));
         }
         self.0.extend_from_slice(buf);
         Ok(buf.len())

@@ -95,8 +95,7 @@ pub fn to_runtime(spec: &Spec) -> job::Spec {
     r.program_name = t.module.to_string();
     r.args = t.args.clone();
     r.env = t.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    r.inputs =
-        t.inputs.iter().map(|i| job::Input { cid: i.cid, path: i.segments(), guest: i.mount.clone() }).collect();
+    r.inputs = t.inputs.iter().map(|i| job::Input { cid: i.cid, path: i.segments(), guest: i.mount.clone() }).collect();
     let mut l = shoal_runtime::Limits::default();
     l.memory = t.limits.memory.0;
     l.timeout = t.limits.timeout;
@@ -176,7 +175,11 @@ impl Compute {
             return reject("this node has no gpu".into());
         }
         if spec.resources.memory.0 > memory_bytes() {
-            return reject(format!("job needs {} bytes of memory, this node has {}", spec.resources.memory, memory_bytes()));
+            return reject(format!(
+                "job needs {} bytes of memory, this node has {}",
+                spec.resources.memory,
+                memory_bytes()
+            ));
         }
         let now = node.now();
         if self.free_slots(now) < spec.resources.slots {

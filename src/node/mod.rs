@@ -111,6 +111,8 @@ pub struct Node {
     pub labels: BTreeMap<String, String>,
     pub boot: u64,
     pub clock: Clock,
+    /// When this process started (ms), for the restart grace period.
+    pub started_ms: u64,
     pub api_url: OnceLock<String>,
     /// Reveals, completions and bids in flight, so a tick does not start
     /// the same work twice.
@@ -192,8 +194,9 @@ impl Node {
 pub fn load_key(home: &Path) -> anyhow::Result<Keypair> {
     let path = home.join("node.key");
     match std::fs::read(&path) {
-        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
-            .with_context(|| format!("{} is not a valid node key; move it away to create a new identity", path.display())),
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).with_context(|| {
+            format!("{} is not a valid node key; move it away to create a new identity", path.display())
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();
             let bytes = key.to_protobuf_encoding().context("cannot encode the new node key")?;
@@ -238,7 +241,8 @@ pub fn load_token(home: &Path) -> anyhow::Result<String> {
 
 /// Runs `shoal node` until SIGINT/SIGTERM.
 pub fn run(ctx: &Ctx, args: NodeArgs) -> anyhow::Result<std::process::ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -297,6 +301,7 @@ pub async fn serve(
         metrics: api::Metrics::new(),
         labels: args.labels.iter().cloned().collect(),
         boot: rand::random(),
+        started_ms: clock(),
         clock,
         api_url: OnceLock::new(),
         inflight: Mutex::new(HashSet::new()),
@@ -327,9 +332,8 @@ pub async fn serve(
                     let n = n.clone();
                     tokio::spawn(async move {
                         let st = n.store.clone();
-                        let response = tokio::task::spawn_blocking(move || fetch::serve(&*st, &request))
-                            .await
-                            .unwrap_or_default();
+                        let response =
+                            tokio::task::spawn_blocking(move || fetch::serve(&*st, &request)).await.unwrap_or_default();
                         let _ = n.client.respond_blocks(channel, response).await;
                     });
                 }

@@ -73,10 +73,38 @@ fn tick(node: &Arc<Node>) -> anyhow::Result<()> {
     let now = node.now();
     for job in jobs {
         let execs = node.db().executions(&job.id)?;
+        // Just after a restart we have heard from nobody yet: give the
+        // nodes running our executions one node ttl to announce themselves
+        // before placement counts them gone.
+        if now < node.started_ms + node.placement.node_ttl_ms {
+            for e in execs.iter().filter(|e| e.state.is_live()) {
+                if !views.iter().any(|v| v.id == e.node) {
+                    views.push(placeholder(&e.node, node.started_ms));
+                }
+            }
+        }
         let plan = placement::plan(&job, &views, &execs, now, &node.placement);
         carry_out(node, job, execs, plan, &mut views)?;
     }
     Ok(())
+}
+
+/// A node we have not heard from since we started: alive until the ttl,
+/// offered no new work.
+fn placeholder(id: &str, since_ms: u64) -> NodeView {
+    NodeView {
+        id: id.to_owned(),
+        labels: Default::default(),
+        compute: false,
+        slots_total: 0,
+        slots_free: 0,
+        memory_bytes: 0,
+        gpu: None,
+        version: String::new(),
+        last_seen_ms: since_ms,
+        holds: Default::default(),
+        stats: Default::default(),
+    }
 }
 
 fn claim(node: &Node, key: String) -> bool {
@@ -91,7 +119,13 @@ fn peer_of(e: &Execution) -> Option<PeerId> {
     e.node.parse().ok()
 }
 
-fn end_executions(node: &Arc<Node>, execs: &[Execution], ids: &[ExecId], plan: &Plan, state: ExecState) -> anyhow::Result<bool> {
+fn end_executions(
+    node: &Arc<Node>,
+    execs: &[Execution],
+    ids: &[ExecId],
+    plan: &Plan,
+    state: ExecState,
+) -> anyhow::Result<bool> {
     let now = node.now();
     let mut changed = false;
     for id in ids {
@@ -114,7 +148,13 @@ fn end_executions(node: &Arc<Node>, execs: &[Execution], ids: &[ExecId], plan: &
     Ok(changed)
 }
 
-fn carry_out(node: &Arc<Node>, mut job: Job, execs: Vec<Execution>, plan: Plan, views: &mut [NodeView]) -> anyhow::Result<()> {
+fn carry_out(
+    node: &Arc<Node>,
+    mut job: Job,
+    execs: Vec<Execution>,
+    plan: Plan,
+    views: &mut [NodeView],
+) -> anyhow::Result<()> {
     let now = node.now();
     let mut changed = end_executions(node, &execs, &plan.lost, &plan, ExecState::Lost)?;
     changed |= end_executions(node, &execs, &plan.expired, &plan, ExecState::Rejected)?;
@@ -297,7 +337,10 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                     changed.push(e);
                 } else if dissenting.contains(&e.id) {
                     e.state = ExecState::Completed;
-                    e.error = Some(format!("dissented: result {} differs from the agreed {result}", e.result.map(|c| c.to_string()).unwrap_or_default()));
+                    e.error = Some(format!(
+                        "dissented: result {} differs from the agreed {result}",
+                        e.result.map(|c| c.to_string()).unwrap_or_default()
+                    ));
                     e.updated_ms = now;
                     node.db().bump_stats(&e.node, NodeStats { dissented: 1, ..Default::default() })?;
                     changed.push(e);

@@ -369,10 +369,11 @@ impl EventLoop {
                 tracing::warn!("node busy: dropping a network event");
                 match event {
                     Event::Request { channel, .. } => {
-                        let _ = self.swarm.behaviour_mut().exec.send_response(
-                            channel,
-                            Response::Error { message: "node busy; try again later".into() },
-                        );
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .exec
+                            .send_response(channel, Response::Error { message: "node busy; try again later".into() });
                     }
                     Event::Blocks { channel, .. } => {
                         let _ = self.swarm.behaviour_mut().blocks.send_response(channel, BlockResponse::default());
@@ -537,10 +538,8 @@ mod tests {
             }
         });
         let peer_a = _sa_peer(&b).await;
-        let response = b
-            .request(peer_a, Request::Bid { job: "j-1".into(), exec: "e-1".into(), spec: "{}".into() })
-            .await
-            .unwrap();
+        let response =
+            b.request(peer_a, Request::Bid { job: "j-1".into(), exec: "e-1".into(), spec: "{}".into() }).await.unwrap();
         assert_eq!(response, Response::Bid { accepted: true, reason: None });
         let blocks = b.blocks(peer_a, BlockRequest { want: vec![vec![1, 2, 3]] }).await.unwrap();
         assert_eq!(blocks.missing, vec![vec![1, 2, 3]]);
