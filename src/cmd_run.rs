@@ -188,7 +188,7 @@ mod tests {
         assert_eq!(r.args, vec!["-v", "x"]);
         assert!(r.nondeterministic && r.quiet);
         assert_eq!(r.inputs.len(), 2);
-        assert_eq!(r.module, "job.wasm");
+        assert_eq!(r.module.as_deref(), Some("job.wasm"));
     }
 
     #[test]
