@@ -44,6 +44,7 @@ bench: deps-test
 	$(CARGO) bench -p shoal-storage --bench storage
 	$(CARGO) bench -p shoal-runtime --bench runtime
 	$(CARGO) bench -p shoal --features bench-tools --bench process
+	scripts/offline.sh $(CARGO) bench --offline -p shoal --bench network
 
 clean:
 	$(CARGO) clean

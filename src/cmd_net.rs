@@ -305,7 +305,19 @@ pub enum JobCmd {
     Cancel { id: String },
 }
 
+fn check_id(id: &str) -> anyhow::Result<()> {
+    id.parse::<shoal_scheduler::model::JobId>()
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("malformed job id {id:?} ({e}); `shoal job list` shows the ids"))
+}
+
 pub fn job(ctx: &Ctx, c: JobCmd) -> anyhow::Result<ExitCode> {
+    match &c {
+        JobCmd::Describe { id } | JobCmd::Logs { id } | JobCmd::Cancel { id } | JobCmd::Wait { id, .. } => {
+            check_id(id)?
+        }
+        JobCmd::List { .. } => {}
+    }
     match c {
         JobCmd::Describe { id } => {
             let r = Api::new(&ctx.node)?.get(&format!("/v1/jobs/{id}"))?;
