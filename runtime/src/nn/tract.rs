@@ -1,0 +1,168 @@
+//! The CPU backend: tract, a pure-Rust ONNX engine (no system library, no
+//! network, the same on every node that has the same CPU features).
+//!
+//! ONNX models usually leave the batch dimension symbolic. tract optimises
+//! best for concrete shapes, so a graph keeps the parsed model and makes one
+//! optimised plan per distinct set of input shapes, cached in the graph
+//! (a batch loop over one shape pays for optimisation once).
+
+use std::sync::{Arc, Mutex};
+
+use tract_onnx::prelude::*;
+use wasmtime_wasi_nn::backend::{BackendError, BackendExecutionContext, BackendGraph, Id, NamedTensor};
+use wasmtime_wasi_nn::wit::TensorType;
+use wasmtime_wasi_nn::{ExecutionContext, Graph};
+
+use super::{to_backend, NnError};
+
+/// Plans kept per graph (one per distinct input shape set). A guest that
+/// cycles through more shapes only pays re-optimisation.
+const PLANS_PER_GRAPH: usize = 8;
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// Parses and checks an ONNX model for the CPU.
+pub(super) fn load(bytes: &[u8]) -> Result<Graph, BackendError> {
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .map_err(|e| to_backend(NnError::InvalidArgument(format!("cannot read the ONNX model: {e:#}"))))?;
+    // Type-check once now, so that a model tract cannot run is refused at
+    // load rather than at the first compute.
+    model
+        .clone()
+        .into_typed()
+        .map_err(|e| to_backend(NnError::Unsupported(format!("the CPU backend cannot run this model: {e:#}"))))?;
+    let inputs = model.inputs.len();
+    let outputs = model.outputs.len();
+    let g: Box<dyn BackendGraph> =
+        Box::new(TractGraph { inner: Arc::new(Inner { model, plans: Mutex::new(Vec::new()) }), inputs, outputs });
+    Ok(g.into())
+}
+
+struct Inner {
+    model: InferenceModel,
+    plans: Mutex<Vec<(Vec<Vec<usize>>, Plan)>>,
+}
+
+impl Inner {
+    fn plan(&self, shapes: &[Vec<usize>]) -> Result<Plan, NnError> {
+        {
+            let plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, p)) = plans.iter().find(|(s, _)| s == shapes) {
+                return Ok(p.clone());
+            }
+        }
+        let mut model = self.model.clone();
+        for (i, shape) in shapes.iter().enumerate() {
+            model = model
+                .with_input_fact(i, f32::fact(shape).into())
+                .map_err(|e| NnError::InvalidArgument(format!("input {i} cannot have shape {shape:?}: {e:#}")))?;
+        }
+        let plan = model.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| {
+            NnError::InvalidArgument(format!("the model cannot run on inputs of shapes {shapes:?}: {e:#}"))
+        })?;
+        let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        if plans.len() >= PLANS_PER_GRAPH {
+            plans.remove(0);
+        }
+        plans.push((shapes.to_vec(), plan.clone()));
+        Ok(plan)
+    }
+}
+
+struct TractGraph {
+    inner: Arc<Inner>,
+    inputs: usize,
+    outputs: usize,
+}
+
+impl BackendGraph for TractGraph {
+    fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
+        let ctx: Box<dyn BackendExecutionContext> = Box::new(TractContext {
+            inner: self.inner.clone(),
+            inputs: vec![None; self.inputs],
+            outputs: Vec::new(),
+            n_outputs: self.outputs,
+        });
+        Ok(ctx.into())
+    }
+}
+
+struct TractContext {
+    inner: Arc<Inner>,
+    inputs: Vec<Option<Tensor>>,
+    outputs: Vec<Tensor>,
+    n_outputs: usize,
+}
+
+fn index(id: &Id, n: usize, what: &str) -> Result<usize, NnError> {
+    match id {
+        Id::Index(i) if (*i as usize) < n => Ok(*i as usize),
+        Id::Index(i) => Err(NnError::InvalidArgument(format!("{what} index {i} is out of range: the model has {n}"))),
+        Id::Name(n) => Err(NnError::InvalidArgument(format!("{what}s are addressed by index, not by name ({n:?})"))),
+    }
+}
+
+impl BackendExecutionContext for TractContext {
+    fn set_input(&mut self, id: Id, tensor: &wasmtime_wasi_nn::Tensor) -> Result<(), BackendError> {
+        let i = index(&id, self.inputs.len(), "input").map_err(to_backend)?;
+        let t = to_tract(tensor).map_err(to_backend)?;
+        self.inputs[i] = Some(t);
+        Ok(())
+    }
+
+    fn compute(&mut self, inputs: Option<Vec<NamedTensor>>) -> Result<Option<Vec<NamedTensor>>, BackendError> {
+        if inputs.is_some() {
+            return Err(to_backend(NnError::Unsupported("named inputs (wasi-nn over WIT) are not supported".into())));
+        }
+        let mut values = TVec::new();
+        let mut shapes = Vec::with_capacity(self.inputs.len());
+        for (i, t) in self.inputs.iter().enumerate() {
+            let t = t.as_ref().ok_or_else(|| to_backend(NnError::InvalidArgument(format!("input {i} is not set"))))?;
+            shapes.push(t.shape().to_vec());
+            values.push(t.clone().into_tvalue());
+        }
+        let plan = self.inner.plan(&shapes).map_err(to_backend)?;
+        let out = plan
+            .run(values)
+            .map_err(|e| to_backend(NnError::Runtime(format!("inference failed on the CPU: {e:#}"))))?;
+        self.outputs = out.into_iter().map(|v| v.into_tensor()).collect();
+        Ok(None)
+    }
+
+    fn get_output(&mut self, id: Id) -> Result<wasmtime_wasi_nn::Tensor, BackendError> {
+        let i = index(&id, self.n_outputs, "output").map_err(to_backend)?;
+        let t = self
+            .outputs
+            .get(i)
+            .ok_or_else(|| to_backend(NnError::InvalidArgument("no outputs yet: call compute first".into())))?;
+        from_tract(t).map_err(to_backend)
+    }
+}
+
+/// A wasi-nn tensor (f32, little-endian) as a tract tensor. Sizes were
+/// checked by the ABI layer; this only converts.
+fn to_tract(t: &wasmtime_wasi_nn::Tensor) -> Result<Tensor, NnError> {
+    if t.ty != TensorType::Fp32 {
+        return Err(NnError::Unsupported(format!("tensor type {:?}: only f32 tensors are supported", t.ty)));
+    }
+    let shape: Vec<usize> = t.dimensions.iter().map(|d| *d as usize).collect();
+    let values: Vec<f32> = t.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Tensor::from_shape(&shape, &values).map_err(|e| NnError::InvalidArgument(format!("bad tensor: {e:#}")))
+}
+
+fn from_tract(t: &Tensor) -> Result<wasmtime_wasi_nn::Tensor, NnError> {
+    let t = t
+        .cast_to::<f32>()
+        .map_err(|e| NnError::Unsupported(format!("output tensor of type {:?}: {e:#}", t.datum_type())))?;
+    let values = t.to_plain_array_view::<f32>().map_err(|e| NnError::Runtime(format!("{e:#}")))?;
+    let mut data = Vec::with_capacity(values.len() * 4);
+    for v in values.iter() {
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    Ok(wasmtime_wasi_nn::Tensor {
+        dimensions: t.shape().iter().map(|d| *d as u32).collect(),
+        ty: TensorType::Fp32,
+        data,
+    })
+}
