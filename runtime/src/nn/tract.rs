@@ -81,6 +81,7 @@ impl BackendGraph for TractGraph {
         let ctx: Box<dyn BackendExecutionContext> = Box::new(TractContext {
             inner: self.inner.clone(),
             inputs: vec![None; self.inputs],
+            state: None,
             outputs: Vec::new(),
             n_outputs: self.outputs,
         });
@@ -91,6 +92,11 @@ impl BackendGraph for TractGraph {
 struct TractContext {
     inner: Arc<Inner>,
     inputs: Vec<Option<Tensor>>,
+    /// The running state for the current input shapes, kept across
+    /// computes: a batch loop reuses its buffers instead of re-allocating
+    /// them per batch. (A tract state is `Send` but not `Sync`; the mutex
+    /// is only ever reached through `&mut self`, so it never blocks.)
+    state: Option<(Vec<Vec<usize>>, Mutex<TypedSimpleState>)>,
     outputs: Vec<Tensor>,
     n_outputs: usize,
 }
@@ -122,8 +128,18 @@ impl BackendExecutionContext for TractContext {
             shapes.push(t.shape().to_vec());
             values.push(t.clone().into_tvalue());
         }
-        let plan = self.inner.plan(&shapes).map_err(to_backend)?;
-        let out = plan
+        if self.state.as_ref().is_none_or(|(s, _)| *s != shapes) {
+            let plan = self.inner.plan(&shapes).map_err(to_backend)?;
+            let state =
+                plan.spawn().map_err(|e| to_backend(NnError::Runtime(format!("cannot start the CPU plan: {e:#}"))))?;
+            self.state = Some((shapes, Mutex::new(state)));
+        }
+        let Some((_, state)) = self.state.as_mut() else {
+            return Err(to_backend(NnError::Runtime("no CPU plan".into())));
+        };
+        let out = state
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
             .run(values)
             .map_err(|e| to_backend(NnError::Runtime(format!("inference failed on the CPU: {e:#}"))))?;
         self.outputs = out.into_iter().map(|v| v.into_tensor()).collect();
@@ -147,8 +163,19 @@ fn to_tract(t: &wasmtime_wasi_nn::Tensor) -> Result<Tensor, NnError> {
         return Err(NnError::Unsupported(format!("tensor type {:?}: only f32 tensors are supported", t.ty)));
     }
     let shape: Vec<usize> = t.dimensions.iter().map(|d| *d as usize).collect();
-    let values: Vec<f32> = t.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    Tensor::from_shape(&shape, &values).map_err(|e| NnError::InvalidArgument(format!("bad tensor: {e:#}")))
+    if t.data.len() != shape.iter().product::<usize>() * 4 {
+        return Err(NnError::InvalidArgument("tensor data does not match its shape".into()));
+    }
+    let bad = |e: TractError| NnError::InvalidArgument(format!("bad tensor: {e:#}"));
+    if cfg!(target_endian = "little") {
+        // SAFETY: every bit pattern is a valid f32, the length was checked
+        // against the shape just above, and wasi-nn's little-endian bytes
+        // are the host's own order here. One copy instead of two.
+        unsafe { Tensor::from_raw::<f32>(&shape, &t.data) }.map_err(bad)
+    } else {
+        let values: Vec<f32> = t.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Tensor::from_shape(&shape, &values).map_err(bad)
+    }
 }
 
 fn from_tract(t: &Tensor) -> Result<wasmtime_wasi_nn::Tensor, NnError> {
