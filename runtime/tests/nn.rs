@@ -296,3 +296,29 @@ fn classifier_guest_runs_on_the_gpu_backend() {
     assert_eq!(devices.len(), 1);
     assert!(devices[0].starts_with("gpu: "), "{devices:?}");
 }
+
+#[test]
+fn probe_gpu_reports_what_a_node_would_announce() {
+    // CI has lavapipe and no GPU: a software device, only when allowed.
+    let any = shoal_runtime::nn::probe_gpu(true).expect("a Vulkan device (scripts/setup.sh --vulkan)");
+    assert!(!any.name.is_empty());
+    match shoal_runtime::nn::probe_gpu(false) {
+        None => assert!(any.software, "{any:?}"),
+        Some(hw) => assert!(!hw.software, "{hw:?}"),
+    }
+}
+
+#[test]
+fn gpu_matmul_tiles_cover_ragged_shapes() {
+    // 37 rows: the last row of tiles is partial.
+    let s = gpu_session();
+    let bytes = std::fs::read(digits().join("bench_matmul.onnx")).unwrap();
+    let x: Vec<f32> = (0..37 * 256).map(|i| ((i * 13) % 7) as f32 - 3.0).collect();
+    let mut g = s.load(&bytes, Target::Gpu).unwrap();
+    let mut c = s.load(&bytes, Target::Cpu).unwrap();
+    let og = g.run(&[(&[37, 256], &x)]).unwrap();
+    let oc = c.run(&[(&[37, 256], &x)]).unwrap();
+    assert_eq!(og[0].0, vec![37, 256]);
+    let scale = oc[0].1.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(max_diff(&og[0].1, &oc[0].1) <= scale * 1e-5, "{}", max_diff(&og[0].1, &oc[0].1));
+}

@@ -426,6 +426,9 @@ impl Session {
     }
 }
 
+/// A tensor as [`Model::run`] returns it: shape and f32 values.
+pub type Values = (Vec<usize>, Vec<f32>);
+
 /// A loaded model with its execution context.
 pub struct Model {
     ctx: wasmtime_wasi_nn::ExecutionContext,
@@ -440,7 +443,7 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Runs the model on f32 inputs (shape, values), returning every output
     /// as (shape, values).
-    pub fn run(&mut self, inputs: &[(&[usize], &[f32])]) -> Result<Vec<(Vec<usize>, Vec<f32>)>, NnError> {
+    pub fn run(&mut self, inputs: &[(&[usize], &[f32])]) -> Result<Vec<Values>, NnError> {
         use wasmtime_wasi_nn::backend::Id;
         use wasmtime_wasi_nn::wit::TensorType;
         for (i, (shape, values)) in inputs.iter().enumerate() {

@@ -230,14 +230,13 @@ pub(crate) fn run(
     for step in &l.plan.steps {
         let pipeline = k.pipelines.get(&step.kernel).ok_or_else(|| NnError::Runtime("missing kernel".into()))?;
         let groups = step.n.div_ceil(WORKGROUP);
-        let gx = groups.min(MAX_GROUPS_X);
-        let gy = groups.div_ceil(MAX_GROUPS_X);
+        let [gx, gy, gz] = step.grid.unwrap_or([groups.min(MAX_GROUPS_X), groups.div_ceil(MAX_GROUPS_X), 1]);
         b.bind_pipeline_compute(pipeline.clone()).map_err(|e| vk("cannot bind a kernel")(&e))?;
         b.push_constants(pipeline.layout().clone(), 0, step.params)
             .map_err(|e| vk("cannot set kernel parameters")(&e))?;
         // SAFETY: the planner sized every offset the step's parameters name
         // inside the arena, and the shaders clamp storage accesses to it.
-        unsafe { b.dispatch([gx, gy, 1]) }.map_err(|e| vk("cannot dispatch a kernel")(&e))?;
+        unsafe { b.dispatch([gx, gy, gz]) }.map_err(|e| vk("cannot dispatch a kernel")(&e))?;
     }
     let mut at = 0u64;
     for (off, shape) in &l.plan.outputs {

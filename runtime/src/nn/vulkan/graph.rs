@@ -348,6 +348,9 @@ pub(crate) struct Step {
     pub(crate) kernel: Kernel,
     pub(crate) params: [u32; 32],
     pub(crate) n: u32,
+    /// Workgroups to dispatch, for kernels with their own grid (MatMul's
+    /// tiles); others get `n` invocations in 64-wide groups.
+    pub(crate) grid: Option<[u32; 3]>,
 }
 
 /// Everything needed to run the graph on inputs of given shapes.
@@ -433,7 +436,24 @@ impl Planner<'_> {
         p[..params.len()].copy_from_slice(params);
         let n = u32::try_from(n).map_err(|_| NnError::TooLarge("a step with more than 2^32 outputs".into()))?;
         if n > 0 {
-            self.steps.push(Step { kernel, params: p, n });
+            self.steps.push(Step { kernel, params: p, n, grid: None });
+        }
+        Ok(())
+    }
+
+    /// A MatMul step: one 16x16 workgroup per output tile.
+    fn matmul(&mut self, params: &[u32], m: usize, n: usize, batch: usize, node: &str) -> Result<(), NnError> {
+        let tiles = |d: usize| u32::try_from(d.div_ceil(16)).ok().filter(|t| *t <= 65535);
+        let (Some(x), Some(y), Some(z)) = (tiles(n), tiles(m), u32::try_from(batch).ok().filter(|b| *b <= 65535))
+        else {
+            return Err(unsupported(format!(
+                "node {node}: a MatMul of {batch} x [{m}, {n}] exceeds the dispatch grid"
+            )));
+        };
+        let mut p = [0u32; 32];
+        p[..params.len()].copy_from_slice(params);
+        if m * n * batch > 0 {
+            self.steps.push(Step { kernel: Kernel::MatMul, params: p, n: 1, grid: Some([x, y, z]) });
         }
         Ok(())
     }
@@ -565,7 +585,7 @@ impl OnnxGraph {
                     alpha.to_bits(),
                     beta.to_bits(),
                 ];
-                pl.step(Kernel::MatMul, &params, m * n)
+                pl.matmul(&params, m, n, 1, nm)
             }
             Op::MatMul => {
                 let (a, sa) = pl.arena(input(0)?, nm)?;
@@ -614,7 +634,7 @@ impl OnnxGraph {
                     1f32.to_bits(),
                     0,
                 ];
-                pl.step(Kernel::MatMul, &params, batch * m * n)
+                pl.matmul(&params, m, n, batch, nm)
             }
             Op::Binary(op) => {
                 let (a, sa) = pl.arena(input(0)?, nm)?;
@@ -662,7 +682,7 @@ impl OnnxGraph {
                 }
                 let (n, c, h, wd) = (sx[0], sx[1], sx[2], sx[3]);
                 let (m, cpg, kh, kw) = (sw[0], sw[1], sw[2], sw[3]);
-                if c % group != 0 || m % group != 0 || cpg != c / group || kh == 0 || kw == 0 {
+                if !c.is_multiple_of(*group) || !m.is_multiple_of(*group) || cpg != c / group || kh == 0 || kw == 0 {
                     return Err(bad(format!("Conv input {sx:?}, weights {sw:?} and group {group} do not agree")));
                 }
                 let bias = match node.inputs.get(2).filter(|s| !s.is_empty()) {
@@ -770,7 +790,7 @@ impl OnnxGraph {
                 }
                 if let Some(i) = infer {
                     let known = elems(&out);
-                    if known == 0 || elems(&s) % known != 0 {
+                    if known == 0 || !elems(&s).is_multiple_of(known) {
                         return Err(bad(format!("cannot reshape {s:?} to {spec:?}")));
                     }
                     out[i] = elems(&s) / known;

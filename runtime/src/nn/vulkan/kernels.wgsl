@@ -24,27 +24,45 @@ const NONE: u32 = 0xffffffffu;
 // 0 offA 1 offB 2 offC 3 offBias 4 M 5 N 6 K 7 batch 8 batch stride A
 // 9 batch stride B 10 A row stride 11 A k stride 12 B k stride
 // 13 B col stride 14 bias row stride 15 bias col stride 16 alpha 17 beta
-@compute @workgroup_size(64)
-fn matmul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let idx = index(gid, groups);
+//
+// 16x16 output tiles, one workgroup each (grid: N/16, M/16, batch); A and B
+// are staged through workgroup memory 16 k-steps at a time. Each output is
+// still one invocation's sum over k in ascending order: the same order as
+// a naive loop, and the same bits run to run.
+var<workgroup> tile_a: array<f32, 256>;
+var<workgroup> tile_b: array<f32, 256>;
+
+@compute @workgroup_size(16, 16)
+fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let mm = p(4u); let nn = p(5u); let kk = p(6u);
-    if (idx >= p(7u) * mm * nn) { return; }
-    let b = idx / (mm * nn);
-    let r = idx - b * mm * nn;
-    let i = r / nn;
-    let j = r - i * nn;
-    var a = p(0u) + b * p(8u) + i * p(10u);
-    var bb = p(1u) + b * p(9u) + j * p(13u);
-    let ak = p(11u); let bk = p(12u);
+    let b = wid.z;
+    let i = wid.y * 16u + lid.y;
+    let j = wid.x * 16u + lid.x;
+    let a_base = p(0u) + b * p(8u);
+    let b_base = p(1u) + b * p(9u);
+    let t = lid.y * 16u + lid.x;
     var acc = 0.0;
-    for (var k = 0u; k < kk; k++) {
-        acc = acc + m[a] * m[bb];
-        a += ak;
-        bb += bk;
+    for (var k0 = 0u; k0 < kk; k0 += 16u) {
+        let ka = k0 + lid.x;
+        var av = 0.0;
+        if (i < mm && ka < kk) { av = m[a_base + i * p(10u) + ka * p(11u)]; }
+        tile_a[t] = av;
+        let kb = k0 + lid.y;
+        var bv = 0.0;
+        if (kb < kk && j < nn) { bv = m[b_base + kb * p(12u) + j * p(13u)]; }
+        tile_b[t] = bv;
+        workgroupBarrier();
+        let steps = min(16u, kk - k0);
+        for (var k = 0u; k < steps; k++) {
+            acc = acc + tile_a[lid.y * 16u + k] * tile_b[k * 16u + lid.x];
+        }
+        workgroupBarrier();
     }
-    var y = pf(16u) * acc;
-    if (p(3u) != NONE) { y = y + pf(17u) * m[p(3u) + i * p(14u) + j * p(15u)]; }
-    m[p(2u) + idx] = y;
+    if (i < mm && j < nn) {
+        var y = pf(16u) * acc;
+        if (p(3u) != NONE) { y = y + pf(17u) * m[p(3u) + i * p(14u) + j * p(15u)]; }
+        m[p(2u) + (b * mm + i) * nn + j] = y;
+    }
 }
 
 // 0 op (0 add 1 mul 2 sub 3 div) 1 offA 2 offB 3 offC 4 n 5 rank
