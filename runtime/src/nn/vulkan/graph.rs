@@ -441,9 +441,9 @@ impl Planner<'_> {
         Ok(())
     }
 
-    /// A MatMul step: one 16x16 workgroup per output tile.
+    /// A MatMul step: one workgroup per 64x64 output tile.
     fn matmul(&mut self, params: &[u32], m: usize, n: usize, batch: usize, node: &str) -> Result<(), NnError> {
-        let tiles = |d: usize| u32::try_from(d.div_ceil(16)).ok().filter(|t| *t <= 65535);
+        let tiles = |d: usize| u32::try_from(d.div_ceil(64)).ok().filter(|t| *t <= 65535);
         let (Some(x), Some(y), Some(z)) = (tiles(n), tiles(m), u32::try_from(batch).ok().filter(|b| *b <= 65535))
         else {
             return Err(unsupported(format!(

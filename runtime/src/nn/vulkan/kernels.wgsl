@@ -25,43 +25,64 @@ const NONE: u32 = 0xffffffffu;
 // 9 batch stride B 10 A row stride 11 A k stride 12 B k stride
 // 13 B col stride 14 bias row stride 15 bias col stride 16 alpha 17 beta
 //
-// 16x16 output tiles, one workgroup each (grid: N/16, M/16, batch); A and B
-// are staged through workgroup memory 16 k-steps at a time. Each output is
-// still one invocation's sum over k in ascending order: the same order as
-// a naive loop, and the same bits run to run.
-var<workgroup> tile_a: array<f32, 256>;
-var<workgroup> tile_b: array<f32, 256>;
+// 64x64 output tiles, one 16x16 workgroup each (grid: N/64, M/64, batch);
+// each invocation computes a 4x4 block (rows ly + 16r, columns lx + 16c).
+// A and B are staged through workgroup memory 16 k-steps at a time. Each
+// output is still one invocation's sum over k in ascending order: the same
+// order as a naive loop, and the same bits run to run.
+var<workgroup> tile_a: array<f32, 1024>; // [64 rows][16 k]
+var<workgroup> tile_b: array<f32, 1024>; // [16 k][64 columns]
 
 @compute @workgroup_size(16, 16)
 fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let mm = p(4u); let nn = p(5u); let kk = p(6u);
     let b = wid.z;
-    let i = wid.y * 16u + lid.y;
-    let j = wid.x * 16u + lid.x;
+    let row0 = wid.y * 64u;
+    let col0 = wid.x * 64u;
     let a_base = p(0u) + b * p(8u);
     let b_base = p(1u) + b * p(9u);
     let t = lid.y * 16u + lid.x;
-    var acc = 0.0;
+    var acc: array<f32, 16>;
+    for (var q = 0u; q < 16u; q++) { acc[q] = 0.0; }
     for (var k0 = 0u; k0 < kk; k0 += 16u) {
-        let ka = k0 + lid.x;
-        var av = 0.0;
-        if (i < mm && ka < kk) { av = m[a_base + i * p(10u) + ka * p(11u)]; }
-        tile_a[t] = av;
-        let kb = k0 + lid.y;
-        var bv = 0.0;
-        if (kb < kk && j < nn) { bv = m[b_base + kb * p(12u) + j * p(13u)]; }
-        tile_b[t] = bv;
+        for (var q = 0u; q < 4u; q++) {
+            let e = t + 256u * q;
+            let gi = row0 + (e >> 4u);
+            let ga = k0 + (e & 15u);
+            var av = 0.0;
+            if (gi < mm && ga < kk) { av = m[a_base + gi * p(10u) + ga * p(11u)]; }
+            tile_a[e] = av;
+            let gb = k0 + (e >> 6u);
+            let gj = col0 + (e & 63u);
+            var bv = 0.0;
+            if (gb < kk && gj < nn) { bv = m[b_base + gb * p(12u) + gj * p(13u)]; }
+            tile_b[e] = bv;
+        }
         workgroupBarrier();
         let steps = min(16u, kk - k0);
         for (var k = 0u; k < steps; k++) {
-            acc = acc + tile_a[lid.y * 16u + k] * tile_b[k * 16u + lid.x];
+            var a: array<f32, 4>;
+            var bb: array<f32, 4>;
+            for (var r = 0u; r < 4u; r++) { a[r] = tile_a[(lid.y + 16u * r) * 16u + k]; }
+            for (var c = 0u; c < 4u; c++) { bb[c] = tile_b[k * 64u + lid.x + 16u * c]; }
+            for (var r = 0u; r < 4u; r++) {
+                for (var c = 0u; c < 4u; c++) {
+                    acc[r * 4u + c] = acc[r * 4u + c] + a[r] * bb[c];
+                }
+            }
         }
         workgroupBarrier();
     }
-    if (i < mm && j < nn) {
-        var y = pf(16u) * acc;
-        if (p(3u) != NONE) { y = y + pf(17u) * m[p(3u) + i * p(14u) + j * p(15u)]; }
-        m[p(2u) + (b * mm + i) * nn + j] = y;
+    for (var r = 0u; r < 4u; r++) {
+        let i = row0 + lid.y + 16u * r;
+        for (var c = 0u; c < 4u; c++) {
+            let j = col0 + lid.x + 16u * c;
+            if (i < mm && j < nn) {
+                var y = pf(16u) * acc[r * 4u + c];
+                if (p(3u) != NONE) { y = y + pf(17u) * m[p(3u) + i * p(14u) + j * p(15u)]; }
+                m[p(2u) + (b * mm + i) * nn + j] = y;
+            }
+        }
     }
 }
 
