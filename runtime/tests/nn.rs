@@ -289,6 +289,22 @@ fn gpu_memory_per_job_is_bounded() {
 }
 
 #[test]
+fn gpu_work_per_inference_is_bounded_before_anything_is_submitted() {
+    let store = MemStore::new();
+    let mut spec = Spec::new(add(&store, &common::sample("classify")));
+    spec.inputs.push(Input { cid: add(&store, &digits().join("data")), path: vec![], guest: "/inputs".into() });
+    spec.models.push(("digits".into(), add(&store, &digits().join("digits_mlp.onnx"))));
+    spec.gpu = true;
+    // A batch of 32 is about 35 000 multiply-adds.
+    spec.nn_limits.gpu_work = 10_000;
+    let scratch = tempfile::tempdir().unwrap();
+    let f = job::run(gpu_executor(), &store, &spec, scratch.path()).unwrap();
+    assert_ne!(f.exit_status, 0);
+    let stderr = cat(&store, &f.result, "stderr");
+    assert!(stderr.contains("more than 10000 operations on the GPU"), "{stderr}");
+}
+
+#[test]
 fn classifier_guest_runs_on_the_gpu_backend() {
     let (stdout, tsv, devices) = classify_job(gpu_executor(), true);
     assert!(stdout.contains("accuracy: 0.9833 (354/360)"), "{stdout}");

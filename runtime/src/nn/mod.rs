@@ -70,6 +70,13 @@ pub struct NnLimits {
     /// GPU memory one job's execution context may allocate (weights plus
     /// every intermediate tensor). Default: 512 MiB.
     pub gpu_memory: u64,
+    /// Operations (multiply-adds for MatMul/Gemm/Conv, window elements for
+    /// pooling, elements elsewhere) one GPU inference may plan. Work already
+    /// submitted to a device cannot be stopped, so this bounds how long a
+    /// compute can hold the device past the job's deadline. Default: 2^34
+    /// (about 17 G: tens of seconds on lavapipe, well under a second on a
+    /// GPU).
+    pub gpu_work: u64,
 }
 
 impl Default for NnLimits {
@@ -81,6 +88,7 @@ impl Default for NnLimits {
             graphs: 16,
             contexts: 64,
             gpu_memory: 512 << 20,
+            gpu_work: 1 << 34,
         }
     }
 }

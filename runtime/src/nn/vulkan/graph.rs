@@ -379,6 +379,8 @@ struct Planner<'a> {
     next: usize,
     vals: HashMap<String, Val>,
     steps: Vec<Step>,
+    /// Multiply-adds (or element operations) planned so far.
+    work: u128,
 }
 
 fn elems(shape: &[usize]) -> usize {
@@ -431,7 +433,23 @@ impl Planner<'_> {
         }
     }
 
+    /// Counts `ops` against the job's GPU work limit. A dispatch cannot be
+    /// stopped once submitted (and waiting for the device outlives the job's
+    /// deadline), so the work a guest can ask for is bounded up front.
+    fn charge(&mut self, ops: u128, node: &str) -> Result<(), NnError> {
+        self.work = self.work.saturating_add(ops);
+        if self.work > self.limits.gpu_work as u128 {
+            let at = if node.is_empty() { String::new() } else { format!("node {node}: ") };
+            return Err(NnError::TooLarge(format!(
+                "{at}one inference would take more than {} operations on the GPU (the job's GPU work limit)",
+                self.limits.gpu_work
+            )));
+        }
+        Ok(())
+    }
+
     fn step(&mut self, kernel: Kernel, params: &[u32], n: usize) -> Result<(), NnError> {
+        self.charge(n as u128, "")?;
         let mut p = [0u32; 32];
         p[..params.len()].copy_from_slice(params);
         let n = u32::try_from(n).map_err(|_| NnError::TooLarge("a step with more than 2^32 outputs".into()))?;
@@ -443,6 +461,7 @@ impl Planner<'_> {
 
     /// A MatMul step: one workgroup per 64x64 output tile.
     fn matmul(&mut self, params: &[u32], m: usize, n: usize, batch: usize, node: &str) -> Result<(), NnError> {
+        self.charge(batch as u128 * m as u128 * n as u128 * params[6] as u128, node)?;
         let tiles = |d: usize| u32::try_from(d.div_ceil(64)).ok().filter(|t| *t <= 65535);
         let (Some(x), Some(y), Some(z)) = (tiles(n), tiles(m), u32::try_from(batch).ok().filter(|b| *b <= 65535))
         else {
@@ -490,7 +509,7 @@ impl OnnxGraph {
             )));
         }
         let max_elements = usize::try_from((max_bytes / 4).min(u32::MAX as u64 - 64)).unwrap_or(usize::MAX);
-        let mut pl = Planner { limits, max_elements, next: 0, vals: HashMap::new(), steps: Vec::new() };
+        let mut pl = Planner { limits, max_elements, next: 0, vals: HashMap::new(), steps: Vec::new(), work: 0 };
         let mut weights = Vec::new();
         for (name, c) in &self.consts {
             match c {
@@ -746,6 +765,7 @@ impl OnnxGraph {
                     u(dilations[1])?,
                     u(*group)?,
                 ];
+                pl.charge((n * m * oh * ow) as u128 * (cpg * kh * kw) as u128, nm)?;
                 pl.step(Kernel::Conv, &p, n * m * oh * ow)
             }
             Op::Pool { max, kernel, strides, pads, count_include_pad } => {
@@ -766,6 +786,7 @@ impl OnnxGraph {
                 let (len, inner) = if self.legacy_softmax { (elems(&s[a..]), 1) } else { (s[a], elems(&s[a + 1..])) };
                 let y = pl.out(node, s)?;
                 let p = [pl.u(x, nm)?, pl.u(y, nm)?, pl.u(outer, nm)?, pl.u(len, nm)?, pl.u(inner, nm)?];
+                pl.charge((outer * inner) as u128 * len as u128 * 3, nm)?;
                 pl.step(Kernel::Softmax, &p, outer * inner)
             }
             Op::Reshape { allowzero } => {
@@ -966,6 +987,7 @@ impl OnnxGraph {
             if max { 0 } else { 1 },
             count_include_pad as u32,
         ];
+        pl.charge((nc * oh * ow) as u128 * (kernel[0] * kernel[1]) as u128, nm)?;
         pl.step(Kernel::Pool, &p, nc * oh * ow)
     }
 }
