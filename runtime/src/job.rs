@@ -134,7 +134,7 @@ impl Spec {
                 "limits": {
                     "model_bytes": n.model_bytes, "tensor_bytes": n.tensor_bytes, "tensor_rank": n.tensor_rank,
                     "graphs": n.graphs, "contexts": n.contexts, "gpu_memory": n.gpu_memory,
-                    "gpu_work": n.gpu_work,
+                    "gpu_work": n.gpu_work, "cpu_memory": n.cpu_memory,
                 },
             });
         }

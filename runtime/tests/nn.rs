@@ -201,6 +201,27 @@ fn named_models_are_bounded_by_the_model_size_limit() {
 }
 
 #[test]
+fn cpu_intermediate_tensors_are_bounded_before_tract_allocates_them() {
+    // The digits MLP's hidden layer for a batch of 128 is [128, 64] floats
+    // (32 KiB); the input, [128, 64] too, would pass a 32 KiB limit alone.
+    let mut t = common::task("classify", &["-m", "/model/digits_mlp.onnx", "-b", "128"]);
+    t.mounts.push(Mount::new(digits().join("data"), "/inputs"));
+    t.mounts.push(Mount::new(digits(), "/model"));
+    t.nn.limits.tensor_bytes = 32 << 10;
+    t.nn.limits.cpu_memory = 64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    t.outputs = Some(dir.path().to_path_buf());
+    let o = common::executor().run(&t).unwrap();
+    assert!(!o.success());
+    let err = String::from_utf8_lossy(&o.stderr.bytes).into_owned();
+    assert!(
+        err.contains("shoal: wasi-nn compute:")
+            && err.contains("more than the job's CPU inference memory limit of 65536"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_gpu_job_on_a_node_without_a_usable_gpu_fails_with_a_clear_message() {
     // Software devices are not allowed by default, and CI has no GPU.
     let exec = Executor::new(Config::default()).unwrap();

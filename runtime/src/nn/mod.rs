@@ -77,6 +77,10 @@ pub struct NnLimits {
     /// (about 17 G: tens of seconds on lavapipe, well under a second on a
     /// GPU).
     pub gpu_work: u64,
+    /// Bytes of tensors (weights and every intermediate, an upper bound on
+    /// what tract holds at once) one CPU inference may plan; each
+    /// intermediate is also bounded by `tensor_bytes`. Default: 1 GiB.
+    pub cpu_memory: u64,
 }
 
 impl Default for NnLimits {
@@ -89,6 +93,7 @@ impl Default for NnLimits {
             contexts: 64,
             gpu_memory: 512 << 20,
             gpu_work: 1 << 34,
+            cpu_memory: 1 << 30,
         }
     }
 }

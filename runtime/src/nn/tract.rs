@@ -58,9 +58,12 @@ impl Inner {
                 .with_input_fact(i, f32::fact(shape).into())
                 .map_err(|e| NnError::InvalidArgument(format!("input {i} cannot have shape {shape:?}: {e:#}")))?;
         }
-        let plan = model.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| {
+        let cannot = |e: TractError| {
             NnError::InvalidArgument(format!("the model cannot run on inputs of shapes {shapes:?}: {e:#}"))
-        })?;
+        };
+        let optimized = model.into_optimized().map_err(cannot)?;
+        check_memory(&optimized, &super::scope().limits)?;
+        let plan = optimized.into_runnable().map_err(cannot)?;
         let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
         if plans.len() >= PLANS_PER_GRAPH {
             plans.remove(0);
@@ -68,6 +71,38 @@ impl Inner {
         plans.push((shapes.to_vec(), plan.clone()));
         Ok(plan)
     }
+}
+
+/// Refuses a plan whose tensors exceed the job's bounds before tract
+/// allocates them: a small input can ask a crafted model for huge
+/// intermediates, and host memory is the node's, not the job's.
+fn check_memory(model: &TypedModel, limits: &super::NnLimits) -> Result<(), NnError> {
+    let mut total: u128 = 0;
+    for node in model.nodes() {
+        for (i, o) in node.outputs.iter().enumerate() {
+            let shape = o.fact.shape.as_concrete().ok_or_else(|| {
+                NnError::Unsupported(format!(
+                    "node {} output {i} has a symbolic shape after shapes were fixed",
+                    node.name
+                ))
+            })?;
+            let bytes = shape.iter().map(|d| *d as u128).product::<u128>() * o.fact.datum_type.size_of() as u128;
+            if o.fact.konst.is_none() && bytes > limits.tensor_bytes as u128 {
+                return Err(NnError::TooLarge(format!(
+                    "node {} would produce a tensor of shape {shape:?} ({bytes} bytes), more than the job's tensor limit of {}",
+                    node.name, limits.tensor_bytes
+                )));
+            }
+            total += bytes;
+        }
+    }
+    if total > limits.cpu_memory as u128 {
+        return Err(NnError::TooLarge(format!(
+            "one inference would use up to {total} bytes of tensors, more than the job's CPU inference memory limit of {}",
+            limits.cpu_memory
+        )));
+    }
+    Ok(())
 }
 
 struct TractGraph {
