@@ -359,3 +359,23 @@ fn gpu_matmul_tiles_cover_ragged_shapes() {
     let scale = oc[0].1.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(max_diff(&og[0].1, &oc[0].1) <= scale * 1e-5, "{}", max_diff(&og[0].1, &oc[0].1));
 }
+
+#[test]
+fn gpu_conv_and_pool_variants_match_onnxruntime() {
+    // SAME_UPPER with stride 2, a grouped dilated Conv whose groups hold 2
+    // output channels (the one-channel-per-invocation path), padded pools.
+    let s = gpu_session();
+    let text = std::fs::read_to_string(digits().join("conv_reference.tsv")).unwrap();
+    let mut lines = text.lines().filter(|l| !l.starts_with('#'));
+    let shape: Vec<usize> = lines.next().unwrap().split('\t').map(|v| v.parse().unwrap()).collect();
+    let expected: Vec<f32> = lines.next().unwrap().split('\t').map(|v| v.parse().unwrap()).collect();
+    let x: Vec<f32> = (0..2 * 64).map(|i| ((i * 7919) % 17) as f32 / 16.0 - 0.5).collect();
+    for target in [Target::Gpu, Target::Cpu] {
+        let mut m = s.load(&model("conv_variants.onnx"), target).unwrap();
+        let out = m.run(&[(&[2, 1, 8, 8], &x)]).unwrap();
+        assert_eq!(out[0].0, shape, "{target}");
+        let d = max_diff(&out[0].1, &expected);
+        eprintln!("conv_variants: {target} vs onnxruntime {d:e}");
+        assert!(d < 1e-5, "{target}: largest difference from onnxruntime {d}");
+    }
+}

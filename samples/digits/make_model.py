@@ -19,6 +19,11 @@ Only needed to *regenerate* the committed files (tests need no Python):
                     (digits_mlp.onnx), "%.9g": the tests' reference.
   ops_reference.tsv onnxruntime's outputs of ops_cnn.onnx for the first 32
                     held-out images.
+  conv_variants.onnx  Conv with auto_pad SAME_UPPER and stride 2, grouped
+                    dilated Conv (channels per group not a multiple of 4),
+                    padded MaxPool and AveragePool counting pads, on a
+                    [2,1,8,8] input x[i] = ((i * 7919) % 17) / 16 - 0.5;
+                    conv_reference.tsv holds onnxruntime's outputs.
   unsupported.onnx  a graph with ops outside the GPU op set (LeakyRelu,
                     Erf): the GPU backend must refuse it at load.
   bench_matmul.onnx one MatMul, [N,256] x [256,256], and
@@ -152,7 +157,23 @@ def small_models():
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 32, 32, 32])],
         [cw, cb],
     )
-    return {"unsupported": unsupported, "bench_matmul": matmul, "bench_conv": conv}
+    cw1 = numpy_helper.from_array((rng.standard_normal((6, 1, 3, 3)) / 3).astype(np.float32), "w1")
+    cw2 = numpy_helper.from_array((rng.standard_normal((6, 2, 3, 3)) / 3).astype(np.float32), "w2")
+    cb2 = numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "b2")
+    variants = helper.make_graph(
+        [
+            n("Conv", ["input", "w1"], ["c1"], auto_pad="SAME_UPPER", strides=[2, 2], kernel_shape=[3, 3]),
+            n("Conv", ["c1", "w2", "b2"], ["c2"], group=3, dilations=[2, 2], pads=[2, 2, 2, 2]),
+            n("MaxPool", ["c2"], ["p1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]),
+            n("AveragePool", ["p1"], ["p2"], kernel_shape=[2, 2], pads=[1, 1, 0, 0], count_include_pad=1),
+            n("Flatten", ["p2"], ["output"]),
+        ],
+        "conv_variants",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 96])],
+        [cw1, cw2, cb2],
+    )
+    return {"conv_variants": variants, "unsupported": unsupported, "bench_matmul": matmul, "bench_conv": conv}
 
 
 def finish(graph):
@@ -213,5 +234,16 @@ def main():
             f.write("\t".join([name] + [f"{v:.9g}" for v in o]) + "\n")
 
 
+def conv_reference():
+    x = ((np.arange(2 * 64) * 7919) % 17 / 16.0 - 0.5).astype(np.float32).reshape(2, 1, 8, 8)
+    sess = ort.InferenceSession(os.path.join(HERE, "conv_variants.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input": x})[0]
+    with open(os.path.join(HERE, "conv_reference.tsv"), "w") as f:
+        f.write(f"# onnxruntime {ort.__version__} on conv_variants.onnx: shape, then outputs\n")
+        f.write("\t".join(str(d) for d in out.shape) + "\n")
+        f.write("\t".join(f"{v:.9g}" for v in out.reshape(-1)) + "\n")
+
+
 if __name__ == "__main__":
     main()
+    conv_reference()

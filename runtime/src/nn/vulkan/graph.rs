@@ -742,6 +742,9 @@ impl OnnxGraph {
                 let oh = (hp - ek[0]) / strides[0] + 1;
                 let ow = (wp - ek[1]) / strides[1] + 1;
                 let y = pl.out(node, vec![n, m, oh, ow])?;
+                // Four output channels per invocation when they fall in
+                // one group (so they share their input values).
+                let cb = if (m / group).is_multiple_of(4) { 4 } else { 1 };
                 let u = |v: usize| pl.u(v, nm);
                 let p = [
                     u(x)?,
@@ -764,9 +767,10 @@ impl OnnxGraph {
                     u(dilations[0])?,
                     u(dilations[1])?,
                     u(*group)?,
+                    cb as u32,
                 ];
                 pl.charge((n * m * oh * ow) as u128 * (cpg * kh * kw) as u128, nm)?;
-                pl.step(Kernel::Conv, &p, n * m * oh * ow)
+                pl.step(Kernel::Conv, &p, n * (m / cb) * oh * ow)
             }
             Op::Pool { max, kernel, strides, pads, count_include_pad } => {
                 let (x, sx) = pl.arena(input(0)?, nm)?;

@@ -149,38 +149,51 @@ fn copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     m[dst] = m[src];
 }
 
-// 2-D convolution, NCHW, with groups, strides, pads and dilations.
+// 2-D convolution, NCHW, with groups, strides, pads and dilations. One
+// invocation computes `cb` (1 or 4) consecutive output channels of one
+// output pixel, so each input value is loaded once for all of them; each
+// output is still summed over (c, kh, kw) in ascending order, bias last.
 // 0 offX 1 offW 2 offBias 3 offY 4 N 5 C 6 H 7 W 8 M 9 OH 10 OW 11 KH
-// 12 KW 13 sh 14 sw 15 pad top 16 pad left 17 dh 18 dw 19 group
+// 12 KW 13 sh 14 sw 15 pad top 16 pad left 17 dh 18 dw 19 group 20 cb
 @compute @workgroup_size(64)
 fn conv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let idx = index(gid, groups);
-    let oh_n = p(9u); let ow_n = p(10u); let mo_n = p(8u);
-    if (idx >= p(4u) * mo_n * oh_n * ow_n) { return; }
+    let oh_n = p(9u); let ow_n = p(10u); let mo_n = p(8u); let cb = p(20u);
+    let blocks = mo_n / cb;
+    if (idx >= p(4u) * blocks * oh_n * ow_n) { return; }
     let ow = idx % ow_n;
     let oh = (idx / ow_n) % oh_n;
-    let mo = (idx / (ow_n * oh_n)) % mo_n;
-    let n = idx / (ow_n * oh_n * mo_n);
+    let mo0 = ((idx / (ow_n * oh_n)) % blocks) * cb;
+    let n = idx / (ow_n * oh_n * blocks);
     let cc = p(5u); let h = p(6u); let w = p(7u); let kh_n = p(11u); let kw_n = p(12u);
     let cpg = cc / p(19u);
-    let g = mo / (mo_n / p(19u));
-    var acc = 0.0;
+    let g = mo0 / (mo_n / p(19u));
+    let kvol = kh_n * kw_n;
+    let wstride = cpg * kvol;
+    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     for (var c = 0u; c < cpg; c++) {
         let ci = g * cpg + c;
         let xbase = p(0u) + (n * cc + ci) * h * w;
-        let wbase = p(1u) + ((mo * cpg + c) * kh_n) * kw_n;
+        let wbase = p(1u) + (mo0 * cpg + c) * kvol;
         for (var kh = 0u; kh < kh_n; kh++) {
             let ih = i32(oh * p(13u) + kh * p(17u)) - i32(p(15u));
             if (ih < 0 || ih >= i32(h)) { continue; }
             for (var kw = 0u; kw < kw_n; kw++) {
                 let iw = i32(ow * p(14u) + kw * p(18u)) - i32(p(16u));
                 if (iw < 0 || iw >= i32(w)) { continue; }
-                acc = acc + m[xbase + u32(ih) * w + u32(iw)] * m[wbase + kh * kw_n + kw];
+                let x = m[xbase + u32(ih) * w + u32(iw)];
+                let wk = wbase + kh * kw_n + kw;
+                for (var q = 0u; q < cb; q++) {
+                    acc[q] = acc[q] + x * m[wk + q * wstride];
+                }
             }
         }
     }
-    if (p(2u) != NONE) { acc = acc + m[p(2u) + mo]; }
-    m[p(3u) + idx] = acc;
+    for (var q = 0u; q < cb; q++) {
+        var y = acc[q];
+        if (p(2u) != NONE) { y = y + m[p(2u) + mo0 + q]; }
+        m[p(3u) + ((n * mo_n + mo0 + q) * oh_n + oh) * ow_n + ow] = y;
+    }
 }
 
 // Max or average pooling, NCHW (GlobalAveragePool is a full-size window).
