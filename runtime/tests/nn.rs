@@ -370,6 +370,7 @@ fn gpu_conv_and_pool_variants_match_onnxruntime() {
     let shape: Vec<usize> = lines.next().unwrap().split('\t').map(|v| v.parse().unwrap()).collect();
     let expected: Vec<f32> = lines.next().unwrap().split('\t').map(|v| v.parse().unwrap()).collect();
     let x: Vec<f32> = (0..2 * 64).map(|i| ((i * 7919) % 17) as f32 / 16.0 - 0.5).collect();
+    let mut outs = Vec::new();
     for target in [Target::Gpu, Target::Cpu] {
         let mut m = s.load(&model("conv_variants.onnx"), target).unwrap();
         let out = m.run(&[(&[2, 1, 8, 8], &x)]).unwrap();
@@ -377,5 +378,7 @@ fn gpu_conv_and_pool_variants_match_onnxruntime() {
         let d = max_diff(&out[0].1, &expected);
         eprintln!("conv_variants: {target} vs onnxruntime {d:e}");
         assert!(d < 1e-5, "{target}: largest difference from onnxruntime {d}");
+        outs.push(out[0].1.clone());
     }
+    eprintln!("conv_variants: CPU vs GPU {:e}", max_diff(&outs[0], &outs[1]));
 }
