@@ -382,3 +382,15 @@ fn gpu_conv_and_pool_variants_match_onnxruntime() {
     }
     eprintln!("conv_variants: CPU vs GPU {:e}", max_diff(&outs[0], &outs[1]));
 }
+
+#[test]
+fn native_callers_get_errors_for_inconsistent_tensors_on_both_backends() {
+    let s = gpu_session();
+    for target in [Target::Cpu, Target::Gpu] {
+        let mut m = s.load(&model("digits_mlp.onnx"), target).unwrap();
+        let e = m.run(&[(&[4, 64], &[0.0; 10])]).unwrap_err();
+        assert!(matches!(e, NnError::InvalidArgument(_)), "{target}: {e:?}");
+        let e = m.run(&[(&[usize::MAX, 2], &[0.0; 10])]).unwrap_err();
+        assert!(matches!(e, NnError::TooLarge(_) | NnError::InvalidArgument(_)), "{target}: {e:?}");
+    }
+}

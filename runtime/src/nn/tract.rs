@@ -198,7 +198,7 @@ fn to_tract(t: &wasmtime_wasi_nn::Tensor) -> Result<Tensor, NnError> {
         return Err(NnError::Unsupported(format!("tensor type {:?}: only f32 tensors are supported", t.ty)));
     }
     let shape: Vec<usize> = t.dimensions.iter().map(|d| *d as usize).collect();
-    if t.data.len() != shape.iter().product::<usize>() * 4 {
+    if shape.iter().try_fold(4usize, |a, d| a.checked_mul(*d)) != Some(t.data.len()) {
         return Err(NnError::InvalidArgument("tensor data does not match its shape".into()));
     }
     let bad = |e: TractError| NnError::InvalidArgument(format!("bad tensor: {e:#}"));

@@ -178,7 +178,11 @@ pub(crate) fn load(gpu: &Gpu, k: &Kernels, plan: Plan, timeout: Duration) -> Res
     }
     let set = DescriptorSet::new(
         k.sets.clone(),
-        k.layout.set_layouts()[0].clone(),
+        k.layout
+            .set_layouts()
+            .first()
+            .cloned()
+            .ok_or_else(|| NnError::Runtime("the GPU kernels declare no descriptor set".into()))?,
         [WriteDescriptorSet::buffer(0, arena.clone())],
         [],
     )

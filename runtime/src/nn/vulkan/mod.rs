@@ -110,7 +110,16 @@ impl BackendExecutionContext for VulkanContext {
                 tensor.ty
             ))));
         }
-        let shape = tensor.dimensions.iter().map(|d| *d as usize).collect();
+        let shape: Vec<usize> = tensor.dimensions.iter().map(|d| *d as usize).collect();
+        // The ABI layer checks this for guests; native callers (Session)
+        // reach here directly.
+        let bytes = shape.iter().try_fold(4usize, |a, d| a.checked_mul(*d));
+        if bytes != Some(tensor.data.len()) {
+            return Err(to_backend(NnError::InvalidArgument(format!(
+                "a tensor of shape {shape:?} (f32) needs {bytes:?} bytes of data, got {}",
+                tensor.data.len()
+            ))));
+        }
         let values = tensor.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         self.inputs[i] = Some((shape, values));
         Ok(())
