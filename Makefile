@@ -17,8 +17,10 @@ build:
 deps:
 	scripts/setup.sh --samples
 
+# --vulkan: Mesa's software Vulkan driver (lavapipe) runs the GPU backend's
+# tests where there is no GPU.
 deps-test:
-	scripts/setup.sh --test --samples
+	scripts/setup.sh --test --samples --vulkan
 
 samples: deps
 	$(MAKE) -C samples
@@ -43,6 +45,7 @@ bench: deps-test
 	$(MAKE) -C samples
 	$(CARGO) bench -p shoal-storage --bench storage
 	$(CARGO) bench -p shoal-runtime --bench runtime
+	$(CARGO) bench -p shoal-runtime --bench nn
 	$(CARGO) bench -p shoal --features bench-tools --bench process
 	scripts/offline.sh $(CARGO) bench --offline -p shoal --bench network
 

@@ -54,6 +54,18 @@ pub struct RunArgs {
     /// Use real clocks and OS randomness (the result is marked as such).
     #[arg(long)]
     pub nondeterministic: bool,
+    /// Map an ONNX model for wasi-nn's `load_by_name`: NAME=SRC, SRC a
+    /// file or a CID. Repeatable.
+    #[arg(long = "model", value_name = "NAME=SRC", value_parser = parse_env)]
+    pub models: Vec<(String, String)>,
+    /// The job asks for a GPU: wasi-nn may use the `gpu` target, and named
+    /// models run on it. Fails when this node has no usable GPU.
+    #[arg(long)]
+    pub gpu: bool,
+    /// Let `--gpu` use a software Vulkan device (lavapipe) when there is no
+    /// hardware GPU: correct, but slow.
+    #[arg(long)]
+    pub allow_software_gpu: bool,
     /// Print only the result CID (as the last line) after the job's output.
     #[arg(short, long)]
     pub quiet: bool,
@@ -138,6 +150,7 @@ pub fn outcome_json(o: &Outcome) -> serde_json::Value {
         "deterministic": o.deterministic,
         "outputs": {"bytes": o.outputs.bytes, "files": o.outputs.files, "symlinks": o.outputs.symlinks},
         "cached": o.cached,
+        "nn_devices": o.nn_devices,
     })
 }
 
@@ -248,6 +261,13 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
         let (cid, path) = resolve_source(&store, &input.src).with_context(|| format!("input {}", input.src))?;
         spec.inputs.push(Input { cid, path, guest: input.guest.clone() });
     }
+    for (name, src) in &a.models {
+        let (root, path) = resolve_source(&store, src).with_context(|| format!("model {name}"))?;
+        let cid =
+            shoal_storage::exporter::resolve(store.get(), &root, &path).with_context(|| format!("model {name}"))?;
+        spec.models.push((name.clone(), cid));
+    }
+    spec.gpu = a.gpu;
     spec.limits = a.limits();
     spec.deterministic = !a.nondeterministic;
     if !ctx.json {
@@ -269,6 +289,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
     // memory limit reserves (and later unmaps) far less address space.
     config.max_concurrent_jobs = 1;
     config.max_memory = config.max_memory.min(spec.limits.memory.max(1 << 20));
+    config.allow_software_gpu = a.allow_software_gpu;
     let exec = Executor::new(config).context("cannot start the wasm engine")?;
     let finished = job::run(&exec, store.get(), &spec, &ctx.home.join("tmp"))?;
     let o = &finished.outcome;
@@ -295,6 +316,9 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
             writeln!(out, "result: {}", finished.result)?;
             writeln!(out, "exit code: {}", finished.exit_status)?;
             writeln!(out, "outputs: {}", finished.outputs)?;
+            for d in &o.nn_devices {
+                writeln!(out, "wasi-nn device: {d}")?;
+            }
         }
     }
     Ok(ExitCode::from(u8::try_from(finished.exit_status & 0xff).unwrap_or(1)))

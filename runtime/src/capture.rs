@@ -64,6 +64,12 @@ impl CappedPipe {
         true
     }
 
+    /// A host-written line (e.g. why a wasi-nn call failed), capped like the
+    /// guest's own writes.
+    pub(crate) fn note(&self, data: &[u8]) {
+        self.append(data);
+    }
+
     pub(crate) fn overflowed(&self) -> bool {
         self.lock().truncated
     }

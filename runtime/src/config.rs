@@ -72,6 +72,13 @@ pub struct Config {
     pub deterministic_floats: bool,
     /// Epoch source. Default: a thread ticking every 10 ms.
     pub tick: TickSource,
+    /// Let wasi-nn's `gpu` target use a software Vulkan device (lavapipe)
+    /// when the node has no hardware GPU: correct but slow, so a node must
+    /// opt in. Default: `false`.
+    pub allow_software_gpu: bool,
+    /// Prepared wasi-nn graphs kept in memory, by model CID and target.
+    /// Default: 16.
+    pub nn_cache_entries: usize,
 }
 
 impl Default for Config {
@@ -85,6 +92,8 @@ impl Default for Config {
             max_wasm_stack: 1 << 20,
             deterministic_floats: true,
             tick: TickSource::default(),
+            allow_software_gpu: false,
+            nn_cache_entries: 16,
         }
     }
 }

@@ -50,6 +50,9 @@ pub enum Error {
     /// `Config::max_concurrent_jobs`).
     #[error("wasmtime: {0}")]
     Engine(String),
+    /// The job asks for a GPU and this node has none it may use.
+    #[error("the job asks for a GPU (gpu: true), but {0}")]
+    NoGpu(String),
 }
 
 impl Error {

@@ -78,6 +78,17 @@ pub(crate) struct StoreData {
     limiter: Limiter,
     watch: Watch,
     listing: crate::shims::ListingCache,
+    nn: crate::nn::JobNn,
+}
+
+impl crate::nn::abi::NnHost for StoreData {
+    fn nn(&mut self) -> &mut crate::nn::JobNn {
+        &mut self.nn
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.watch.deadline
+    }
 }
 
 fn wasi_of(d: &mut StoreData) -> &mut WasiP1Ctx {
@@ -124,6 +135,8 @@ pub struct Executor {
     /// address can never be reused for different bytes. Saves hashing the
     /// module on every run of the same buffer (~0.1 ms per 150 KB).
     recent_keys: std::sync::Mutex<Vec<(Arc<[u8]>, cache::Key)>>,
+    /// wasi-nn backends and prepared graphs, shared by all jobs.
+    nn: Arc<crate::nn::Shared>,
 }
 
 /// How many module buffers' keys are remembered by identity.
@@ -143,10 +156,12 @@ impl Executor {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, wasi_of).map_err(Error::engine)?;
         crate::shims::add_to_linker(&mut linker).map_err(Error::engine)?;
+        crate::nn::abi::add_to_linker(&mut linker).map_err(Error::engine)?;
+        let nn = Arc::new(crate::nn::Shared::new(config.allow_software_gpu, config.nn_cache_entries));
         // Remember what the linker provides so a link failure can name every
         // missing import, not just the first one wasmtime reports.
         let provided = {
-            let mut store = Store::new(&engine, placeholder_data());
+            let mut store = Store::new(&engine, placeholder_data(nn.clone()));
             linker.iter(&mut store).map(|(m, n, _)| (m.to_owned(), n.to_owned())).collect()
         };
         let disk_cache = match &config.cache_dir {
@@ -169,6 +184,7 @@ impl Executor {
             disk_cache,
             ticker,
             recent_keys: std::sync::Mutex::new(Vec::new()),
+            nn,
         })
     }
 
@@ -180,6 +196,12 @@ impl Executor {
     /// The settings this executor was built with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The GPU wasi-nn's `gpu` target runs on, opening it on first use;
+    /// the reason when there is none.
+    pub fn gpu(&self) -> Result<crate::nn::GpuInfo, String> {
+        self.nn.gpu()
     }
 
     /// Advances the epoch by one tick; for [`TickSource::Manual`].
@@ -235,6 +257,11 @@ impl Executor {
             Ok(p) => p,
             Err(f) => return Ok(Outcome::failed(f, deterministic)),
         };
+        if task.nn.gpu {
+            // A GPU job on a node without one cannot run here; another node
+            // may run it, so this is the host's error, not the job's.
+            self.nn.gpu().map_err(Error::NoGpu)?;
+        }
         let staged = mounts::stage(&task.mounts)?;
         if let Some(out) = &task.outputs {
             std::fs::create_dir_all(out).map_err(|source| Error::Outputs { path: out.clone(), source })?;
@@ -290,6 +317,7 @@ impl Executor {
                 deadline: Instant::now().checked_add(limits.timeout),
             },
             listing: Default::default(),
+            nn: crate::nn::JobNn::new(self.nn.clone(), Arc::new(task.nn.clone()), Some(stderr.clone())),
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|d| &mut d.limiter);
@@ -320,6 +348,7 @@ impl Executor {
         let fuel_consumed = limits.fuel.saturating_sub(fuel_left);
 
         let (exit_code, mut failure) = classify(result, &store, limits, &stdout, &stderr);
+        let nn_devices = store.data().nn.devices.iter().cloned().collect();
         drop(store);
         drop(staged);
 
@@ -342,6 +371,7 @@ impl Executor {
             deterministic,
             outputs: usage,
             cached,
+            nn_devices,
         })
     }
 
@@ -402,7 +432,7 @@ impl Executor {
     }
 }
 
-fn placeholder_data() -> StoreData {
+fn placeholder_data(nn: Arc<crate::nn::Shared>) -> StoreData {
     StoreData {
         wasi: WasiCtxBuilder::new().build_p1(),
         limiter: Limiter::new(&Limits::default(), 0),
@@ -417,6 +447,7 @@ fn placeholder_data() -> StoreData {
             deadline: None,
         },
         listing: Default::default(),
+        nn: crate::nn::JobNn::new(nn, Arc::default(), None),
     }
 }
 

@@ -68,6 +68,12 @@ pub struct Spec {
     pub deterministic: bool,
     /// A live copy of the guest's output (not part of the spec's identity).
     pub tee: Option<crate::Tee>,
+    /// Models for wasi-nn's `load_by_name`: (name, CID of the ONNX file).
+    pub models: Vec<(String, Cid)>,
+    /// The job asks for a GPU (wasi-nn `gpu` target; see `nn::NnTask::gpu`).
+    pub gpu: bool,
+    /// wasi-nn bounds.
+    pub nn_limits: crate::nn::NnLimits,
 }
 
 impl Spec {
@@ -83,6 +89,9 @@ impl Spec {
             limits: Limits::default(),
             deterministic: true,
             tee: None,
+            models: Vec::new(),
+            gpu: false,
+            nn_limits: crate::nn::NnLimits::default(),
         }
     }
 
@@ -95,7 +104,7 @@ impl Spec {
             Entry::Reactor { export } => ("reactor", export.clone()),
         };
         let l = &self.limits;
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "module": self.module.to_string(),
             "entry": { "kind": entry_kind, "export": export },
             "program_name": self.program_name,
@@ -112,7 +121,24 @@ impl Spec {
                 "inputs_bytes": l.inputs_bytes,
             },
             "deterministic": self.deterministic,
-        })
+        });
+        // Added only for jobs that use wasi-nn, so that every other spec
+        // (and its id) is what it was before wasi-nn existed.
+        if !self.models.is_empty() || self.gpu || self.nn_limits != crate::nn::NnLimits::default() {
+            let n = &self.nn_limits;
+            v["nn"] = serde_json::json!({
+                "models": self.models.iter().map(|(name, cid)| serde_json::json!({
+                    "name": name, "cid": cid.to_string(),
+                })).collect::<Vec<_>>(),
+                "gpu": self.gpu,
+                "limits": {
+                    "model_bytes": n.model_bytes, "tensor_bytes": n.tensor_bytes, "tensor_rank": n.tensor_rank,
+                    "graphs": n.graphs, "contexts": n.contexts, "gpu_memory": n.gpu_memory,
+                    "gpu_work": n.gpu_work, "cpu_memory": n.cpu_memory,
+                },
+            });
+        }
+        v
     }
 
     /// The spec's id: a CIDv1 (raw, sha2-256) of its canonical JSON.
@@ -155,6 +181,18 @@ pub enum JobError {
         limit: u64,
         /// The input being measured when the limit was crossed.
         at: String,
+    },
+    /// A model is larger than the job's model limit.
+    #[error("model {name} ({cid}) is {size} bytes, more than the job's limit of {limit}; raise the limit or use a smaller model")]
+    ModelTooLarge {
+        /// Its name.
+        name: String,
+        /// Its CID.
+        cid: Cid,
+        /// Its size.
+        size: u64,
+        /// `NnLimits::model_bytes`.
+        limit: u64,
     },
     /// Scratch space could not be prepared or read.
     #[error("{action} {path}: {source}")]
@@ -269,6 +307,27 @@ fn run_with(runner: &Runner<'_>, store: &dyn BlockStore, spec: &Spec, scratch: &
     let spec_id = spec.id();
     task.mode =
         if spec.deterministic { Mode::Deterministic { seed: seed_of(&spec_id) } } else { Mode::Nondeterministic };
+
+    task.nn.gpu = spec.gpu;
+    task.nn.limits = spec.nn_limits.clone();
+    for (name, cid) in &spec.models {
+        let what = || format!("model {name} ({cid})");
+        let size = match exporter::stat_and_list(store, cid).map_err(storage(what()))?.0 {
+            exporter::Kind::File { size } => size,
+            _ => {
+                return Err(JobError::Storage {
+                    what: what(),
+                    source: shoal_storage::Error::Unsupported(format!("{cid} is a directory, not an ONNX file")),
+                })
+            }
+        };
+        if size > spec.nn_limits.model_bytes {
+            let limit = spec.nn_limits.model_bytes;
+            return Err(JobError::ModelTooLarge { name: name.clone(), cid: *cid, size, limit });
+        }
+        let bytes = runner.module(store, cid).map_err(storage(what()))?;
+        task.nn.models.push(crate::nn::NamedModel { name: name.clone(), cid: *cid, bytes });
+    }
 
     let inputs = work.path().join("inputs");
     fs::create_dir(&inputs).map_err(io("cannot create", &inputs))?;

@@ -55,6 +55,8 @@
 //! - `mounts.rs`: validation of guest paths and staging of single-file mounts.
 //! - `outputs.rs`: measuring `/outputs` (bytes, files) without following links.
 //! - `ticker.rs`: [`Ticker`], the epoch thread that drives timeouts.
+//! - `nn/`: [`nn`], wasi-nn inference (CPU: tract, GPU: Vulkan); see
+//!   `docs/wasi-nn.md`.
 //! - `job.rs`: [`job::run`], jobs over content-addressed data: inputs
 //!   fetched by CID, the result stored as one UnixFS directory and CID.
 
@@ -67,6 +69,7 @@ mod executor;
 pub mod job;
 mod limits;
 mod mounts;
+pub mod nn;
 mod outcome;
 mod outputs;
 mod shims;

@@ -148,6 +148,10 @@ pub struct Outcome {
     /// The module came from the in-memory or on-disk cache rather than being
     /// compiled.
     pub cached: bool,
+    /// The wasi-nn devices the job's graphs ran on ("cpu: tract 0.23.9",
+    /// "gpu: <name> (software)"); empty when it used no wasi-nn. Execution
+    /// metadata, never part of the result.
+    pub nn_devices: Vec<String>,
 }
 
 impl Outcome {
@@ -167,6 +171,7 @@ impl Outcome {
             deterministic,
             outputs: OutputsUsage::default(),
             cached: false,
+            nn_devices: Vec::new(),
         }
     }
 }

@@ -116,6 +116,8 @@ pub struct Task {
     /// (within the caps), e.g. to stream it to a terminal. Captured output
     /// is unaffected. Default: none.
     pub tee: Option<Tee>,
+    /// wasi-nn: named models, whether the job asks for a GPU, and bounds.
+    pub nn: crate::nn::NnTask,
 }
 
 /// Called with each accepted write to a job's stdout or stderr.
@@ -145,6 +147,7 @@ impl Task {
             outputs: None,
             limits: Limits::default(),
             mode: Mode::default(),
+            nn: crate::nn::NnTask::default(),
         }
     }
 

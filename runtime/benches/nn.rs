@@ -1,0 +1,157 @@
+//! wasi-nn benchmarks, printed side by side from one run.
+//!
+//! `cargo bench -p shoal-runtime --bench nn [-- --quick]`
+//!
+//! 1. CPU backend through Wasm against the same model natively with tract:
+//!    per-batch latency of the digits MLP (batch 32). Through Wasm, a batch
+//!    is the classifier guest's set_input + compute + get_output; it is
+//!    measured as the difference between jobs that repeat every batch R1
+//!    and R2 times, so job start-up and file reading cancel out.
+//! 2. GPU backend on whatever Vulkan device runs (lavapipe without a GPU):
+//!    GFLOP/s of its MatMul and Conv kernels (one-op models, timed per
+//!    compute including upload and read-back), and end-to-end inference
+//!    latency of the digits MLP next to the CPU backend.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use shoal_runtime::nn::{Session, Target};
+use shoal_runtime::{Config, Executor, Mount, Task};
+use tract_onnx::prelude::*;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn digits() -> std::path::PathBuf {
+    common::samples_dir().join("digits")
+}
+
+fn batch_input(n: usize) -> Vec<f32> {
+    (0..n * 64).map(|i| ((i * 7919) % 17) as f32 / 16.0).collect()
+}
+
+fn time<F: FnMut()>(rounds: usize, mut f: F) -> Duration {
+    f();
+    median(
+        (0..rounds)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect(),
+    )
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let rounds = if quick { 5 } else { 15 };
+    let model_path = digits().join("digits_mlp.onnx");
+
+    // 1. Native tract, batch 32.
+    let plan = tract_onnx::onnx()
+        .model_for_path(&model_path)
+        .unwrap()
+        .with_input_fact(0, f32::fact([32, 64]).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let input = Tensor::from_shape(&[32, 64], &batch_input(32)).unwrap();
+    let native = time(rounds * 20, || {
+        for _ in 0..100 {
+            plan.run(tvec![input.clone().into_tvalue()]).unwrap();
+        }
+    }) / 100;
+
+    // ... and through Wasm: 360 images = 12 batches of up to 32.
+    let exec = Executor::new(Config::default()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let job = |repeat: usize| {
+        let mut t = Task::from_path(common::sample("classify"));
+        t.outputs = Some(out.path().to_path_buf());
+        t.args = ["-m", "/model/digits_mlp.onnx", "-b", "32", "-i", &repeat.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        t.mounts.push(Mount::new(digits().join("data"), "/inputs"));
+        t.mounts.push(Mount::new(digits(), "/model"));
+        t
+    };
+    let (r1, r2) = (1usize, 21usize);
+    let (t1, t2) = (job(r1), job(r2));
+    let run = |t: &Task| {
+        let o = exec.run(t).unwrap();
+        assert!(o.success(), "{:?} {}", o.failure, String::from_utf8_lossy(&o.stderr.bytes));
+        o.wall_time
+    };
+    let mut d1 = Vec::new();
+    let mut d2 = Vec::new();
+    for _ in 0..rounds {
+        d1.push(run(&t1));
+        d2.push(run(&t2));
+    }
+    let batches = 12 * (r2 - r1) as u32;
+    let wasm = median(d2).saturating_sub(median(d1)) / batches;
+    println!("wasi-nn CPU backend, digits MLP, batch 32 (12 batches x {} extra repeats):", r2 - r1);
+    println!("  native tract            {:>9.1} us/batch", native.as_secs_f64() * 1e6);
+    println!("  through Wasm (wasi-nn)  {:>9.1} us/batch", wasm.as_secs_f64() * 1e6);
+    println!(
+        "  ratio Wasm/native       {:>9.2}  (target <= 1.2; a batch of 32 moves 8 KiB in and 1.3 KiB out)",
+        wasm.as_secs_f64() / native.as_secs_f64()
+    );
+
+    // 2. GPU backend.
+    let session = Session::new(true);
+    let gpu = match session.gpu() {
+        Ok(g) => g,
+        Err(e) => {
+            println!("wasi-nn GPU backend: skipped ({e})");
+            return;
+        }
+    };
+    println!(
+        "wasi-nn GPU backend on {} ({}, {} MiB):",
+        gpu.name,
+        if gpu.software { "software" } else { "hardware" },
+        gpu.memory_bytes >> 20
+    );
+    let gflops = |file: &str, shape: &[usize], flops: f64, target: Target| {
+        let bytes = std::fs::read(digits().join(file)).unwrap();
+        let mut m = session.load(&bytes, target).unwrap();
+        let n: usize = shape.iter().product();
+        let x: Vec<f32> = (0..n).map(|i| ((i * 31) % 13) as f32 / 13.0 - 0.5).collect();
+        let t = time(if quick { 3 } else { 7 }, || {
+            m.run(&[(shape, &x)]).unwrap();
+        });
+        (flops / t.as_secs_f64() / 1e9, t)
+    };
+    let mm_flops = 2.0 * 256.0 * 256.0 * 256.0;
+    let conv_flops = 2.0 * 8.0 * 32.0 * 32.0 * 32.0 * 16.0 * 9.0;
+    for (what, file, shape, flops) in [
+        ("MatMul 256x256x256", "bench_matmul.onnx", vec![256, 256], mm_flops),
+        ("Conv 8x16x32x32 -> 32, 3x3", "bench_conv.onnx", vec![8, 16, 32, 32], conv_flops),
+    ] {
+        let (g, tg) = gflops(file, &shape, flops, Target::Gpu);
+        let (c, tc) = gflops(file, &shape, flops, Target::Cpu);
+        println!(
+            "  {what:<28} GPU {g:>6.2} GFLOP/s ({:>8.2} ms)   CPU (tract) {c:>6.2} GFLOP/s ({:>7.2} ms)",
+            tg.as_secs_f64() * 1e3,
+            tc.as_secs_f64() * 1e3
+        );
+    }
+    let bytes = std::fs::read(&model_path).unwrap();
+    let x = batch_input(32);
+    for target in [Target::Gpu, Target::Cpu] {
+        let mut m = session.load(&bytes, target).unwrap();
+        let t = time(rounds * 4, || {
+            m.run(&[(&[32, 64], &x)]).unwrap();
+        });
+        println!("  digits MLP, batch 32, {target}: {:>9.1} us/inference", t.as_secs_f64() * 1e6);
+    }
+}
