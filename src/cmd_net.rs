@@ -119,9 +119,6 @@ pub struct SubmitArgs {
     /// Only nodes whose labels match (k=v, k!=v, "k in (a,b)", k). Repeatable.
     #[arg(long = "constraint", value_name = "EXPR")]
     pub constraints: Vec<String>,
-    /// Only nodes with a GPU.
-    #[arg(long)]
-    pub gpu: bool,
     /// How long one execution may take before it is placed elsewhere.
     #[arg(long, value_name = "DURATION")]
     pub execution_timeout: Option<humantime::Duration>,
@@ -190,6 +187,17 @@ fn spec_from_flags(api: &Api, a: &SubmitArgs) -> anyhow::Result<Value> {
     if let Some(inv) = &a.run.invoke {
         task["invoke"] = json!(inv);
     }
+    if !a.run.models.is_empty() {
+        let mut models = serde_json::Map::new();
+        for (name, src) in &a.run.models {
+            let (cid, path) = parse_cid_path(&source(src)?)?;
+            if !path.is_empty() {
+                bail!("give model {name} as a cid or a file, not a path inside a cid");
+            }
+            models.insert(name.clone(), json!(cid.to_string()));
+        }
+        task["models"] = Value::Object(models);
+    }
     let mut spec = json!({ "task": task, "constraints": a.constraints });
     let mut redundancy = serde_json::Map::new();
     if let Some(n) = a.redundancy {
@@ -204,7 +212,8 @@ fn spec_from_flags(api: &Api, a: &SubmitArgs) -> anyhow::Result<Value> {
     if !redundancy.is_empty() {
         spec["redundancy"] = Value::Object(redundancy);
     }
-    if a.gpu {
+    if a.run.gpu {
+        // Placed only on nodes that announce a GPU.
         spec["resources"] = json!({ "gpu": true });
     }
     if let Some(t) = a.execution_timeout {
@@ -215,6 +224,9 @@ fn spec_from_flags(api: &Api, a: &SubmitArgs) -> anyhow::Result<Value> {
 
 pub fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(&ctx.node)?;
+    if a.run.allow_software_gpu {
+        bail!("--allow-software-gpu is a node setting (shoal node --allow-software-gpu); submit with --gpu");
+    }
     let body = match &a.file {
         Some(_) if a.run.module.is_some() => {
             bail!("give the module either in the job spec (-f) or on the command line, not both")

@@ -463,3 +463,39 @@ fn devstack_starts_a_network_and_ctrl_c_stops_it() {
         assert!(agent().get(&format!("{api}/v1/health")).call().is_err(), "{api} still answers");
     }
 }
+
+#[test]
+fn a_gpu_job_runs_only_on_a_node_that_announces_a_gpu() {
+    let mut net = Net::new();
+    net.add("requester", &["--no-compute"]);
+    let cpu = net.add("cpu", &["--gpu", "off"]);
+    // lavapipe stands in for a GPU here (the test command installs it).
+    let gpu = net.add("gpu", &["--allow-software-gpu"]);
+    wait_for_nodes(&net.nodes[0], 3);
+    let id_of = |i: usize| net.nodes[i].peer.rsplit('/').next().unwrap().to_owned();
+    let (cpu_id, gpu_id) = (id_of(cpu), id_of(gpu));
+    let n = cli(&net.nodes[0], &net.home("cli"), &["--json", "nodes"]);
+    let v: Value = serde_json::from_slice(&n.stdout).unwrap();
+    let view =
+        |id: &str| v["nodes"].as_array().unwrap().iter().find(|n| n["node"]["id"] == id).unwrap()["node"].clone();
+    assert!(view(&cpu_id)["gpu"].is_null(), "{v}");
+    assert_eq!(view(&gpu_id)["gpu"]["software"], true, "{v}");
+
+    let model = format!("digits={}", root().join("samples/digits/digits_mlp.onnx").display());
+    let data = format!("{}:/inputs", root().join("samples/digits/data").display());
+    let classify = sample("classify");
+    let o = cli(
+        &net.nodes[0],
+        &net.home("cli"),
+        &["submit", "--gpu", "--model", &model, "--input", &data, classify.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let id = text(&o.stdout).trim().to_owned();
+    let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", "--timeout", "120s", &id]);
+    assert!(w.status.success(), "{}{}", text(&w.stdout), text(&w.stderr));
+    let j = job(&net.nodes[0], &id);
+    let execs = j["executions"].as_array().unwrap();
+    assert!(execs.iter().all(|e| e["node"] == Value::String(gpu_id.clone())), "only the gpu node runs it: {j}");
+    let logs = cli(&net.nodes[0], &net.home("cli"), &["job", "logs", &id]);
+    assert!(text(&logs.stdout).contains("accuracy: 0.9833 (354/360)"), "{}", text(&logs.stdout));
+}

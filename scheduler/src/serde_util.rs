@@ -58,6 +58,23 @@ pub(crate) mod cid_set {
     }
 }
 
+/// A map from names to CIDs, as strings.
+pub(crate) mod cid_map {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    pub(crate) fn serialize<S: Serializer>(m: &BTreeMap<String, Cid>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(k, c)| (k, c.to_string())))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Cid>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, s)| parse_cid(&s).map(|c| (k, c)).map_err(D::Error::custom))
+            .collect()
+    }
+}
+
 /// An optional 32-byte value as 64 hex digits or null.
 pub(crate) mod opt_hex32 {
     use super::*;

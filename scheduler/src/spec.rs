@@ -186,6 +186,9 @@ pub struct Task {
     /// Real clocks and randomness instead of deterministic ones.
     #[serde(default)]
     pub nondeterministic: bool,
+    /// ONNX models for wasi-nn's `load_by_name`: name → CID of the file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "crate::serde_util::cid_map")]
+    pub models: BTreeMap<String, Cid>,
 }
 
 fn default_entrypoint() -> String {
@@ -360,6 +363,7 @@ impl Spec {
                 inputs: Vec::new(),
                 limits: Limits::default(),
                 nondeterministic: false,
+                models: BTreeMap::new(),
             },
             constraints: Vec::new(),
             resources: Resources::default(),
@@ -427,6 +431,14 @@ impl Spec {
         for k in t.env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(invalid(format!("task.env.{k}"), "names must be non-empty, without '=' or NUL"));
+            }
+        }
+        if t.models.len() > MAX_INPUTS {
+            return Err(invalid("task.models", format!("at most {MAX_INPUTS} models, got {}", t.models.len())));
+        }
+        for name in t.models.keys() {
+            if name.is_empty() || name.len() > 256 || name.contains('\0') {
+                return Err(invalid(format!("task.models.{name}"), "names must be 1-256 bytes without NUL"));
             }
         }
         if t.inputs.len() > MAX_INPUTS {

@@ -107,18 +107,33 @@ pub fn to_runtime(spec: &Spec) -> job::Spec {
     l.stderr = t.limits.stderr.0 as usize;
     r.limits = l;
     r.deterministic = !t.nondeterministic;
+    r.models = t.models.iter().map(|(name, cid)| (name.clone(), *cid)).collect();
+    r.gpu = spec.resources.gpu;
     r
 }
 
 impl Compute {
-    pub fn new(home: &Path, slots: u32, misbehave: Option<Misbehave>, _gpu: bool) -> anyhow::Result<Compute> {
+    /// A compute side with `slots`; with `gpu`, the GPU found (a software
+    /// one only with `allow_software_gpu`) is announced and used.
+    pub fn new(
+        home: &Path,
+        slots: u32,
+        misbehave: Option<Misbehave>,
+        gpu: bool,
+        allow_software_gpu: bool,
+    ) -> anyhow::Result<Compute> {
         let mut config = Config::default();
         config.cache_dir = Some(home.join("cache").join("modules"));
         config.max_concurrent_jobs = slots.max(1);
+        config.allow_software_gpu = allow_software_gpu;
+        // No Vulkan loader or device is not an error: the node computes on
+        // the CPU and announces no GPU.
+        let gpu = if gpu { shoal_runtime::nn::probe_gpu(allow_software_gpu) } else { None };
+        let gpu = gpu.map(|g| Gpu { name: g.name, memory_bytes: g.memory_bytes, software: g.software });
         let exec = Executor::new(config).context("cannot start the wasm engine")?;
         Ok(Compute {
             slots: slots.max(1),
-            gpu: None,
+            gpu,
             execs: Mutex::new(HashMap::new()),
             exec: Arc::new(exec),
             scratch: home.join("tmp").join("exec"),
@@ -299,6 +314,7 @@ async fn run_execution(node: &Arc<Node>, requester: PeerId, spec: &Spec) -> anyh
     providers.retain(|p| *p != node.peer);
     let mut roots = vec![rt.module];
     roots.extend(rt.inputs.iter().map(|i| i.cid));
+    roots.extend(rt.models.iter().map(|(_, c)| *c));
     for root in roots {
         fetch::fetch_dag(&node.client, &node.store, root, &providers)
             .await

@@ -63,6 +63,10 @@ pub struct NodeArgs {
     /// GPU use: `auto` advertises a GPU if one is found, `off` never.
     #[arg(long, default_value = "auto", value_name = "auto|off")]
     pub gpu: String,
+    /// Count a software Vulkan device (lavapipe) as this node's GPU:
+    /// correct but slow; off by default.
+    #[arg(long)]
+    pub allow_software_gpu: bool,
     /// Discover peers on the local network with mDNS (off by default).
     #[arg(long)]
     pub mdns: bool,
@@ -286,7 +290,7 @@ pub async fn serve(
     let compute = if args.no_compute {
         None
     } else {
-        Some(compute::Compute::new(&home, args.slots, args.misbehave, args.gpu != "off")?)
+        Some(compute::Compute::new(&home, args.slots, args.misbehave, args.gpu != "off", args.allow_software_gpu)?)
     };
     let api_addr = listener.local_addr().context("api listener has no address")?;
     let node = Arc::new(Node {
