@@ -170,7 +170,10 @@ fn parse_id(id: &str) -> Result<JobId, ApiError> {
     responses((status = 201, description = "accepted: {\"id\": ...}"), (status = 400, description = "bad spec")))]
 async fn submit(State(node): State<Shared>, body: String) -> Result<impl IntoResponse, ApiError> {
     let spec = Spec::from_yaml_or_json(&body).map_err(|e| bad(format!("bad job spec: {e}")))?;
-    let active = node.db().active_jobs().map_err(internal)?.len();
+    let active = {
+        let db = node.db();
+        db.count_jobs(JobState::Queued).map_err(internal)? + db.count_jobs(JobState::Running).map_err(internal)?
+    } as usize;
     if active >= MAX_ACTIVE_JOBS {
         return Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -181,7 +184,7 @@ async fn submit(State(node): State<Shared>, body: String) -> Result<impl IntoRes
     let job = Job::new(JobId::from_parts(now, rand::random()), spec, now);
     node.db().insert_job(&job).map_err(internal)?;
     node.metrics.jobs_submitted.inc();
-    node.kick.notify_one();
+    node.mark(&job.id);
     node.notify_changed();
     Ok((StatusCode::CREATED, Json(json!({ "id": job.id }))))
 }
@@ -302,7 +305,10 @@ async fn health(State(node): State<Shared>) -> Json<serde_json::Value> {
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
 async fn metrics(State(node): State<Shared>) -> Result<impl IntoResponse, ApiError> {
-    let active = node.db().active_jobs().map(|j| j.len()).unwrap_or(0);
+    let active = {
+        let db = node.db();
+        db.count_jobs(JobState::Queued).unwrap_or(0) + db.count_jobs(JobState::Running).unwrap_or(0)
+    };
     node.metrics.active_jobs.set(active as i64);
     let mut out = String::new();
     encode(&mut out, &node.metrics.registry).map_err(internal)?;

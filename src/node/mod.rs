@@ -109,6 +109,10 @@ pub struct Node {
     pub compute: Option<compute::Compute>,
     /// Wakes the scheduling loop early.
     pub kick: Notify,
+    /// Jobs that changed since the scheduling loop last ran.
+    pub dirty: Mutex<HashSet<shoal_scheduler::model::JobId>>,
+    /// The next kick should plan every active job.
+    pub full_pass: std::sync::atomic::AtomicBool,
     /// Bumped whenever a job changes (long polls watch it).
     pub changed: watch::Sender<u64>,
     pub metrics: api::Metrics,
@@ -133,6 +137,18 @@ impl Node {
     /// its own consistency).
     pub fn db(&self) -> std::sync::MutexGuard<'_, Db> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Has the scheduling loop plan `job` again soon.
+    pub fn mark(&self, job: &shoal_scheduler::model::JobId) {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(job.clone());
+        self.kick.notify_one();
+    }
+
+    /// Has the scheduling loop plan every active job soon.
+    pub fn plan_everything(&self) {
+        self.full_pass.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.kick.notify_one();
     }
 
     pub fn notify_changed(&self) {
@@ -185,10 +201,16 @@ impl Node {
         let restarted = {
             let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
             let old = views.insert(peer, View { announcement: announcement.clone(), last_seen_ms: now });
-            old.is_some_and(|v| v.announcement.boot != announcement.boot)
+            match old {
+                Some(v) => Some(v.announcement.boot != announcement.boot),
+                None => None,
+            }
         };
-        if restarted {
-            requester::peer_restarted(self, peer);
+        match restarted {
+            Some(true) => requester::peer_restarted(self, peer),
+            // A node we did not know: queued jobs may fit it now.
+            None => self.plan_everything(),
+            Some(false) => {}
         }
     }
 }
@@ -301,6 +323,8 @@ pub async fn serve(
         views: Mutex::new(HashMap::new()),
         compute,
         kick: Notify::new(),
+        dirty: Mutex::new(HashSet::new()),
+        full_pass: Default::default(),
         changed: watch::channel(0).0,
         metrics: api::Metrics::new(),
         labels: args.labels.iter().cloned().collect(),
@@ -347,7 +371,7 @@ pub async fn serve(
                     // marks what it was running as lost and places it
                     // elsewhere, without waiting for the node ttl.
                     n.views.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
-                    n.kick.notify_one();
+                    n.plan_everything();
                 }
             }
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use shoal_scheduler::model::{ExecId, ExecState, Execution, Job, JobState, NodeStats, NodeView};
+use shoal_scheduler::model::{ExecId, ExecState, Execution, Job, JobId, JobState, NodeStats, NodeView};
 use shoal_scheduler::net::proto::{Request, Response};
 use shoal_scheduler::placement::{self, Plan};
 use shoal_scheduler::{commit, model};
@@ -17,17 +17,21 @@ use shoal_storage::Cid;
 
 use super::{fetch, Node};
 
-/// How often the loop runs without being kicked.
-pub const TICK: Duration = Duration::from_millis(200);
+/// How often every active job is planned even if nothing happened to it
+/// (timeouts, nodes gone quiet). Events plan the jobs they touch at once.
+pub const TICK: Duration = Duration::from_secs(1);
 
-/// Runs the scheduling loop forever.
+/// Runs the scheduling loop forever: on every kick it plans the jobs that
+/// changed (so a busy requester does not rescan every job per event), and
+/// every [`TICK`] all active jobs (timeouts, nodes that went away).
 pub async fn run(node: Arc<Node>) {
+    let mut full = tokio::time::interval(TICK);
     loop {
-        tokio::select! {
-            _ = node.kick.notified() => {}
-            _ = tokio::time::sleep(TICK) => {}
-        }
-        if let Err(e) = tick(&node) {
+        let everything = tokio::select! {
+            _ = node.kick.notified() => node.full_pass.swap(false, std::sync::atomic::Ordering::Relaxed),
+            _ = full.tick() => true,
+        };
+        if let Err(e) = tick(&node, everything) {
             tracing::warn!("scheduling pass failed: {e:#}");
         }
     }
@@ -64,8 +68,21 @@ pub fn views(node: &Node) -> Vec<NodeView> {
     out
 }
 
-fn tick(node: &Arc<Node>) -> anyhow::Result<()> {
-    let jobs = node.db().active_jobs()?;
+fn tick(node: &Arc<Node>, everything: bool) -> anyhow::Result<()> {
+    let dirty: Vec<JobId> = node.dirty.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+    let jobs = if everything {
+        node.db().active_jobs()?
+    } else {
+        let mut jobs = Vec::with_capacity(dirty.len());
+        for id in &dirty {
+            if let Some(j) = node.db().job(id)? {
+                if !j.state.is_terminal() {
+                    jobs.push(j);
+                }
+            }
+        }
+        jobs
+    };
     if jobs.is_empty() {
         return Ok(());
     }
@@ -199,9 +216,10 @@ fn carry_out(
             let e = e.clone();
             tokio::spawn(async move {
                 let key = format!("reveal:{}", e.id);
+                let job = e.job.clone();
                 reveal(&n, peer, e).await;
                 release(&n, &key);
-                n.kick.notify_one();
+                n.mark(&job);
             });
         }
     }
@@ -254,7 +272,7 @@ async fn bid_and_run(node: Arc<Node>, peer: PeerId, mut e: Execution, job: Strin
         }
     }
     node.notify_changed();
-    node.kick.notify_one();
+    node.mark(&e.job);
 }
 
 async fn reveal(node: &Arc<Node>, peer: PeerId, mut e: Execution) {
@@ -364,7 +382,7 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
         }
         release(&node, &key);
         node.notify_changed();
-        node.kick.notify_one();
+        node.mark(&job_id);
     });
 }
 
@@ -418,7 +436,7 @@ pub async fn handle(node: &Arc<Node>, peer: PeerId, request: Request) -> Respons
         return Response::Error { message: format!("cannot record execution {id}: {err}") };
     }
     node.notify_changed();
-    node.kick.notify_one();
+    node.mark(&e.job);
     Response::Ok
 }
 
@@ -437,7 +455,7 @@ pub fn peer_restarted(node: &Arc<Node>, peer: PeerId) {
             let _ = node.db().bump_stats(&e.node, NodeStats { lost: 1, ..Default::default() });
         }
     }
-    node.kick.notify_one();
+    node.plan_everything();
 }
 
 /// Cancels a job: marks it and its live executions, tells the nodes.
