@@ -381,6 +381,21 @@ fn bad_specs_and_unknown_jobs_get_clear_errors() {
     let o = cli(&net.nodes[0], &net.home("cli"), &["job", "describe", "no such job"]);
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("malformed job id"), "{}", text(&o.stderr));
+    // A job nobody can run waits queued; cancelling it ends it.
+    let o = cli(
+        &net.nodes[0],
+        &net.home("cli"),
+        &["submit", "--constraint", "zone=nowhere", sample("hello").to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let id = text(&o.stdout).trim().to_owned();
+    assert_eq!(job(&net.nodes[0], &id)["job"]["state"], "queued");
+    let c = cli(&net.nodes[0], &net.home("cli"), &["job", "cancel", &id]);
+    assert!(c.status.success(), "{}", text(&c.stderr));
+    assert_eq!(job(&net.nodes[0], &id)["job"]["state"], "cancelled");
+    let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", "--timeout", "10s", &id]);
+    assert!(!w.status.success(), "waiting on a cancelled job fails");
+    assert!(text(&w.stderr).contains("cancelled"), "{}", text(&w.stderr));
     // No node at all: says how to give one.
     let o = Command::new(env!("CARGO_BIN_EXE_shoal")).env_remove("SHOAL_NODE").args(["job", "list"]).output().unwrap();
     assert!(text(&o.stderr).contains("--node"), "{}", text(&o.stderr));
@@ -498,4 +513,26 @@ fn a_gpu_job_runs_only_on_a_node_that_announces_a_gpu() {
     assert!(execs.iter().all(|e| e["node"] == Value::String(gpu_id.clone())), "only the gpu node runs it: {j}");
     let logs = cli(&net.nodes[0], &net.home("cli"), &["job", "logs", &id]);
     assert!(text(&logs.stdout).contains("accuracy: 0.9833 (354/360)"), "{}", text(&logs.stdout));
+
+    // The same job without --gpu runs on the CPU backend, same accuracy.
+    let o = cli(
+        &net.nodes[0],
+        &net.home("cli"),
+        &[
+            "submit",
+            "--wait",
+            "--wait-timeout",
+            "120s",
+            "-q",
+            "--model",
+            &model,
+            "--input",
+            &data,
+            classify.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let result = text(&o.stdout).lines().last().unwrap().to_owned();
+    let cat = cli(&net.nodes[0], &net.home("cli"), &["cat", &format!("{result}/stdout")]);
+    assert!(text(&cat.stdout).contains("accuracy: 0.9833 (354/360)"), "{}", text(&cat.stdout));
 }

@@ -37,6 +37,12 @@ pub async fn fetch_dag(
     root: Cid,
     providers: &[PeerId],
 ) -> anyhow::Result<usize> {
+    // A recursive pin was only taken once the whole DAG was here and
+    // checked, and gc never removes pinned blocks: nothing to do.
+    let st = store.clone();
+    if let Ok(Ok(Some(PinMode::Recursive))) = tokio::task::spawn_blocking(move || st.pin_mode(&root)).await {
+        return Ok(0);
+    }
     let mut frontier = VecDeque::from([root]);
     let mut seen = HashSet::from([root]);
     let mut fetched = 0usize;

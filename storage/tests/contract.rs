@@ -41,6 +41,7 @@ fn contract(store: &dyn BlockStore) {
     assert_eq!(out, data);
     pin::add(store, &added.root, PinMode::Recursive).unwrap();
     assert!(store.pin_ls().unwrap().iter().any(|(c, m)| c == &added.root && *m == PinMode::Recursive));
+    assert_eq!(store.pin_mode(&added.root).unwrap(), Some(PinMode::Recursive));
 
     // An incomplete DAG cannot be pinned recursively.
     let partial =
@@ -92,6 +93,9 @@ fn fs_store() {
     drop(s);
     let s = FsStore::open(dir.path()).unwrap();
     assert_eq!(s.pin_ls().unwrap(), vec![(*b.cid(), PinMode::Direct)]);
+    assert_eq!(s.pin_mode(b.cid()).unwrap(), Some(PinMode::Direct));
+    let unpinned = Block::new(CidVersion::V1, RAW, b"not pinned".to_vec());
+    assert_eq!(s.pin_mode(unpinned.cid()).unwrap(), None);
     assert_eq!(s.get(b.cid()).unwrap(), b);
 }
 

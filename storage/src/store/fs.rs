@@ -263,6 +263,16 @@ impl BlockStore for FsStore {
         Ok(())
     }
 
+    fn pin_mode(&self, cid: &Cid) -> Result<Option<PinMode>> {
+        use rusqlite::OptionalExtension;
+        let mode: Option<String> = self
+            .db()
+            .query_row("SELECT mode FROM pins WHERE cid = ?1", params![pin_key(cid)], |r| r.get(0))
+            .optional()
+            .map_err(|e| db_err(&self.db_path, e))?;
+        Ok(mode.map(|m| if m == "direct" { PinMode::Direct } else { PinMode::Recursive }))
+    }
+
     fn pin_rm(&self, cid: &Cid) -> Result<()> {
         let n = self
             .db()

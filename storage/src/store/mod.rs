@@ -93,6 +93,12 @@ pub trait BlockStore: Send + Sync {
     /// All pins.
     fn pin_ls(&self) -> Result<Vec<(Cid, PinMode)>>;
 
+    /// How `cid` is pinned, if it is. A recursive pin promises the whole
+    /// DAG is here, so callers can skip walking it.
+    fn pin_mode(&self, cid: &Cid) -> Result<Option<PinMode>> {
+        Ok(self.pin_ls()?.into_iter().find(|(c, _)| c == cid).map(|(_, m)| m))
+    }
+
     /// A short description for messages ("embedded store at …").
     fn describe(&self) -> String;
 }
@@ -130,6 +136,9 @@ impl<T: BlockStore + ?Sized> BlockStore for std::sync::Arc<T> {
     }
     fn pin_ls(&self) -> Result<Vec<(Cid, PinMode)>> {
         (**self).pin_ls()
+    }
+    fn pin_mode(&self, cid: &Cid) -> Result<Option<PinMode>> {
+        (**self).pin_mode(cid)
     }
     fn describe(&self) -> String {
         (**self).describe()
