@@ -229,13 +229,20 @@ fn a_lying_node_is_outvoted_and_recorded() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).lines().last().unwrap(), local_wordcount());
     let liar_id = net.nodes[liar].peer.rsplit('/').next().unwrap().to_owned();
-    let n = cli(&net.nodes[0], &net.home("cli"), &["--json", "nodes"]);
-    let v: Value = serde_json::from_slice(&n.stdout).unwrap();
-    let rec =
-        v["nodes"].as_array().unwrap().iter().find(|n| n["node"]["id"] == Value::String(liar_id.clone())).unwrap();
-    assert_eq!(rec["node"]["stats"]["dissented"], 1, "{v}");
+    // The liar is recorded even when the honest pair agreed before its
+    // reveal arrived (its reveal is still asked for).
+    let v = eventually(30, "the liar's dissent to be recorded", || {
+        let n = cli(&net.nodes[0], &net.home("cli"), &["--json", "nodes"]);
+        let v: Value = serde_json::from_slice(&n.stdout).unwrap();
+        let rec =
+            v["nodes"].as_array().unwrap().iter().find(|n| n["node"]["id"] == Value::String(liar_id.clone()))?.clone();
+        (rec["node"]["stats"]["dissented"] == 1).then_some(v)
+    });
     let honest = v["nodes"].as_array().unwrap().iter().filter(|n| n["node"]["stats"]["agreed"] == 1).count();
     assert_eq!(honest, 2, "{v}");
+    let liar =
+        v["nodes"].as_array().unwrap().iter().find(|n| n["node"]["id"] == Value::String(liar_id.clone())).unwrap();
+    assert_eq!(liar["node"]["stats"]["agreed"], 0, "{v}");
 }
 
 #[test]

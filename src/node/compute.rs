@@ -280,20 +280,20 @@ impl Compute {
     }
 
     fn reveal(&self, peer: PeerId, exec: &str) -> Response {
-        let mut execs = self.lock();
+        let execs = self.lock();
         match execs.get(exec) {
             Some(s) if s.requester == peer => match &s.state {
-                State::Done { result, nonce, exit_code, stdout, stderr } => {
-                    let r = Response::Revealed {
-                        result: result.to_string(),
-                        nonce: *nonce,
-                        exit_code: *exit_code,
-                        stdout: stdout.clone(),
-                        stderr: stderr.clone(),
-                    };
-                    execs.remove(exec);
-                    r
-                }
+                // Kept after the reveal (answers are idempotent: a
+                // requester may ask again after a restart or a retry);
+                // finished executions are evicted oldest first past
+                // MAX_TRACKED, or on Cancel.
+                State::Done { result, nonce, exit_code, stdout, stderr } => Response::Revealed {
+                    result: result.to_string(),
+                    nonce: *nonce,
+                    exit_code: *exit_code,
+                    stdout: stdout.clone(),
+                    stderr: stderr.clone(),
+                },
                 _ => Response::Error { message: format!("execution {exec} has not finished") },
             },
             _ => Response::Error { message: format!("unknown execution {exec}") },

@@ -175,7 +175,17 @@ fn carry_out(
     let now = node.now();
     let mut changed = end_executions(node, &execs, &plan.lost, &plan, ExecState::Lost)?;
     changed |= end_executions(node, &execs, &plan.expired, &plan, ExecState::Rejected)?;
-    changed |= end_executions(node, &execs, &plan.cancel, &plan, ExecState::Failed)?;
+    // Committed executions of a job that just reached agreement are not
+    // cancelled: `complete` still asks for their reveals, so that a node
+    // whose answer differed is recorded even when it was not needed.
+    let completing = plan.job.as_ref().is_some_and(|u| u.state == JobState::Completed);
+    let cancel: Vec<ExecId> = plan
+        .cancel
+        .iter()
+        .filter(|id| !(completing && execs.iter().any(|e| &e.id == *id && e.state == ExecState::Committed)))
+        .cloned()
+        .collect();
+    changed |= end_executions(node, &execs, &cancel, &plan, ExecState::Failed)?;
     if let Some(update) = &plan.job {
         match (update.state, update.result) {
             (JobState::Completed, Some(result)) => {
@@ -313,7 +323,15 @@ async fn reveal(node: &Arc<Node>, peer: PeerId, mut e: Execution) {
         }
     }
     e.updated_ms = now;
-    let _ = node.db().update_execution(&e);
+    // Another reveal of the same execution may have landed meanwhile (a
+    // late reveal after completion): the first answer stands.
+    let current = node.db().execution(&e.id);
+    match current {
+        Ok(Some(current)) if current.state == ExecState::Committed => {
+            let _ = node.db().update_execution(&e);
+        }
+        _ => return,
+    }
     node.notify_changed();
 }
 
@@ -346,6 +364,7 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
             job.result = Some(result);
             job.updated_ms = now;
             let mut changed = Vec::new();
+            let mut late = Vec::new();
             job.extra_used = job.extra_used.max(extra_used);
             for mut e in execs {
                 if agreeing.contains(&e.id) {
@@ -362,6 +381,8 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                     e.updated_ms = now;
                     node.db().bump_stats(&e.node, NodeStats { dissented: 1, ..Default::default() })?;
                     changed.push(e);
+                } else if e.state == ExecState::Committed {
+                    late.push(e);
                 } else if e.state.is_live() {
                     cancel_live(&node, std::slice::from_ref(&e));
                     e.state = ExecState::Failed;
@@ -371,6 +392,10 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                 }
             }
             node.db().apply(&job, &changed)?;
+            for e in late {
+                let n = node.clone();
+                tokio::spawn(async move { late_reveal(n, e, result).await });
+            }
             node.metrics.jobs_completed.inc();
             let latency = now.saturating_sub(job.created_ms) as f64 / 1e3;
             node.metrics.job_seconds.observe(latency);
@@ -384,6 +409,42 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
         node.notify_changed();
         node.mark(&job_id);
     });
+}
+
+/// Asks an execution that committed but was not needed for its result,
+/// and records whether its node agreed with `agreed`.
+async fn late_reveal(node: Arc<Node>, e: Execution, agreed: Cid) {
+    let Some(peer) = peer_of(&e) else { return };
+    let id = e.id.clone();
+    if e.state == ExecState::Committed {
+        reveal(&node, peer, e).await;
+    }
+    let Ok(Some(mut e)) = node.db().execution(&id) else { return };
+    let now = node.now();
+    match (e.state, e.result) {
+        (ExecState::Revealed, Some(r)) => {
+            let stats = if r == agreed {
+                NodeStats { agreed: 1, ..Default::default() }
+            } else {
+                e.error = Some(format!("dissented: result {r} differs from the agreed {agreed}"));
+                NodeStats { dissented: 1, ..Default::default() }
+            };
+            e.state = ExecState::Completed;
+            e.updated_ms = now;
+            let _ = node.db().update_execution(&e);
+            let _ = node.db().bump_stats(&e.node, stats);
+        }
+        // Unreachable or refused: it was not needed; stop it.
+        (state, _) if state.is_live() => {
+            cancel_live(&node, std::slice::from_ref(&e));
+            e.state = ExecState::Failed;
+            e.error = Some("not needed: the job completed".into());
+            e.updated_ms = now;
+            let _ = node.db().update_execution(&e);
+        }
+        _ => {}
+    }
+    node.notify_changed();
 }
 
 fn cancel_live(node: &Arc<Node>, execs: &[Execution]) {
