@@ -381,7 +381,9 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                     e.updated_ms = now;
                     node.db().bump_stats(&e.node, NodeStats { dissented: 1, ..Default::default() })?;
                     changed.push(e);
-                } else if e.state == ExecState::Committed {
+                } else if matches!(e.state, ExecState::Committed | ExecState::Revealed) {
+                    // Not counted by the plan (it revealed after the vote,
+                    // or has yet to): judge it on its own.
                     late.push(e);
                 } else if e.state.is_live() {
                     cancel_live(&node, std::slice::from_ref(&e));
