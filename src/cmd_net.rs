@@ -463,7 +463,7 @@ impl Drop for Children {
     fn drop(&mut self) {
         for c in &mut self.0 {
             // SIGTERM first: nodes shut down cleanly.
-            unsafe_term(c.id());
+            terminate(c.id());
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for c in &mut self.0 {
@@ -479,7 +479,7 @@ impl Drop for Children {
     }
 }
 
-fn unsafe_term(pid: u32) {
+fn terminate(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         // SAFETY: kill(2) with a positive pid of our own child.
         unsafe {

@@ -233,12 +233,7 @@ impl Executor {
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.run_inner(task))) {
             Ok(r) => r,
             Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                Err(Error::Engine(format!("internal error (a bug) while running the job: {msg}")))
+                Err(Error::Engine(format!("internal error (a bug) while running the job: {}", panic_message(&*panic))))
             }
         }
     }
@@ -596,4 +591,14 @@ fn classify(
         return (None, Some(Failure::Trap { message: trap.to_string(), backtrace }));
     }
     (None, Some(Failure::Other(format!("{err:#}"))))
+}
+
+/// The message a caught panic carried (`panic!` with a literal or a
+/// formatted string), for turning host bugs into errors.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
 }

@@ -254,13 +254,13 @@ pub fn load_token(home: &Path) -> anyhow::Result<String> {
     let path = home.join("api-token");
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
-        Ok(_) | Err(_) if !path.exists() || std::fs::metadata(&path).map(|m| m.len() == 0).unwrap_or(true) => {
+        Ok(_) => bail!("{} is empty; delete it to create a new token", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token: [u8; 32] = rand::random();
             let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
             write_private(&path, token.as_bytes())?;
             Ok(token)
         }
-        Ok(_) => bail!("{} is empty; delete it to create a new token", path.display()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
 }

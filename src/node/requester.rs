@@ -146,11 +146,9 @@ fn end_executions(
     let now = node.now();
     let mut changed = false;
     for id in ids {
-        let Some(e) = execs.iter().find(|e| &e.id == id) else { continue };
-        if !e.state.is_live() {
-            continue;
-        }
-        let mut e = e.clone();
+        let Some(live) = execs.iter().find(|e| &e.id == id && e.state.is_live()) else { continue };
+        cancel_live(node, std::slice::from_ref(live));
+        let mut e = live.clone();
         e.state = state;
         e.updated_ms = now;
         e.error = Some(plan.reasons.get(id).cloned().unwrap_or_else(|| format!("marked {state} by the scheduler")));
@@ -159,7 +157,6 @@ fn end_executions(
             node.db().bump_stats(&e.node, NodeStats { lost: 1, ..Default::default() })?;
             node.metrics.executions_lost.inc();
         }
-        cancel_live(node, std::slice::from_ref(execs.iter().find(|x| &x.id == id).unwrap_or(&e)));
         changed = true;
     }
     Ok(changed)
@@ -365,12 +362,15 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
             job.updated_ms = now;
             let mut changed = Vec::new();
             let mut late = Vec::new();
+            // Counted in the same transaction as the job: a requester that
+            // dies half-way and completes the job again counts it once.
+            let mut stats: std::collections::BTreeMap<String, NodeStats> = Default::default();
             job.extra_used = job.extra_used.max(extra_used);
             for mut e in execs {
                 if agreeing.contains(&e.id) {
                     e.state = ExecState::Completed;
                     e.updated_ms = now;
-                    node.db().bump_stats(&e.node, NodeStats { agreed: 1, ..Default::default() })?;
+                    stats.entry(e.node.clone()).or_default().agreed += 1;
                     changed.push(e);
                 } else if dissenting.contains(&e.id) {
                     e.state = ExecState::Completed;
@@ -379,7 +379,7 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                         e.result.map(|c| c.to_string()).unwrap_or_default()
                     ));
                     e.updated_ms = now;
-                    node.db().bump_stats(&e.node, NodeStats { dissented: 1, ..Default::default() })?;
+                    stats.entry(e.node.clone()).or_default().dissented += 1;
                     changed.push(e);
                 } else if matches!(e.state, ExecState::Committed | ExecState::Revealed) {
                     // Not counted by the plan (it revealed after the vote,
@@ -393,7 +393,7 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                     changed.push(e);
                 }
             }
-            node.db().apply(&job, &changed)?;
+            node.db().apply_with_stats(&job, &changed, &stats)?;
             for e in late {
                 let n = node.clone();
                 tokio::spawn(async move { late_reveal(n, e, result).await });

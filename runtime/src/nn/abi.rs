@@ -73,14 +73,10 @@ fn call<T: NnHost>(
             let scope = nn.scope(deadline);
             match std::panic::catch_unwind(AssertUnwindSafe(|| super::with_scope(scope, || f(&mut Mem(data), nn)))) {
                 Ok(r) => r,
-                Err(panic) => {
-                    let msg = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    Err(NnError::Runtime(format!("internal error in the backend (a bug): {msg}")))
-                }
+                Err(panic) => Err(NnError::Runtime(format!(
+                    "internal error in the backend (a bug): {}",
+                    crate::executor::panic_message(&*panic)
+                ))),
             }
         }
         // A shared memory cannot be borrowed as a plain slice safely.
