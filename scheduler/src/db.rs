@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use shoal_storage::Cid;
 
-use crate::model::{ExecId, Execution, Job, JobId, JobState, NodeId, NodeStats};
+use crate::model::{ExecId, ExecState, Execution, Job, JobId, JobState, NodeId, NodeStats};
 use crate::spec::Spec;
 
 /// The schema this code reads and writes.
@@ -249,6 +249,24 @@ impl Db {
     /// Overwrites a stored execution.
     pub fn update_execution(&self, e: &Execution) -> Result<(), Error> {
         write_exec(&self.conn(), e, false).map_err(self.err("cannot update execution"))
+    }
+
+    /// Updates an execution only if its stored state is still `from`, and
+    /// says whether it did. Executions are changed by concurrent tasks (a
+    /// bid's answer and the node's commitment can race): a read-then-write
+    /// would let the older news overwrite the newer.
+    pub fn update_execution_from(&self, e: &Execution, from: ExecState) -> Result<bool, Error> {
+        let sql = format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1 AND state = ?16");
+        let conn = self.conn();
+        let p = exec_params(e);
+        let mut params: Vec<&dyn rusqlite::ToSql> = p.iter().map(|b| b.as_ref() as &dyn rusqlite::ToSql).collect();
+        let from = from.as_str();
+        params.push(&from);
+        let n = conn
+            .prepare_cached(&sql)
+            .and_then(|mut st| st.execute(params.as_slice()))
+            .map_err(self.err("cannot update execution"))?;
+        Ok(n == 1)
     }
 
     /// A job's executions, oldest first.
@@ -556,7 +574,6 @@ impl RawExec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ExecState;
 
     fn cid(n: u8) -> Cid {
         *shoal_storage::Block::new(shoal_storage::CidVersion::V1, shoal_storage::block::RAW, vec![n]).cid()
@@ -585,6 +602,26 @@ mod tests {
         e.stdout = Some("out".into());
         e.exit_code = Some(-3);
         e
+    }
+
+    #[test]
+    fn a_conditional_update_does_not_overwrite_newer_news() {
+        let db = Db::open_in_memory().unwrap();
+        let j = job(1);
+        db.insert_job(&j).unwrap();
+        let mut e = exec(&j, 1);
+        e.state = ExecState::BidAsked;
+        db.insert_execution(&e).unwrap();
+        // The commitment lands first...
+        let mut committed = e.clone();
+        committed.state = ExecState::Committed;
+        assert!(db.update_execution_from(&committed, ExecState::BidAsked).unwrap());
+        // ...then the bid's answer, read before it, must not undo it.
+        let mut running = e.clone();
+        running.state = ExecState::Running;
+        assert!(!db.update_execution_from(&running, ExecState::BidAsked).unwrap());
+        assert_eq!(db.execution(&e.id).unwrap().unwrap().state, ExecState::Committed);
+        assert!(!db.update_execution_from(&exec(&j, 2), ExecState::BidAsked).unwrap(), "absent");
     }
 
     #[test]

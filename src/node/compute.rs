@@ -20,8 +20,6 @@ use shoal_storage::Cid;
 
 use super::{fetch, Node};
 
-/// A reservation not followed by `Run` within this long is released.
-pub const RESERVATION_TTL_MS: u64 = 30_000;
 /// How many times a commitment or failure report is retried (the requester
 /// may be restarting), with doubling delays from 200 ms.
 pub const REPORT_RETRIES: u32 = 8;
@@ -41,14 +39,12 @@ pub enum Misbehave {
 }
 
 enum State {
-    Reserved { since_ms: u64 },
     Running,
     Done { result: Cid, nonce: [u8; 32], exit_code: i32, stdout: String, stderr: String },
 }
 
 struct Slot {
     requester: PeerId,
-    spec: Spec,
     state: State,
     order: u64,
 }
@@ -146,18 +142,9 @@ impl Compute {
         self.execs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Slots neither reserved nor running (expired reservations count as
-    /// free).
-    pub fn free_slots(&self, now: u64) -> u32 {
-        let execs = self.lock();
-        let busy = execs
-            .values()
-            .filter(|s| match s.state {
-                State::Reserved { since_ms } => now.saturating_sub(since_ms) < RESERVATION_TTL_MS,
-                State::Running => true,
-                State::Done { .. } => false,
-            })
-            .count() as u32;
+    /// Slots not running an execution.
+    pub fn free_slots(&self) -> u32 {
+        let busy = self.lock().values().filter(|s| matches!(s.state, State::Running)).count() as u32;
         self.slots.saturating_sub(busy)
     }
 
@@ -165,7 +152,6 @@ impl Compute {
     pub async fn handle(&self, node: &Arc<Node>, peer: PeerId, request: Request) -> Response {
         match request {
             Request::Bid { exec, spec, .. } => self.bid(node, peer, exec, &spec),
-            Request::Run { exec } => self.start(node, peer, exec),
             Request::Reveal { exec } => self.reveal(peer, &exec),
             Request::Cancel { exec } => {
                 let mut execs = self.lock();
@@ -180,7 +166,8 @@ impl Compute {
         }
     }
 
-    fn bid(&self, node: &Node, peer: PeerId, exec: String, spec: &str) -> Response {
+    /// Accepts and starts an execution, or says why not.
+    fn bid(&self, node: &Arc<Node>, peer: PeerId, exec: String, spec: &str) -> Response {
         let spec = match Spec::from_yaml_or_json(spec) {
             Ok(s) => s,
             Err(e) => return Response::Bid { accepted: false, reason: Some(format!("bad spec: {e}")) },
@@ -196,12 +183,20 @@ impl Compute {
                 memory_bytes()
             ));
         }
-        let now = node.now();
-        if self.free_slots(now) < spec.resources.slots {
+        let mut execs = self.lock();
+        if let Some(s) = execs.get(&exec) {
+            // A repeated bid (a requester retrying after a restart): the
+            // execution is already under way.
+            return if s.requester == peer {
+                Response::Bid { accepted: true, reason: None }
+            } else {
+                reject(format!("execution {exec} belongs to another requester"))
+            };
+        }
+        let busy = execs.values().filter(|s| matches!(s.state, State::Running)).count() as u32;
+        if self.slots.saturating_sub(busy) < spec.resources.slots {
             return reject("no free slot".into());
         }
-        let mut execs = self.lock();
-        execs.retain(|_, s| !matches!(s.state, State::Reserved { since_ms } if now.saturating_sub(since_ms) >= RESERVATION_TTL_MS));
         if execs.len() >= MAX_TRACKED {
             // Forget the oldest finished execution.
             if let Some(k) = execs
@@ -216,33 +211,22 @@ impl Compute {
             }
         }
         let order = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        execs.insert(exec, Slot { requester: peer, spec, state: State::Reserved { since_ms: now }, order });
+        execs.insert(exec.clone(), Slot { requester: peer, state: State::Running, order });
+        drop(execs);
+        self.start(node, peer, exec, spec);
         Response::Bid { accepted: true, reason: None }
     }
 
-    fn start(&self, node: &Arc<Node>, peer: PeerId, exec: String) -> Response {
-        let spec = {
-            let mut execs = self.lock();
-            match execs.get_mut(&exec) {
-                Some(s) if s.requester == peer && matches!(s.state, State::Reserved { .. }) => {
-                    s.state = State::Running;
-                    s.spec.clone()
-                }
-                Some(s) if s.requester == peer && matches!(s.state, State::Running | State::Done { .. }) => {
-                    return Response::Ok
-                }
-                _ => return Response::Error { message: format!("unknown execution {exec}: bid for it first") },
-            }
-        };
+    fn start(&self, node: &Arc<Node>, peer: PeerId, exec: String, spec: Spec) {
         match self.misbehave {
-            Some(Misbehave::Silent) => return Response::Ok,
+            Some(Misbehave::Silent) => return,
             Some(Misbehave::Crash) => {
                 tokio::spawn(async {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     eprintln!("misbehaving node: crashing mid-job on purpose");
                     std::process::exit(101);
                 });
-                return Response::Ok;
+                return;
             }
             _ => {}
         }
@@ -276,7 +260,6 @@ impl Compute {
             }
             report(&node, peer, Request::Commit { exec, commitment, exit_code }).await;
         });
-        Response::Ok
     }
 
     fn reveal(&self, peer: PeerId, exec: &str) -> Response {
@@ -324,9 +307,11 @@ async fn run_execution(node: &Arc<Node>, requester: PeerId, spec: &Spec) -> anyh
     let exec = c.exec.clone();
     let store = node.store.clone();
     let scratch = c.scratch.clone();
+    tracing::debug!(module = %rt.module, "inputs here; running");
     let finished = tokio::task::spawn_blocking(move || job::run(&exec, &*store, &rt, &scratch))
         .await
         .context("the execution thread panicked")??;
+    tracing::debug!(result = %finished.result, "ran");
     node.metrics.executions_run.inc();
     let o = &finished.outcome;
     Ok((finished.result, finished.exit_status, head(&o.stdout.bytes), head(&o.stderr.bytes)))

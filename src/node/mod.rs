@@ -104,7 +104,9 @@ pub struct Node {
     pub peer: PeerId,
     pub client: Client,
     pub store: Arc<dyn BlockStore>,
-    pub db: Mutex<Db>,
+    /// Internally locked per call: no guard escapes, so holding one across
+    /// another database call cannot deadlock.
+    pub db: Db,
     pub views: Mutex<HashMap<PeerId, View>>,
     pub compute: Option<compute::Compute>,
     /// Wakes the scheduling loop early.
@@ -133,10 +135,9 @@ impl Node {
         (self.clock)()
     }
 
-    /// Locks the database (a poisoned lock is still usable: SQLite keeps
-    /// its own consistency).
-    pub fn db(&self) -> std::sync::MutexGuard<'_, Db> {
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    /// The scheduler's database.
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     /// Has the scheduling loop plan `job` again soon.
@@ -178,7 +179,7 @@ impl Node {
     /// This node's own announcement.
     pub fn announcement(&self) -> Announcement {
         let (compute, slots_total, slots_free, gpu) = match &self.compute {
-            Some(c) => (true, c.slots, c.free_slots(self.now()), c.gpu.clone()),
+            Some(c) => (true, c.slots, c.free_slots(), c.gpu.clone()),
             None => (false, 0, 0, None),
         };
         Announcement {
@@ -319,7 +320,7 @@ pub async fn serve(
         peer,
         client: client.clone(),
         store,
-        db: Mutex::new(db),
+        db,
         views: Mutex::new(HashMap::new()),
         compute,
         kick: Notify::new(),

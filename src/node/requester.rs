@@ -142,24 +142,39 @@ fn end_executions(
     ids: &[ExecId],
     plan: &Plan,
     state: ExecState,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Ended> {
     let now = node.now();
-    let mut changed = false;
+    let mut ended = Ended::default();
     for id in ids {
         let Some(live) = execs.iter().find(|e| &e.id == id && e.state.is_live()) else { continue };
-        cancel_live(node, std::slice::from_ref(live));
         let mut e = live.clone();
         e.state = state;
         e.updated_ms = now;
         e.error = Some(plan.reasons.get(id).cloned().unwrap_or_else(|| format!("marked {state} by the scheduler")));
-        node.db().update_execution(&e)?;
+        // A report may have landed since the plan was made: it wins, and
+        // the next pass plans with it.
+        if !node.db().update_execution_from(&e, live.state)? {
+            ended.stale = true;
+            continue;
+        }
+        cancel_live(node, std::slice::from_ref(live));
         if state == ExecState::Lost {
             node.db().bump_stats(&e.node, NodeStats { lost: 1, ..Default::default() })?;
             node.metrics.executions_lost.inc();
         }
-        changed = true;
+        ended.changed = true;
     }
-    Ok(changed)
+    Ok(ended)
+}
+
+/// What [`end_executions`] did.
+#[derive(Default)]
+struct Ended {
+    /// Something was written.
+    changed: bool,
+    /// An execution had changed since the plan was made: the rest of the
+    /// plan is stale.
+    stale: bool,
 }
 
 fn carry_out(
@@ -170,8 +185,10 @@ fn carry_out(
     views: &mut [NodeView],
 ) -> anyhow::Result<()> {
     let now = node.now();
-    let mut changed = end_executions(node, &execs, &plan.lost, &plan, ExecState::Lost)?;
-    changed |= end_executions(node, &execs, &plan.expired, &plan, ExecState::Rejected)?;
+    let mut ended = end_executions(node, &execs, &plan.lost, &plan, ExecState::Lost)?;
+    let e = end_executions(node, &execs, &plan.expired, &plan, ExecState::Rejected)?;
+    ended.changed |= e.changed;
+    ended.stale |= e.stale;
     // Committed executions of a job that just reached agreement are not
     // cancelled: `complete` still asks for their reveals, so that a node
     // whose answer differed is recorded even when it was not needed.
@@ -182,7 +199,14 @@ fn carry_out(
         .filter(|id| !(completing && execs.iter().any(|e| &e.id == *id && e.state == ExecState::Committed)))
         .cloned()
         .collect();
-    changed |= end_executions(node, &execs, &cancel, &plan, ExecState::Failed)?;
+    let e = end_executions(node, &execs, &cancel, &plan, ExecState::Failed)?;
+    let mut changed = ended.changed | e.changed;
+    if ended.stale || e.stale {
+        // Plan again with what changed rather than act on the rest.
+        node.mark(&job.id);
+        node.notify_changed();
+        return Ok(());
+    }
     if let Some(update) = &plan.job {
         match (update.state, update.result) {
             (JobState::Completed, Some(result)) => {
@@ -211,6 +235,7 @@ fn carry_out(
             let n = node.clone();
             let spec = serde_json::to_string(&job.spec)?;
             let job_id = job.id.to_string();
+            tracing::debug!(job = %job.id, exec = %e.id, node = %target, "placing");
             tokio::spawn(async move { bid_and_run(n, peer, e, job_id, spec).await });
         }
         for id in &plan.reveal {
@@ -236,54 +261,52 @@ fn carry_out(
     Ok(())
 }
 
-async fn bid_and_run(node: Arc<Node>, peer: PeerId, mut e: Execution, job: String, spec: String) {
+async fn bid_and_run(node: Arc<Node>, peer: PeerId, e: Execution, job: String, spec: String) {
     let exec = e.id.to_string();
+    // An accepted bid is already running (see `Request::Bid`).
     let outcome = match node.send(peer, Request::Bid { job, exec: exec.clone(), spec }).await {
-        Ok(Response::Bid { accepted: true, .. }) => {
-            e.state = ExecState::Accepted;
-            e.updated_ms = node.now();
-            let _ = node.db().update_execution(&e);
-            match node.send(peer, Request::Run { exec: exec.clone() }).await {
-                Ok(Response::Ok) => Ok(()),
-                Ok(Response::Error { message }) => Err((ExecState::Failed, message)),
-                Ok(other) => Err((ExecState::Failed, format!("unexpected answer to run: {other:?}"))),
-                Err(err) => Err((ExecState::Lost, err.to_string())),
-            }
-        }
+        Ok(Response::Bid { accepted: true, .. }) => Ok(()),
         Ok(Response::Bid { accepted: false, reason }) => {
             Err((ExecState::Rejected, reason.unwrap_or_else(|| "bid rejected".into())))
         }
         Ok(Response::Error { message }) => Err((ExecState::Rejected, message)),
         Ok(other) => Err((ExecState::Rejected, format!("unexpected answer to bid: {other:?}"))),
-        Err(err) => Err((ExecState::Rejected, err.to_string())),
+        // Unreachable, or no answer in time. The bid may still have reached
+        // the node and started it: tell it to stop (best effort; a later
+        // commitment for a rejected execution is refused anyway).
+        Err(err) => {
+            let n = node.clone();
+            let exec = exec.clone();
+            tokio::spawn(async move {
+                let _ = n.send(peer, Request::Cancel { exec }).await;
+            });
+            Err((ExecState::Rejected, err.to_string()))
+        }
     };
-    // Re-read: a fast node may already have committed.
-    let current = node.db().execution(&e.id).ok().flatten().unwrap_or(e);
-    let mut e = current;
+    // Only from `bid_asked`: a fast node may already have committed (its
+    // report can overtake the bid's answer), and the scheduler may have
+    // ended the execution meanwhile.
+    let mut e = e;
     match outcome {
         Ok(()) => {
-            if e.state == ExecState::Accepted {
-                e.state = ExecState::Running;
-                e.started_ms.get_or_insert(node.now());
-                e.updated_ms = node.now();
-                let _ = node.db().update_execution(&e);
-            }
+            e.state = ExecState::Running;
+            e.started_ms.get_or_insert(node.now());
         }
         Err((state, error)) => {
-            if e.state.is_live() && e.state != ExecState::Committed {
-                e.state = state;
-                e.error = Some(error);
-                e.updated_ms = node.now();
-                let _ = node.db().update_execution(&e);
-            }
+            e.state = state;
+            e.error = Some(error);
         }
     }
+    e.updated_ms = node.now();
+    let _ = node.db().update_execution_from(&e, ExecState::BidAsked);
+    tracing::debug!(job = %e.job, exec = %e.id, state = %e.state, "bid answered");
     node.notify_changed();
     node.mark(&e.job);
 }
 
 async fn reveal(node: &Arc<Node>, peer: PeerId, mut e: Execution) {
     let now = node.now();
+    tracing::debug!(job = %e.job, exec = %e.id, "asking for the reveal");
     match node.send(peer, Request::Reveal { exec: e.id.to_string() }).await {
         Ok(Response::Revealed { result, nonce, exit_code, stdout, stderr }) => {
             let parsed: Option<Cid> = result.parse().ok();
@@ -322,13 +345,10 @@ async fn reveal(node: &Arc<Node>, peer: PeerId, mut e: Execution) {
     e.updated_ms = now;
     // Another reveal of the same execution may have landed meanwhile (a
     // late reveal after completion): the first answer stands.
-    let current = node.db().execution(&e.id);
-    match current {
-        Ok(Some(current)) if current.state == ExecState::Committed => {
-            let _ = node.db().update_execution(&e);
-        }
-        _ => return,
+    if !matches!(node.db().update_execution_from(&e, ExecState::Committed), Ok(true)) {
+        return;
     }
+    tracing::debug!(job = %e.job, exec = %e.id, state = %e.state, "reveal recorded");
     node.notify_changed();
 }
 
@@ -343,6 +363,7 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
     let node = node.clone();
     let job_id = job.id.clone();
     tokio::spawn(async move {
+        tracing::debug!(job = %job_id, %result, "agreed; fetching the result");
         let outcome = async {
             let execs = node.db().executions(&job_id)?;
             let providers: Vec<PeerId> = execs
@@ -352,6 +373,8 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                 .filter(|p| *p != node.peer)
                 .collect();
             fetch::fetch_dag(&node.client, &node.store, result, &providers).await?;
+            // Reports kept landing during the fetch: judge what is there now.
+            let execs = node.db().executions(&job_id)?;
             let Some(mut job) = node.db().job(&job_id)? else { return anyhow::Ok(()) };
             if job.state.is_terminal() {
                 return Ok(());
@@ -398,6 +421,7 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                 let n = node.clone();
                 tokio::spawn(async move { late_reveal(n, e, result).await });
             }
+            tracing::debug!(job = %job_id, %result, "completed");
             node.metrics.jobs_completed.inc();
             let latency = now.saturating_sub(job.created_ms) as f64 / 1e3;
             node.metrics.job_seconds.observe(latency);
@@ -422,6 +446,7 @@ async fn late_reveal(node: Arc<Node>, e: Execution, agreed: Cid) {
         reveal(&node, peer, e).await;
     }
     let Ok(Some(mut e)) = node.db().execution(&id) else { return };
+    let read = e.state;
     let now = node.now();
     match (e.state, e.result) {
         (ExecState::Revealed, Some(r)) => {
@@ -433,8 +458,9 @@ async fn late_reveal(node: Arc<Node>, e: Execution, agreed: Cid) {
             };
             e.state = ExecState::Completed;
             e.updated_ms = now;
-            let _ = node.db().update_execution(&e);
-            let _ = node.db().bump_stats(&e.node, stats);
+            if let Ok(true) = node.db().update_execution_from(&e, read) {
+                let _ = node.db().bump_stats(&e.node, stats);
+            }
         }
         // Unreachable or refused: it was not needed; stop it.
         (state, _) if state.is_live() => {
@@ -442,7 +468,7 @@ async fn late_reveal(node: Arc<Node>, e: Execution, agreed: Cid) {
             e.state = ExecState::Failed;
             e.error = Some("not needed: the job completed".into());
             e.updated_ms = now;
-            let _ = node.db().update_execution(&e);
+            let _ = node.db().update_execution_from(&e, read);
         }
         _ => {}
     }
@@ -461,46 +487,64 @@ fn cancel_live(node: &Arc<Node>, execs: &[Execution]) {
     }
 }
 
+/// How many times a report is applied to an execution that changed
+/// between reading and writing it.
+const REPORT_ATTEMPTS: usize = 4;
+
 /// Handles a compute node's report (Commit or Failed).
 pub async fn handle(node: &Arc<Node>, peer: PeerId, request: Request) -> Response {
     let id: ExecId = match request.exec().parse() {
         Ok(id) => id,
         Err(_) => return Response::Error { message: format!("malformed execution id {}", request.exec()) },
     };
-    let Ok(Some(mut e)) = node.db().execution(&id) else {
-        return Response::Error { message: format!("unknown execution {id}") };
-    };
-    if e.node != peer.to_string() {
-        return Response::Error { message: format!("execution {id} was not placed on you") };
-    }
-    let now = node.now();
-    match request {
-        Request::Commit { commitment, exit_code, .. } => {
-            if matches!(e.state, ExecState::BidAsked | ExecState::Accepted | ExecState::Running) {
-                e.state = ExecState::Committed;
-                e.commitment = Some(commitment);
-                e.exit_code = Some(exit_code);
-                e.updated_ms = now;
-            } else if e.commitment != Some(commitment) {
-                return Response::Error { message: format!("execution {id} is {}; commitment refused", e.state) };
-            }
+    // The execution may change under us (the bid's answer, a scheduling
+    // pass): write only over the state we read, re-reading a few times.
+    for _ in 0..REPORT_ATTEMPTS {
+        let Ok(Some(mut e)) = node.db().execution(&id) else {
+            return Response::Error { message: format!("unknown execution {id}") };
+        };
+        if e.node != peer.to_string() {
+            return Response::Error { message: format!("execution {id} was not placed on you") };
         }
-        Request::Failed { error, .. } => {
-            if e.state.is_live() {
+        let read = e.state;
+        let mut failed = false;
+        match &request {
+            Request::Commit { commitment, exit_code, .. } => {
+                if matches!(e.state, ExecState::BidAsked | ExecState::Accepted | ExecState::Running) {
+                    e.state = ExecState::Committed;
+                    e.commitment = Some(*commitment);
+                    e.exit_code = Some(*exit_code);
+                } else if e.commitment == Some(*commitment) {
+                    return Response::Ok; // a repeated report
+                } else {
+                    return Response::Error { message: format!("execution {id} is {}; commitment refused", e.state) };
+                }
+            }
+            Request::Failed { error, .. } => {
+                if !e.state.is_live() {
+                    return Response::Ok;
+                }
                 e.state = ExecState::Failed;
-                e.error = Some(error);
-                e.updated_ms = now;
-                let _ = node.db().bump_stats(&e.node, NodeStats { failed: 1, ..Default::default() });
+                e.error = Some(error.clone());
+                failed = true;
             }
+            _ => return Response::Error { message: "not a report".into() },
         }
-        _ => return Response::Error { message: "not a report".into() },
+        e.updated_ms = node.now();
+        match node.db().update_execution_from(&e, read) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(err) => return Response::Error { message: format!("cannot record execution {id}: {err}") },
+        }
+        if failed {
+            let _ = node.db().bump_stats(&e.node, NodeStats { failed: 1, ..Default::default() });
+        }
+        tracing::debug!(job = %e.job, exec = %id, state = %e.state, "report recorded");
+        node.notify_changed();
+        node.mark(&e.job);
+        return Response::Ok;
     }
-    if let Err(err) = node.db().update_execution(&e) {
-        return Response::Error { message: format!("cannot record execution {id}: {err}") };
-    }
-    node.notify_changed();
-    node.mark(&e.job);
-    Response::Ok
+    Response::Error { message: format!("execution {id} keeps changing; report again") }
 }
 
 /// A peer restarted: whatever it was running for us is gone.
@@ -511,11 +555,13 @@ pub fn peer_restarted(node: &Arc<Node>, peer: PeerId) {
     for job in jobs {
         let Ok(execs) = node.db().executions(&job.id) else { continue };
         for mut e in execs.into_iter().filter(|e| e.node == id && e.state.is_live()) {
+            let read = e.state;
             e.state = ExecState::Lost;
             e.error = Some("the node restarted during the execution".into());
             e.updated_ms = now;
-            let _ = node.db().update_execution(&e);
-            let _ = node.db().bump_stats(&e.node, NodeStats { lost: 1, ..Default::default() });
+            if let Ok(true) = node.db().update_execution_from(&e, read) {
+                let _ = node.db().bump_stats(&e.node, NodeStats { lost: 1, ..Default::default() });
+            }
         }
     }
     node.plan_everything();

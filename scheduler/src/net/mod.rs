@@ -555,7 +555,7 @@ mod tests {
     async fn request_to_unknown_peer_fails_cleanly() {
         let (a, _events, _addr, _s) = node().await;
         let stranger = Keypair::generate_ed25519().public().to_peer_id();
-        let err = a.request(stranger, Request::Run { exec: "e".into() }).await.unwrap_err();
+        let err = a.request(stranger, Request::Cancel { exec: "e".into() }).await.unwrap_err();
         assert!(matches!(err, Error::Request { .. }), "{err}");
     }
 

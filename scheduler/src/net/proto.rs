@@ -43,11 +43,12 @@ pub const MAX_ANNOUNCEMENT: usize = 16 << 10;
 /// A request on [`EXEC_PROTOCOL`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Requester → compute: would you run this execution? The spec is the
-    /// job spec as JSON. Accepting reserves a slot until `Run` or `Cancel`.
+    /// Requester → compute: run this execution if you can. The spec is the
+    /// job spec as JSON. Accepting starts it at once: the planner has
+    /// already chosen this node, so a separate "run" message would only add
+    /// a round trip to every execution (the latency of a redundant job is
+    /// that of its slowest node).
     Bid { job: String, exec: String, spec: String },
-    /// Requester → compute: run the execution you accepted.
-    Run { exec: String },
     /// Compute → requester: the execution finished; `commitment` binds its
     /// result CID without revealing it (see `commit`).
     Commit { exec: String, commitment: [u8; 32], exit_code: i32 },
@@ -64,7 +65,6 @@ impl Request {
     pub fn exec(&self) -> &str {
         match self {
             Request::Bid { exec, .. }
-            | Request::Run { exec }
             | Request::Commit { exec, .. }
             | Request::Failed { exec, .. }
             | Request::Reveal { exec }
@@ -78,7 +78,7 @@ impl Request {
 pub enum Response {
     /// The answer to `Bid`.
     Bid { accepted: bool, reason: Option<String> },
-    /// Done (Run started, Commit recorded, Cancel applied...).
+    /// Done (Commit recorded, Cancel applied...).
     Ok,
     /// The answer to `Reveal`: the result CID, the nonce that opens the
     /// commitment, and the head of each output stream.
