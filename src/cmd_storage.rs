@@ -401,9 +401,10 @@ pub fn repo(ctx: &Ctx, c: RepoCmd) -> anyhow::Result<ExitCode> {
                     r.pins
                 );
                 if let Some(d) = &r.disk {
+                    println!("packs: {} ({} bytes on disk)", d.files, d.bytes);
                     println!(
-                        "packs: {} ({} bytes on disk; {} bytes unused, in {} packs without blocks and in deleted blocks: `shoal repo gc` gives them back unless an import is writing them)",
-                        d.files, d.bytes, d.unreferenced, d.files_without_blocks
+                        "unused: {} bytes, {} packs without blocks (deleted blocks, imports killed or still running; `shoal repo gc` gives them back)",
+                        d.unreferenced, d.files_without_blocks
                     );
                 }
             }
