@@ -244,7 +244,10 @@ fn a_killed_import_leaves_no_pin_and_gc_cleans_up() {
     // The killed import's pack holds no indexed block: stat counts it,
     // gc removes it.
     let stat = ok(&home, &["repo", "stat"]);
-    assert!(stat.contains("blocks: 0") && stat.contains("packs: 1 ") && stat.contains("1 packs without blocks"), "{stat}");
+    assert!(
+        stat.contains("blocks: 0") && stat.contains("packs: 1 ") && stat.contains("1 packs without blocks"),
+        "{stat}"
+    );
     let gc = ok(&home, &["repo", "gc"]);
     assert!(gc.contains("kept 0"), "{gc}");
     let given_back: u64 = gc.split("; ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();

@@ -492,7 +492,8 @@ impl FsStore {
         let rows: Vec<(Vec<u8>, Loc)> = self.pending().iter().map(|(k, l)| (k.clone(), *l)).collect();
         if !rows.is_empty() {
             let mut db = self.db();
-            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| db_err(&self.db_path, e))?;
+            let tx =
+                db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| db_err(&self.db_path, e))?;
             {
                 // A row replaced is an older copy (maybe a damaged one): the
                 // new one was hashed and synced just now.
@@ -564,7 +565,8 @@ impl FsStore {
             }
         }
         // A small pack alone has nothing to merge with.
-        if !(group.len() == 1 && !group[0].mostly_dead) && !group.is_empty() {
+        let lone_small = matches!(group.as_slice(), [c] if !c.mostly_dead);
+        if !group.is_empty() && !lone_small {
             freed += self.rewrite(group)?;
         }
         self.sweep_readers();
@@ -617,7 +619,8 @@ impl FsStore {
         }
         {
             let mut db = self.db();
-            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| db_err(&self.db_path, e))?;
+            let tx =
+                db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| db_err(&self.db_path, e))?;
             {
                 // Only rows still where we copied them from: one deleted or
                 // replaced by a writer meanwhile stays as the writer left it.
@@ -1262,7 +1265,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = FsStore::open(dir.path()).unwrap();
         let b = FsStore::open(dir.path()).unwrap();
-        let (xs, ys): (Vec<Block>, Vec<Block>) = ((0..40).map(|i| block(i, 50_000)).collect(), (40..80).map(|i| block(i, 50_000)).collect());
+        let (xs, ys): (Vec<Block>, Vec<Block>) =
+            ((0..40).map(|i| block(i, 50_000)).collect(), (40..80).map(|i| block(i, 50_000)).collect());
         // One block both write.
         let shared = block(200, 70_000);
         std::thread::scope(|t| {
