@@ -757,6 +757,17 @@ impl FsStore {
     }
 }
 
+impl Drop for FsStore {
+    fn drop(&mut self) {
+        // Not flushed on purpose: a store dropped on an error path (a
+        // failed import) leaves what a crash leaves, for gc to reclaim.
+        let n = self.pending().len();
+        if n > 0 {
+            tracing::debug!(blocks = n, root = %self.root.display(), "store closed without a flush; its last blocks were not indexed");
+        }
+    }
+}
+
 struct Candidate {
     id: u64,
     path: PathBuf,
