@@ -375,16 +375,23 @@ pub fn repo(ctx: &Ctx, c: RepoCmd) -> anyhow::Result<ExitCode> {
             if ctx.json {
                 output::json(&r)?;
             } else {
-                println!("removed {} blocks ({} bytes), kept {}", r.removed, r.bytes_freed, r.kept);
+                println!(
+                    "removed {} blocks ({} bytes), kept {}; {} bytes of disk space given back",
+                    r.removed, r.bytes_freed, r.kept, r.reclaimed
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         RepoCmd::Stat => {
             let r = repos::stat(store.get())?;
             if ctx.json {
-                output::json(
-                    &serde_json::json!({ "store": store.get().describe(), "blocks": r.blocks, "bytes": r.bytes, "pins": r.pins }),
-                )?;
+                output::json(&serde_json::json!({
+                    "store": store.get().describe(),
+                    "blocks": r.blocks,
+                    "bytes": r.bytes,
+                    "pins": r.pins,
+                    "disk": r.disk,
+                }))?;
             } else {
                 println!(
                     "store: {}\nblocks: {}\nbytes: {}\npins: {}",
@@ -393,6 +400,13 @@ pub fn repo(ctx: &Ctx, c: RepoCmd) -> anyhow::Result<ExitCode> {
                     r.bytes,
                     r.pins
                 );
+                if let Some(d) = &r.disk {
+                    println!("packs: {} ({} bytes on disk)", d.files, d.bytes);
+                    println!(
+                        "unused: {} bytes, {} packs without blocks (deleted blocks, imports killed or still running; `shoal repo gc` gives them back)",
+                        d.unreferenced, d.files_without_blocks
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

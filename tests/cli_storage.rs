@@ -124,23 +124,26 @@ fn corrupt_blocks_are_detected_and_never_served() {
     let f = t.path().join("f");
     fs::write(&f, random(300_000, 5)).unwrap();
     let cid = ok(&home, &["add", "-q", "--cid-version", "1", f.to_str().unwrap()]).trim().to_string();
-    // Damage one block file in place.
-    let mut victim = None;
-    for shard in fs::read_dir(home.join("blocks")).unwrap().flatten() {
-        for b in fs::read_dir(shard.path()).unwrap().flatten() {
-            if b.metadata().unwrap().len() > 200_000 {
-                victim = Some(b.path());
-            }
-        }
-    }
-    let victim = victim.expect("a chunk block");
-    let mut bytes = fs::read(&victim).unwrap();
-    bytes[1000] ^= 0xff;
-    fs::write(&victim, &bytes).unwrap();
+    // Damage one block in place: the middle of the only pack lies inside
+    // the first chunk (262144 bytes of the 300 kB).
+    let packs: Vec<_> = fs::read_dir(home.join("blocks/packs")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    let victim = &packs[0];
+    let mut bytes = fs::read(victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    fs::write(victim, &bytes).unwrap();
     let o = run(&home, &["cat", &cid]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("is corrupt on disk"));
-    assert!(!o.stdout.windows(64).any(|w| bytes.windows(64).any(|b| b == w)), "corrupt bytes were served");
+    // Nothing of the damaged chunk was served, neither around the flipped
+    // byte nor elsewhere.
+    let damaged = &bytes[middle - 32..middle + 32];
+    let chunk = &random(300_000, 5)[..262_144];
+    assert!(
+        !o.stdout.windows(64).any(|w| w == damaged || chunk.windows(64).any(|b| b == w)),
+        "corrupt bytes were served"
+    );
     let o = run(&home, &["repo", "verify"]);
     assert!(!o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
@@ -218,11 +221,14 @@ fn a_killed_import_leaves_no_pin_and_gc_cleans_up() {
         }
     }
     let mut child = shoal(&home).args(["add", "-q", f.to_str().unwrap()]).stdout(Stdio::null()).spawn().unwrap();
-    // Wait until some blocks are on disk, then kill it mid-import.
+    // Wait until some blocks are in its pack, then kill it mid-import.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let written = || -> u64 {
+        let Ok(d) = fs::read_dir(home.join("blocks/packs")) else { return 0 };
+        d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()
+    };
     loop {
-        let n = fs::read_dir(home.join("blocks")).map(|d| d.count()).unwrap_or(0);
-        if n > 20 {
+        if written() > 5 << 20 {
             break;
         }
         assert!(child.try_wait().unwrap().is_none(), "import finished before it could be killed");
@@ -235,9 +241,20 @@ fn a_killed_import_leaves_no_pin_and_gc_cleans_up() {
     assert!(ok(&home, &["pin", "ls"]).trim().is_empty());
     let v = ok(&home, &["repo", "verify"]);
     assert!(v.contains(": ok"), "{v}");
+    // The killed import's pack holds no indexed block: stat counts it,
+    // gc removes it.
+    let stat = ok(&home, &["repo", "stat"]);
+    assert!(
+        stat.contains("blocks: 0") && stat.contains("packs: 1 ") && stat.contains("1 packs without blocks"),
+        "{stat}"
+    );
     let gc = ok(&home, &["repo", "gc"]);
     assert!(gc.contains("kept 0"), "{gc}");
-    assert!(ok(&home, &["repo", "stat"]).contains("blocks: 0"));
+    let given_back: u64 = gc.split("; ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(given_back > 5 << 20, "{gc}");
+    let stat = ok(&home, &["repo", "stat"]);
+    assert!(stat.contains("blocks: 0") && stat.contains("packs: 0 "), "{stat}");
+    assert_eq!(fs::read_dir(home.join("blocks/packs")).unwrap().count(), 0);
 }
 
 /// A full disk during import: a 4 MiB tmpfs in a private mount namespace
@@ -282,5 +299,9 @@ $S add -q {small} > {out}/again
     assert_eq!(read("pins").trim(), format!("{} recursive", first.trim()), "only the first add is pinned");
     assert!(read("verify").contains(": ok"), "{}", read("verify"));
     assert_eq!(read("cat"), "small file\n");
+    // gc removes the failed import's pack, which holds no indexed block.
+    let gc = read("gc");
+    let given_back: u64 = gc.split("; ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert!(given_back > 2 << 20, "{gc}");
     assert_eq!(read("again"), first);
 }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use cid::Cid;
 
 use crate::exporter::walk;
-use crate::store::{BlockStore, PinMode};
+use crate::store::{BlockStore, DiskUsage, PinMode};
 use crate::{Error, Result};
 
 /// What [`verify`] found.
@@ -58,13 +58,18 @@ pub struct GcReport {
     pub kept: u64,
     /// Blocks removed.
     pub removed: u64,
-    /// Bytes freed.
+    /// Bytes in the blocks removed.
     pub bytes_freed: u64,
+    /// Disk space given back by compaction (the embedded store's packs):
+    /// removed blocks, and blocks of killed imports, which no count above
+    /// includes since they were never indexed.
+    pub reclaimed: u64,
 }
 
-/// Removes every block no pin reaches. If any pinned DAG cannot be walked
-/// completely (a block missing or damaged), nothing is removed: the blocks
-/// below the damage could not be told apart from garbage.
+/// Removes every block no pin reaches, then gives their disk space back
+/// ([`BlockStore::compact`]). If any pinned DAG cannot be walked completely
+/// (a block missing or damaged), nothing is removed: the blocks below the
+/// damage could not be told apart from garbage.
 pub fn gc(store: &dyn BlockStore) -> Result<GcReport> {
     let mut live: HashSet<Vec<u8>> = HashSet::new();
     for (pin, mode) in store.pin_ls()? {
@@ -86,17 +91,19 @@ pub fn gc(store: &dyn BlockStore) -> Result<GcReport> {
         }
     }
     let mut report = GcReport::default();
+    let mut dead = Vec::new();
     for cid in store.list()? {
         if live.contains(&cid.hash().to_bytes()) {
             report.kept += 1;
             continue;
         }
-        let size = store.size(&cid)?.unwrap_or(0);
-        store.delete(&cid)?;
-        report.removed += 1;
-        report.bytes_freed += size;
+        report.bytes_freed += store.size(&cid)?.unwrap_or(0);
+        dead.push(cid);
     }
+    store.delete_many(&dead)?;
+    report.removed = dead.len() as u64;
     store.flush()?;
+    report.reclaimed = store.compact()?;
     Ok(report)
 }
 
@@ -109,6 +116,8 @@ pub struct Stat {
     pub bytes: u64,
     /// Pins.
     pub pins: u64,
+    /// The store's files on disk, for stores that manage their own.
+    pub disk: Option<DiskUsage>,
 }
 
 /// Counts blocks, bytes and pins.
@@ -119,5 +128,6 @@ pub fn stat(store: &dyn BlockStore) -> Result<Stat> {
         s.bytes += store.size(&cid)?.unwrap_or(0);
     }
     s.pins = store.pin_ls()?.len() as u64;
+    s.disk = store.disk_usage()?;
     Ok(s)
 }

@@ -19,7 +19,7 @@ mod fs;
 mod kubo;
 mod mem;
 
-pub use fs::{FsStore, WriteGuard};
+pub use fs::{FsLimits, FsStore, WriteGuard};
 #[cfg(feature = "kubo")]
 pub use kubo::KuboStore;
 pub use mem::{MemStore, NullStore};
@@ -44,6 +44,21 @@ impl PinMode {
     }
 }
 
+/// What a store's files take on disk (see [`BlockStore::disk_usage`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DiskUsage {
+    /// Files holding blocks (the embedded store's packs).
+    pub files: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Bytes in them that no indexed block uses: deleted blocks, and blocks
+    /// of imports killed or still running. `repo gc` gives them back.
+    pub unreferenced: u64,
+    /// Files holding no indexed block at all (an import killed or still
+    /// running).
+    pub files_without_blocks: u64,
+}
+
 /// A content-addressed block store with pins.
 ///
 /// Contract (checked by `tests/contract.rs` for every implementation):
@@ -52,7 +67,11 @@ impl PinMode {
 /// - Blocks are keyed by multihash: a block put under a CIDv0 can be read
 ///   under the CIDv1 dag-pb of the same hash.
 /// - `put` of a block already present is a cheap no-op.
-/// - After `flush` returns, every block put before it survives a crash.
+/// - After `flush` returns, every block put before it survives a crash;
+///   blocks put but never flushed may be lost (on a crash, and with the
+///   embedded store also when it is dropped).
+/// - `pin_add` flushes first, so a pin never outlives the blocks this store
+///   was given before it.
 /// - Pins name CIDs; `pin_add` does not check DAG completeness (see
 ///   [`crate::pin::add`], which does).
 pub trait BlockStore: Send + Sync {
@@ -76,6 +95,23 @@ pub trait BlockStore: Send + Sync {
     /// Removes a block (pinned or not: pin checks are the caller's, see
     /// [`crate::repo::gc`]). Removing an absent block is not an error.
     fn delete(&self, cid: &Cid) -> Result<()>;
+
+    /// Removes many blocks; stores with transactions do it in one.
+    fn delete_many(&self, cids: &[Cid]) -> Result<()> {
+        cids.iter().try_for_each(|c| self.delete(c))
+    }
+
+    /// Gives back the disk space of blocks removed so far, for stores whose
+    /// `delete` only forgets a block (the embedded store's packs). Returns
+    /// the bytes given back. Called by [`crate::repo::gc`].
+    fn compact(&self) -> Result<u64> {
+        Ok(0)
+    }
+
+    /// The files the store keeps on disk, for stores that manage their own.
+    fn disk_usage(&self) -> Result<Option<DiskUsage>> {
+        Ok(None)
+    }
 
     /// Every block held, as CIDv1 raw over each stored multihash (the
     /// codec is not stored, as in Kubo's blockstore).
@@ -121,6 +157,15 @@ impl<T: BlockStore + ?Sized> BlockStore for std::sync::Arc<T> {
     }
     fn delete(&self, cid: &Cid) -> Result<()> {
         (**self).delete(cid)
+    }
+    fn delete_many(&self, cids: &[Cid]) -> Result<()> {
+        (**self).delete_many(cids)
+    }
+    fn compact(&self) -> Result<u64> {
+        (**self).compact()
+    }
+    fn disk_usage(&self) -> Result<Option<DiskUsage>> {
+        (**self).disk_usage()
     }
     fn list(&self) -> Result<Vec<Cid>> {
         (**self).list()
