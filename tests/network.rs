@@ -200,14 +200,26 @@ fn redundancy_three_agrees_with_a_local_run() {
     let result = text(&o.stdout).lines().last().unwrap().to_owned();
     assert_eq!(result, local_wordcount(), "the agreed result is what a local run gives");
 
-    // Three executions on three distinct nodes, all agreeing.
+    // Three executions on three distinct nodes, all agreeing (the job
+    // completes once two agree; the third is judged when it commits).
     let list = get(&format!("{}/v1/jobs?state=completed", net.nodes[0].api)).1;
     let id = list["jobs"][0]["id"].as_str().unwrap().to_owned();
-    let j = job(&net.nodes[0], &id);
+    let j = eventually(30, "every execution to be judged", || {
+        let j = job(&net.nodes[0], &id);
+        let execs = j["executions"].as_array().unwrap();
+        execs.iter().all(|e| e["state"] == "completed").then_some(j.clone())
+    });
     let execs = j["executions"].as_array().unwrap();
     let nodes: std::collections::BTreeSet<&str> = execs.iter().map(|e| e["node"].as_str().unwrap()).collect();
     assert_eq!(nodes.len(), 3, "{j}");
     assert!(execs.iter().all(|e| e["result"] == Value::String(result.clone())), "{j}");
+    // Each node pins its own result, in the background.
+    for i in 0..3 {
+        eventually(30, "each node to pin its result", || {
+            let pins = cli(&net.nodes[i], &net.home(&format!("n{i}")), &["pin", "ls"]);
+            text(&pins.stdout).lines().any(|l| l.starts_with(&format!("{result} "))).then_some(())
+        });
+    }
 
     // The result is reachable: `shoal cat` from an empty home fetches it
     // through the node.

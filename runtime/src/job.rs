@@ -74,6 +74,14 @@ pub struct Spec {
     pub gpu: bool,
     /// wasi-nn bounds.
     pub nn_limits: crate::nn::NnLimits,
+    /// Make the result durable and pin it before returning (the default).
+    /// Off, its blocks are written (and readable through this store) but
+    /// flushing and pinning are left to the caller: a compute node does
+    /// that in the background for many results at once, so that syncs do
+    /// not sit on every job's latency; its result is only a candidate
+    /// until the requester fetches and pins the agreed one. Not part of
+    /// the spec's identity.
+    pub pin_result: bool,
 }
 
 impl Spec {
@@ -92,6 +100,7 @@ impl Spec {
             models: Vec::new(),
             gpu: false,
             nn_limits: crate::nn::NnLimits::default(),
+            pin_result: true,
         }
     }
 
@@ -238,7 +247,7 @@ pub fn exit_status(o: &Outcome) -> i32 {
 
 /// Runs `spec` with data from `store`, using `scratch` (created if needed,
 /// emptied afterwards) for the materialised inputs and the result tree;
-/// stores and pins the result.
+/// stores and pins the result (unless [`Spec::pin_result`] is off).
 pub fn run(exec: &Executor, store: &dyn BlockStore, spec: &Spec, scratch: &Path) -> Result<Finished, JobError> {
     Runner::new(exec).run(store, spec, scratch)
 }
@@ -407,8 +416,10 @@ fn run_with(runner: &Runner<'_>, store: &dyn BlockStore, spec: &Spec, scratch: &
     entries.push(("outputs".to_string(), importer.add_path(&outputs).map_err(stored())?));
     let outputs_cid = entries.last().map(|(_, a)| a.root);
     let added = importer.add_directory(entries).map_err(stored())?;
-    store.flush().map_err(storage("storing the result".to_string()))?;
-    store.pin_add(&added.root, PinMode::Recursive).map_err(storage("pinning the result".to_string()))?;
+    if spec.pin_result {
+        store.flush().map_err(storage("storing the result".to_string()))?;
+        store.pin_add(&added.root, PinMode::Recursive).map_err(storage("pinning the result".to_string()))?;
+    }
     let outputs = outputs_cid.unwrap_or(added.root);
     Ok(Finished { spec: spec_id, result: added.root, outputs, exit_status: status, outcome })
 }

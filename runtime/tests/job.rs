@@ -54,6 +54,25 @@ fn wordcount_over_a_dataset_by_cid() {
 }
 
 #[test]
+fn a_result_left_unpinned_is_the_same_result_readable_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = shoal_storage::FsStore::open(dir.path()).unwrap();
+    let data = dataset();
+    let mut spec = Spec::new(add(&store, &common::sample("wordcount")));
+    spec.inputs.push(Input { cid: add(&store, data.path()), path: vec![], guest: "/inputs".into() });
+    spec.pin_result = false;
+    let scratch = tempfile::tempdir().unwrap();
+    let f = job::run(common::executor(), &store, &spec, scratch.path()).unwrap();
+    assert!(store.pin_ls().unwrap().is_empty(), "left to the caller to pin");
+    assert_eq!(cat(&store, &f.result, "exitCode"), b"0");
+    // The flag is not part of the job: a pinned run gives the same CIDs.
+    spec.pin_result = true;
+    let pinned = job::run(common::executor(), &store, &spec, scratch.path()).unwrap();
+    assert_eq!((pinned.spec, pinned.result), (f.spec, f.result));
+    assert!(store.pin_ls().unwrap().iter().any(|(c, _)| *c == f.result));
+}
+
+#[test]
 fn independent_runs_agree_on_the_result_cid() {
     let run_once = |deterministic: bool| {
         let store = MemStore::new();

@@ -109,6 +109,11 @@ CREATE TABLE node_stats (
 ) WITHOUT ROWID;
 ";
 
+const INDEXES: &str = "CREATE INDEX IF NOT EXISTS executions_state ON executions (state);";
+
+/// Most rows [`Db::live_executions_of_ended_jobs`] returns at once.
+pub const MAX_LEFTOVERS: usize = 1000;
+
 const JOB_COLS: &str = "id, state, spec, created_ms, updated_ms, started_ms, result, error, extra_used";
 const EXEC_COLS: &str = "id, job, node, state, created_ms, updated_ms, started_ms, commitment, result, error, stdout, \
                          stderr, exit_code, extra, nonce";
@@ -155,6 +160,9 @@ impl Db {
             SCHEMA_VERSION => {}
             found => return Err(Error::Schema { path, found }),
         }
+        // Indexes added within version 1: they change no row, so older
+        // code reads the file as before.
+        tx.execute_batch(INDEXES).map_err(sqlite(&path, "cannot create the indexes"))?;
         tx.commit().map_err(sqlite(&path, "cannot create the schema"))?;
         Ok(Db { path, conn: Mutex::new(conn) })
     }
@@ -279,6 +287,26 @@ impl Db {
             raw_exec,
         )
         .map_err(self.err("cannot list executions"))?;
+        rows.into_iter().map(|r| r.decode().map_err(|b| self.corrupt(b))).collect()
+    }
+
+    /// Executions still live (bid asked … committed) whose job has ended,
+    /// oldest first, at most [`MAX_LEFTOVERS`]: those left to finish after
+    /// their job completed, for the requester to judge or end.
+    pub fn live_executions_of_ended_jobs(&self) -> Result<Vec<Execution>, Error> {
+        let conn = self.conn();
+        let rows = query(
+            &conn,
+            &format!(
+                "SELECT {EXEC_COLS} FROM executions WHERE state IN ('bid_asked', 'accepted', 'running', 'committed') \
+                 AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = executions.job \
+                             AND jobs.state IN ('completed', 'failed', 'cancelled')) \
+                 ORDER BY created_ms, id LIMIT {MAX_LEFTOVERS}"
+            ),
+            [],
+            raw_exec,
+        )
+        .map_err(self.err("cannot list executions of ended jobs"))?;
         rows.into_iter().map(|r| r.decode().map_err(|b| self.corrupt(b))).collect()
     }
 
@@ -622,6 +650,28 @@ mod tests {
         assert!(!db.update_execution_from(&running, ExecState::BidAsked).unwrap());
         assert_eq!(db.execution(&e.id).unwrap().unwrap().state, ExecState::Committed);
         assert!(!db.update_execution_from(&exec(&j, 2), ExecState::BidAsked).unwrap(), "absent");
+    }
+
+    #[test]
+    fn leftovers_are_the_live_executions_of_ended_jobs() {
+        let db = Db::open_in_memory().unwrap();
+        let (mut done, open) = (job(1), job(2));
+        db.insert_job(&done).unwrap();
+        db.insert_job(&open).unwrap();
+        let states = [ExecState::Running, ExecState::Committed, ExecState::Completed, ExecState::Failed];
+        for (i, st) in states.into_iter().enumerate() {
+            for j in [&done, &open] {
+                let mut e = exec(j, i as u64 + if j.id == done.id { 0 } else { 10 });
+                e.state = st;
+                db.insert_execution(&e).unwrap();
+            }
+        }
+        assert!(db.live_executions_of_ended_jobs().unwrap().is_empty(), "no job has ended");
+        done.state = JobState::Completed;
+        db.update_job(&done).unwrap();
+        let left: Vec<(JobId, ExecState)> =
+            db.live_executions_of_ended_jobs().unwrap().into_iter().map(|e| (e.job, e.state)).collect();
+        assert_eq!(left, vec![(done.id.clone(), ExecState::Running), (done.id.clone(), ExecState::Committed)]);
     }
 
     #[test]

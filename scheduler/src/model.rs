@@ -329,6 +329,23 @@ impl Execution {
             nonce: None,
         }
     }
+
+    /// What may be shown of this execution while its job has not ended:
+    /// everything but the revealed result, nonce and output. Reveals start
+    /// once the quorum has committed, while other executions of the job
+    /// may still be running: were revealed answers shown before the job
+    /// ends, a node could read them (through the requester's API) and
+    /// commit to a copy.
+    pub fn sealed(&self, job: JobState) -> Execution {
+        let mut e = self.clone();
+        if !job.is_terminal() {
+            e.result = None;
+            e.nonce = None;
+            e.stdout = None;
+            e.stderr = None;
+        }
+        e
+    }
 }
 
 /// A GPU a node offers.
@@ -386,6 +403,26 @@ pub struct NodeView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_sealed_until_the_job_ends() {
+        let mut e = Execution::new(ExecId::from_parts(1, 2), JobId::from_parts(1, 1), "n".into(), false, 1);
+        e.state = ExecState::Revealed;
+        e.result =
+            Some(*shoal_storage::Block::new(shoal_storage::CidVersion::V1, shoal_storage::block::RAW, vec![1]).cid());
+        e.nonce = Some([7; 32]);
+        e.stdout = Some("answer".into());
+        e.stderr = Some("log".into());
+        e.exit_code = Some(0);
+        for running in [JobState::Queued, JobState::Running] {
+            let s = e.sealed(running);
+            assert_eq!((s.result, s.nonce, s.stdout, s.stderr), (None, None, None, None));
+            assert_eq!((s.state, s.exit_code), (ExecState::Revealed, Some(0)));
+        }
+        for ended in [JobState::Completed, JobState::Failed, JobState::Cancelled] {
+            assert_eq!(e.sealed(ended), e);
+        }
+    }
 
     #[test]
     fn ids_sort_by_time_and_round_trip() {

@@ -43,8 +43,10 @@
 //! now: a quorum that nothing live or placeable could tie is final, even
 //! if the job wanted more executions than there are nodes for.
 //! - Agreed: the job completes with that result; `agreeing` and
-//!   `dissenting` go into the [`JobUpdate`] (for node reputation); live
-//!   executions are cancelled.
+//!   `dissenting` go into the [`JobUpdate`] (for node reputation). Live
+//!   executions are not cancelled: the caller lets them finish and judges
+//!   each when it commits, so that a node that would have dissented is
+//!   still found out (a failed job does cancel them).
 //! - Wait: replacements (if any) are placed.
 //! - NeedMore(n): up to n extra executions are placed, and `extra_used`
 //!   grows by as many as were placed (with no node for them, the job waits
@@ -78,11 +80,15 @@
 //! the constraints and resources and why each node was passed over. A job
 //! that did start waits for nodes until `timeouts.total`.
 //!
-//! **Reveals.** Committed executions are asked to reveal once no live
-//! execution is still before its commitment (bid asked, accepted, running),
-//! nothing is being placed, and either committed plus results reach the
-//! quorum or no more executions are coming. So no node can learn another's
-//! answer before committing to its own. The caller checks each reveal with
+//! **Reveals.** Committed executions are asked to reveal once the
+//! commitments the job needs are in: committed plus results reach the
+//! quorum, or nothing live is still before its commitment (bid asked,
+//! accepted, running), nothing is being placed and no more executions are
+//! coming. The quorum that decides the job has then committed before any
+//! answer is known, and executions still running learn nothing from the
+//! reveals: the requester shows no execution's result or output until the
+//! job has ended ([`Execution::sealed`](crate::model::Execution::sealed)).
+//! The caller checks each reveal with
 //! [`commit::verify`](crate::commit::verify) before marking the execution
 //! Revealed (a reveal that does not open its commitment is a failure). A
 //! node that commits and never reveals is bounded by `timeouts.total`.
@@ -290,9 +296,11 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
             JobState::Completed => "job completed".to_string(),
             _ => "job failed".to_string(),
         };
-        for e in &live {
-            plan.cancel.push(e.id.clone());
-            plan.reasons.insert(e.id.clone(), why.clone());
+        if update.state != JobState::Completed {
+            for e in &live {
+                plan.cancel.push(e.id.clone());
+                plan.reasons.insert(e.id.clone(), why.clone());
+            }
         }
         plan.job = Some(update);
     };
@@ -412,7 +420,7 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
         live.iter().any(|e| matches!(st(e), ExecState::BidAsked | ExecState::Accepted | ExecState::Running));
     let committed: Vec<&Execution> = live.iter().copied().filter(|e| st(e) == ExecState::Committed).collect();
     let more_coming = want > 0;
-    if !pre_commit && plan.place.is_empty() && (committed.len() + results.len() >= quorum || !more_coming) {
+    if committed.len() + results.len() >= quorum || (!pre_commit && plan.place.is_empty() && !more_coming) {
         plan.reveal = committed.iter().map(|e| e.id.clone()).collect();
     }
 
@@ -810,24 +818,35 @@ mod tests {
     }
 
     #[test]
-    fn reveals_wait_until_every_live_execution_committed() {
+    fn reveals_wait_until_the_quorum_has_committed() {
         let j = job(3, |_| {});
         let ns = nodes(&["a", "b", "c"]);
+        // Quorum 2 of 3: one commitment is not enough.
+        let execs =
+            [ex("e1", "a", ExecState::Committed), ex("e2", "b", ExecState::Running), ex("e3", "c", ExecState::Running)];
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert!(p.reveal.is_empty());
+        assert_eq!(p.job.map(|u| u.state), Some(JobState::Running));
+        // Two are: the third may still be running.
+        let execs = [execs[0].clone(), ex("e2", "b", ExecState::Committed), execs[2].clone()];
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert_eq!(p.reveal, ids(&["e1", "e2"]));
+        // Results so far count towards it: a tie reveals the next one at once.
+        let execs = [
+            with_result(ex("e1", "a", ExecState::Revealed), 1),
+            with_result(ex("e2", "b", ExecState::Revealed), 2),
+            ex("e3", "c", ExecState::Committed),
+        ];
+        let p = plan(&j, &ns, &execs, NOW, &cfg());
+        assert_eq!(p.reveal, ids(&["e3"]));
+        // A quorum of 3 waits for all three.
+        let all = job(3, |s| s.redundancy.quorum = Some(3));
         let execs = [
             ex("e1", "a", ExecState::Committed),
             ex("e2", "b", ExecState::Committed),
             ex("e3", "c", ExecState::Running),
         ];
-        let p = plan(&j, &ns, &execs, NOW, &cfg());
-        assert!(p.reveal.is_empty());
-        assert_eq!(p.job.map(|u| u.state), Some(JobState::Running));
-        let execs = [execs[0].clone(), execs[1].clone(), ex("e3", "c", ExecState::Committed)];
-        let p = plan(&j, &ns, &execs, NOW, &cfg());
-        assert_eq!(p.reveal, ids(&["e1", "e2", "e3"]));
-        // One lost and none to replace it with: two committed still reach the quorum.
-        let execs = [execs[0].clone(), execs[1].clone(), ex("e3", "c", ExecState::Lost)];
-        let p = plan(&j, &ns, &execs, NOW, &cfg());
-        assert_eq!(p.reveal, ids(&["e1", "e2"]));
+        assert!(plan(&all, &ns, &execs, NOW, &cfg()).reveal.is_empty());
     }
 
     #[test]
@@ -868,7 +887,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unassailable_majority_cancels_the_stragglers() {
+    fn an_unassailable_majority_completes_without_the_stragglers() {
         let j = job(3, |_| {});
         let execs = [
             with_result(ex("e1", "a", ExecState::Revealed), 1),
@@ -877,8 +896,8 @@ mod tests {
         ];
         let p = plan(&j, &nodes(&["a", "b", "c"]), &execs, NOW, &cfg());
         assert_eq!(p.job.unwrap().state, JobState::Completed);
-        assert_eq!(p.cancel, ids(&["e3"]));
-        assert_eq!(p.reasons[&ids(&["e3"])[0]], "job completed");
+        // Left to finish: the caller judges it when it commits.
+        assert!(p.cancel.is_empty());
     }
 
     #[test]
@@ -1132,6 +1151,19 @@ mod tests {
             }
             for id in p.lost.iter().chain(&p.expired).chain(&p.cancel) {
                 prop_assert!(p.reasons.contains_key(id));
+            }
+            // No answer is asked for before the quorum has committed,
+            // unless nothing else can commit any more.
+            if !p.reveal.is_empty() {
+                let ended: BTreeSet<&ExecId> = p.lost.iter().chain(&p.expired).chain(&p.cancel).collect();
+                let counted = execs.iter()
+                    .filter(|e| !ended.contains(&e.id))
+                    .filter(|e| e.state == ExecState::Committed || (e.state.has_result() && e.result.is_some()))
+                    .count();
+                let pre_commit = execs.iter().filter(|e| !ended.contains(&e.id)).any(|e| {
+                    matches!(e.state, ExecState::BidAsked | ExecState::Accepted | ExecState::Running)
+                });
+                prop_assert!(counted >= j.spec.quorum() as usize || (!pre_commit && p.place.is_empty()));
             }
             if let Some(u) = &p.job {
                 prop_assert_eq!(u.state == JobState::Completed, u.result.is_some());

@@ -157,7 +157,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn job_json(node: &Node, job: &Job) -> serde_json::Value {
-    let execs = node.db().executions(&job.id).unwrap_or_default();
+    let execs: Vec<_> = node.db().executions(&job.id).unwrap_or_default().iter().map(|e| e.sealed(job.state)).collect();
     json!({ "job": job, "executions": execs })
 }
 
@@ -228,14 +228,16 @@ async fn cancel_job(State(node): State<Shared>, Path(id): Path<String>) -> Resul
     Ok(Json(job_json(&node, &job)))
 }
 
-/// The stdout and stderr of each execution (heads, as revealed).
+/// The stdout and stderr of each execution (heads, as revealed; shown once
+/// the job has ended).
 #[utoipa::path(get, path = "/v1/jobs/{id}/logs", params(("id" = String, Path)), responses((status = 200), (status = 404)))]
 async fn job_logs(State(node): State<Shared>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     let jid = parse_id(&id)?;
-    node.db().job(&jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
+    let job = node.db().job(&jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
     let execs = node.db().executions(&jid).map_err(internal)?;
     let logs: Vec<_> = execs
         .iter()
+        .map(|e| e.sealed(job.state))
         .map(|e| {
             json!({ "execution": e.id, "node": e.node, "state": e.state, "exit_code": e.exit_code,
                     "stdout": e.stdout, "stderr": e.stderr, "error": e.error })

@@ -26,6 +26,11 @@ pub const REPORT_RETRIES: u32 = 8;
 /// Most executions remembered at once (finished ones are forgotten after
 /// their reveal, or the oldest first beyond this).
 pub const MAX_TRACKED: usize = 4096;
+/// Results waiting to be made durable and pinned by the keeper (see
+/// [`keeper`]); past this an execution pins its own result.
+pub const KEEP_QUEUE: usize = 1024;
+/// How long the keeper gathers results before one flush for all of them.
+pub const KEEP_BATCH: Duration = Duration::from_millis(100);
 
 /// Deliberately wrong behaviours, for tests of the network's defences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,6 +57,8 @@ struct Slot {
 /// The compute half of a node.
 pub struct Compute {
     pub slots: u32,
+    keep: tokio::sync::mpsc::Sender<Cid>,
+    kept: Mutex<Option<tokio::sync::mpsc::Receiver<Cid>>>,
     pub gpu: Option<Gpu>,
     execs: Mutex<HashMap<String, Slot>>,
     exec: Arc<Executor>,
@@ -127,8 +134,11 @@ impl Compute {
         let gpu = if gpu { shoal_runtime::nn::probe_gpu(allow_software_gpu) } else { None };
         let gpu = gpu.map(|g| Gpu { name: g.name, memory_bytes: g.memory_bytes, software: g.software });
         let exec = Executor::new(config).context("cannot start the wasm engine")?;
+        let (keep, kept) = tokio::sync::mpsc::channel(KEEP_QUEUE);
         Ok(Compute {
             slots: slots.max(1),
+            keep,
+            kept: Mutex::new(Some(kept)),
             gpu,
             execs: Mutex::new(HashMap::new()),
             exec: Arc::new(exec),
@@ -136,6 +146,11 @@ impl Compute {
             misbehave,
             counter: Default::default(),
         })
+    }
+
+    /// The keeper's end of the results queue (taken once, by [`keeper`]).
+    pub fn take_kept(&self) -> Option<tokio::sync::mpsc::Receiver<Cid>> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
@@ -168,6 +183,7 @@ impl Compute {
 
     /// Accepts and starts an execution, or says why not.
     fn bid(&self, node: &Arc<Node>, peer: PeerId, exec: String, spec: &str) -> Response {
+        tracing::debug!(%exec, "bid received");
         let spec = match Spec::from_yaml_or_json(spec) {
             Ok(s) => s,
             Err(e) => return Response::Bid { accepted: false, reason: Some(format!("bad spec: {e}")) },
@@ -289,7 +305,10 @@ type Report = (Cid, i32, String, String);
 
 /// Fetches what the job needs, runs it, and returns its result.
 async fn run_execution(node: &Arc<Node>, requester: PeerId, spec: &Spec) -> anyhow::Result<Report> {
-    let rt = to_runtime(spec);
+    let mut rt = to_runtime(spec);
+    // Pinned in the background (see `keeper`): the requester reads the
+    // result from this process, which sees it at once.
+    rt.pin_result = false;
     let mut providers = vec![requester];
     if let Ok(peers) = node.client.peers().await {
         providers.extend(peers.into_iter().filter(|p| *p != requester));
@@ -312,9 +331,49 @@ async fn run_execution(node: &Arc<Node>, requester: PeerId, spec: &Spec) -> anyh
         .await
         .context("the execution thread panicked")??;
     tracing::debug!(result = %finished.result, "ran");
+    if let Err(tokio::sync::mpsc::error::TrySendError::Full(result)) = c.keep.try_send(finished.result) {
+        // The keeper is behind: pin this one here.
+        let store = node.store.clone();
+        tokio::task::spawn_blocking(move || keep_now(&*store, &[result]))
+            .await
+            .context("the pinning thread panicked")??;
+    }
     node.metrics.executions_run.inc();
     let o = &finished.outcome;
     Ok((finished.result, finished.exit_status, head(&o.stdout.bytes), head(&o.stderr.bytes)))
+}
+
+/// Makes results durable and pins them: one flush for all of them.
+fn keep_now(store: &dyn shoal_storage::BlockStore, results: &[Cid]) -> anyhow::Result<()> {
+    store.flush().context("cannot store execution results")?;
+    for r in results {
+        store.pin_add(r, shoal_storage::PinMode::Recursive).with_context(|| format!("cannot pin the result {r}"))?;
+    }
+    Ok(())
+}
+
+/// Pins execution results in the background, gathering them for
+/// [`KEEP_BATCH`] so that one sync serves many: a result is a candidate
+/// until the requester has fetched and pinned the agreed one, and a node
+/// that dies before pinning loses its executions anyway (its restart marks
+/// them lost), so nothing waits for the disk on the way to the commitment.
+pub async fn keeper(store: Arc<dyn shoal_storage::BlockStore>, mut results: tokio::sync::mpsc::Receiver<Cid>) {
+    while let Some(first) = results.recv().await {
+        tokio::time::sleep(KEEP_BATCH).await;
+        let mut batch = vec![first];
+        while batch.len() < KEEP_QUEUE {
+            match results.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let st = store.clone();
+        match tokio::task::spawn_blocking(move || keep_now(&*st, &batch)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("{e:#}"),
+            Err(e) => tracing::warn!("the pinning thread failed: {e}"),
+        }
+    }
 }
 
 /// A plausible but wrong result for a lying node: a real, stored result

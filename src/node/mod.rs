@@ -377,6 +377,12 @@ pub async fn serve(
             }
         }
     });
+    // Execution results, pinned in the background.
+    let keep_task = node
+        .compute
+        .as_ref()
+        .and_then(|c| c.take_kept())
+        .map(|results| tokio::spawn(compute::keeper(node.store.clone(), results)));
     // Announcements, once a second and whenever the scheduler asks.
     let n = node.clone();
     let announce_task = tokio::spawn(async move {
@@ -396,6 +402,9 @@ pub async fn serve(
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     announce_task.abort();
     sched_task.abort();
+    if let Some(t) = keep_task {
+        t.abort();
+    }
     events_task.abort();
     let _ = stop_tx.send(());
     let _ = net_task.await;

@@ -69,6 +69,9 @@ pub fn views(node: &Node) -> Vec<NodeView> {
 }
 
 fn tick(node: &Arc<Node>, everything: bool) -> anyhow::Result<()> {
+    if everything {
+        leftovers(node)?;
+    }
     let dirty: Vec<JobId> = node.dirty.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
     let jobs = if everything {
         node.db().active_jobs()?
@@ -102,6 +105,43 @@ fn tick(node: &Arc<Node>, everything: bool) -> anyhow::Result<()> {
         }
         let plan = placement::plan(&job, &views, &execs, now, &node.placement);
         carry_out(node, job, execs, plan, &mut views)?;
+    }
+    Ok(())
+}
+
+/// Executions still live after their job ended (left to finish when the
+/// job completed at its quorum; or left over by a requester that stopped
+/// half-way): a committed one of a completed job is judged, one that has
+/// not committed within `timeouts.execution` (or whose job failed) is
+/// stopped.
+fn leftovers(node: &Arc<Node>) -> anyhow::Result<()> {
+    let now = node.now();
+    for mut e in node.db().live_executions_of_ended_jobs()? {
+        let Some(job) = node.db().job(&e.job)? else { continue };
+        match (job.state, job.result, e.state) {
+            (JobState::Completed, Some(agreed), ExecState::Committed) => {
+                // Committed before the job completed: the requester
+                // stopped before judging it. After: it may have seen the
+                // result.
+                let credit = e.updated_ms <= job.updated_ms;
+                spawn_late_reveal(node, e, agreed, credit);
+            }
+            (JobState::Completed, _, _)
+                if now.saturating_sub(e.started_ms.unwrap_or(e.created_ms))
+                    <= u64::try_from(job.spec.timeouts.execution.as_millis()).unwrap_or(u64::MAX) => {}
+            (state, _, _) => {
+                let read = e.state;
+                cancel_live(node, std::slice::from_ref(&e));
+                e.state = ExecState::Failed;
+                e.error = Some(if state == JobState::Completed {
+                    "not needed: the job completed, and it had not committed within timeouts.execution".into()
+                } else {
+                    format!("not needed: the job {state}")
+                });
+                e.updated_ms = now;
+                node.db().update_execution_from(&e, read)?;
+            }
+        }
     }
     Ok(())
 }
@@ -189,17 +229,10 @@ fn carry_out(
     let e = end_executions(node, &execs, &plan.expired, &plan, ExecState::Rejected)?;
     ended.changed |= e.changed;
     ended.stale |= e.stale;
-    // Committed executions of a job that just reached agreement are not
-    // cancelled: `complete` still asks for their reveals, so that a node
-    // whose answer differed is recorded even when it was not needed.
-    let completing = plan.job.as_ref().is_some_and(|u| u.state == JobState::Completed);
-    let cancel: Vec<ExecId> = plan
-        .cancel
-        .iter()
-        .filter(|id| !(completing && execs.iter().any(|e| &e.id == *id && e.state == ExecState::Committed)))
-        .cloned()
-        .collect();
-    let e = end_executions(node, &execs, &cancel, &plan, ExecState::Failed)?;
+    // A job that reached agreement keeps its other executions running:
+    // `complete` and `handle` judge each when it commits, so that a node
+    // whose answer differs is recorded even when it was not needed.
+    let e = end_executions(node, &execs, &plan.cancel, &plan, ExecState::Failed)?;
     let mut changed = ended.changed | e.changed;
     if ended.stale || e.stale {
         // Plan again with what changed rather than act on the rest.
@@ -224,7 +257,12 @@ fn carry_out(
         }
     }
     if !job.state.is_terminal() {
-        for (target, extra) in plan.placements() {
+        // Bids to other nodes go out before this node starts its own
+        // execution, which would otherwise hold a core while they wait.
+        let mut placements: Vec<(&model::NodeId, bool)> = plan.placements().collect();
+        let me = node.peer.to_string();
+        placements.sort_by_key(|(target, _)| **target == me);
+        for (target, extra) in placements {
             let Ok(peer) = target.parse::<PeerId>() else { continue };
             let e = Execution::new(ExecId::from_parts(now, rand::random()), job.id.clone(), target.clone(), extra, now);
             node.db().insert_execution(&e)?;
@@ -408,18 +446,14 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                     // Not counted by the plan (it revealed after the vote,
                     // or has yet to): judge it on its own.
                     late.push(e);
-                } else if e.state.is_live() {
-                    cancel_live(&node, std::slice::from_ref(&e));
-                    e.state = ExecState::Failed;
-                    e.error = Some("not needed: the job completed".into());
-                    e.updated_ms = now;
-                    changed.push(e);
                 }
+                // Executions yet to commit are left to finish: `handle`
+                // judges each when it commits (see `leftovers` for those
+                // that never do).
             }
             node.db().apply_with_stats(&job, &changed, &stats)?;
             for e in late {
-                let n = node.clone();
-                tokio::spawn(async move { late_reveal(n, e, result).await });
+                spawn_late_reveal(&node, e, result, true);
             }
             tracing::debug!(job = %job_id, %result, "completed");
             node.metrics.jobs_completed.inc();
@@ -437,21 +471,41 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
     });
 }
 
+/// Judges, once, an execution that was not needed for its job's result
+/// (see [`late_reveal`]).
+fn spawn_late_reveal(node: &Arc<Node>, e: Execution, agreed: Cid, credit: bool) {
+    let key = format!("late:{}", e.id);
+    if !claim(node, key.clone()) {
+        return;
+    }
+    let node = node.clone();
+    tokio::spawn(async move {
+        late_reveal(&node, e, agreed, credit).await;
+        release(&node, &key);
+    });
+}
+
 /// Asks an execution that committed but was not needed for its result,
-/// and records whether its node agreed with `agreed`.
-async fn late_reveal(node: Arc<Node>, e: Execution, agreed: Cid) {
+/// and records whether its node agreed with `agreed`. Agreeing earns
+/// credit only if it committed before the result was published (`credit`):
+/// after, it could have copied it. A different result is dissent either
+/// way.
+async fn late_reveal(node: &Arc<Node>, e: Execution, agreed: Cid, credit: bool) {
     let Some(peer) = peer_of(&e) else { return };
     let id = e.id.clone();
     if e.state == ExecState::Committed {
-        reveal(&node, peer, e).await;
+        reveal(node, peer, e).await;
     }
     let Ok(Some(mut e)) = node.db().execution(&id) else { return };
     let read = e.state;
     let now = node.now();
     match (e.state, e.result) {
         (ExecState::Revealed, Some(r)) => {
-            let stats = if r == agreed {
+            let stats = if r == agreed && credit {
                 NodeStats { agreed: 1, ..Default::default() }
+            } else if r == agreed {
+                e.error = Some("agreed, but committed after the result was published: not counted".into());
+                NodeStats::default()
             } else {
                 e.error = Some(format!("dissented: result {r} differs from the agreed {agreed}"));
                 NodeStats { dissented: 1, ..Default::default() }
@@ -464,7 +518,7 @@ async fn late_reveal(node: Arc<Node>, e: Execution, agreed: Cid) {
         }
         // Unreachable or refused: it was not needed; stop it.
         (state, _) if state.is_live() => {
-            cancel_live(&node, std::slice::from_ref(&e));
+            cancel_live(node, std::slice::from_ref(&e));
             e.state = ExecState::Failed;
             e.error = Some("not needed: the job completed".into());
             e.updated_ms = now;
@@ -540,6 +594,14 @@ pub async fn handle(node: &Arc<Node>, peer: PeerId, request: Request) -> Respons
             let _ = node.db().bump_stats(&e.node, NodeStats { failed: 1, ..Default::default() });
         }
         tracing::debug!(job = %e.job, exec = %id, state = %e.state, "report recorded");
+        if e.state == ExecState::Committed {
+            // Left running when its job completed: judge it now.
+            if let Ok(Some(job)) = node.db().job(&e.job) {
+                if let (JobState::Completed, Some(agreed)) = (job.state, job.result) {
+                    spawn_late_reveal(node, e.clone(), agreed, false);
+                }
+            }
+        }
         node.notify_changed();
         node.mark(&e.job);
         return Response::Ok;

@@ -156,7 +156,14 @@ pub fn tcp_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, Error> 
         .map_err(|e| Error::Setup(format!("tcp transport: {e}")))?
         .with_behaviour(|_| behaviour)
         .map_err(|e| Error::Setup(format!("behaviour: {e}")))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        // Every request opens a substream; lazy negotiation sends the
+        // protocol name together with the request instead of waiting a
+        // round trip for the listener to confirm it (the dialer proposes a
+        // single protocol, so it knows which one it is).
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(idle)
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
         .build())
 }
 
