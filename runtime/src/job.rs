@@ -258,15 +258,17 @@ pub const MODULE_CACHE_ENTRIES: usize = 32;
 /// Runs jobs with an executor, keeping recently used modules' bytes in
 /// memory by CID: a CID names its bytes forever, so a warm process neither
 /// re-reads nor re-hashes a module it has run (and the executor, which
-/// remembers buffers it has seen, skips its own hashing too).
-pub struct Runner<'a> {
-    exec: &'a Executor,
+/// remembers buffers it has seen, skips its own hashing too). `E` is how
+/// the executor is held: `&Executor` for a runner that lives in a scope,
+/// `Arc<Executor>` for one a long-lived service keeps.
+pub struct Runner<E: std::ops::Deref<Target = Executor>> {
+    exec: E,
     modules: std::sync::Mutex<Vec<(Cid, Arc<[u8]>)>>,
 }
 
-impl<'a> Runner<'a> {
+impl<E: std::ops::Deref<Target = Executor>> Runner<E> {
     /// A runner over `exec`.
-    pub fn new(exec: &'a Executor) -> Runner<'a> {
+    pub fn new(exec: E) -> Runner<E> {
         Runner { exec, modules: std::sync::Mutex::new(Vec::new()) }
     }
 
@@ -294,8 +296,13 @@ impl<'a> Runner<'a> {
     }
 }
 
-fn run_with(runner: &Runner<'_>, store: &dyn BlockStore, spec: &Spec, scratch: &Path) -> Result<Finished, JobError> {
-    let exec = runner.exec;
+fn run_with<E: std::ops::Deref<Target = Executor>>(
+    runner: &Runner<E>,
+    store: &dyn BlockStore,
+    spec: &Spec,
+    scratch: &Path,
+) -> Result<Finished, JobError> {
+    let exec: &Executor = &runner.exec;
     fs::create_dir_all(scratch).map_err(io("cannot create scratch directory", scratch))?;
     let work = tempfile::Builder::new()
         .prefix("job-")

@@ -200,7 +200,8 @@ impl Db {
     pub fn job(&self, id: &JobId) -> Result<Option<Job>, Error> {
         let conn = self.conn();
         let row = conn
-            .query_row(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"), [id.as_str()], raw_job)
+            .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"))
+            .and_then(|mut st| st.query_row([id.as_str()], raw_job))
             .optional()
             .map_err(self.err("cannot read job"))?;
         row.map(|r| r.decode().map_err(|b| self.corrupt(b))).transpose()
@@ -245,7 +246,8 @@ impl Db {
     /// How many jobs are in `state`.
     pub fn count_jobs(&self, state: JobState) -> Result<u64, Error> {
         self.conn()
-            .query_row("SELECT COUNT(*) FROM jobs WHERE state = ?1", [state.as_str()], |r| r.get(0))
+            .prepare_cached("SELECT COUNT(*) FROM jobs WHERE state = ?1")
+            .and_then(|mut st| st.query_row([state.as_str()], |r| r.get(0)))
             .map_err(self.err("cannot count jobs"))
     }
 
@@ -314,7 +316,8 @@ impl Db {
     pub fn execution(&self, id: &ExecId) -> Result<Option<Execution>, Error> {
         let conn = self.conn();
         let row = conn
-            .query_row(&format!("SELECT {EXEC_COLS} FROM executions WHERE id = ?1"), [id.as_str()], raw_exec)
+            .prepare_cached(&format!("SELECT {EXEC_COLS} FROM executions WHERE id = ?1"))
+            .and_then(|mut st| st.query_row([id.as_str()], raw_exec))
             .optional()
             .map_err(self.err("cannot read execution"))?;
         row.map(|r| r.decode().map_err(|b| self.corrupt(b))).transpose()

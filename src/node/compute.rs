@@ -23,6 +23,10 @@ use super::{fetch, Node};
 /// How many times a commitment or failure report is retried (the requester
 /// may be restarting), with doubling delays from 200 ms.
 pub const REPORT_RETRIES: u32 = 8;
+/// How many times fetching an execution's module and inputs is retried
+/// (from a requester that may be restarting), with doubling delays from
+/// 200 ms up to 5 s: about 20 s in all.
+pub const FETCH_RETRIES: u32 = 6;
 /// Most executions remembered at once (finished ones are forgotten after
 /// their reveal, or the oldest first beyond this).
 pub const MAX_TRACKED: usize = 4096;
@@ -61,7 +65,7 @@ pub struct Compute {
     kept: Mutex<Option<tokio::sync::mpsc::Receiver<Cid>>>,
     pub gpu: Option<Gpu>,
     execs: Mutex<HashMap<String, Slot>>,
-    exec: Arc<Executor>,
+    runner: Arc<job::Runner<Arc<Executor>>>,
     scratch: PathBuf,
     misbehave: Option<Misbehave>,
     counter: std::sync::atomic::AtomicU64,
@@ -141,7 +145,7 @@ impl Compute {
             kept: Mutex::new(Some(kept)),
             gpu,
             execs: Mutex::new(HashMap::new()),
-            exec: Arc::new(exec),
+            runner: Arc::new(job::Runner::new(Arc::new(exec))),
             scratch: home.join("tmp").join("exec"),
             misbehave,
             counter: Default::default(),
@@ -248,7 +252,7 @@ impl Compute {
         }
         let node = node.clone();
         tokio::spawn(async move {
-            let finished = match run_execution(&node, peer, &spec).await {
+            let finished = match run_execution(&node, peer, &exec, &spec).await {
                 Ok(done) => done,
                 Err(e) => {
                     let error = format!("{e:#}");
@@ -304,30 +308,45 @@ impl Compute {
 type Report = (Cid, i32, String, String);
 
 /// Fetches what the job needs, runs it, and returns its result.
-async fn run_execution(node: &Arc<Node>, requester: PeerId, spec: &Spec) -> anyhow::Result<Report> {
+async fn run_execution(node: &Arc<Node>, requester: PeerId, exec: &str, spec: &Spec) -> anyhow::Result<Report> {
     let mut rt = to_runtime(spec);
     // Pinned in the background (see `keeper`): the requester reads the
     // result from this process, which sees it at once.
     rt.pin_result = false;
-    let mut providers = vec![requester];
-    if let Ok(peers) = node.client.peers().await {
-        providers.extend(peers.into_iter().filter(|p| *p != requester));
-    }
-    providers.retain(|p| *p != node.peer);
     let mut roots = vec![rt.module];
     roots.extend(rt.inputs.iter().map(|i| i.cid));
     roots.extend(rt.models.iter().map(|(_, c)| *c));
-    for root in roots {
-        fetch::fetch_dag(&node.client, &node.store, root, &providers)
-            .await
-            .with_context(|| format!("cannot fetch {root}"))?;
+    // Usually all here already (pinned by an earlier run): one look at the
+    // pins, and no question to the network.
+    let st = node.store.clone();
+    let missing = tokio::task::spawn_blocking(move || {
+        roots
+            .into_iter()
+            .filter(|r| !matches!(st.pin_mode(r), Ok(Some(shoal_storage::PinMode::Recursive))))
+            .collect::<Vec<Cid>>()
+    })
+    .await
+    .context("the storage thread panicked")?;
+    // The requester is usually the only provider: should it restart
+    // meanwhile, wait for it (as reports do) rather than fail the job.
+    let mut delay = Duration::from_millis(200);
+    for attempt in 0..=FETCH_RETRIES {
+        match fetch_all(node, requester, &missing).await {
+            Ok(()) => break,
+            Err(e) if attempt < FETCH_RETRIES && node.compute.as_ref().is_some_and(|c| c.lock().contains_key(exec)) => {
+                tracing::debug!("fetching the inputs of {exec} failed (attempt {attempt}): {e:#}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
     }
     let Some(c) = &node.compute else { anyhow::bail!("this node does not compute") };
-    let exec = c.exec.clone();
+    let runner = c.runner.clone();
     let store = node.store.clone();
     let scratch = c.scratch.clone();
     tracing::debug!(module = %rt.module, "inputs here; running");
-    let finished = tokio::task::spawn_blocking(move || job::run(&exec, &*store, &rt, &scratch))
+    let finished = tokio::task::spawn_blocking(move || runner.run(&*store, &rt, &scratch))
         .await
         .context("the execution thread panicked")??;
     tracing::debug!(result = %finished.result, "ran");
@@ -341,6 +360,24 @@ async fn run_execution(node: &Arc<Node>, requester: PeerId, spec: &Spec) -> anyh
     node.metrics.executions_run.inc();
     let o = &finished.outcome;
     Ok((finished.result, finished.exit_status, head(&o.stdout.bytes), head(&o.stderr.bytes)))
+}
+
+/// Fetches the DAGs under `roots` from the requester and the other peers.
+async fn fetch_all(node: &Arc<Node>, requester: PeerId, roots: &[Cid]) -> anyhow::Result<()> {
+    if roots.is_empty() {
+        return Ok(());
+    }
+    let mut providers = vec![requester];
+    if let Ok(peers) = node.client.peers().await {
+        providers.extend(peers.into_iter().filter(|p| *p != requester));
+    }
+    providers.retain(|p| *p != node.peer);
+    for root in roots {
+        fetch::fetch_dag(&node.client, &node.store, *root, &providers)
+            .await
+            .with_context(|| format!("cannot fetch {root}"))?;
+    }
+    Ok(())
 }
 
 /// Makes results durable and pins them: one flush for all of them.

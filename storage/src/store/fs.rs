@@ -993,10 +993,8 @@ impl BlockStore for FsStore {
         // The pin must never be durable before the blocks it keeps.
         self.flush()?;
         self.db()
-            .execute(
-                "INSERT INTO pins (cid, mode) VALUES (?1, ?2) ON CONFLICT(cid) DO UPDATE SET mode = ?2",
-                params![pin_key(cid), mode.as_str()],
-            )
+            .prepare_cached("INSERT INTO pins (cid, mode) VALUES (?1, ?2) ON CONFLICT(cid) DO UPDATE SET mode = ?2")
+            .and_then(|mut st| st.execute(params![pin_key(cid), mode.as_str()]))
             .map_err(|e| db_err(&self.db_path, e))?;
         Ok(())
     }
@@ -1004,7 +1002,8 @@ impl BlockStore for FsStore {
     fn pin_mode(&self, cid: &Cid) -> Result<Option<PinMode>> {
         let mode: Option<String> = self
             .db()
-            .query_row("SELECT mode FROM pins WHERE cid = ?1", params![pin_key(cid)], |r| r.get(0))
+            .prepare_cached("SELECT mode FROM pins WHERE cid = ?1")
+            .and_then(|mut st| st.query_row(params![pin_key(cid)], |r| r.get(0)))
             .optional()
             .map_err(|e| db_err(&self.db_path, e))?;
         Ok(mode.map(|m| if m == "direct" { PinMode::Direct } else { PinMode::Recursive }))
