@@ -8,7 +8,7 @@
 //! and its changed executions in one transaction, so a crash never leaves
 //! a job's state out of step with its executions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -66,7 +66,14 @@ pub enum Error {
 pub struct Db {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Decoded specs by job id, with the text they were decoded from: a
+    /// job's spec never changes, and a requester reads each active job on
+    /// every scheduling pass that touches it.
+    specs: Mutex<HashMap<String, (String, Spec)>>,
 }
+
+/// Most decoded specs [`Db`] keeps (it forgets them all past this).
+pub const SPEC_CACHE: usize = 1024;
 
 const SCHEMA: &str = "
 CREATE TABLE jobs (
@@ -164,7 +171,7 @@ impl Db {
         // code reads the file as before.
         tx.execute_batch(INDEXES).map_err(sqlite(&path, "cannot create the indexes"))?;
         tx.commit().map_err(sqlite(&path, "cannot create the schema"))?;
-        Ok(Db { path, conn: Mutex::new(conn) })
+        Ok(Db { path, conn: Mutex::new(conn), specs: Mutex::new(HashMap::new()) })
     }
 
     /// The file this database lives in.
@@ -204,7 +211,8 @@ impl Db {
             .and_then(|mut st| st.query_row([id.as_str()], raw_job))
             .optional()
             .map_err(self.err("cannot read job"))?;
-        row.map(|r| r.decode().map_err(|b| self.corrupt(b))).transpose()
+        drop(conn);
+        row.map(|r| self.decode_job(r)).transpose()
     }
 
     /// Up to `limit` jobs (at most [`MAX_LIST`]), newest first, in `state`
@@ -241,6 +249,44 @@ impl Db {
         )
         .map_err(self.err("cannot list active jobs"))?;
         rows.into_iter().map(|r| r.decode().map_err(|b| self.corrupt(b))).collect()
+    }
+
+    /// A job's state alone (what a waiter checks on every change).
+    pub fn job_state(&self, id: &JobId) -> Result<Option<JobState>, Error> {
+        let state: Option<String> = self
+            .conn()
+            .prepare_cached("SELECT state FROM jobs WHERE id = ?1")
+            .and_then(|mut st| st.query_row([id.as_str()], |r| r.get(0)))
+            .optional()
+            .map_err(self.err("cannot read job"))?;
+        state
+            .map(|s| {
+                s.parse().map_err(|e: crate::model::Error| {
+                    self.corrupt(Bad { what: format!("job {id} state"), message: e.to_string() })
+                })
+            })
+            .transpose()
+    }
+
+    /// Decodes a job row, taking its spec from the cache when the text
+    /// is the one decoded before.
+    fn decode_job(&self, mut raw: RawJob) -> Result<Job, Error> {
+        let cached = {
+            let specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+            specs.get(&raw.id).filter(|(text, _)| *text == raw.spec).map(|(_, spec)| spec.clone())
+        };
+        if let Some(spec) = cached {
+            raw.spec = String::new();
+            return raw.decode_with(Some(spec)).map_err(|b| self.corrupt(b));
+        }
+        let (id, text) = (raw.id.clone(), raw.spec.clone());
+        let job = raw.decode_with(None).map_err(|b| self.corrupt(b))?;
+        let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+        if specs.len() >= SPEC_CACHE {
+            specs.clear();
+        }
+        specs.insert(id, (text, job.spec.clone()));
+        Ok(job)
     }
 
     /// How many jobs are in `state`.
@@ -517,9 +563,17 @@ fn cid(what: String, s: Option<String>) -> Result<Option<Cid>, Bad> {
 
 impl RawJob {
     fn decode(self) -> Result<Job, Bad> {
+        self.decode_with(None)
+    }
+
+    /// Decodes the row, with `spec` already decoded if given.
+    fn decode_with(self, spec: Option<Spec>) -> Result<Job, Bad> {
         let id: JobId = self.id.parse().map_err(|e: crate::model::Error| bad("a job id".into())(e.to_string()))?;
         let what = |col: &str| format!("job {id} {col}");
-        let spec: Spec = serde_json::from_str(&self.spec).map_err(|e| bad(what("spec"))(e.to_string()))?;
+        let spec: Spec = match spec {
+            Some(s) => s,
+            None => serde_json::from_str(&self.spec).map_err(|e| bad(what("spec"))(e.to_string()))?,
+        };
         Ok(Job {
             state: self.state.parse().map_err(|e: crate::model::Error| bad(what("state"))(e.to_string()))?,
             spec,
@@ -653,6 +707,23 @@ mod tests {
         assert!(!db.update_execution_from(&running, ExecState::BidAsked).unwrap());
         assert_eq!(db.execution(&e.id).unwrap().unwrap().state, ExecState::Committed);
         assert!(!db.update_execution_from(&exec(&j, 2), ExecState::BidAsked).unwrap(), "absent");
+    }
+
+    #[test]
+    fn cached_specs_follow_the_stored_text() {
+        let db = Db::open_in_memory().unwrap();
+        let mut j = job(1);
+        db.insert_job(&j).unwrap();
+        assert_eq!(db.job(&j.id).unwrap().as_ref(), Some(&j));
+        assert_eq!(db.job(&j.id).unwrap().as_ref(), Some(&j), "from the cache");
+        assert_eq!(db.job_state(&j.id).unwrap(), Some(JobState::Queued));
+        // Were a spec ever rewritten, the new text is decoded afresh.
+        j.spec.retries = 7;
+        j.state = JobState::Running;
+        db.update_job(&j).unwrap();
+        assert_eq!(db.job(&j.id).unwrap().unwrap().spec.retries, 7);
+        assert_eq!(db.job_state(&j.id).unwrap(), Some(JobState::Running));
+        assert_eq!(db.job_state(&job(2).id).unwrap(), None);
     }
 
     #[test]

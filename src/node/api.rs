@@ -262,15 +262,19 @@ async fn wait_job(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.timeout.unwrap_or(30)).min(MAX_WAIT);
     let mut changes = node.changed.subscribe();
     loop {
-        let job = node.db().job(&jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
-        if job.state.is_terminal() {
-            return Ok(Json(job_json(&node, &job)));
+        // Every change anywhere wakes every waiter: look at the state
+        // alone, and read the whole job only to answer.
+        let state = node.db().job_state(&jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
+        if state.is_terminal() {
+            break;
         }
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => continue,
-            _ => return Ok(Json(job_json(&node, &job))),
+            _ => break,
         }
     }
+    let job = node.db().job(&jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
+    Ok(Json(job_json(&node, &job)))
 }
 
 /// The nodes this node knows, with their announcements and record.

@@ -71,8 +71,14 @@ pub struct Compute {
     counter: std::sync::atomic::AtomicU64,
 }
 
-/// Total memory of this machine in bytes (0 if unknown).
+/// Total memory of this machine in bytes (0 if unknown). Read once: it is
+/// asked on every bid and every scheduling pass.
 pub fn memory_bytes() -> u64 {
+    static TOTAL: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(read_memory_bytes)
+}
+
+fn read_memory_bytes() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
