@@ -339,7 +339,11 @@ async fn bid_and_run(node: Arc<Node>, peer: PeerId, e: Execution, job: String, s
     let _ = node.db().update_execution_from(&e, ExecState::BidAsked);
     tracing::debug!(job = %e.job, exec = %e.id, state = %e.state, "bid answered");
     node.notify_changed();
-    node.mark(&e.job);
+    // An accepted bid changes the plan only by making a queued job
+    // running; a rejected one may call for another node.
+    if e.state != ExecState::Running || !matches!(node.db().job_state(&e.job), Ok(Some(JobState::Running))) {
+        node.mark(&e.job);
+    }
 }
 
 async fn reveal(node: &Arc<Node>, peer: PeerId, mut e: Execution) {
@@ -594,12 +598,10 @@ pub async fn handle(node: &Arc<Node>, peer: PeerId, request: Request) -> Respons
             let _ = node.db().bump_stats(&e.node, NodeStats { failed: 1, ..Default::default() });
         }
         tracing::debug!(job = %e.job, exec = %id, state = %e.state, "report recorded");
-        if e.state == ExecState::Committed {
+        if e.state == ExecState::Committed && matches!(node.db().job_state(&e.job), Ok(Some(JobState::Completed))) {
             // Left running when its job completed: judge it now.
-            if let Ok(Some(job)) = node.db().job(&e.job) {
-                if let (JobState::Completed, Some(agreed)) = (job.state, job.result) {
-                    spawn_late_reveal(node, e.clone(), agreed, false);
-                }
+            if let Ok(Some(Job { result: Some(agreed), .. })) = node.db().job(&e.job) {
+                spawn_late_reveal(node, e.clone(), agreed, false);
             }
         }
         node.notify_changed();
