@@ -339,16 +339,20 @@ impl Db {
     }
 
     /// Executions still live (bid asked … committed) whose job has ended,
-    /// oldest first, at most [`MAX_LEFTOVERS`]: those left to finish after
-    /// their job completed, for the requester to judge or end.
+    /// and revealed ones not yet judged whose job completed, oldest first,
+    /// at most [`MAX_LEFTOVERS`]: those left to finish after their job
+    /// completed, for the requester to judge or end.
     pub fn live_executions_of_ended_jobs(&self) -> Result<Vec<Execution>, Error> {
         let conn = self.conn();
         let rows = query(
             &conn,
             &format!(
-                "SELECT {EXEC_COLS} FROM executions WHERE state IN ('bid_asked', 'accepted', 'running', 'committed') \
-                 AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = executions.job \
-                             AND jobs.state IN ('completed', 'failed', 'cancelled')) \
+                "SELECT {EXEC_COLS} FROM executions \
+                 WHERE (state IN ('bid_asked', 'accepted', 'running', 'committed') \
+                        AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = executions.job \
+                                    AND jobs.state IN ('completed', 'failed', 'cancelled'))) \
+                    OR (state = 'revealed' \
+                        AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = executions.job AND jobs.state = 'completed')) \
                  ORDER BY created_ms, id LIMIT {MAX_LEFTOVERS}"
             ),
             [],
@@ -732,7 +736,8 @@ mod tests {
         let (mut done, open) = (job(1), job(2));
         db.insert_job(&done).unwrap();
         db.insert_job(&open).unwrap();
-        let states = [ExecState::Running, ExecState::Committed, ExecState::Completed, ExecState::Failed];
+        let states =
+            [ExecState::Running, ExecState::Committed, ExecState::Completed, ExecState::Failed, ExecState::Revealed];
         for (i, st) in states.into_iter().enumerate() {
             for j in [&done, &open] {
                 let mut e = exec(j, i as u64 + if j.id == done.id { 0 } else { 10 });
@@ -741,11 +746,24 @@ mod tests {
             }
         }
         assert!(db.live_executions_of_ended_jobs().unwrap().is_empty(), "no job has ended");
+        let left = |db: &Db| -> Vec<(JobId, ExecState)> {
+            db.live_executions_of_ended_jobs().unwrap().into_iter().map(|e| (e.job, e.state)).collect()
+        };
+        // A failed job's revealed results are its record, not leftovers.
+        done.state = JobState::Failed;
+        db.update_job(&done).unwrap();
+        assert_eq!(left(&db), vec![(done.id.clone(), ExecState::Running), (done.id.clone(), ExecState::Committed)]);
+        // A completed job's are still to be judged.
         done.state = JobState::Completed;
         db.update_job(&done).unwrap();
-        let left: Vec<(JobId, ExecState)> =
-            db.live_executions_of_ended_jobs().unwrap().into_iter().map(|e| (e.job, e.state)).collect();
-        assert_eq!(left, vec![(done.id.clone(), ExecState::Running), (done.id.clone(), ExecState::Committed)]);
+        assert_eq!(
+            left(&db),
+            vec![
+                (done.id.clone(), ExecState::Running),
+                (done.id.clone(), ExecState::Committed),
+                (done.id.clone(), ExecState::Revealed)
+            ]
+        );
     }
 
     #[test]

@@ -111,21 +111,22 @@ fn tick(node: &Arc<Node>, everything: bool) -> anyhow::Result<()> {
 
 /// Executions still live after their job ended (left to finish when the
 /// job completed at its quorum; or left over by a requester that stopped
-/// half-way): a committed one of a completed job is judged, one that has
-/// not committed within `timeouts.execution` (or whose job failed) is
-/// stopped.
+/// half-way): a committed or revealed one of a completed job is judged,
+/// one that has not committed within `timeouts.execution` (or whose job
+/// failed) is stopped.
 fn leftovers(node: &Arc<Node>) -> anyhow::Result<()> {
     let now = node.now();
     for mut e in node.db().live_executions_of_ended_jobs()? {
         let Some(job) = node.db().job(&e.job)? else { continue };
         match (job.state, job.result, e.state) {
-            (JobState::Completed, Some(agreed), ExecState::Committed) => {
-                // Committed before the job completed: the requester
-                // stopped before judging it. After: it may have seen the
-                // result.
+            (JobState::Completed, Some(agreed), ExecState::Committed | ExecState::Revealed) => {
+                // Committed (or revealed) before the job completed: the
+                // requester stopped before judging it. After: it may have
+                // seen the result.
                 let credit = e.updated_ms <= job.updated_ms;
                 spawn_late_reveal(node, e, agreed, credit);
             }
+            (_, _, ExecState::Revealed) => {}
             (JobState::Completed, _, _)
                 if now.saturating_sub(e.started_ms.unwrap_or(e.created_ms))
                     <= u64::try_from(job.spec.timeouts.execution.as_millis()).unwrap_or(u64::MAX) => {}
