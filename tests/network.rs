@@ -258,6 +258,31 @@ fn a_lying_node_is_outvoted_and_recorded() {
 }
 
 #[test]
+fn a_straggler_that_never_commits_is_stopped_after_the_job_completed() {
+    let mut net = Net::new();
+    net.add("n0", &[]);
+    net.add("n1", &[]);
+    let silent = net.add("silent", &["--misbehave", "silent"]);
+    wait_for_nodes(&net.nodes[0], 3);
+    // Two of three agree: the job completes without waiting for the third,
+    // which accepted its bid and then says nothing.
+    let o = submit_wordcount(&net, 0, &["--redundancy", "3", "--execution-timeout", "3s"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().last().unwrap(), local_wordcount());
+    let silent_id = net.nodes[silent].peer.rsplit('/').next().unwrap().to_owned();
+    let list = get(&format!("{}/v1/jobs?state=completed", net.nodes[0].api)).1;
+    let id = list["jobs"][0]["id"].as_str().unwrap().to_owned();
+    // Left to finish, it is stopped once timeouts.execution has passed.
+    let e = eventually(30, "the silent execution to be stopped", || {
+        let j = job(&net.nodes[0], &id);
+        let e = j["executions"].as_array().unwrap().iter().find(|e| e["node"] == Value::String(silent_id.clone()))?;
+        (e["state"] == "failed").then(|| e.clone())
+    });
+    assert!(e["error"].as_str().unwrap().contains("timeouts.execution"), "{e}");
+    assert_eq!(job(&net.nodes[0], &id)["job"]["state"], "completed");
+}
+
+#[test]
 fn a_crashed_node_loses_its_execution_and_the_job_completes_elsewhere() {
     let mut net = Net::new();
     net.add("requester", &["--no-compute"]);
