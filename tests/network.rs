@@ -41,6 +41,11 @@ struct NodeProc {
 }
 
 impl NodeProc {
+    /// Its peer id (the last part of its multiaddr).
+    fn id(&self) -> String {
+        self.peer.rsplit('/').next().unwrap().to_owned()
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -184,6 +189,29 @@ fn submit_wordcount(net: &Net, node: usize, extra: &[&str]) -> Output {
     cli(&net.nodes[node], &net.home("cli"), &args)
 }
 
+/// Two honest nodes and a third started with `--misbehave how`, all
+/// seeing each other; a redundancy-3 word count run on them; returns the
+/// network and the misbehaving node's index.
+fn honest_pair_and(how: &str, extra: &[&str]) -> (Net, usize) {
+    let mut net = Net::new();
+    net.add("n0", &[]);
+    net.add("n1", &[]);
+    let odd = net.add(how, &["--misbehave", how]);
+    wait_for_nodes(&net.nodes[0], 3);
+    let mut args = vec!["--redundancy", "3"];
+    args.extend_from_slice(extra);
+    let o = submit_wordcount(&net, 0, &args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().last().unwrap(), local_wordcount());
+    (net, odd)
+}
+
+/// The id of the newest completed job on `node`.
+fn last_completed(node: &NodeProc) -> String {
+    let list = get(&format!("{}/v1/jobs?state=completed", node.api)).1;
+    list["jobs"][0]["id"].as_str().unwrap().to_owned()
+}
+
 fn job(node: &NodeProc, id: &str) -> Value {
     get(&format!("{}/v1/jobs/{id}", node.api)).1
 }
@@ -202,8 +230,7 @@ fn redundancy_three_agrees_with_a_local_run() {
 
     // Three executions on three distinct nodes, all agreeing (the job
     // completes once two agree; the third is judged when it commits).
-    let list = get(&format!("{}/v1/jobs?state=completed", net.nodes[0].api)).1;
-    let id = list["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let id = last_completed(&net.nodes[0]);
     let j = eventually(30, "every execution to be judged", || {
         let j = job(&net.nodes[0], &id);
         let execs = j["executions"].as_array().unwrap();
@@ -232,15 +259,8 @@ fn redundancy_three_agrees_with_a_local_run() {
 
 #[test]
 fn a_lying_node_is_outvoted_and_recorded() {
-    let mut net = Net::new();
-    net.add("n0", &[]);
-    net.add("n1", &[]);
-    let liar = net.add("liar", &["--misbehave", "wrong-result"]);
-    wait_for_nodes(&net.nodes[0], 3);
-    let o = submit_wordcount(&net, 0, &["--redundancy", "3"]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    assert_eq!(text(&o.stdout).lines().last().unwrap(), local_wordcount());
-    let liar_id = net.nodes[liar].peer.rsplit('/').next().unwrap().to_owned();
+    let (net, liar) = honest_pair_and("wrong-result", &[]);
+    let liar_id = net.nodes[liar].id();
     // The liar is recorded even when the honest pair agreed before its
     // reveal arrived (its reveal is still asked for).
     let v = eventually(30, "the liar's dissent to be recorded", || {
@@ -259,19 +279,11 @@ fn a_lying_node_is_outvoted_and_recorded() {
 
 #[test]
 fn a_straggler_that_never_commits_is_stopped_after_the_job_completed() {
-    let mut net = Net::new();
-    net.add("n0", &[]);
-    net.add("n1", &[]);
-    let silent = net.add("silent", &["--misbehave", "silent"]);
-    wait_for_nodes(&net.nodes[0], 3);
     // Two of three agree: the job completes without waiting for the third,
     // which accepted its bid and then says nothing.
-    let o = submit_wordcount(&net, 0, &["--redundancy", "3", "--execution-timeout", "3s"]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    assert_eq!(text(&o.stdout).lines().last().unwrap(), local_wordcount());
-    let silent_id = net.nodes[silent].peer.rsplit('/').next().unwrap().to_owned();
-    let list = get(&format!("{}/v1/jobs?state=completed", net.nodes[0].api)).1;
-    let id = list["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let (net, silent) = honest_pair_and("silent", &["--execution-timeout", "3s"]);
+    let silent_id = net.nodes[silent].id();
+    let id = last_completed(&net.nodes[0]);
     // Left to finish, it is stopped once timeouts.execution has passed.
     let e = eventually(30, "the silent execution to be stopped", || {
         let j = job(&net.nodes[0], &id);
@@ -357,7 +369,7 @@ fn an_unsatisfiable_job_is_queued_until_a_matching_node_joins() {
     let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", "--timeout", "120s", "-q", &id]);
     assert!(w.status.success(), "{}", text(&w.stderr));
     let j = job(&net.nodes[0], &id);
-    let us = net.nodes[2].peer.rsplit('/').next().unwrap().to_owned();
+    let us = net.nodes[2].id();
     assert_eq!(j["executions"][0]["node"], Value::String(us), "{j}");
 }
 
@@ -531,8 +543,7 @@ fn a_gpu_job_runs_only_on_a_node_that_announces_a_gpu() {
     // lavapipe stands in for a GPU here (the test command installs it).
     let gpu = net.add("gpu", &["--allow-software-gpu"]);
     wait_for_nodes(&net.nodes[0], 3);
-    let id_of = |i: usize| net.nodes[i].peer.rsplit('/').next().unwrap().to_owned();
-    let (cpu_id, gpu_id) = (id_of(cpu), id_of(gpu));
+    let (cpu_id, gpu_id) = (net.nodes[cpu].id(), net.nodes[gpu].id());
     let n = cli(&net.nodes[0], &net.home("cli"), &["--json", "nodes"]);
     let v: Value = serde_json::from_slice(&n.stdout).unwrap();
     let view =

@@ -336,15 +336,14 @@ impl Execution {
     /// may still be running: were revealed answers shown before the job
     /// ends, a node could read them (through the requester's API) and
     /// commit to a copy.
-    pub fn sealed(&self, job: JobState) -> Execution {
-        let mut e = self.clone();
+    pub fn sealed(mut self, job: JobState) -> Execution {
         if !job.is_terminal() {
-            e.result = None;
-            e.nonce = None;
-            e.stdout = None;
-            e.stderr = None;
+            self.result = None;
+            self.nonce = None;
+            self.stdout = None;
+            self.stderr = None;
         }
-        e
+        self
     }
 }
 
@@ -415,12 +414,12 @@ mod tests {
         e.stderr = Some("log".into());
         e.exit_code = Some(0);
         for running in [JobState::Queued, JobState::Running] {
-            let s = e.sealed(running);
+            let s = e.clone().sealed(running);
             assert_eq!((s.result, s.nonce, s.stdout, s.stderr), (None, None, None, None));
             assert_eq!((s.state, s.exit_code), (ExecState::Revealed, Some(0)));
         }
         for ended in [JobState::Completed, JobState::Failed, JobState::Cancelled] {
-            assert_eq!(e.sealed(ended), e);
+            assert_eq!(e.clone().sealed(ended), e);
         }
     }
 

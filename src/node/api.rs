@@ -157,7 +157,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn job_json(node: &Node, job: &Job) -> serde_json::Value {
-    let execs: Vec<_> = node.db().executions(&job.id).unwrap_or_default().iter().map(|e| e.sealed(job.state)).collect();
+    let execs: Vec<_> =
+        node.db().executions(&job.id).unwrap_or_default().into_iter().map(|e| e.sealed(job.state)).collect();
     json!({ "job": job, "executions": execs })
 }
 
@@ -236,7 +237,7 @@ async fn job_logs(State(node): State<Shared>, Path(id): Path<String>) -> Result<
     let job = node.db().job(&jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
     let execs = node.db().executions(&jid).map_err(internal)?;
     let logs: Vec<_> = execs
-        .iter()
+        .into_iter()
         .map(|e| e.sealed(job.state))
         .map(|e| {
             json!({ "execution": e.id, "node": e.node, "state": e.state, "exit_code": e.exit_code,

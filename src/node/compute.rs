@@ -23,6 +23,16 @@ use super::{fetch, Node};
 /// How many times a commitment or failure report is retried (the requester
 /// may be restarting), with doubling delays from 200 ms.
 pub const REPORT_RETRIES: u32 = 8;
+/// The first delay before retrying a report or a fetch; each next one is
+/// twice as long, up to [`LAST_RETRY`].
+pub const FIRST_RETRY: Duration = Duration::from_millis(200);
+/// The longest delay between retries.
+pub const LAST_RETRY: Duration = Duration::from_secs(5);
+
+fn next_retry(delay: Duration) -> Duration {
+    (delay * 2).min(LAST_RETRY)
+}
+
 /// How many times fetching an execution's module and inputs is retried
 /// (from a requester that may be restarting), with doubling delays from
 /// 200 ms up to 5 s: about 20 s in all.
@@ -325,24 +335,20 @@ async fn run_execution(node: &Arc<Node>, requester: PeerId, exec: &str, spec: &S
     // Usually all here already (pinned by an earlier run): one look at the
     // pins, and no question to the network.
     let st = node.store.clone();
-    let missing = tokio::task::spawn_blocking(move || {
-        roots
-            .into_iter()
-            .filter(|r| !matches!(st.pin_mode(r), Ok(Some(shoal_storage::PinMode::Recursive))))
-            .collect::<Vec<Cid>>()
-    })
-    .await
-    .context("the storage thread panicked")?;
+    let missing =
+        tokio::task::spawn_blocking(move || roots.into_iter().filter(|r| !fetch::held(&*st, r)).collect::<Vec<Cid>>())
+            .await
+            .context("the storage thread panicked")?;
     // The requester is usually the only provider: should it restart
     // meanwhile, wait for it (as reports do) rather than fail the job.
-    let mut delay = Duration::from_millis(200);
+    let mut delay = FIRST_RETRY;
     for attempt in 0..=FETCH_RETRIES {
         match fetch_all(node, requester, &missing).await {
             Ok(()) => break,
             Err(e) if attempt < FETCH_RETRIES && node.compute.as_ref().is_some_and(|c| c.lock().contains_key(exec)) => {
                 tracing::debug!("fetching the inputs of {exec} failed (attempt {attempt}): {e:#}");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = next_retry(delay);
             }
             Err(e) => return Err(e),
         }
@@ -439,14 +445,14 @@ async fn wrong_result(node: &Arc<Node>, honest: &Cid) -> Option<Cid> {
 
 /// Sends a report to the requester, retrying while it is unreachable.
 async fn report(node: &Arc<Node>, requester: PeerId, request: Request) {
-    let mut delay = Duration::from_millis(200);
+    let mut delay = FIRST_RETRY;
     for attempt in 0..=REPORT_RETRIES {
         match node.send(requester, request.clone()).await {
             Ok(_) => return,
             Err(e) => {
                 tracing::debug!("report to {requester} failed (attempt {attempt}): {e}");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = next_retry(delay);
             }
         }
     }

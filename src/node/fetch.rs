@@ -28,6 +28,13 @@ fn links(cid: &Cid, data: &[u8]) -> anyhow::Result<Vec<Cid>> {
     }
 }
 
+/// Whether the whole DAG under `root` is here: a recursive pin is only
+/// taken once the whole DAG was here and checked, and gc never removes
+/// pinned blocks.
+pub fn held(store: &dyn BlockStore, root: &Cid) -> bool {
+    matches!(store.pin_mode(root), Ok(Some(PinMode::Recursive)))
+}
+
 /// Makes the whole DAG under `root` local, asking `providers` in order for
 /// what is missing, then pins it recursively. Returns the number of blocks
 /// fetched.
@@ -37,10 +44,8 @@ pub async fn fetch_dag(
     root: Cid,
     providers: &[PeerId],
 ) -> anyhow::Result<usize> {
-    // A recursive pin was only taken once the whole DAG was here and
-    // checked, and gc never removes pinned blocks: nothing to do.
     let st = store.clone();
-    if let Ok(Ok(Some(PinMode::Recursive))) = tokio::task::spawn_blocking(move || st.pin_mode(&root)).await {
+    if let Ok(true) = tokio::task::spawn_blocking(move || held(&*st, &root)).await {
         return Ok(0);
     }
     let mut frontier = VecDeque::from([root]);
