@@ -219,3 +219,34 @@ fn a_runner_keeps_module_bytes_by_cid() {
     let err = job::Runner::new(common::executor()).run(&store, &spec, scratch.path()).unwrap_err();
     assert!(err.to_string().contains(&format!("module {module}")), "{err}");
 }
+
+#[test]
+fn a_runner_reuses_only_work_directories_a_run_left_empty() {
+    let store = MemStore::new();
+    let runner = job::Runner::new(common::executor());
+    let scratch = tempfile::tempdir().unwrap();
+    let listing = |p: &std::path::Path| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<_> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+        v.sort();
+        v
+    };
+    let hello = Spec::new(add(&store, &common::sample("hello")));
+    let a = runner.run(&store, &hello, scratch.path()).unwrap();
+    let kept = listing(scratch.path());
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let b = runner.run(&store, &hello, scratch.path()).unwrap();
+    assert_eq!(listing(scratch.path()), kept, "the empty work directory is used again");
+    assert_eq!(a.result, b.result);
+    // wordcount reads mounted inputs and writes outputs: the directory it
+    // used is removed, never handed to another job.
+    let data = dataset();
+    let mut wc = Spec::new(add(&store, &common::sample("wordcount")));
+    wc.inputs.push(Input { cid: add(&store, data.path()), path: vec![], guest: "/inputs".into() });
+    let f = runner.run(&store, &wc, scratch.path()).unwrap();
+    assert_eq!(f.exit_status, 0, "{:?}", f.outcome.failure);
+    assert!(listing(scratch.path()).is_empty(), "{:?}", listing(scratch.path()));
+    let c = runner.run(&store, &hello, scratch.path()).unwrap();
+    assert_eq!(c.result, a.result);
+    drop(runner);
+    assert!(listing(scratch.path()).is_empty(), "a dropped runner leaves nothing behind");
+}

@@ -137,7 +137,9 @@ pub fn to_runtime(spec: &Spec) -> job::Spec {
 
 impl Compute {
     /// A compute side with `slots`; with `gpu`, the GPU found (a software
-    /// one only with `allow_software_gpu`) is announced and used.
+    /// one only with `allow_software_gpu`) is announced and used. The
+    /// caller owns `home` (holds its job database): leftovers in the
+    /// scratch directory are removed.
     pub fn new(
         home: &Path,
         slots: u32,
@@ -154,6 +156,16 @@ impl Compute {
         let gpu = if gpu { shoal_runtime::nn::probe_gpu(allow_software_gpu) } else { None };
         let gpu = gpu.map(|g| Gpu { name: g.name, memory_bytes: g.memory_bytes, software: g.software });
         let exec = Executor::new(config).context("cannot start the wasm engine")?;
+        // Work directories an earlier process left (it crashed mid-run, or
+        // kept spares): nothing in them is needed. The caller holds the
+        // home's job database exclusively, so no other node uses them.
+        let scratch = home.join("tmp").join("exec");
+        match std::fs::remove_dir_all(&scratch) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                anyhow::bail!("cannot clear the scratch directory {}: {e}; remove it by hand", scratch.display())
+            }
+            _ => {}
+        }
         let (keep, kept) = tokio::sync::mpsc::channel(KEEP_QUEUE);
         Ok(Compute {
             slots: slots.max(1),
@@ -162,7 +174,7 @@ impl Compute {
             gpu,
             execs: Mutex::new(HashMap::new()),
             runner: Arc::new(job::Runner::new(Arc::new(exec))),
-            scratch: home.join("tmp").join("exec"),
+            scratch,
             misbehave,
             counter: Default::default(),
         })
