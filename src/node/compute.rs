@@ -344,35 +344,46 @@ async fn run_execution(node: &Arc<Node>, requester: PeerId, exec: &str, spec: &S
     let mut roots = vec![rt.module];
     roots.extend(rt.inputs.iter().map(|i| i.cid));
     roots.extend(rt.models.iter().map(|(_, c)| *c));
-    // Usually all here already (pinned by an earlier run): one look at the
-    // pins, and no question to the network.
-    let st = node.store.clone();
-    let missing =
-        tokio::task::spawn_blocking(move || roots.into_iter().filter(|r| !fetch::held(&*st, r)).collect::<Vec<Cid>>())
-            .await
-            .context("the storage thread panicked")?;
-    // The requester is usually the only provider: should it restart
-    // meanwhile, wait for it (as reports do) rather than fail the job.
-    let mut delay = FIRST_RETRY;
-    for attempt in 0..=FETCH_RETRIES {
-        match fetch_all(node, requester, &missing).await {
-            Ok(()) => break,
-            Err(e) if attempt < FETCH_RETRIES && node.compute.as_ref().is_some_and(|c| c.lock().contains_key(exec)) => {
-                tracing::debug!("fetching the inputs of {exec} failed (attempt {attempt}): {e:#}");
-                tokio::time::sleep(delay).await;
-                delay = next_retry(delay);
-            }
-            Err(e) => return Err(e),
-        }
-    }
     let Some(c) = &node.compute else { anyhow::bail!("this node does not compute") };
-    let runner = c.runner.clone();
-    let store = node.store.clone();
-    let scratch = c.scratch.clone();
-    tracing::debug!(module = %rt.module, "inputs here; running");
-    let finished = tokio::task::spawn_blocking(move || runner.run(&*store, &rt, &scratch))
-        .await
-        .context("the execution thread panicked")??;
+    let (runner, store, scratch) = (c.runner.clone(), node.store.clone(), c.scratch.clone());
+    // Usually all here already (pinned by an earlier run): one look at the
+    // pins and, when nothing is missing, the run itself, in one trip to a
+    // blocking thread, and no question to the network.
+    let (st, sc, run) = (store.clone(), scratch.clone(), runner.clone());
+    let first = tokio::task::spawn_blocking(move || {
+        let missing: Vec<Cid> = roots.into_iter().filter(|r| !fetch::held(&*st, r)).collect();
+        if missing.is_empty() {
+            tracing::debug!(module = %rt.module, "inputs here; running");
+            Ok(run.run(&*st, &rt, &sc))
+        } else {
+            Err((missing, rt))
+        }
+    })
+    .await
+    .context("the execution thread panicked")?;
+    let finished = match first {
+        Ok(ran) => ran?,
+        Err((missing, rt)) => {
+            // The requester is usually the only provider: should it restart
+            // meanwhile, wait for it (as reports do) rather than fail the job.
+            let mut delay = FIRST_RETRY;
+            for attempt in 0..=FETCH_RETRIES {
+                match fetch_all(node, requester, &missing).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < FETCH_RETRIES && c.lock().contains_key(exec) => {
+                        tracing::debug!("fetching the inputs of {exec} failed (attempt {attempt}): {e:#}");
+                        tokio::time::sleep(delay).await;
+                        delay = next_retry(delay);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            tracing::debug!(module = %rt.module, "inputs fetched; running");
+            tokio::task::spawn_blocking(move || runner.run(&*store, &rt, &scratch))
+                .await
+                .context("the execution thread panicked")??
+        }
+    };
     tracing::debug!(result = %finished.result, "ran");
     if let Err(tokio::sync::mpsc::error::TrySendError::Full(result)) = c.keep.try_send(finished.result) {
         // The keeper is behind: pin this one here.

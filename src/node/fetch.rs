@@ -44,55 +44,85 @@ pub async fn fetch_dag(
     root: Cid,
     providers: &[PeerId],
 ) -> anyhow::Result<usize> {
-    let st = store.clone();
-    if let Ok(true) = tokio::task::spawn_blocking(move || held(&*st, &root)).await {
-        return Ok(0);
-    }
     let mut frontier = VecDeque::from([root]);
     let mut seen = HashSet::from([root]);
     let mut fetched = 0usize;
-    while !frontier.is_empty() {
-        if seen.len() > MAX_FETCH_BLOCKS {
-            bail!("dag {root} has more than {MAX_FETCH_BLOCKS} blocks; refusing to fetch it");
-        }
-        // Split the frontier into what we hold and what we must ask for.
-        let batch: Vec<Cid> = frontier.drain(..frontier.len().min(proto::MAX_WANT)).collect();
+    let mut first = true;
+    loop {
+        // Each round walks, on one blocking thread, everything reachable
+        // through blocks held here (a result just computed on this node is
+        // all here): one thread hand-off per round, not one per level.
         let st = store.clone();
-        let (local, want) = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<Block>, Vec<Cid>)> {
-            let mut local = Vec::new();
-            let mut want = Vec::new();
-            for cid in batch {
-                match st.get(&cid) {
-                    Ok(b) => local.push(b),
-                    Err(shoal_storage::Error::NotFound { .. }) => want.push(cid),
-                    Err(e) => return Err(e.into()),
-                }
+        let check_pin = std::mem::take(&mut first);
+        let round = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Explored>> {
+            if check_pin && held(&*st, &root) {
+                return Ok(None);
             }
-            Ok((local, want))
+            explore(&*st, root, frontier, seen).map(Some)
         })
         .await??;
-        let mut got = local;
-        if !want.is_empty() {
-            let blocks = fetch_blocks(client, &want, providers).await?;
-            fetched += blocks.len();
-            let st = store.clone();
-            let stored = blocks.clone();
-            tokio::task::spawn_blocking(move || st.put_many(&stored)).await??;
-            got.extend(blocks);
+        let Some(round) = round else { return Ok(0) };
+        if round.want.is_empty() {
+            // `explore` pinned it.
+            return Ok(fetched);
         }
-        for b in &got {
-            for l in links(b.cid(), b.data())? {
-                if seen.insert(l) {
-                    frontier.push_back(l);
-                }
-            }
+        (frontier, seen) = (round.frontier, round.seen);
+        let blocks = fetch_blocks(client, &round.want, providers).await?;
+        fetched += blocks.len();
+        for b in &blocks {
+            add_links(&root, b, &mut seen, &mut frontier)?;
+        }
+        let st = store.clone();
+        tokio::task::spawn_blocking(move || st.put_many(&blocks)).await??;
+    }
+}
+
+/// One round of [`fetch_dag`] on a blocking thread.
+struct Explored {
+    /// Blocks to ask peers for (at most [`proto::MAX_WANT`]); none: the
+    /// whole DAG is here and pinned.
+    want: Vec<Cid>,
+    /// Blocks still to look at.
+    frontier: VecDeque<Cid>,
+    /// Every CID met so far.
+    seen: HashSet<Cid>,
+}
+
+/// Walks from `frontier` through the blocks `store` holds, collecting the
+/// missing ones up to a request's worth; pins `root` once nothing is.
+fn explore(
+    store: &dyn BlockStore,
+    root: Cid,
+    mut frontier: VecDeque<Cid>,
+    mut seen: HashSet<Cid>,
+) -> anyhow::Result<Explored> {
+    let mut want = Vec::new();
+    while want.len() < proto::MAX_WANT {
+        let Some(cid) = frontier.pop_front() else { break };
+        match store.get(&cid) {
+            Ok(b) => add_links(&root, &b, &mut seen, &mut frontier)?,
+            Err(shoal_storage::Error::NotFound { .. }) => want.push(cid),
+            Err(e) => return Err(e.into()),
         }
     }
-    let st = store.clone();
-    tokio::task::spawn_blocking(move || shoal_storage::pin::add(&*st, &root, PinMode::Recursive))
-        .await?
-        .with_context(|| format!("cannot pin {root} after fetching it"))?;
-    Ok(fetched)
+    if want.is_empty() {
+        shoal_storage::pin::add(store, &root, PinMode::Recursive)
+            .with_context(|| format!("cannot pin {root} after fetching it"))?;
+    }
+    Ok(Explored { want, frontier, seen })
+}
+
+/// Queues the links of `b` not met before.
+fn add_links(root: &Cid, b: &Block, seen: &mut HashSet<Cid>, frontier: &mut VecDeque<Cid>) -> anyhow::Result<()> {
+    for l in links(b.cid(), b.data())? {
+        if seen.insert(l) {
+            if seen.len() > MAX_FETCH_BLOCKS {
+                bail!("dag {root} has more than {MAX_FETCH_BLOCKS} blocks; refusing to fetch it");
+            }
+            frontier.push_back(l);
+        }
+    }
+    Ok(())
 }
 
 /// Gets exactly `want` from the providers, verifying each block.
@@ -205,6 +235,45 @@ mod tests {
         let unknown = Block::new(shoal_storage::CidVersion::V1, RAW, b"elsewhere".to_vec());
         let r = serve(&store, &BlockRequest { want: vec![unknown.cid().to_bytes()] });
         assert_eq!(r.missing, vec![unknown.cid().to_bytes()]);
+    }
+
+    #[test]
+    fn explore_pins_a_dag_held_whole_and_lists_what_is_missing_otherwise() {
+        let store = MemStore::new();
+        // 600 distinct leaves of 1 KiB and the nodes above them.
+        let opts = Options { chunk_size: 1024, ..Options::default() };
+        let data: Vec<u8> = (0..600u32).flat_map(|i| std::iter::repeat_n(i.to_le_bytes(), 256).flatten()).collect();
+        let root = Importer::new(&store, opts.clone()).add_bytes(&data).unwrap().root;
+        let start = || (VecDeque::from([root]), HashSet::from([root]));
+        let mut leaves = Vec::new();
+        shoal_storage::exporter::walk(&store, &root, &mut |c, data| {
+            if links(c, data.data()).unwrap().is_empty() {
+                leaves.push(*c);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(leaves.len() > proto::MAX_WANT, "{}", leaves.len());
+        for c in &leaves {
+            store.delete(c).unwrap();
+        }
+        let (frontier, seen) = start();
+        let x = explore(&store, root, frontier, seen).unwrap();
+        assert_eq!(x.want.len(), proto::MAX_WANT, "one request's worth at a time");
+        assert!(x.want.iter().all(|c| leaves.contains(c)));
+        assert!(!held(&store, &root), "not pinned while blocks are missing");
+        assert_eq!(x.seen.len(), store_len(&store) + leaves.len());
+        // Once they are back, one round walks it all and pins it.
+        let again = Importer::new(&store, opts).add_bytes(&data).unwrap().root;
+        assert_eq!(again, root);
+        let (frontier, seen) = start();
+        let x = explore(&store, root, frontier, seen).unwrap();
+        assert!(x.want.is_empty() && x.frontier.is_empty());
+        assert!(held(&store, &root));
+    }
+
+    fn store_len(store: &MemStore) -> usize {
+        store.list().unwrap().len()
     }
 
     #[test]
