@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use shoal_storage::Cid;
@@ -68,6 +68,11 @@ pub struct Db {
     /// job's spec never changes, and a requester reads each active job on
     /// every scheduling pass that touches it.
     specs: Mutex<HashMap<String, (String, Spec)>>,
+    /// Node track records as last read, dropped by every write to them:
+    /// placement reads them on every scheduling pass. Filled and dropped
+    /// only under the connection's lock, so a reader never keeps a copy
+    /// older than a committed write.
+    stats: Mutex<Option<Arc<BTreeMap<NodeId, NodeStats>>>>,
 }
 
 /// Most decoded specs [`Db`] keeps (it forgets them all past this).
@@ -182,7 +187,7 @@ impl Db {
         // code reads the file as before.
         tx.execute_batch(INDEXES).map_err(sqlite(&path, "cannot create the indexes"))?;
         tx.commit().map_err(sqlite(&path, "cannot create the schema"))?;
-        Ok(Db { path, conn: Mutex::new(conn), specs: Mutex::new(HashMap::new()) })
+        Ok(Db { path, conn: Mutex::new(conn), specs: Mutex::new(HashMap::new()), stats: Mutex::new(None) })
     }
 
     /// The file this database lives in.
@@ -310,7 +315,19 @@ impl Db {
 
     /// Stores a new execution (its job must be stored).
     pub fn insert_execution(&self, e: &Execution) -> Result<(), Error> {
-        write_exec(&self.conn(), e, true).map_err(self.err("cannot insert execution"))
+        self.insert_executions(std::slice::from_ref(e))
+    }
+
+    /// Stores new executions (of stored jobs) in one transaction: a plan
+    /// placing several at once costs one commit, and a crash stores all or
+    /// none of them.
+    pub fn insert_executions(&self, executions: &[Execution]) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err("cannot begin"))?;
+        for e in executions {
+            write_exec(&tx, e, true).map_err(self.err("cannot insert execution"))?;
+        }
+        tx.commit().map_err(self.err("cannot commit"))
     }
 
     /// Overwrites a stored execution.
@@ -385,18 +402,29 @@ impl Db {
     }
 
     /// Every node's track record.
-    pub fn node_stats(&self) -> Result<BTreeMap<NodeId, NodeStats>, Error> {
+    pub fn node_stats(&self) -> Result<Arc<BTreeMap<NodeId, NodeStats>>, Error> {
         let conn = self.conn();
+        if let Some(s) = &*self.stats_cache() {
+            return Ok(s.clone());
+        }
         let rows = query(&conn, "SELECT node, agreed, dissented, lost, failed FROM node_stats", [], |r| {
             Ok((r.get(0)?, NodeStats { agreed: r.get(1)?, dissented: r.get(2)?, lost: r.get(3)?, failed: r.get(4)? }))
         })
         .map_err(self.err("cannot read node stats"))?;
-        Ok(rows.into_iter().collect())
+        let stats = Arc::new(rows.into_iter().collect());
+        *self.stats_cache() = Some(Arc::clone(&stats));
+        Ok(stats)
+    }
+
+    fn stats_cache(&self) -> MutexGuard<'_, Option<Arc<BTreeMap<NodeId, NodeStats>>>> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds `delta` to `node`'s track record.
     pub fn bump_stats(&self, node: &NodeId, delta: NodeStats) -> Result<(), Error> {
-        bump(&self.conn(), node, delta).map_err(self.err("cannot update node stats"))
+        let conn = self.conn();
+        *self.stats_cache() = None;
+        bump(&conn, node, delta).map_err(self.err("cannot update node stats"))
     }
 
     /// Writes `job` (inserted or updated) and `executions` (inserted or
@@ -419,6 +447,9 @@ impl Db {
         upsert_job(&tx, job).map_err(self.err("cannot write job"))?;
         for e in executions {
             upsert_exec(&tx, e).map_err(self.err("cannot write execution"))?;
+        }
+        if !stats.is_empty() {
+            *self.stats_cache() = None;
         }
         for (node, delta) in stats {
             bump(&tx, node, *delta).map_err(self.err("cannot update node stats"))?;
@@ -822,6 +853,13 @@ mod tests {
         let mut orphan = exec(&j, 3);
         orphan.job = "j-nope".parse().unwrap();
         assert!(db.insert_execution(&orphan).is_err());
+        // Several at once: all or none.
+        let (four, five) = (exec(&j, 4), exec(&j, 5));
+        assert!(db.insert_executions(&[four.clone(), orphan]).is_err());
+        assert!(db.execution(&four.id).unwrap().is_none());
+        db.insert_executions(&[four.clone(), five.clone()]).unwrap();
+        assert_eq!(db.executions(&j.id).unwrap().len(), 3);
+        assert_eq!(db.execution(&five.id).unwrap(), Some(five));
     }
 
     #[test]
@@ -877,16 +915,21 @@ mod tests {
         let stats: BTreeMap<NodeId, NodeStats> =
             [("a".to_string(), NodeStats { agreed: 1, ..Default::default() })].into();
         db.apply_with_stats(&j, &[], &stats).unwrap();
+        assert_eq!(db.node_stats().unwrap()["a"].agreed, 1);
+        db.apply_with_stats(&j, &[], &stats).unwrap();
+        assert_eq!(db.node_stats().unwrap()["a"].agreed, 2, "a kept copy is dropped by the write");
         let mut orphan = exec(&j, 3);
         orphan.job = "j-nope".parse().unwrap();
         assert!(db.apply_with_stats(&j, &[orphan], &stats).is_err());
-        assert_eq!(db.node_stats().unwrap()["a"].agreed, 1);
+        assert_eq!(db.node_stats().unwrap()["a"].agreed, 2);
     }
 
     #[test]
     fn stats_accumulate() {
         let db = Db::open_in_memory().unwrap();
         db.bump_stats(&"a".into(), NodeStats { agreed: 2, ..Default::default() }).unwrap();
+        // Read (and kept) between writes: every write is seen.
+        assert_eq!(db.node_stats().unwrap()["a"].agreed, 2);
         db.bump_stats(&"a".into(), NodeStats { agreed: 1, dissented: 1, lost: 3, failed: 4 }).unwrap();
         db.bump_stats(&"b".into(), NodeStats { lost: 1, ..Default::default() }).unwrap();
         let s = db.node_stats().unwrap();

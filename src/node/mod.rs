@@ -85,6 +85,8 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 /// What this node last heard from a peer.
 #[derive(Debug, Clone)]
 pub struct View {
+    /// The peer id's text, encoded once: placement names nodes by it.
+    pub id: String,
     pub announcement: Announcement,
     pub last_seen_ms: u64,
 }
@@ -201,7 +203,8 @@ impl Node {
         let now = self.now();
         let restarted = {
             let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
-            let old = views.insert(peer, View { announcement: announcement.clone(), last_seen_ms: now });
+            let old = views
+                .insert(peer, View { id: peer.to_string(), announcement: announcement.clone(), last_seen_ms: now });
             match old {
                 Some(v) => Some(v.announcement.boot != announcement.boot),
                 None => None,

@@ -62,8 +62,8 @@ pub fn views(node: &Node) -> Vec<NodeView> {
         });
     };
     push(node.peer.to_string(), &node.announcement(), now);
-    for (peer, v) in node.views.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        push(peer.to_string(), &v.announcement, v.last_seen_ms);
+    for v in node.views.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        push(v.id.clone(), &v.announcement, v.last_seen_ms);
     }
     out
 }
@@ -263,19 +263,26 @@ fn carry_out(
         let mut placements: Vec<(&model::NodeId, bool)> = plan.placements().collect();
         let me = node.peer.to_string();
         placements.sort_by_key(|(target, _)| **target == me);
+        let mut placed = Vec::new();
         for (target, extra) in placements {
             let Ok(peer) = target.parse::<PeerId>() else { continue };
             let e = Execution::new(ExecId::from_parts(now, rand::random()), job.id.clone(), target.clone(), extra, now);
-            node.db().insert_execution(&e)?;
             if let Some(v) = views.iter_mut().find(|v| &v.id == target) {
                 v.slots_free = v.slots_free.saturating_sub(job.spec.resources.slots);
             }
+            placed.push((peer, e));
+        }
+        if !placed.is_empty() {
+            let execs: Vec<Execution> = placed.iter().map(|(_, e)| e.clone()).collect();
+            node.db().insert_executions(&execs)?;
             changed = true;
-            let n = node.clone();
             let spec = serde_json::to_string(&job.spec)?;
-            let job_id = job.id.to_string();
-            tracing::debug!(job = %job.id, exec = %e.id, node = %target, "placing");
-            tokio::spawn(async move { bid_and_run(n, peer, e, job_id, spec).await });
+            for (peer, e) in placed {
+                let n = node.clone();
+                let (spec, job_id) = (spec.clone(), job.id.to_string());
+                tracing::debug!(job = %job.id, exec = %e.id, node = %e.node, "placing");
+                tokio::spawn(async move { bid_and_run(n, peer, e, job_id, spec).await });
+            }
         }
         for id in &plan.reveal {
             let Some(e) = execs.iter().find(|e| &e.id == id) else { continue };
