@@ -123,7 +123,8 @@ fn main() {
     let on = |node: &str| json!({ "task": { "module": module }, "redundancy": { "count": 1 }, "constraints": [format!("bench={node}")] });
 
     println!("network: 3 nodes on loopback, trivial job (hello.wasm)");
-    let rounds = if quick { 10 } else { 40 };
+    // 200 rounds (~1 s): medians of 40 moved the ratio by ±0.05 between runs.
+    let rounds = if quick { 10 } else { 200 };
     let specs = [on("n1"), on("n0"), spec(3)];
     let mut lat = [Vec::new(), Vec::new(), Vec::new()];
     // Interleaved so that all see the same machine noise.
