@@ -403,6 +403,11 @@ fn print_job(r: &Value) {
         let result = if e["result"].is_null() { String::new() } else { s(e, "result") };
         let error = if e["error"].is_null() { String::new() } else { format!("  ({})", s(e, "error")) };
         println!("  {}  {:<9}  node {}  {}{}", s(e, "id"), s(e, "state"), s(e, "node"), result, error);
+        let devices: Vec<&str> =
+            e["meta"]["nn_devices"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if !devices.is_empty() {
+            println!("      wasi-nn device: {}", devices.join(", "));
+        }
     }
 }
 

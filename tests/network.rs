@@ -568,6 +568,13 @@ fn a_gpu_job_runs_only_on_a_node_that_announces_a_gpu() {
     assert!(execs.iter().all(|e| e["node"] == Value::String(gpu_id.clone())), "only the gpu node runs it: {j}");
     let logs = cli(&net.nodes[0], &net.home("cli"), &["job", "logs", &id]);
     assert!(text(&logs.stdout).contains("accuracy: 0.9833 (354/360)"), "{}", text(&logs.stdout));
+    // What ran it travels with the reveal, beside the result.
+    let meta = &execs[0]["meta"];
+    let device = meta["nn_devices"][0].as_str().unwrap_or_default();
+    assert!(device.starts_with("gpu: ") && device.contains("llvmpipe"), "{j}");
+    assert!(meta["fuel"].as_u64().unwrap() > 0, "{j}");
+    let d = cli(&net.nodes[0], &net.home("cli"), &["job", "describe", &id]);
+    assert!(text(&d.stdout).contains(&format!("wasi-nn device: {device}")), "{}", text(&d.stdout));
 
     // The same job without --gpu runs on the CPU backend, same accuracy.
     let o = cli(
@@ -590,4 +597,7 @@ fn a_gpu_job_runs_only_on_a_node_that_announces_a_gpu() {
     let result = text(&o.stdout).lines().last().unwrap().to_owned();
     let cat = cli(&net.nodes[0], &net.home("cli"), &["cat", &format!("{result}/stdout")]);
     assert!(text(&cat.stdout).contains("accuracy: 0.9833 (354/360)"), "{}", text(&cat.stdout));
+    let j = job(&net.nodes[0], &last_completed(&net.nodes[0]));
+    let device = j["executions"][0]["meta"]["nn_devices"][0].as_str().unwrap_or_default().to_owned();
+    assert!(device.starts_with("cpu: tract"), "{j}");
 }

@@ -107,7 +107,8 @@ CREATE TABLE executions (
     stderr TEXT,
     exit_code INTEGER,
     extra INTEGER NOT NULL,
-    nonce BLOB
+    nonce BLOB,
+    meta TEXT
 );
 CREATE INDEX executions_job ON executions (job);
 CREATE TABLE node_stats (
@@ -126,7 +127,7 @@ pub const MAX_LEFTOVERS: usize = 1000;
 
 const JOB_COLS: &str = "id, state, spec, created_ms, updated_ms, started_ms, result, error, extra_used";
 const EXEC_COLS: &str = "id, job, node, state, created_ms, updated_ms, started_ms, commitment, result, error, stdout, \
-                         stderr, exit_code, extra, nonce";
+                         stderr, exit_code, extra, nonce, meta";
 
 /// Per-row decoding failures, turned into [`Error::Corrupt`] with the path.
 struct Bad {
@@ -183,9 +184,17 @@ impl Db {
             SCHEMA_VERSION => {}
             found => return Err(Error::Schema { path, found }),
         }
-        // Indexes added within version 1: they change no row, so older
-        // code reads the file as before.
+        // Indexes and columns added within version 1: older code names the
+        // columns it reads and writes, so it reads the file as before (and
+        // leaves the new columns empty).
         tx.execute_batch(INDEXES).map_err(sqlite(&path, "cannot create the indexes"))?;
+        let has_meta: bool = tx
+            .query_row("SELECT count(*) FROM pragma_table_info('executions') WHERE name = 'meta'", [], |r| r.get(0))
+            .map_err(sqlite(&path, "cannot read the schema"))?;
+        if !has_meta {
+            tx.execute_batch("ALTER TABLE executions ADD COLUMN meta TEXT")
+                .map_err(sqlite(&path, "cannot add the execution metadata column"))?;
+        }
         tx.commit().map_err(sqlite(&path, "cannot create the schema"))?;
         Ok(Db { path, conn: Mutex::new(conn), specs: Mutex::new(HashMap::new()), stats: Mutex::new(None) })
     }
@@ -340,7 +349,7 @@ impl Db {
     /// bid's answer and the node's commitment can race): a read-then-write
     /// would let the older news overwrite the newer.
     pub fn update_execution_from(&self, e: &Execution, from: ExecState) -> Result<bool, Error> {
-        let sql = format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1 AND state = ?16");
+        let sql = format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1 AND state = ?17");
         let conn = self.conn();
         let p = exec_params(e);
         let mut params: Vec<&dyn rusqlite::ToSql> = p.iter().map(|b| b.as_ref() as &dyn rusqlite::ToSql).collect();
@@ -528,7 +537,7 @@ fn upsert_job(conn: &Connection, job: &Job) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn exec_params(e: &Execution) -> [Box<dyn rusqlite::ToSql + '_>; 15] {
+fn exec_params(e: &Execution) -> [Box<dyn rusqlite::ToSql + '_>; 16] {
     [
         Box::new(e.id.as_str()),
         Box::new(e.job.as_str()),
@@ -545,13 +554,15 @@ fn exec_params(e: &Execution) -> [Box<dyn rusqlite::ToSql + '_>; 15] {
         Box::new(e.exit_code),
         Box::new(e.extra),
         Box::new(e.nonce.map(|c| c.to_vec())),
+        // Plain data: serializing it cannot fail.
+        Box::new(e.meta.as_ref().and_then(|m| serde_json::to_string(m).ok())),
     ]
 }
 
-const EXEC_VALUES: &str = "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+const EXEC_VALUES: &str = "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
 const EXEC_SET: &str = "job = ?2, node = ?3, state = ?4, created_ms = ?5, updated_ms = ?6, started_ms = ?7, \
                         commitment = ?8, result = ?9, error = ?10, stdout = ?11, stderr = ?12, exit_code = ?13, \
-                        extra = ?14, nonce = ?15";
+                        extra = ?14, nonce = ?15, meta = ?16";
 
 fn write_exec(conn: &Connection, e: &Execution, insert: bool) -> rusqlite::Result<()> {
     let sql = if insert {
@@ -664,6 +675,7 @@ struct RawExec {
     exit_code: Option<i32>,
     extra: bool,
     nonce: Option<Vec<u8>>,
+    meta: Option<String>,
 }
 
 fn raw_exec(r: &Row<'_>) -> rusqlite::Result<RawExec> {
@@ -683,6 +695,7 @@ fn raw_exec(r: &Row<'_>) -> rusqlite::Result<RawExec> {
         exit_code: r.get(12)?,
         extra: r.get(13)?,
         nonce: r.get(14)?,
+        meta: r.get(15)?,
     })
 }
 
@@ -711,6 +724,10 @@ impl RawExec {
             exit_code: self.exit_code,
             extra: self.extra,
             nonce: bytes32(what("nonce"), self.nonce)?,
+            meta: self
+                .meta
+                .map(|m| serde_json::from_str(&m).map_err(|e| bad(what("meta"))(e.to_string())))
+                .transpose()?,
             id,
         })
     }
@@ -743,6 +760,7 @@ mod tests {
         e.started_ms = Some(2001);
         e.commitment = Some([n as u8; 32]);
         e.nonce = Some([7; 32]);
+        e.meta = Some(crate::model::ExecMeta { nn_devices: vec![format!("cpu: {n}")], wall_ms: n, fuel: 10 * n });
         e.result = Some(cid(n as u8));
         e.stdout = Some("out".into());
         e.exit_code = Some(-3);
@@ -953,6 +971,33 @@ mod tests {
         assert_eq!(db.job(&j.id).unwrap(), Some(j.clone()));
         assert_eq!(db.executions(&j.id).unwrap(), vec![e]);
         assert_eq!(db.node_stats().unwrap()["n"].agreed, 1);
+    }
+
+    #[test]
+    fn a_file_from_before_execution_metadata_gains_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scheduler.sqlite");
+        let j = job(1);
+        let mut e = exec(&j, 1);
+        {
+            let db = Db::open(&path).unwrap();
+            db.insert_job(&j).unwrap();
+            let conn = db.conn();
+            conn.execute_batch("ALTER TABLE executions DROP COLUMN meta").unwrap();
+            // A row as the older code wrote it.
+            conn.execute(
+                "INSERT INTO executions (id, job, node, state, created_ms, updated_ms, extra) \
+                 VALUES (?1, ?2, 'n', 'running', 1, 1, 0)",
+                params![e.id.as_str(), j.id.as_str()],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let old = db.execution(&e.id).unwrap().unwrap();
+        assert_eq!((old.state, old.meta), (ExecState::Running, None));
+        e.node = "n".into();
+        assert!(db.update_execution_from(&e, ExecState::Running).unwrap());
+        assert_eq!(db.execution(&e.id).unwrap(), Some(e));
     }
 
     #[test]

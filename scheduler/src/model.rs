@@ -306,6 +306,49 @@ pub struct Execution {
     /// The nonce revealed with the result.
     #[serde(with = "crate::serde_util::opt_hex32")]
     pub nonce: Option<[u8; 32]>,
+    /// How the node says it ran it, revealed with the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<ExecMeta>,
+}
+
+/// How a compute node ran an execution, as it reports it: metadata beside
+/// the result, never inside it, so it takes no part in agreement (and a
+/// node could lie about it: it is informative, not evidence).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecMeta {
+    /// The wasi-nn devices the job used, in order of first use, e.g.
+    /// `cpu: tract 0.23.9` or `gpu: llvmpipe (...) (software)`.
+    #[serde(default)]
+    pub nn_devices: Vec<String>,
+    /// Wall time in the sandbox, milliseconds.
+    #[serde(default)]
+    pub wall_ms: u64,
+    /// Fuel the guest consumed.
+    #[serde(default)]
+    pub fuel: u64,
+}
+
+impl ExecMeta {
+    /// Most devices kept.
+    pub const MAX_DEVICES: usize = 8;
+    /// Longest device description kept, in bytes.
+    pub const MAX_DEVICE_LEN: usize = 256;
+
+    /// Within [`ExecMeta::MAX_DEVICES`] and [`ExecMeta::MAX_DEVICE_LEN`]:
+    /// what a peer sent is stored and shown, so it is bounded first.
+    pub fn bounded(mut self) -> ExecMeta {
+        self.nn_devices.truncate(Self::MAX_DEVICES);
+        for d in &mut self.nn_devices {
+            if d.len() > Self::MAX_DEVICE_LEN {
+                let mut end = Self::MAX_DEVICE_LEN;
+                while !d.is_char_boundary(end) {
+                    end -= 1;
+                }
+                d.truncate(end);
+            }
+        }
+        self
+    }
 }
 
 impl Execution {
@@ -327,6 +370,7 @@ impl Execution {
             exit_code: None,
             extra,
             nonce: None,
+            meta: None,
         }
     }
 
@@ -342,6 +386,7 @@ impl Execution {
             self.nonce = None;
             self.stdout = None;
             self.stderr = None;
+            self.meta = None;
         }
         self
     }
@@ -413,14 +458,25 @@ mod tests {
         e.stdout = Some("answer".into());
         e.stderr = Some("log".into());
         e.exit_code = Some(0);
+        e.meta = Some(ExecMeta { nn_devices: vec!["cpu: tract".into()], wall_ms: 3, fuel: 99 });
         for running in [JobState::Queued, JobState::Running] {
             let s = e.clone().sealed(running);
-            assert_eq!((s.result, s.nonce, s.stdout, s.stderr), (None, None, None, None));
+            assert_eq!((s.result, s.nonce, s.stdout, s.stderr, s.meta), (None, None, None, None, None));
             assert_eq!((s.state, s.exit_code), (ExecState::Revealed, Some(0)));
         }
         for ended in [JobState::Completed, JobState::Failed, JobState::Cancelled] {
             assert_eq!(e.clone().sealed(ended), e);
         }
+    }
+
+    #[test]
+    fn reported_metadata_is_bounded() {
+        let long = "é".repeat(ExecMeta::MAX_DEVICE_LEN); // two bytes each
+        let m = ExecMeta { nn_devices: vec![long; 20], wall_ms: 1, fuel: 2 }.bounded();
+        assert_eq!(m.nn_devices.len(), ExecMeta::MAX_DEVICES);
+        assert!(m.nn_devices.iter().all(|d| d.len() == ExecMeta::MAX_DEVICE_LEN && d.chars().all(|c| c == 'é')));
+        let short = ExecMeta { nn_devices: vec!["gpu: llvmpipe".into()], wall_ms: 1, fuel: 2 };
+        assert_eq!(short.clone().bounded(), short);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use libp2p::PeerId;
 use shoal_runtime::job;
 use shoal_runtime::{Config, Executor};
 use shoal_scheduler::commit;
+use shoal_scheduler::model::ExecMeta;
 use shoal_scheduler::net::proto::{self, Gpu, Request, Response};
 use shoal_scheduler::spec::Spec;
 use shoal_storage::Cid;
@@ -59,7 +60,7 @@ pub enum Misbehave {
 
 enum State {
     Running,
-    Done { result: Cid, nonce: [u8; 32], exit_code: i32, stdout: String, stderr: String },
+    Done { result: Cid, nonce: [u8; 32], exit_code: i32, stdout: String, stderr: String, meta: Box<ExecMeta> },
 }
 
 struct Slot {
@@ -293,7 +294,7 @@ impl Compute {
                 }
             };
             let Some(c) = &node.compute else { return };
-            let (mut result, exit_code, stdout, stderr) = finished;
+            let Report { mut result, exit_code, stdout, stderr, meta } = finished;
             if c.misbehave == Some(Misbehave::WrongResult) {
                 result = wrong_result(&node, &result).await.unwrap_or(result);
             }
@@ -302,7 +303,7 @@ impl Compute {
             {
                 let mut execs = c.lock();
                 match execs.get_mut(&exec) {
-                    Some(s) => s.state = State::Done { result, nonce, exit_code, stdout, stderr },
+                    Some(s) => s.state = State::Done { result, nonce, exit_code, stdout, stderr, meta },
                     None => return, // cancelled meanwhile
                 }
             }
@@ -318,12 +319,13 @@ impl Compute {
                 // requester may ask again after a restart or a retry);
                 // finished executions are evicted oldest first past
                 // MAX_TRACKED, or on Cancel.
-                State::Done { result, nonce, exit_code, stdout, stderr } => Response::Revealed {
+                State::Done { result, nonce, exit_code, stdout, stderr, meta } => Response::Revealed {
                     result: result.to_string(),
                     nonce: *nonce,
                     exit_code: *exit_code,
                     stdout: stdout.clone(),
                     stderr: stderr.clone(),
+                    meta: ExecMeta::clone(meta),
                 },
                 _ => Response::Error { message: format!("execution {exec} has not finished") },
             },
@@ -332,8 +334,15 @@ impl Compute {
     }
 }
 
-/// What an execution produced: result CID, exit status, stream heads.
-type Report = (Cid, i32, String, String);
+/// What an execution produced.
+struct Report {
+    result: Cid,
+    exit_code: i32,
+    /// The heads of the output streams.
+    stdout: String,
+    stderr: String,
+    meta: Box<ExecMeta>,
+}
 
 /// Fetches what the job needs, runs it, and returns its result.
 async fn run_execution(node: &Arc<Node>, requester: PeerId, exec: &str, spec: &Spec) -> anyhow::Result<Report> {
@@ -394,7 +403,18 @@ async fn run_execution(node: &Arc<Node>, requester: PeerId, exec: &str, spec: &S
     }
     node.metrics.executions_run.inc();
     let o = &finished.outcome;
-    Ok((finished.result, finished.exit_status, head(&o.stdout.bytes), head(&o.stderr.bytes)))
+    let meta = Box::new(ExecMeta {
+        nn_devices: o.nn_devices.clone(),
+        wall_ms: o.wall_time.as_millis().try_into().unwrap_or(u64::MAX),
+        fuel: o.fuel_consumed,
+    });
+    Ok(Report {
+        result: finished.result,
+        exit_code: finished.exit_status,
+        stdout: head(&o.stdout.bytes),
+        stderr: head(&o.stderr.bytes),
+        meta,
+    })
 }
 
 /// Fetches the DAGs under `roots` from the requester and the other peers.

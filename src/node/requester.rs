@@ -358,7 +358,7 @@ async fn reveal(node: &Arc<Node>, peer: PeerId, mut e: Execution) {
     let now = node.now();
     tracing::debug!(job = %e.job, exec = %e.id, "asking for the reveal");
     match node.send(peer, Request::Reveal { exec: e.id.to_string() }).await {
-        Ok(Response::Revealed { result, nonce, exit_code, stdout, stderr }) => {
+        Ok(Response::Revealed { result, nonce, exit_code, stdout, stderr, meta }) => {
             let parsed: Option<Cid> = result.parse().ok();
             let opens = match (&parsed, &e.commitment) {
                 (Some(cid), Some(c)) => commit::verify(c, cid, &nonce),
@@ -371,6 +371,7 @@ async fn reveal(node: &Arc<Node>, peer: PeerId, mut e: Execution) {
                 e.exit_code = Some(exit_code);
                 e.stdout = Some(stdout);
                 e.stderr = Some(stderr);
+                e.meta = Some(meta.bounded());
             } else {
                 e.state = ExecState::Failed;
                 e.error = Some(format!("revealed result {result} does not match the commitment"));

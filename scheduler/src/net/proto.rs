@@ -82,7 +82,16 @@ pub enum Response {
     Ok,
     /// The answer to `Reveal`: the result CID, the nonce that opens the
     /// commitment, and the head of each output stream.
-    Revealed { result: String, nonce: [u8; 32], exit_code: i32, stdout: String, stderr: String },
+    Revealed {
+        result: String,
+        nonce: [u8; 32],
+        exit_code: i32,
+        stdout: String,
+        stderr: String,
+        /// How it ran (absent from nodes that predate it).
+        #[serde(default)]
+        meta: crate::model::ExecMeta,
+    },
     /// The request was refused; the message says why.
     Error { message: String },
 }
@@ -127,4 +136,62 @@ pub struct Announcement {
     pub gpu: Option<Gpu>,
     /// The node's HTTP API, if it serves one (for `shoal nodes`).
     pub api: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::request_response::{cbor::codec::Codec, Codec as _};
+    use libp2p::StreamProtocol;
+
+    /// `Revealed` as nodes sent it before execution metadata existed.
+    #[derive(Serialize, Deserialize)]
+    enum Before {
+        Revealed { result: String, nonce: [u8; 32], exit_code: i32, stdout: String, stderr: String },
+    }
+
+    #[tokio::test]
+    async fn a_reveal_without_metadata_still_decodes_on_the_wire() {
+        let p = StreamProtocol::new(EXEC_PROTOCOL);
+        let mut wire = Vec::new();
+        let old = Before::Revealed {
+            result: "bafy".into(),
+            nonce: [3; 32],
+            exit_code: 0,
+            stdout: "out".into(),
+            stderr: String::new(),
+        };
+        Codec::<Before, Before>::default()
+            .write_response(&p, &mut futures::io::Cursor::new(&mut wire), old)
+            .await
+            .unwrap();
+        let got = Codec::<Request, Response>::default()
+            .read_response(&p, &mut futures::io::Cursor::new(&wire))
+            .await
+            .unwrap();
+        match got {
+            Response::Revealed { result, meta, .. } => {
+                assert_eq!(result, "bafy");
+                assert_eq!(meta, crate::model::ExecMeta::default());
+            }
+            other => panic!("{other:?}"),
+        }
+        // And the new form carries it.
+        let meta = crate::model::ExecMeta { nn_devices: vec!["cpu: tract".into()], wall_ms: 4, fuel: 5 };
+        let new = Response::Revealed {
+            result: "bafy".into(),
+            nonce: [3; 32],
+            exit_code: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            meta: meta.clone(),
+        };
+        let mut wire = Vec::new();
+        let mut c = Codec::<Request, Response>::default();
+        c.write_response(&p, &mut futures::io::Cursor::new(&mut wire), new).await.unwrap();
+        match c.read_response(&p, &mut futures::io::Cursor::new(&wire)).await.unwrap() {
+            Response::Revealed { meta: got, .. } => assert_eq!(got, meta),
+            other => panic!("{other:?}"),
+        }
+    }
 }
