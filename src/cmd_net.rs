@@ -73,6 +73,48 @@ impl Api {
         self.check(&format!("POST {path}"), req.send(body))
     }
 
+    /// Follows `GET {path}` as server-sent events until `deadline`,
+    /// calling `each` with every event's JSON data until it returns
+    /// `Some`.
+    fn follow<T>(
+        &self,
+        path: &str,
+        deadline: Option<Instant>,
+        mut each: impl FnMut(Value) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        use std::io::{BufRead, Read};
+        let mut req = self.agent.get(format!("{}{path}", self.base)).header("Accept", "text/event-stream");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let r = req.config().timeout_global(left.or(Some(MAX_FOLLOW))).build().call();
+        let r = r.with_context(|| format!("cannot reach the node at {} (GET {path})", self.base))?;
+        if !r.status().is_success() {
+            bail!("GET {path}: {}", r.status());
+        }
+        let mut lines = std::io::BufReader::new(r.into_body().into_reader());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            // One event is one job as JSON: bounded like any other answer.
+            let n = lines.by_ref().take(MAX_EVENT_LINE).read_line(&mut line)?;
+            if n == 0 {
+                bail!("the node closed the event stream of GET {path}");
+            }
+            if !line.ends_with('\n') {
+                bail!("an event of GET {path} is longer than {MAX_EVENT_LINE} bytes");
+            }
+            if let Some(data) = line.strip_prefix("data:") {
+                let v: Value = serde_json::from_str(data.trim())
+                    .with_context(|| format!("the node sent an event that is not json on GET {path}"))?;
+                if let Some(done) = each(v) {
+                    return Ok(done);
+                }
+            }
+        }
+    }
+
     /// The DAG under `cid` as a CAR file, fetched by the node.
     pub fn car(&self, cid: &Cid) -> anyhow::Result<Vec<u8>> {
         let mut req = self.agent.get(format!("{}/v1/car/{cid}", self.base));
@@ -250,14 +292,61 @@ pub fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     wait_and_print(ctx, &api, &id, a.run.quiet, a.wait_timeout.map(Into::into))
 }
 
-fn wait_for(api: &Api, id: &str, timeout: Option<Duration>) -> anyhow::Result<Value> {
+/// Longest line of a job event stream (one job with its executions).
+const MAX_EVENT_LINE: u64 = 64 << 20;
+/// How long one event stream is followed when no timeout was asked for
+/// (the long poll takes over if the job is still going).
+const MAX_FOLLOW: Duration = Duration::from_secs(3600);
+
+fn is_terminal(state: &str) -> bool {
+    matches!(state, "completed" | "failed" | "cancelled")
+}
+
+/// One line saying where a job is: its state and its executions by state.
+fn progress_line(v: &Value) -> String {
+    let state = v.pointer("/job/state").and_then(Value::as_str).unwrap_or("?");
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for e in v["executions"].as_array().into_iter().flatten() {
+        let s = e["state"].as_str().unwrap_or("?").to_owned();
+        match counts.iter_mut().find(|(k, _)| *k == s) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((s, 1)),
+        }
+    }
+    if counts.is_empty() {
+        return state.to_owned();
+    }
+    let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    format!("{state}; executions: {}", parts.join(", "))
+}
+
+/// Waits for job `id` to end. With `progress`, follows its event stream
+/// and prints a line on stderr whenever it moves; the long poll takes
+/// over if the stream cannot be followed (an older node, a proxy that
+/// buffers).
+fn wait_for(api: &Api, id: &str, timeout: Option<Duration>, progress: bool) -> anyhow::Result<Value> {
     let deadline = timeout.map(|t| Instant::now() + t);
+    if progress {
+        let mut last = String::new();
+        let followed = api.follow(&format!("/v1/jobs/{id}/events"), deadline, |v| {
+            let line = progress_line(&v);
+            if line != last {
+                eprintln!("  {line}");
+                last = line;
+            }
+            is_terminal(v.pointer("/job/state").and_then(Value::as_str).unwrap_or("")).then_some(v)
+        });
+        match followed {
+            Ok(v) => return Ok(v),
+            Err(e) => tracing::debug!("following job {id}: {e:#}; polling instead"),
+        }
+    }
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let poll = left.map_or(60, |l| l.as_secs().clamp(1, 60));
         let r = api.get(&format!("/v1/jobs/{id}/wait?timeout={poll}"))?;
         let state = r.pointer("/job/state").and_then(Value::as_str).unwrap_or("");
-        if matches!(state, "completed" | "failed" | "cancelled") {
+        if is_terminal(state) {
             return Ok(r);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -270,7 +359,7 @@ fn wait_for(api: &Api, id: &str, timeout: Option<Duration>) -> anyhow::Result<Va
 }
 
 fn wait_and_print(ctx: &Ctx, api: &Api, id: &str, quiet: bool, timeout: Option<Duration>) -> anyhow::Result<ExitCode> {
-    let r = wait_for(api, id, timeout)?;
+    let r = wait_for(api, id, timeout, !quiet && !ctx.json)?;
     let state = r.pointer("/job/state").and_then(Value::as_str).unwrap_or("").to_owned();
     if ctx.json {
         output::json(&r)?;
@@ -546,4 +635,22 @@ pub fn parse_ready(line: &str) -> Option<(String, String)> {
         }
     }
     Some((api?, peer?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_counts_executions_by_state_in_order_of_appearance() {
+        let v = json!({
+            "job": { "state": "running" },
+            "executions": [
+                { "state": "committed" }, { "state": "running" }, { "state": "committed" }
+            ]
+        });
+        assert_eq!(progress_line(&v), "running; executions: 2 committed, 1 running");
+        assert_eq!(progress_line(&json!({ "job": { "state": "queued" }, "executions": [] })), "queued");
+        assert!(is_terminal("cancelled") && !is_terminal("running"));
+    }
 }

@@ -346,6 +346,8 @@ fn a_restarted_requester_resumes_its_jobs() {
     net.nodes[0] = start_node(&home, &["--no-compute", "--listen", &listen, "--peer", &peer_a]);
     let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", "--timeout", "120s", &id]);
     assert!(w.status.success(), "{}{}", text(&w.stdout), text(&w.stderr));
+    // `job wait` follows the job's events and says where it is.
+    assert!(text(&w.stderr).contains("  completed; executions: 1 completed"), "{}", text(&w.stderr));
     let j = job(&net.nodes[0], &id);
     assert_eq!(j["job"]["state"], "completed", "{j}");
     let cat =
@@ -452,6 +454,15 @@ fn bad_specs_and_unknown_jobs_get_clear_errors() {
     let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", "--timeout", "10s", &id]);
     assert!(!w.status.success(), "waiting on a cancelled job fails");
     assert!(text(&w.stderr).contains("cancelled"), "{}", text(&w.stderr));
+    // Its event stream gives its one last state and ends; an unknown job
+    // has none.
+    let mut r = agent().get(format!("{}/v1/jobs/{id}/events", net.nodes[0].api)).call().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let events = r.body_mut().read_to_string().unwrap();
+    assert_eq!(events.matches("event: job").count(), 1, "{events}");
+    assert!(events.contains("\"state\":\"cancelled\""), "{events}");
+    let (status, v) = get(&format!("{}/v1/jobs/j-0000000000000000000000/events", net.nodes[0].api));
+    assert_eq!(status, 404, "{v}");
     // No node at all: says how to give one.
     let o = Command::new(env!("CARGO_BIN_EXE_shoal")).env_remove("SHOAL_NODE").args(["job", "list"]).output().unwrap();
     assert!(text(&o.stderr).contains("--node"), "{}", text(&o.stderr));

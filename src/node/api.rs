@@ -38,6 +38,12 @@ pub const MAX_CAR: usize = 1 << 30;
 pub const MAX_ACTIVE_JOBS: usize = 100_000;
 /// Longest `wait` long poll.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
+/// Job event streams (`/v1/jobs/{id}/events`) open at once; more are
+/// answered 503.
+pub const MAX_EVENT_STREAMS: usize = 256;
+/// Least time between two looks at a job by one event stream: every change
+/// on the node wakes every stream, and a burst is sent as one event.
+pub const EVENT_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The node's Prometheus metrics.
 pub struct Metrics {
@@ -107,7 +113,10 @@ fn not_found(id: &str) -> ApiError {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Shoal node API", description = "Submit and follow Wasm jobs on a Shoal peer network."),
-    paths(submit, get_job, list_jobs, cancel_job, job_logs, wait_job, nodes, health, metrics, car_import, car_export)
+    paths(
+        submit, get_job, list_jobs, cancel_job, job_logs, wait_job, job_events, nodes, health, metrics, car_import,
+        car_export
+    )
 )]
 struct ApiDoc;
 
@@ -119,6 +128,7 @@ pub fn router(node: Shared, token: Option<String>) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/logs", get(job_logs))
         .route("/v1/jobs/{id}/wait", get(wait_job))
+        .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/nodes", get(nodes))
         .route("/v1/health", get(health))
         .route("/v1/car", post(car_import))
@@ -276,6 +286,61 @@ async fn wait_job(
     }
     let job = node.db().job(&jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
     Ok(Json(job_json(&node, &job)))
+}
+
+/// Follows a job as server-sent events: a `job` event (the job and its
+/// executions, as `GET /v1/jobs/{id}` has them) at once and after each
+/// change, the last one once the job has ended; then the stream closes.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", params(("id" = String, Path)),
+    responses((status = 200, description = "text/event-stream of `job` events"), (status = 404), (status = 503)))]
+async fn job_events(
+    State(node): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<
+    axum::response::sse::Sse<impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>>,
+    ApiError,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let jid = parse_id(&id)?;
+    node.db().job_state(&jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
+    let permit = node.event_streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this node already serves {MAX_EVENT_STREAMS} event streams; retry later or use /wait"),
+        )
+    })?;
+    struct Follow {
+        node: Shared,
+        jid: JobId,
+        changes: tokio::sync::watch::Receiver<u64>,
+        last: Option<String>,
+        ended: bool,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    }
+    let start = Follow { changes: node.changed.subscribe(), node, jid, last: None, ended: false, _permit: permit };
+    let events = futures::stream::unfold(start, |mut f| async move {
+        loop {
+            if f.ended {
+                return None;
+            }
+            let job = match f.node.db().job(&f.jid) {
+                Ok(Some(job)) => job,
+                _ => return None,
+            };
+            f.ended = job.state.is_terminal();
+            let text = job_json(&f.node, &job).to_string();
+            if f.last.as_deref() != Some(text.as_str()) {
+                f.last = Some(text.clone());
+                return Some((Ok(Event::default().event("job").data(text)), f));
+            }
+            if f.ended || f.changes.changed().await.is_err() {
+                return None;
+            }
+            tokio::time::sleep(EVENT_INTERVAL).await;
+            f.changes.mark_unchanged();
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 /// The nodes this node knows, with their announcements and record.

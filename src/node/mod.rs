@@ -130,6 +130,8 @@ pub struct Node {
     /// the same work twice.
     pub inflight: Mutex<HashSet<String>>,
     pub placement: shoal_scheduler::placement::Config,
+    /// Open job event streams (see [`api::MAX_EVENT_STREAMS`]).
+    pub event_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Node {
@@ -338,6 +340,7 @@ pub async fn serve(
         api_url: OnceLock::new(),
         inflight: Mutex::new(HashSet::new()),
         placement: Default::default(),
+        event_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_EVENT_STREAMS)),
     });
     let _ = node.api_url.set(format!("http://{api_addr}"));
     let token = if api_addr.ip().is_loopback() { None } else { Some(load_token(&home)?) };
