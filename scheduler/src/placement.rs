@@ -84,7 +84,9 @@
 //! commitments the job needs are in: committed plus results reach the
 //! quorum, or nothing live is still before its commitment (bid asked,
 //! accepted, running), nothing is being placed and no more executions are
-//! coming. The quorum that decides the job has then committed before any
+//! coming. In the first case only as many as could decide the job are
+//! asked (the leading result's missing votes, earliest commitments
+//! first); the others when these do not decide it, or once it is decided. The quorum that decides the job has then committed before any
 //! answer is known, and executions still running learn nothing from the
 //! reveals: the requester shows no execution's result or output until the
 //! job has ended ([`Execution::sealed`](crate::model::Execution::sealed)).
@@ -420,7 +422,26 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
         live.iter().any(|e| matches!(st(e), ExecState::BidAsked | ExecState::Accepted | ExecState::Running));
     let committed: Vec<&Execution> = live.iter().copied().filter(|e| st(e) == ExecState::Committed).collect();
     let more_coming = want > 0;
-    if committed.len() + results.len() >= quorum || (!pre_commit && plan.place.is_empty() && !more_coming) {
+    if committed.len() + results.len() >= quorum {
+        // Only as many as could decide the job, earliest commitments
+        // first: the leading result needs `quorum - lead` more votes (all,
+        // when it has them and only pending ones could still tie it). The
+        // others' commitments are in, so they are asked once the job is
+        // decided (and judged, with credit) or, if these do not decide
+        // it, by the next plan: a redundant job does not wait on answers
+        // it does not need.
+        let mut votes: BTreeMap<&Cid, usize> = BTreeMap::new();
+        for (_, _, c) in &results {
+            *votes.entry(c).or_default() += 1;
+        }
+        let lead = votes.values().copied().max().unwrap_or(0);
+        let need = if lead >= quorum { committed.len() } else { quorum - lead };
+        let mut first = committed.clone();
+        first.sort_by(|a, b| (a.updated_ms, &a.id).cmp(&(b.updated_ms, &b.id)));
+        plan.reveal = first.iter().take(need).map(|e| e.id.clone()).collect();
+    } else if !pre_commit && plan.place.is_empty() && !more_coming {
+        // Short of the quorum and nothing else can commit: every answer
+        // is needed to settle it.
         plan.reveal = committed.iter().map(|e| e.id.clone()).collect();
     }
 
@@ -831,6 +852,21 @@ mod tests {
         let execs = [execs[0].clone(), ex("e2", "b", ExecState::Committed), execs[2].clone()];
         let p = plan(&j, &ns, &execs, NOW, &cfg());
         assert_eq!(p.reveal, ids(&["e1", "e2"]));
+        // All three in: only the two that can decide it, earliest
+        // commitments first; the third is asked once the job is decided.
+        let at = |mut e: Execution, ms: u64| {
+            e.updated_ms = ms;
+            e
+        };
+        let execs = [
+            at(ex("e1", "a", ExecState::Committed), NOW - 10),
+            at(ex("e2", "b", ExecState::Committed), NOW - 30),
+            at(ex("e3", "c", ExecState::Committed), NOW - 20),
+        ];
+        assert_eq!(plan(&j, &ns, &execs, NOW, &cfg()).reveal, ids(&["e2", "e3"]));
+        // One result in: one more can decide it.
+        let execs = [with_result(ex("e1", "a", ExecState::Revealed), 1), execs[1].clone(), execs[2].clone()];
+        assert_eq!(plan(&j, &ns, &execs, NOW, &cfg()).reveal, ids(&["e2"]));
         // Results so far count towards it: a tie reveals the next one at once.
         let execs = [
             with_result(ex("e1", "a", ExecState::Revealed), 1),
@@ -1164,6 +1200,17 @@ mod tests {
                     matches!(e.state, ExecState::BidAsked | ExecState::Accepted | ExecState::Running)
                 });
                 prop_assert!(counted >= j.spec.quorum() as usize || (!pre_commit && p.place.is_empty()));
+                // And no more than could decide it, unless the leader has
+                // its votes (then only pending answers could tie it).
+                let mut votes: BTreeMap<Cid, usize> = BTreeMap::new();
+                for e in execs.iter().filter(|e| !ended.contains(&e.id) && e.state.has_result()) {
+                    if let Some(c) = e.result { *votes.entry(c).or_default() += 1; }
+                }
+                let lead = votes.values().copied().max().unwrap_or(0);
+                let quorum = j.spec.quorum() as usize;
+                if counted >= quorum && lead < quorum {
+                    prop_assert!(p.reveal.len() <= quorum - lead);
+                }
             }
             if let Some(u) = &p.job {
                 prop_assert_eq!(u.state == JobState::Completed, u.result.is_some());
