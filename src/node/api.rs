@@ -411,7 +411,7 @@ async fn car_export(State(node): State<Shared>, Path(cid): Path<String>) -> Resu
     let providers = node.client.peers().await.unwrap_or_default();
     fetch::fetch_dag(&node.client, &node.store, root, &providers)
         .await
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, format!("{e:#}")))?;
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, crate::output::message(&e)))?;
     let store = node.store.clone();
     let car = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();

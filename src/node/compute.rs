@@ -284,7 +284,7 @@ impl Compute {
             let finished = match run_execution(&node, peer, &exec, &spec).await {
                 Ok(done) => done,
                 Err(e) => {
-                    let error = format!("{e:#}");
+                    let error = crate::output::message(&e);
                     tracing::warn!("execution {exec} failed: {error}");
                     if let Some(c) = &node.compute {
                         c.lock().remove(&exec);
