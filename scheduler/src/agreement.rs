@@ -69,28 +69,7 @@ pub enum Verdict {
 /// See the module documentation for the rules.
 pub fn decide(quorum: usize, revealed: &[(ExecId, NodeId, Cid)], pending: usize, extra_left: usize) -> Verdict {
     let quorum = quorum.max(1);
-    // Everything keyed by CID bytes, so that nothing depends on input order.
-    let mut by_exec: BTreeMap<&ExecId, BTreeSet<(&NodeId, Vec<u8>)>> = BTreeMap::new();
-    let mut cids: BTreeMap<Vec<u8>, Cid> = BTreeMap::new();
-    for (e, n, c) in revealed {
-        let b = c.to_bytes();
-        cids.entry(b.clone()).or_insert(*c);
-        by_exec.entry(e).or_default().insert((n, b));
-    }
-    // An execution reported with two results (or on two nodes) contradicts
-    // itself: it never votes and always dissents.
-    let clean: BTreeMap<&ExecId, &(&NodeId, Vec<u8>)> =
-        by_exec.iter().filter_map(|(e, v)| (v.len() == 1).then(|| v.first().map(|r| (*e, r))).flatten()).collect();
-    let mut by_node: BTreeMap<&NodeId, BTreeSet<&Vec<u8>>> = BTreeMap::new();
-    for (n, b) in clean.values() {
-        by_node.entry(n).or_default().insert(b);
-    }
-    let mut votes: BTreeMap<&Vec<u8>, usize> = BTreeMap::new();
-    for node_cids in by_node.values() {
-        if let [only] = node_cids.iter().collect::<Vec<_>>().as_slice() {
-            *votes.entry(only).or_default() += 1;
-        }
-    }
+    let Tally { cids, by_exec, ballots, votes } = tally(revealed);
     let mut counts: Vec<usize> = votes.values().copied().collect();
     counts.sort_unstable_by(|a, b| b.cmp(a));
     let best = counts.first().copied().unwrap_or(0);
@@ -98,12 +77,12 @@ pub fn decide(quorum: usize, revealed: &[(ExecId, NodeId, Cid)], pending: usize,
 
     if best >= quorum && best > runner_up.saturating_add(pending) {
         // best > runner_up: exactly one CID has `best` votes.
-        let winner = votes.iter().find(|(_, &v)| v == best).map(|(b, _)| (*b).clone());
+        let winner = votes.iter().find(|(_, &v)| v == best).map(|(b, _)| b.clone());
         if let Some(result) = winner.as_ref().and_then(|b| cids.get(b)) {
-            let voted = |e: &ExecId| {
-                clean
-                    .get(e)
-                    .is_some_and(|(n, b)| Some(b) == winner.as_ref() && by_node.get(n).is_some_and(|c| c.len() == 1))
+            // A clean execution whose node's one ballot is the winner.
+            let voted = |e: &ExecId| match by_exec.get(e).map(|v| v.iter().collect::<Vec<_>>()).as_deref() {
+                Some([(n, b)]) => Some(b) == winner.as_ref() && ballots.get(n) == Some(b),
+                _ => false,
             };
             let (agreeing, dissenting): (Vec<ExecId>, Vec<ExecId>) =
                 by_exec.keys().map(|e| (*e).clone()).partition(|e| voted(e));
@@ -123,6 +102,54 @@ pub fn decide(quorum: usize, revealed: &[(ExecId, NodeId, Cid)], pending: usize,
     } else {
         no_consensus(revealed)
     }
+}
+
+/// The votes each result has, by the rules above: an execution reported
+/// with two results (or on two nodes) contradicts itself and never votes;
+/// a node votes once, and only if its clean executions agree.
+struct Tally<'a> {
+    /// Each result by its CID bytes (everything is keyed by them, so that
+    /// nothing depends on input order).
+    cids: BTreeMap<Vec<u8>, Cid>,
+    /// What each execution was reported with.
+    by_exec: BTreeMap<&'a ExecId, BTreeSet<(&'a NodeId, Vec<u8>)>>,
+    /// The one result each voting node voted for.
+    ballots: BTreeMap<&'a NodeId, Vec<u8>>,
+    /// Votes per result.
+    votes: BTreeMap<Vec<u8>, usize>,
+}
+
+fn tally(revealed: &[(ExecId, NodeId, Cid)]) -> Tally<'_> {
+    let mut by_exec: BTreeMap<&ExecId, BTreeSet<(&NodeId, Vec<u8>)>> = BTreeMap::new();
+    let mut cids: BTreeMap<Vec<u8>, Cid> = BTreeMap::new();
+    for (e, n, c) in revealed {
+        let b = c.to_bytes();
+        cids.entry(b.clone()).or_insert(*c);
+        by_exec.entry(e).or_default().insert((n, b));
+    }
+    let mut by_node: BTreeMap<&NodeId, BTreeSet<&Vec<u8>>> = BTreeMap::new();
+    for v in by_exec.values().filter(|v| v.len() == 1) {
+        for (n, b) in v {
+            by_node.entry(*n).or_default().insert(b);
+        }
+    }
+    let ballots: BTreeMap<&NodeId, Vec<u8>> = by_node
+        .into_iter()
+        .filter_map(|(n, bs)| match bs.into_iter().collect::<Vec<_>>().as_slice() {
+            [only] => Some((n, (*only).clone())),
+            _ => None,
+        })
+        .collect();
+    let mut votes: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    for b in ballots.values() {
+        *votes.entry(b.clone()).or_default() += 1;
+    }
+    Tally { cids, by_exec, ballots, votes }
+}
+
+/// The most votes any one result has in `revealed` (see [`decide`]).
+pub fn lead(revealed: &[(ExecId, NodeId, Cid)]) -> usize {
+    tally(revealed).votes.into_values().max().unwrap_or(0)
 }
 
 fn no_consensus(revealed: &[(ExecId, NodeId, Cid)]) -> Verdict {
@@ -207,6 +234,10 @@ mod tests {
         // The same triple twice is one result.
         let v = decide(1, &[r("e1", "a", 1), r("e1", "a", 1)], 0, 0);
         assert_eq!(v, Verdict::Agreed { result: cid(1), agreeing: ids(&["e1"]), dissenting: vec![] });
+        // The lead counts votes by the same rules.
+        assert_eq!(lead(&[r("e1", "a", 1), r("e2", "a", 1), r("e3", "b", 1)]), 2);
+        assert_eq!(lead(&[r("e1", "a", 1), r("e2", "a", 2), r("e3", "b", 1)]), 1);
+        assert_eq!(lead(&[]), 0);
     }
 
     #[test]

@@ -430,11 +430,7 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
         // decided (and judged, with credit) or, if these do not decide
         // it, by the next plan: a redundant job does not wait on answers
         // it does not need.
-        let mut votes: BTreeMap<&Cid, usize> = BTreeMap::new();
-        for (_, _, c) in &results {
-            *votes.entry(c).or_default() += 1;
-        }
-        let lead = votes.values().copied().max().unwrap_or(0);
+        let lead = agreement::lead(&results);
         let need = if lead >= quorum { committed.len() } else { quorum - lead };
         let mut first = committed.clone();
         first.sort_by(|a, b| (a.updated_ms, &a.id).cmp(&(b.updated_ms, &b.id)));
@@ -1202,11 +1198,11 @@ mod tests {
                 prop_assert!(counted >= j.spec.quorum() as usize || (!pre_commit && p.place.is_empty()));
                 // And no more than could decide it, unless the leader has
                 // its votes (then only pending answers could tie it).
-                let mut votes: BTreeMap<Cid, usize> = BTreeMap::new();
-                for e in execs.iter().filter(|e| !ended.contains(&e.id) && e.state.has_result()) {
-                    if let Some(c) = e.result { *votes.entry(c).or_default() += 1; }
-                }
-                let lead = votes.values().copied().max().unwrap_or(0);
+                let results: Vec<(ExecId, NodeId, Cid)> = execs.iter()
+                    .filter(|e| !ended.contains(&e.id) && e.state.has_result())
+                    .filter_map(|e| e.result.map(|c| (e.id.clone(), e.node.clone(), c)))
+                    .collect();
+                let lead = agreement::lead(&results);
                 let quorum = j.spec.quorum() as usize;
                 if counted >= quorum && lead < quorum {
                     prop_assert!(p.reveal.len() <= quorum - lead);
