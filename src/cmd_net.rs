@@ -57,19 +57,21 @@ impl Api {
         Ok(body)
     }
 
-    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let mut req = self.agent.get(format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
+    /// `req` with the API token, when there is one.
+    fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => req.header("Authorization", format!("Bearer {t}")),
+            None => req,
         }
+    }
+
+    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let req = self.authorized(self.agent.get(format!("{}{path}", self.base)));
         self.check(&format!("GET {path}"), req.call())
     }
 
     pub fn post(&self, path: &str, body: &[u8], content_type: &str) -> anyhow::Result<Value> {
-        let mut req = self.agent.post(format!("{}{path}", self.base)).header("Content-Type", content_type);
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
+        let req = self.authorized(self.agent.post(format!("{}{path}", self.base)).header("Content-Type", content_type));
         self.check(&format!("POST {path}"), req.send(body))
     }
 
@@ -83,10 +85,7 @@ impl Api {
         mut each: impl FnMut(Value) -> Option<T>,
     ) -> anyhow::Result<T> {
         use std::io::{BufRead, Read};
-        let mut req = self.agent.get(format!("{}{path}", self.base)).header("Accept", "text/event-stream");
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
+        let req = self.authorized(self.agent.get(format!("{}{path}", self.base)).header("Accept", "text/event-stream"));
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let r = req.config().timeout_global(left.or(Some(MAX_FOLLOW))).build().call();
         let r = r.with_context(|| format!("cannot reach the node at {} (GET {path})", self.base))?;
@@ -117,10 +116,7 @@ impl Api {
 
     /// The DAG under `cid` as a CAR file, fetched by the node.
     pub fn car(&self, cid: &Cid) -> anyhow::Result<Vec<u8>> {
-        let mut req = self.agent.get(format!("{}/v1/car/{cid}", self.base));
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
+        let req = self.authorized(self.agent.get(format!("{}/v1/car/{cid}", self.base)));
         let mut r = req.call().with_context(|| format!("cannot reach the node at {}", self.base))?;
         if !r.status().is_success() {
             let body: Value = r.body_mut().read_json().unwrap_or(Value::Null);

@@ -263,21 +263,26 @@ fn carry_out(
         let mut placements: Vec<(&model::NodeId, bool)> = plan.placements().collect();
         let me = node.peer.to_string();
         placements.sort_by_key(|(target, _)| **target == me);
-        let mut placed = Vec::new();
+        let (mut peers, mut placed) = (Vec::new(), Vec::new());
         for (target, extra) in placements {
             let Ok(peer) = target.parse::<PeerId>() else { continue };
-            let e = Execution::new(ExecId::from_parts(now, rand::random()), job.id.clone(), target.clone(), extra, now);
             if let Some(v) = views.iter_mut().find(|v| &v.id == target) {
                 v.slots_free = v.slots_free.saturating_sub(job.spec.resources.slots);
             }
-            placed.push((peer, e));
+            peers.push(peer);
+            placed.push(Execution::new(
+                ExecId::from_parts(now, rand::random()),
+                job.id.clone(),
+                target.clone(),
+                extra,
+                now,
+            ));
         }
         if !placed.is_empty() {
-            let execs: Vec<Execution> = placed.iter().map(|(_, e)| e.clone()).collect();
-            node.db().insert_executions(&execs)?;
+            node.db().insert_executions(&placed)?;
             changed = true;
             let spec = serde_json::to_string(&job.spec)?;
-            for (peer, e) in placed {
+            for (peer, e) in peers.into_iter().zip(placed) {
                 let n = node.clone();
                 let (spec, job_id) = (spec.clone(), job.id.to_string());
                 tracing::debug!(job = %job.id, exec = %e.id, node = %e.node, "placing");
