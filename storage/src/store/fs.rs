@@ -1097,9 +1097,16 @@ impl BlockStore for FsStore {
         let mut out = Vec::new();
         for row in rows {
             let (bytes, mode) = row.map_err(|e| db_err(&self.db_path, e))?;
-            let cid = Cid::try_from(bytes.as_slice()).map_err(|e| Error::Db {
-                path: self.db_path.clone(),
-                message: format!("a pin holds an invalid cid ({e}); run `shoal repo verify`"),
+            let cid = Cid::try_from(bytes.as_slice()).map_err(|e| {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                Error::Db {
+                    path: self.db_path.clone(),
+                    message: format!(
+                        "the pin table holds an entry that is not a cid ({}); remove it with `sqlite3 {} \"DELETE FROM pins WHERE cid = x'{hex}'\"`",
+                        e.to_string().to_lowercase(),
+                        self.db_path.display()
+                    ),
+                }
             })?;
             let mode = match mode.as_str() {
                 "direct" => PinMode::Direct,
