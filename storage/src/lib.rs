@@ -12,8 +12,9 @@
 //!   embedded on-disk store (the default, pins in SQLite, private to its
 //!   owner: 0700 directories, 0600 files) and, with the `kubo` feature (on
 //!   by default), a Kubo HTTP RPC store;
-//! - [`pin`]ning with DAG completeness checks, [`repo`] verify/gc/stat, and
-//!   [`car`] (CARv1) import and export.
+//! - [`pin`]ning with DAG completeness checks, [`repo`] verify (naming
+//!   damage by pin, path and chunk)/gc/stat, and [`car`] (CARv1) import and
+//!   export.
 //!
 //! ## Layout
 //! - `block.rs`: [`Block`], CIDs, hashing, codec constants.
