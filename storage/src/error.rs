@@ -117,6 +117,26 @@ pub enum Error {
         /// The first missing block found.
         missing: Cid,
     },
+    /// A store path open to other users could not be made private (see
+    /// [`crate::store::Tightened`]).
+    #[error(
+        "{path} is open to other users (mode {mode:04o}) and cannot be made private: {}; {}",
+        describe_io(source),
+        private_advice(path, *want, *owner)
+    )]
+    NotPrivate {
+        /// The directory or file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// The bits it should have.
+        want: u32,
+        /// The user id owning it, when that is not the current user.
+        owner: Option<u32>,
+        /// Why `chmod` failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// An unpin asked for a CID that has no pin.
     #[error("{cid} is not pinned")]
     NotPinned {
@@ -134,6 +154,18 @@ impl Error {
     /// Whether the error is "this block is not here" (as opposed to a fault).
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. })
+    }
+}
+
+fn private_advice(path: &std::path::Path, want: u32, owner: Option<u32>) -> String {
+    let chmod = format!("chmod {want:o} {}", path.display());
+    match owner {
+        Some(uid) => format!(
+            "it belongs to user id {uid}: have them (or root) run `{chmod}`, or use a shoal home of your own (--home or SHOAL_HOME)"
+        ),
+        None => format!(
+            "run `{chmod}`, or move the shoal home to a file system with unix permissions (--home or SHOAL_HOME)"
+        ),
     }
 }
 

@@ -9,17 +9,20 @@
 //!   `--cid-version 1`) and [`exporter`] (cat, get, ls, path resolution),
 //!   each verifying every block it reads;
 //! - the [`BlockStore`] trait with an in-memory store for tests, the
-//!   embedded on-disk store (the default, pins in SQLite) and, with the
-//!   `kubo` feature (on by default), a Kubo HTTP RPC store;
-//! - [`pin`]ning with DAG completeness checks, [`repo`] verify/gc/stat, and
-//!   [`car`] (CARv1) import and export.
+//!   embedded on-disk store (the default, pins in SQLite, private to its
+//!   owner: 0700 directories, 0600 files) and, with the `kubo` feature (on
+//!   by default), a Kubo HTTP RPC store;
+//! - [`pin`]ning with DAG completeness checks, [`repo`] verify (naming
+//!   damage by pin, path and chunk)/gc/stat, and [`car`] (CARv1) import and
+//!   export.
 //!
 //! ## Layout
 //! - `block.rs`: [`Block`], CIDs, hashing, codec constants.
 //! - `pb.rs`: the dag-pb and UnixFS protobuf codecs.
 //! - `hamt.rs`: HAMT-sharded directories (Kubo's large-directory form).
 //! - `importer.rs`, `exporter.rs`: files and directories in and out.
-//! - `store/`: the trait and its `mem`, `fs` and `kubo` implementations.
+//! - `store/`: the trait and its `mem`, `fs` and `kubo` implementations;
+//!   `private.rs` keeps the embedded store's files to their owner.
 //! - `pin.rs`, `repo.rs`, `car.rs`: pins, maintenance, CAR files.
 //! - `error.rs`: the crate's [`Error`].
 

@@ -213,6 +213,13 @@ impl PbNode {
     }
 }
 
+/// The length of [`encode_file_leaf`]'s bytes for a chunk of `len` bytes.
+pub(crate) fn file_leaf_len(len: u64) -> u64 {
+    let data_field = if len == 0 { 0 } else { 1 + varint_len(len) as u64 + len };
+    let inner = 2 + data_field + 1 + varint_len(len) as u64;
+    1 + varint_len(inner) as u64 + inner
+}
+
 /// The dag-pb bytes of a UnixFS file leaf holding `chunk` (what
 /// `PbNode { data: UnixFs { File, data, filesize } }.encode()` gives), built
 /// with a single copy of the chunk: the importer's hot path.
@@ -371,6 +378,13 @@ mod tests {
     fn empty_directory_matches_kubo() {
         let node = PbNode { links: vec![], data: Some(UnixFs::new(DataType::Directory).encode()) };
         assert_eq!(node.encode(), vec![0x0a, 0x02, 0x08, 0x01]);
+    }
+
+    #[test]
+    fn file_leaf_len_is_the_encoded_length() {
+        for len in [0usize, 1, 127, 128, 1000, 16_383, 16_384, 262_144, 1 << 20] {
+            assert_eq!(file_leaf_len(len as u64), encode_file_leaf(&vec![7; len]).len() as u64, "{len}");
+        }
     }
 
     #[test]

@@ -22,6 +22,13 @@
 //!   collection holds it exclusively, so it never removes blocks of an
 //!   import whose pin is not committed yet.
 //!
+//! Privacy: the store's directories (the home itself included) are 0700
+//! and its files 0600, whatever the umask. A store made by an earlier
+//! Shoal (0755 directories, 0644 files) is tightened when it is opened:
+//! the root, `blocks/`, `blocks/packs/`, the packs, the database files and
+//! `gc.lock` lose their group and other bits; nothing else in the home is
+//! touched. [`FsStore::tightened`] lists what was found open.
+//!
 //! Writing: each store instance appends to a pack of its own, created on
 //! its first write (`O_EXCL`) and locked (`flock`, exclusive) for as long
 //! as it holds bytes not yet indexed. New index rows wait in memory
@@ -50,13 +57,14 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, TryLockError};
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use cid::Cid;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use super::private::{self, Tightened, FILE_MODE};
 use super::{pin_key, BlockStore, DiskUsage, PinMode};
 use crate::{Block, Error, Result};
 
@@ -155,6 +163,8 @@ pub struct FsStore {
     /// Rows written by this instance, not committed yet (keyed by multihash).
     pending: RwLock<HashMap<Vec<u8>, Loc>>,
     readers: Mutex<ReadHandles>,
+    /// Paths found open to other users at open.
+    tightened: Vec<Tightened>,
 }
 
 /// Held while importing and pinning; keeps `repo gc` out (see module docs).
@@ -201,6 +211,11 @@ fn mh_to_cid(mh: &[u8]) -> Option<Cid> {
 impl FsStore {
     /// Opens (creating if needed) the store under `root`, moving blocks of
     /// the old one-file-per-block layout into a pack if there are any.
+    ///
+    /// Everything the store creates is private to the current user (0700
+    /// directories, 0600 files), and the paths of an older store that other
+    /// users could read are tightened: see [`FsStore::tightened`]. A path
+    /// that cannot be tightened does not make `open` fail.
     pub fn open(root: impl AsRef<Path>) -> Result<FsStore> {
         FsStore::open_with(root, FsLimits::default())
     }
@@ -209,8 +224,16 @@ impl FsStore {
     pub fn open_with(root: impl AsRef<Path>, limits: FsLimits) -> Result<FsStore> {
         let root = root.as_ref().to_path_buf();
         let packs = root.join("blocks").join("packs");
-        fs::create_dir_all(&packs).map_err(|e| Error::io("cannot create store directory", &packs, e))?;
+        private::create_dirs(&packs)?;
         let db_path = root.join("repo.sqlite");
+        let tightened = tighten_store(&root, &packs, &db_path);
+        // SQLite gives its -wal, -shm and -journal files the mode of the
+        // database file: create that one private first.
+        match File::options().write(true).create_new(true).mode(FILE_MODE).open(&db_path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("cannot create", &db_path, e)),
+        }
         let mut db = Connection::open(&db_path).map_err(|e| db_err(&db_path, e))?;
         db.busy_timeout(BUSY_TIMEOUT).map_err(|e| db_err(&db_path, e))?;
         db.pragma_update(None, "journal_mode", "WAL").map_err(|e| db_err(&db_path, e))?;
@@ -236,6 +259,7 @@ impl FsStore {
             writer: Mutex::new(Writer::default()),
             pending: RwLock::new(HashMap::new()),
             readers: Mutex::new(ReadHandles::default()),
+            tightened,
         };
         store.migrate_flat_layout()?;
         Ok(store)
@@ -244,6 +268,16 @@ impl FsStore {
     /// The home directory this store lives in.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The store's paths that other users could read, write or enter when
+    /// it was opened (earlier Shoals made directories 0755 and files 0644),
+    /// in the order they were checked: the root first. Each was made
+    /// private, or could not be and carries the error saying what to do.
+    /// Empty for a store that was private already; callers print a note for
+    /// each entry.
+    pub fn tightened(&self) -> &[Tightened] {
+        &self.tightened
     }
 
     /// Takes the shared writer lock (see module docs).
@@ -262,7 +296,13 @@ impl FsStore {
 
     fn lock_file(&self) -> Result<File> {
         let p = self.root.join("gc.lock");
-        File::options().create(true).truncate(false).write(true).open(&p).map_err(|e| Error::io("cannot open", p, e))
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(FILE_MODE)
+            .open(&p)
+            .map_err(|e| Error::io("cannot open", p, e))
     }
 
     /// Where the block with this CID's multihash lies: pack file, offset
@@ -360,7 +400,7 @@ impl FsStore {
         for _ in 0..16 {
             let id = self.next_pack_id()?;
             let path = self.pack_path(id);
-            let file = match File::options().read(true).write(true).create_new(true).open(&path) {
+            let file = match File::options().read(true).write(true).create_new(true).mode(FILE_MODE).open(&path) {
                 Ok(f) => f,
                 // Left by a home whose database was replaced: skip the id.
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
@@ -768,6 +808,34 @@ impl Drop for FsStore {
     }
 }
 
+/// Tightens the root, the store's directories and its files (see the
+/// module docs); the packs directory is listed, nothing else is.
+fn tighten_store(root: &Path, packs: &Path, db_path: &Path) -> Vec<Tightened> {
+    let mut out = Vec::new();
+    for dir in [root, &root.join("blocks"), packs] {
+        private::tighten(dir, &mut out);
+    }
+    let mut files = vec![root.join("gc.lock"), db_path.to_path_buf()];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = db_path.as_os_str().to_owned();
+        name.push(suffix);
+        files.push(PathBuf::from(name));
+    }
+    match fs::read_dir(packs) {
+        Ok(entries) => {
+            let mut in_packs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            in_packs.sort();
+            files.extend(in_packs);
+        }
+        // The store's own operations report it if it matters.
+        Err(e) => tracing::debug!(dir = %packs.display(), "cannot list the packs to check their modes: {e}"),
+    }
+    for f in &files {
+        private::tighten(f, &mut out);
+    }
+    out
+}
+
 struct Candidate {
     id: u64,
     path: PathBuf,
@@ -1029,9 +1097,16 @@ impl BlockStore for FsStore {
         let mut out = Vec::new();
         for row in rows {
             let (bytes, mode) = row.map_err(|e| db_err(&self.db_path, e))?;
-            let cid = Cid::try_from(bytes.as_slice()).map_err(|e| Error::Db {
-                path: self.db_path.clone(),
-                message: format!("a pin holds an invalid cid ({e}); run `shoal repo verify`"),
+            let cid = Cid::try_from(bytes.as_slice()).map_err(|e| {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                Error::Db {
+                    path: self.db_path.clone(),
+                    message: format!(
+                        "the pin table holds an entry that is not a cid ({}); remove it with `sqlite3 {} \"DELETE FROM pins WHERE cid = x'{hex}'\"`",
+                        e.to_string().to_lowercase(),
+                        self.db_path.display()
+                    ),
+                }
             })?;
             let mode = match mode.as_str() {
                 "direct" => PinMode::Direct,

@@ -18,11 +18,13 @@ mod fs;
 #[cfg(feature = "kubo")]
 mod kubo;
 mod mem;
+mod private;
 
 pub use fs::{FsLimits, FsStore, WriteGuard};
 #[cfg(feature = "kubo")]
 pub use kubo::KuboStore;
 pub use mem::{MemStore, NullStore};
+pub use private::Tightened;
 
 /// How a CID is pinned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
