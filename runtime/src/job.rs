@@ -231,6 +231,12 @@ pub struct Finished {
     pub outputs: Cid,
     /// Exit status recorded in `exitCode`.
     pub exit_status: i32,
+    /// The result's `stderr` as stored: the guest's standard error, then
+    /// why it failed and a trap's Wasm backtrace (what a person debugging
+    /// the job reads; `outcome.stderr` is the guest's part alone).
+    pub stderr: Vec<u8>,
+    /// The result's `failure` line, when the guest failed without exiting.
+    pub failure: Option<String>,
     /// Everything the executor reported (timings, fuel, failure…).
     pub outcome: Outcome,
 }
@@ -445,8 +451,9 @@ fn run_with<E: std::ops::Deref<Target = Executor>>(
         }
     }
     write("stderr", &stderr)?;
-    if let Some(f) = &outcome.failure {
-        write("failure", format!("{}\n", failure_line(f)).as_bytes())?;
+    let failure = outcome.failure.as_ref().map(failure_line);
+    if let Some(f) = &failure {
+        write("failure", format!("{f}\n").as_bytes())?;
     }
     if !outcome.deterministic {
         write("nondeterministic", b"real clocks and randomness: other runs may differ\n")?;
@@ -468,7 +475,7 @@ fn run_with<E: std::ops::Deref<Target = Executor>>(
     }
     let outputs = outputs_cid.unwrap_or(added.root);
     runner.recycle(scratch, work);
-    Ok(Finished { spec: spec_id, result: added.root, outputs, exit_status: status, outcome })
+    Ok(Finished { spec: spec_id, result: added.root, outputs, exit_status: status, stderr, failure, outcome })
 }
 
 enum Measure {

@@ -52,7 +52,9 @@
 //! - `capture.rs`: capped stdout/stderr pipes that record truncation.
 //! - `shims.rs`: WASI calls replaced by our own versions (sorted
 //!   `fd_readdir`, disabled `path_link`, deadline-aware `poll_oneoff`).
-//! - `mounts.rs`: validation of guest paths and staging of single-file mounts.
+//! - `mounts.rs`: [`mounts::check_layout`], validation of guest paths and of a
+//!   job's mount layout (public, so callers can check before importing
+//!   data), and staging of single-file mounts.
 //! - `outputs.rs`: measuring `/outputs` (bytes, files) without following links.
 //! - `ticker.rs`: [`Ticker`], the epoch thread that drives timeouts.
 //! - `nn/`: [`nn`], wasi-nn inference (CPU: tract, GPU: Vulkan); see
@@ -68,7 +70,7 @@ mod error;
 mod executor;
 pub mod job;
 mod limits;
-mod mounts;
+pub mod mounts;
 pub mod nn;
 mod outcome;
 mod outputs;

@@ -26,7 +26,7 @@ pub(crate) struct Staged {
 
 /// Checks that `guest` is absolute and normal: no `.`, `..` or empty
 /// components, not `/` and not at or under `/outputs`.
-pub(crate) fn validate_guest_path(guest: &str) -> Result<(), Error> {
+pub fn validate_guest_path(guest: &str) -> Result<(), Error> {
     let bad = |why: &str| Err(Error::InvalidTask(format!("guest path {guest:?} {why}")));
     let Some(rest) = guest.strip_prefix('/') else {
         return bad("must be absolute (start with /)");
@@ -48,6 +48,39 @@ pub(crate) fn validate_guest_path(guest: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks a job's mounts as `(guest path, is a directory)` before any data
+/// is touched: each guest path valid ([`validate_guest_path`]), none
+/// mounted twice, files below a directory other than `/`, and no file
+/// inside a mounted directory. Callers that import local data first (the
+/// CLI) run it before importing, so a refused job leaves nothing behind.
+pub fn check_layout(mounts: &[(&str, bool)]) -> Result<(), Error> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (guest, _) in mounts {
+        validate_guest_path(guest)?;
+        if !seen.insert(*guest) {
+            return Err(Error::InvalidTask(format!("guest path {guest:?} is mounted twice")));
+        }
+    }
+    for (guest, is_dir) in mounts {
+        if *is_dir {
+            continue;
+        }
+        let parent = guest.rsplit_once('/').map_or("", |(p, _)| p);
+        if parent.is_empty() {
+            return Err(Error::InvalidTask(format!(
+                "file mounted at {guest:?}: files must be mounted below a directory such as /inputs, not at the root \
+                 (e.g. /inputs{guest})"
+            )));
+        }
+        if seen.contains(parent) {
+            return Err(Error::InvalidTask(format!(
+                "a file is mounted inside the mounted directory {parent:?}: mount it elsewhere"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Validates mounts and prepares preopens. Directories are preopened as
 /// they are; a single file is hard-linked (or copied, across file systems)
 /// into a private staging directory preopened at the file's parent guest
@@ -55,44 +88,36 @@ pub(crate) fn validate_guest_path(guest: &str) -> Result<(), Error> {
 /// parent would expose the file's siblings.
 pub(crate) fn stage(mounts: &[Mount]) -> Result<Staged, Error> {
     let mut staged = Staged::default();
-    let mut seen = std::collections::BTreeSet::new();
-    // parent guest dir -> files (basename, host path)
-    let mut files: BTreeMap<String, Vec<(String, PathBuf)>> = BTreeMap::new();
+    let mut kinds = Vec::with_capacity(mounts.len());
     for m in mounts {
         validate_guest_path(&m.guest)?;
-        if !seen.insert(m.guest.clone()) {
-            return Err(Error::InvalidTask(format!("guest path {:?} is mounted twice", m.guest)));
-        }
         let meta = fs::metadata(&m.host).map_err(|source| Error::Mount {
             host: m.host.clone(),
             guest: m.guest.clone(),
             source,
         })?;
-        if meta.is_dir() {
-            staged.dirs.push((m.host.clone(), m.guest.clone()));
-        } else if meta.is_file() {
-            let (parent, name) = m.guest.rsplit_once('/').unwrap_or(("", &m.guest));
-            let parent = if parent.is_empty() { "/" } else { parent };
-            files.entry(parent.to_owned()).or_default().push((name.to_owned(), m.host.clone()));
-        } else {
+        if !meta.is_dir() && !meta.is_file() {
             return Err(Error::Mount {
                 host: m.host.clone(),
                 guest: m.guest.clone(),
                 source: std::io::Error::other("not a regular file or directory"),
             });
         }
+        kinds.push((m.guest.as_str(), meta.is_dir()));
+    }
+    check_layout(&kinds)?;
+    // parent guest dir -> files (basename, host path)
+    let mut files: BTreeMap<String, Vec<(String, PathBuf)>> = BTreeMap::new();
+    for (m, (_, is_dir)) in mounts.iter().zip(&kinds) {
+        if *is_dir {
+            staged.dirs.push((m.host.clone(), m.guest.clone()));
+        } else {
+            let (parent, name) = m.guest.rsplit_once('/').unwrap_or(("", &m.guest));
+            let parent = if parent.is_empty() { "/" } else { parent };
+            files.entry(parent.to_owned()).or_default().push((name.to_owned(), m.host.clone()));
+        }
     }
     for (parent, entries) in files {
-        if seen.contains(&parent) {
-            return Err(Error::InvalidTask(format!(
-                "a file is mounted inside the mounted directory {parent:?}: mount it elsewhere"
-            )));
-        }
-        if parent == "/" {
-            return Err(Error::InvalidTask(
-                "files must be mounted below a directory such as /inputs, not at the root".to_owned(),
-            ));
-        }
         let tmp = tempfile::Builder::new().prefix("shoal-mount-").tempdir().map_err(|source| Error::Mount {
             host: PathBuf::from("<staging>"),
             guest: parent.clone(),
@@ -117,6 +142,16 @@ pub(crate) fn stage(mounts: &[Mount]) -> Result<Staged, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layouts_are_checked_without_touching_data() {
+        assert!(check_layout(&[("/inputs", true), ("/models/m.onnx", false)]).is_ok());
+        let err = |m: &[(&str, bool)]| check_layout(m).unwrap_err().to_string();
+        assert!(err(&[("/x", false)]).contains("below a directory"));
+        assert!(err(&[("/in", true), ("/in", false)]).contains("twice"));
+        assert!(err(&[("/in", true), ("/in/a", false)]).contains("inside the mounted directory"));
+        assert!(err(&[("in", true)]).contains("absolute"));
+    }
 
     #[test]
     fn guest_paths() {

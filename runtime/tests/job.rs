@@ -119,6 +119,9 @@ fn a_trap_is_a_failed_result_with_its_backtrace() {
     assert!(failure.contains("trap"), "{failure}");
     let stderr = String::from_utf8(cat(&store, &f.result, "stderr")).unwrap();
     assert!(stderr.contains("wasm backtrace"), "{stderr}");
+    // What a compute node reports is what the result holds.
+    assert_eq!(f.stderr, stderr.as_bytes());
+    assert_eq!(f.failure.as_deref(), Some(failure.trim_end()));
 }
 
 #[test]
