@@ -33,8 +33,9 @@
 //! all: every execution that was not a rejected bid spends one. So
 //! `retries` is the number of failed or lost executions that are replaced;
 //! rejected bids (including expired ones) cost nothing, since a node
-//! declining is not the job failing, and they are bounded anyway: a job
-//! never goes to the same node twice.
+//! declining is not the job failing, and they are bounded by the backoff
+//! before a node that declined is asked again (see Placing) and by the
+//! job's timeouts.
 //!
 //! **Agreement.** [`agreement::decide`] runs over the Revealed and
 //! Completed results, with `pending` = live executions plus the
@@ -59,9 +60,15 @@
 //! **Placing.** A node is eligible if it is alive, computes, satisfies
 //! every constraint, has `slots_free >= resources.slots`, `memory_bytes >=
 //! resources.memory` and a GPU (hardware or software) if `resources.gpu`,
-//! and has no execution of this job in any state: never two executions of
-//! one job on one node, not even after a failure, so that one node cannot
-//! outvote others. Eligible nodes are ranked by, in order:
+//! and has no execution of this job other than declined bids: never two
+//! executions of one job on one node, not even after a failure, so that
+//! one node cannot outvote others. A node that only declined the job (it
+//! was busy, or its bid expired) is eligible again once
+//! [`Config::decline_backoff`] has passed since its last refusal (1 s,
+//! doubling per refusal, at most 30 s) and it announces room: a busy node
+//! is never lost to a job for good, so that a burst larger than the free
+//! slots drains instead of leaving jobs waiting on nodes that said no once.
+//! Eligible nodes are ranked by, in order:
 //! 1. reputation: the smaller share of executions that dissented or were
 //!    lost, `(dissented + lost) / (agreed + dissented + lost + failed + 1)`;
 //! 2. more of the job's input CIDs held (`holds`);
@@ -76,8 +83,9 @@
 //!
 //! **Queueing.** When executions are wanted but no node is eligible and
 //! nothing is live, the job waits as Queued. If it never started, it fails
-//! once `timeouts.queue` has passed since submission, with a message naming
-//! the constraints and resources and why each node was passed over. A job
+//! once `timeouts.queue` has passed since submission (asking again nodes
+//! that declined does not extend it), with a message naming the
+//! constraints and resources and why each node was passed over. A job
 //! that did start waits for nodes until `timeouts.total`.
 //!
 //! **Reveals.** Committed executions are asked to reveal once the
@@ -119,11 +127,31 @@ pub struct Config {
     pub node_ttl_ms: u64,
     /// A bid not answered for this long expires. Default 30 s.
     pub bid_timeout_ms: u64,
+    /// A node that declined a job (busy, or silent past the bid timeout)
+    /// may be asked again this long after its last refusal, doubling with
+    /// each refusal up to [`Config::max_decline_backoff_ms`]. Default 1 s.
+    pub decline_backoff_ms: u64,
+    /// The longest wait before asking a node that declined again.
+    /// Default 30 s.
+    pub max_decline_backoff_ms: u64,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { node_ttl_ms: 10_000, bid_timeout_ms: 30_000 }
+        Config {
+            node_ttl_ms: 10_000,
+            bid_timeout_ms: 30_000,
+            decline_backoff_ms: 1_000,
+            max_decline_backoff_ms: 30_000,
+        }
+    }
+}
+
+impl Config {
+    /// How long after its `refusals`-th refusal a node may be asked again.
+    pub fn decline_backoff(&self, refusals: u32) -> u64 {
+        let doubled = self.decline_backoff_ms.saturating_mul(1u64 << refusals.saturating_sub(1).min(32));
+        doubled.min(self.max_decline_backoff_ms)
     }
 }
 
@@ -315,10 +343,30 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
         dissenting: Vec::new(),
     };
 
-    let taken: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
+    // A node with an execution of this job that did anything but decline
+    // is never asked again. One that only declined (it was busy, or did not
+    // answer) is asked again once its backoff has passed and it announces
+    // room: a busy node must not be lost to a job for good, or a burst
+    // larger than the free slots would leave jobs waiting forever.
+    let mut taken: BTreeSet<&str> = BTreeSet::new();
+    let mut declined: BTreeMap<&str, (u32, u64)> = BTreeMap::new();
+    for e in &execs {
+        if st(e) == ExecState::Rejected {
+            // Expired in this plan: refused now.
+            let at = if plan.expired.contains(&e.id) { now_ms } else { e.updated_ms };
+            let d = declined.entry(e.node.as_str()).or_insert((0, 0));
+            *d = (d.0.saturating_add(1), d.1.max(at));
+        } else {
+            taken.insert(e.node.as_str());
+        }
+    }
+    let asked_again_ok = |id: &str| match declined.get(id) {
+        None => true,
+        Some(&(n, last)) => now_ms.saturating_sub(last) >= cfg.decline_backoff(n),
+    };
     let mut eligible: Vec<Rank<'_>> = node_map
         .values()
-        .filter(|n| alive(&n.id) && !taken.contains(n.id.as_str()) && fits(job, n))
+        .filter(|n| alive(&n.id) && !taken.contains(n.id.as_str()) && asked_again_ok(&n.id) && fits(job, n))
         .map(|n| Rank::of(job, n))
         .collect();
     eligible.sort();
@@ -405,8 +453,10 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
         let base_new = if matches!(verdict, Verdict::NeedMore(_)) { 0 } else { count.saturating_sub(base_have) };
         plan.extra = plan.place.len().saturating_sub(base_new);
 
+        // Asking again nodes that declined does not keep a job that no
+        // node took waiting past its queue timeout.
         let queue = dur_ms(spec.timeouts.queue);
-        if plan.place.is_empty()
+        if plan.place.iter().all(|n| declined.contains_key(n.as_str()))
             && live.is_empty()
             && job.started_ms.is_none()
             && now_ms.saturating_sub(job.created_ms) > queue
@@ -457,6 +507,25 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
         });
     }
     plan
+}
+
+/// How many live nodes could ever run `job`, busy or not: compute nodes
+/// that meet its constraints and have the slots, memory and GPU it asks
+/// for. A job whose `redundancy.count` is above this waits for more nodes
+/// (or completes on fewer, once a quorum agrees): submitters are told.
+pub fn capable_nodes(job: &Job, nodes: &[NodeView], now_ms: u64, cfg: &Config) -> usize {
+    let r = &job.spec.resources;
+    nodes
+        .iter()
+        .filter(|n| now_ms.saturating_sub(n.last_seen_ms) <= cfg.node_ttl_ms)
+        .filter(|n| {
+            n.compute
+                && job.spec.constraints.iter().all(|c| c.matches(&n.labels))
+                && n.slots_total.max(n.slots_free) >= r.slots
+                && n.memory_bytes >= r.memory.0
+                && (!r.gpu || n.gpu.is_some())
+        })
+        .count()
 }
 
 /// Whether `node` has what the job needs (liveness and exclusion aside).
@@ -638,6 +707,64 @@ mod tests {
 
     fn ids(v: &[&str]) -> Vec<ExecId> {
         v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn capable_nodes_counts_busy_nodes_but_not_unfit_or_gone_ones() {
+        let j = job(5, |s| s.constraints.push("zone=eu".parse().unwrap()));
+        let mut ns = nodes(&["a", "b", "c", "d", "e"]);
+        for n in &mut ns {
+            n.labels.insert("zone".into(), "eu".into());
+        }
+        ns[0].slots_free = 0; // busy: still capable
+        ns[1].labels.insert("zone".into(), "us".into());
+        ns[2].compute = false;
+        ns[3].last_seen_ms = NOW - cfg().node_ttl_ms - 1;
+        assert_eq!(capable_nodes(&j, &ns, NOW, &cfg()), 2);
+        let gpu = job(1, |s| s.resources.gpu = true);
+        assert_eq!(capable_nodes(&gpu, &nodes(&["a"]), NOW, &cfg()), 0);
+    }
+
+    #[test]
+    fn a_node_that_declined_is_asked_again_after_its_backoff_once_it_has_room() {
+        let j = job(2, |_| {});
+        let mut declined = ex("e1", "a", ExecState::Rejected);
+        declined.updated_ms = NOW;
+        let mut failed = ex("e2", "b", ExecState::Failed);
+        failed.updated_ms = NOW;
+        let execs = [declined, failed];
+        // Within its backoff: only the third node.
+        let p = plan(&j, &nodes(&["a", "b", "c"]), &execs, NOW + 500, &cfg());
+        assert_eq!(p.place, ["c"]);
+        // Past it, with room: asked again; the node that failed never is.
+        let mut ns = nodes(&["a", "b", "c"]);
+        for n in &mut ns {
+            n.last_seen_ms = NOW + 1000;
+        }
+        let p = plan(&j, &ns, &execs, NOW + 1000, &cfg());
+        assert_eq!(p.place, ["a", "c"]);
+        // Still busy (no free slot announced): not asked.
+        ns[0].slots_free = 0;
+        assert_eq!(plan(&j, &ns, &execs, NOW + 1000, &cfg()).place, ["c"]);
+        // Each refusal doubles the wait, up to the cap.
+        let c = cfg();
+        assert_eq!((c.decline_backoff(1), c.decline_backoff(2), c.decline_backoff(3)), (1000, 2000, 4000));
+        assert_eq!(c.decline_backoff(40), c.max_decline_backoff_ms);
+    }
+
+    #[test]
+    fn a_job_only_busy_nodes_declined_still_fails_at_its_queue_timeout() {
+        let j = job(1, |_| {});
+        let queue = dur_ms(j.spec.timeouts.queue);
+        let mut declined = ex("e1", "a", ExecState::Rejected);
+        declined.updated_ms = NOW;
+        let later = j.created_ms + queue + 1;
+        let mut ns = nodes(&["a"]);
+        ns[0].last_seen_ms = later;
+        let p = plan(&j, &ns, &[declined], later, &cfg());
+        let u = p.job.expect("the job ends");
+        assert_eq!(u.state, JobState::Failed);
+        assert!(u.error.unwrap().contains("timeouts.queue"));
     }
 
     #[test]
@@ -1119,8 +1246,15 @@ mod tests {
                     let id = format!("e{:04}{k}", steps);
                     execs.push(Execution::new(id.parse().unwrap(), j.id.clone(), n.clone(), extra, now));
                 }
-                let used: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
-                prop_assert_eq!(used.len(), execs.len(), "two executions on one node");
+                // Never two executions of the job on one node, but for bids
+                // the node declined before it was asked again.
+                let mut per_node: BTreeMap<&str, Vec<&Execution>> = BTreeMap::new();
+                for e in &execs { per_node.entry(e.node.as_str()).or_default().push(e); }
+                for (n, es) in &per_node {
+                    let before_last = &es[..es.len() - 1];
+                    prop_assert!(before_last.iter().all(|e| e.state == ExecState::Rejected),
+                        "node {} has two executions that it did not decline", n);
+                }
                 // Nodes move their executions on.
                 for e in execs.iter_mut() {
                     let i: usize = e.node[1..].parse().unwrap();
@@ -1155,10 +1289,19 @@ mod tests {
         #[test]
         fn never_places_twice_on_a_node((j, ns, execs, now) in arb_case()) {
             let p = plan(&j, &ns, &execs, now, &cfg());
-            let used: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
+            let used: BTreeSet<&str> =
+                execs.iter().filter(|e| e.state != ExecState::Rejected).map(|e| e.node.as_str()).collect();
             let placed: BTreeSet<&str> = p.place.iter().map(String::as_str).collect();
             prop_assert_eq!(placed.len(), p.place.len());
             prop_assert!(placed.is_disjoint(&used));
+            // A node that declined is asked again only after its backoff.
+            for n in &placed {
+                let refusals: Vec<&Execution> = execs.iter().filter(|e| e.node == *n).collect();
+                if let Some(last) = refusals.iter().map(|e| e.updated_ms).max() {
+                    let wait = cfg().decline_backoff(u32::try_from(refusals.len()).unwrap());
+                    prop_assert!(now.saturating_sub(last) >= wait, "{} asked again too soon", n);
+                }
+            }
             prop_assert!(p.extra <= p.place.len());
             let s = &j.spec.redundancy;
             prop_assert!(p.place.len() <= (s.count + s.max_extra) as usize);
