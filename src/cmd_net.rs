@@ -23,6 +23,25 @@ pub struct NodeUrl {
     pub node: Option<String>,
 }
 
+/// The base URL of a node's API from what the user gave: `host:port`
+/// means `http://host:port` (what `shoal node` prints); other schemes than
+/// http and https are refused, saying what to give.
+fn node_base(given: &str) -> anyhow::Result<String> {
+    let given = given.trim().trim_end_matches('/');
+    let url = match given.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() => given.to_owned(),
+        Some((scheme, _)) => {
+            bail!("--node {given}: the scheme {scheme:?} is not supported; give http://HOST:PORT (as `shoal node` prints it)")
+        }
+        None if !given.is_empty() => format!("http://{given}"),
+        None => bail!("--node is empty; give http://HOST:PORT (as `shoal node` prints it)"),
+    };
+    if url.contains(char::is_whitespace) {
+        bail!("--node {given:?} is not a url; give http://HOST:PORT (as `shoal node` prints it)");
+    }
+    Ok(url)
+}
+
 /// A thin client for a node's API.
 pub struct Api {
     base: String,
@@ -40,7 +59,7 @@ impl Api {
             .timeout_global(Some(Duration::from_secs(330)))
             .build()
             .into();
-        Ok(Api { base: base.trim_end_matches('/').to_owned(), agent, token: std::env::var("SHOAL_TOKEN").ok() })
+        Ok(Api { base: node_base(base)?, agent, token: std::env::var("SHOAL_TOKEN").ok() })
     }
 
     fn check(&self, what: &str, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
@@ -57,8 +76,10 @@ impl Api {
         Ok(body)
     }
 
-    /// `req` with the API token, when there is one.
+    /// `req` with the API token, when there is one, and the header that
+    /// tells the node a client (not a web page) sends it.
     fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        let req = req.header(crate::node::guard::CLIENT_HEADER, "1");
         match &self.token {
             Some(t) => req.header("Authorization", format!("Bearer {t}")),
             None => req,
@@ -126,23 +147,28 @@ impl Api {
         Ok(r.body_mut().with_config().limit(1 << 30).read_to_vec()?)
     }
 
-    /// Uploads a local file or directory (as a CAR) and returns its CID.
-    pub fn upload(&self, path: &std::path::Path) -> anyhow::Result<Cid> {
-        let store = MemStore::new();
-        let added = Importer::new(&store, Options::default())
-            .add_path(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+    /// Whether the node holds the whole DAG under `cid`.
+    pub fn holds(&self, cid: &Cid) -> anyhow::Result<bool> {
+        let r = self.get(&format!("/v1/dags/{cid}"))?;
+        Ok(r.get("held").and_then(Value::as_bool).unwrap_or(false))
+    }
+
+    /// Uploads the DAG under `root` from `store` as a CAR (the node pins it).
+    pub fn push(&self, store: &dyn shoal_storage::BlockStore, root: &Cid) -> anyhow::Result<()> {
         let mut car = Vec::new();
-        shoal_storage::car::export(&store, &added.root, &mut car)?;
+        shoal_storage::car::export(store, root, &mut car)?;
         self.post("/v1/car", &car, "application/vnd.ipld.car")?;
-        Ok(added.root)
+        Ok(())
     }
 }
 
 /// Submit a job to a node.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SubmitArgs {
-    /// A job spec (YAML or JSON; docs/job-spec.md) instead of the flags.
+    /// A job spec (YAML or JSON; docs/job-spec.md). Flags given beside it
+    /// replace its fields (`--input` adds a mount, `--env` and `--model`
+    /// set one name); local paths in it, relative to its directory, are
+    /// uploaded like the flags' own.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// Run the job on N distinct nodes.
@@ -158,106 +184,243 @@ pub struct SubmitArgs {
     #[arg(long = "constraint", value_name = "EXPR")]
     pub constraints: Vec<String>,
     /// How long one execution may take before it is placed elsewhere.
-    #[arg(long, value_name = "DURATION")]
-    pub execution_timeout: Option<humantime::Duration>,
-    /// Follow the job and print its result CID.
+    #[arg(long, value_name = "DURATION", value_parser = crate::cmd_run::parse_timeout)]
+    pub execution_timeout: Option<Duration>,
+    /// Follow the job and print its result CID; exit with the guest's
+    /// exit code (1 for a failure without one), as `shoal run` does.
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up waiting after this long (the job goes on).
-    #[arg(long, value_name = "DURATION")]
-    pub wait_timeout: Option<humantime::Duration>,
+    #[arg(long, value_name = "DURATION", value_parser = crate::cmd_run::parse_timeout)]
+    pub wait_timeout: Option<Duration>,
     #[command(flatten)]
     pub run: RunArgs,
 }
 
-/// Builds the spec for `submit` from its flags, uploading local files.
-fn spec_from_flags(api: &Api, a: &SubmitArgs) -> anyhow::Result<Value> {
-    let source = |s: &str| -> anyhow::Result<String> {
-        if parse_cid_path(s).is_ok() {
-            return Ok(s.to_owned());
-        }
-        let p = std::path::Path::new(s);
-        if !p.exists() {
-            bail!("{s} is neither a cid nor an existing path");
-        }
-        Ok(api.upload(p)?.to_string())
-    };
-    let Some(module) = &a.run.module else {
-        bail!("no module given: pass a .wasm path or a CID, or a job spec with -f FILE");
-    };
-    let module = source(module)?;
-    let mut inputs = Vec::new();
-    for i in &a.run.inputs {
-        let src = source(&i.src)?;
-        let (cid, path) = parse_cid_path(&src)?;
-        let mut input = json!({ "cid": cid.to_string(), "mount": i.guest });
-        if !path.is_empty() {
-            input["path"] = json!(path.join("/"));
-        }
-        inputs.push(input);
-    }
-    let (module_cid, module_path) = parse_cid_path(&module)?;
-    if !module_path.is_empty() {
-        bail!("give the module as a cid or a file, not a path inside a cid ({module})");
-    }
-    let mut limits = serde_json::Map::new();
-    if let Some(m) = a.run.memory {
-        limits.insert("memory".into(), json!(m.as_u64()));
-    }
-    if let Some(t) = a.run.timeout {
-        limits.insert("timeout".into(), json!(t.to_string()));
-    }
-    if let Some(f) = a.run.fuel {
-        limits.insert("fuel".into(), json!(f));
-    }
-    if let Some(m) = a.run.max_input {
-        limits.insert("max_input".into(), json!(m.as_u64()));
-    }
-    let mut task = json!({
-        "module": module_cid.to_string(),
-        "entrypoint": a.run.entrypoint,
-        "args": a.run.args,
-        "env": a.run.env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-        "inputs": inputs,
-        "limits": limits,
-        "nondeterministic": a.run.nondeterministic,
-    });
-    if let Some(inv) = &a.run.invoke {
-        task["invoke"] = json!(inv);
-    }
-    if !a.run.models.is_empty() {
-        let mut models = serde_json::Map::new();
-        for (name, src) in &a.run.models {
-            let (cid, path) = parse_cid_path(&source(src)?)?;
-            if !path.is_empty() {
-                bail!("give model {name} as a cid or a file, not a path inside a cid");
+/// The job spec `submit` sends: the file given with `-f` (YAML or JSON)
+/// or an empty one, with the flags applied over it. Sources (module,
+/// inputs, models) are still as the user wrote them: CIDs or local paths.
+fn spec_value(a: &SubmitArgs) -> anyhow::Result<Value> {
+    let mut spec = match &a.file {
+        Some(f) => {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("cannot read the job spec {}", f.display()))?;
+            let v: Value = if text.trim_start().starts_with('{') {
+                serde_json::from_str(&text)
+                    .with_context(|| format!("the job spec {} is not valid json", f.display()))?
+            } else {
+                serde_norway::from_str(&text)
+                    .with_context(|| format!("the job spec {} is not valid yaml", f.display()))?
+            };
+            if !v.is_object() {
+                bail!("the job spec {} is not a mapping with a `task`; see docs/job-spec.md", f.display());
             }
-            models.insert(name.clone(), json!(cid.to_string()));
+            v
         }
-        task["models"] = Value::Object(models);
+        None => json!({ "task": {} }),
+    };
+    apply_flags(&mut spec, a)?;
+    Ok(spec)
+}
+
+/// The mapping at `key` in `v`, made if absent; an error naming `field` if
+/// something else is there.
+fn object<'a>(v: &'a mut Value, key: &str, field: &str) -> anyhow::Result<&'a mut serde_json::Map<String, Value>> {
+    let name = if field.is_empty() { key.to_owned() } else { format!("{field}.{key}") };
+    let Some(map) = v.as_object_mut() else { bail!("{field} is not a mapping in the job spec") };
+    map.entry(key)
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .with_context(|| format!("{name} is not a mapping in the job spec"))
+}
+
+/// Applies the command-line flags over the spec: each flag given replaces
+/// the spec's field (`--env` and `--model` per name; `--input` adds a
+/// mount). Flags that are not given leave the spec's fields as they are.
+fn apply_flags(spec: &mut Value, a: &SubmitArgs) -> anyhow::Result<()> {
+    let r = &a.run;
+    let task = object(spec, "task", "")?;
+    if let Some(m) = &r.module {
+        task.insert("module".into(), json!(m));
     }
-    let mut spec = json!({ "task": task, "constraints": a.constraints });
-    let mut redundancy = serde_json::Map::new();
-    if let Some(n) = a.redundancy {
-        redundancy.insert("count".into(), json!(n));
+    if let Some(e) = &r.entrypoint {
+        task.insert("entrypoint".into(), json!(e));
     }
-    if let Some(k) = a.quorum {
-        redundancy.insert("quorum".into(), json!(k));
+    if let Some(inv) = &r.invoke {
+        task.insert("invoke".into(), json!(inv));
     }
-    if let Some(x) = a.max_extra {
-        redundancy.insert("max_extra".into(), json!(x));
+    if !r.args.is_empty() {
+        task.insert("args".into(), json!(r.args));
     }
-    if !redundancy.is_empty() {
-        spec["redundancy"] = Value::Object(redundancy);
+    if r.nondeterministic {
+        task.insert("nondeterministic".into(), json!(true));
     }
-    if a.run.gpu {
+    if !r.inputs.is_empty() {
+        let inputs = task.entry("inputs").or_insert_with(|| json!([]));
+        let list = inputs.as_array_mut().context("task.inputs is not a list in the job spec")?;
+        for i in &r.inputs {
+            list.push(json!({ "cid": i.src, "mount": i.guest }));
+        }
+    }
+    let task = spec.get_mut("task").context("the job spec has no task")?;
+    if !r.env.is_empty() {
+        let env = object(task, "env", "task")?;
+        for (k, v) in &r.env {
+            env.insert(k.clone(), json!(v));
+        }
+    }
+    if !r.models.is_empty() {
+        let models = object(task, "models", "task")?;
+        for (name, src) in &r.models {
+            models.insert(name.clone(), json!(src));
+        }
+    }
+    if r.memory.is_some() || r.timeout.is_some() || r.fuel.is_some() || r.max_input.is_some() {
+        let limits = object(task, "limits", "task")?;
+        if let Some(m) = r.memory {
+            limits.insert("memory".into(), json!(m.as_u64()));
+        }
+        if let Some(t) = r.timeout {
+            limits.insert("timeout".into(), json!(humantime::format_duration(t).to_string()));
+        }
+        if let Some(f) = r.fuel {
+            limits.insert("fuel".into(), json!(f));
+        }
+        if let Some(m) = r.max_input {
+            limits.insert("max_input".into(), json!(m.as_u64()));
+        }
+    }
+    if !a.constraints.is_empty() {
+        spec["constraints"] = json!(a.constraints);
+    }
+    if r.gpu {
         // Placed only on nodes that announce a GPU.
-        spec["resources"] = json!({ "gpu": true });
+        object(spec, "resources", "")?.insert("gpu".into(), json!(true));
+    }
+    let redundancy = [("count", a.redundancy), ("quorum", a.quorum), ("max_extra", a.max_extra)];
+    if redundancy.iter().any(|(_, v)| v.is_some()) {
+        let red = object(spec, "redundancy", "")?;
+        for (k, v) in redundancy {
+            if let Some(v) = v {
+                red.insert(k.into(), json!(v));
+            }
+        }
     }
     if let Some(t) = a.execution_timeout {
-        spec["timeouts"] = json!({ "execution": t.to_string() });
+        object(spec, "timeouts", "")?.insert("execution".into(), json!(humantime::format_duration(t).to_string()));
     }
-    Ok(spec)
+    Ok(())
+}
+
+/// Data a job needs that the node may lack, found while resolving its
+/// sources.
+#[derive(Default)]
+struct Sources {
+    /// Local files and directories, imported here to learn their CIDs.
+    imported: MemStore,
+    /// Roots in `imported`, to upload.
+    local: Vec<Cid>,
+    /// Roots the spec names by CID: uploaded from this machine's store if
+    /// the node lacks them and the store holds them.
+    named: Vec<Cid>,
+}
+
+impl Sources {
+    /// `src` as a CID (with a path inside it): a CID as given, or a local
+    /// path (relative to `base`) imported to learn its CID.
+    fn resolve(&mut self, src: &str, base: &std::path::Path, field: &str) -> anyhow::Result<(Cid, Vec<String>)> {
+        if let Ok((cid, path)) = parse_cid_path(src) {
+            self.named.push(cid);
+            return Ok((cid, path));
+        }
+        let p = base.join(src);
+        if !p.exists() {
+            bail!(
+                "{field}: {src} is neither a cid nor an existing path (paths in a job spec are relative to its \
+                 directory)"
+            );
+        }
+        let added = Importer::new(&self.imported, Options::default())
+            .add_path(&p)
+            .with_context(|| format!("{field}: cannot read {}", p.display()))?;
+        self.local.push(added.root);
+        Ok((added.root, Vec::new()))
+    }
+}
+
+/// Replaces every source in `spec` (module, input cids, models) by a CID,
+/// collecting what may need uploading. A path inside an input's CID goes
+/// to its `path` field.
+fn resolve_sources(spec: &mut Value, base: &std::path::Path) -> anyhow::Result<Sources> {
+    let mut sources = Sources::default();
+    let task = spec.get_mut("task").context("the job spec has no task")?;
+    match task.get("module") {
+        Some(Value::String(m)) => {
+            let m = m.clone();
+            let (cid, path) = sources.resolve(&m, base, "task.module")?;
+            if !path.is_empty() {
+                bail!("task.module: give the module as a cid or a file, not a path inside a cid ({m})");
+            }
+            task["module"] = json!(cid.to_string());
+        }
+        None => bail!("no module given: pass a .wasm path or a CID, or a job spec with -f FILE"),
+        Some(_) => {} // not a string: the spec's own check says so
+    }
+    if let Some(inputs) = task.get_mut("inputs").and_then(Value::as_array_mut) {
+        for (i, input) in inputs.iter_mut().enumerate() {
+            let Some(src) = input.get("cid").and_then(Value::as_str).map(str::to_owned) else { continue };
+            let (cid, path) = sources.resolve(&src, base, &format!("task.inputs[{i}].cid"))?;
+            input["cid"] = json!(cid.to_string());
+            if !path.is_empty() {
+                if input.get("path").is_some() {
+                    bail!("task.inputs[{i}]: give the path inside the cid either in `cid` or in `path`, not both");
+                }
+                input["path"] = json!(path.join("/"));
+            }
+        }
+    }
+    if let Some(models) = task.get_mut("models").and_then(Value::as_object_mut) {
+        for (name, src) in models.iter_mut() {
+            let Some(text) = src.as_str().map(str::to_owned) else { continue };
+            let (cid, path) = sources.resolve(&text, base, &format!("task.models.{name}"))?;
+            if !path.is_empty() {
+                bail!("task.models.{name}: give the model as a cid or a file, not a path inside a cid");
+            }
+            *src = json!(cid.to_string());
+        }
+    }
+    Ok(sources)
+}
+
+/// Uploads what the node lacks: every local path, and every named CID the
+/// node does not hold but this machine's store does.
+fn upload(ctx: &Ctx, api: &Api, sources: &Sources) -> anyhow::Result<()> {
+    let mut sent = std::collections::HashSet::new();
+    for root in &sources.local {
+        if sent.insert(*root) && !api.holds(root)? {
+            api.push(&sources.imported, root)?;
+        }
+    }
+    let mut local: Option<crate::store::Store> = None;
+    for root in &sources.named {
+        if !sent.insert(*root) || api.holds(root)? {
+            continue;
+        }
+        // Only a store that exists is looked at (a fresh machine has none).
+        if local.is_none() && (ctx.ipfs_api.is_some() || ctx.home.exists()) {
+            local = crate::store::Store::open(ctx).ok();
+        }
+        if let Some(store) = &local {
+            if store.get().has(root).unwrap_or(false) {
+                match api.push(store.get(), root) {
+                    Ok(()) => {}
+                    // Partly here: the node may find the rest elsewhere.
+                    Err(e) => tracing::debug!("not uploading {root}: {e:#}"),
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -265,18 +428,33 @@ pub fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     if a.run.allow_software_gpu {
         bail!("--allow-software-gpu is a node setting (shoal node --allow-software-gpu); submit with --gpu");
     }
-    let body = match &a.file {
-        Some(_) if a.run.module.is_some() => {
-            bail!("give the module either in the job spec (-f) or on the command line, not both")
-        }
-        Some(f) => std::fs::read_to_string(f).with_context(|| format!("cannot read the job spec {}", f.display()))?,
-        None => serde_json::to_string(&spec_from_flags(&api, &a)?)?,
+    if a.file.is_some() && a.run.module.is_some() {
+        bail!("give the module either in the job spec (-f) or on the command line, not both");
+    }
+    if a.run.no_pin {
+        bail!("--no-pin is for `shoal run`; a node keeps what its jobs need");
+    }
+    let mut spec = spec_value(&a)?;
+    let base = match &a.file {
+        Some(f) => f.parent().map(std::path::Path::to_path_buf).unwrap_or_default(),
+        None => PathBuf::new(),
     };
-    let r = api.post("/v1/jobs", body.as_bytes(), "application/yaml")?;
+    let sources = resolve_sources(&mut spec, &base)?;
+    let body = serde_json::to_string(&spec)?;
+    // Refused here, before anything is uploaded, as the node would.
+    shoal_scheduler::spec::Spec::from_yaml_or_json(&body)?;
+    upload(ctx, &api, &sources)?;
+    let r = api.post("/v1/jobs", body.as_bytes(), "application/json")?;
     let id = r.get("id").and_then(Value::as_str).context("the node returned no job id")?.to_owned();
+    let warnings = r.get("warnings").cloned().unwrap_or_else(|| json!([]));
+    if !ctx.json {
+        for w in warnings.as_array().into_iter().flatten().filter_map(Value::as_str) {
+            eprintln!("warning: {w}");
+        }
+    }
     if !a.wait {
         if ctx.json {
-            output::json(&json!({ "id": id }))?;
+            output::json(&json!({ "id": id, "warnings": warnings }))?;
         } else {
             println!("{id}");
         }
@@ -285,7 +463,61 @@ pub fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     if !a.run.quiet && !ctx.json {
         eprintln!("job {id} submitted; waiting");
     }
-    wait_and_print(ctx, &api, &id, a.run.quiet, a.wait_timeout.map(Into::into))
+    wait_and_print(ctx, &api, &id, a.run.quiet, a.wait_timeout)
+}
+
+/// Put data on a node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PushArgs {
+    /// A CID held in this machine's store, or a local file or directory.
+    pub source: String,
+}
+
+/// `shoal push`: places data on the node (`--node`) on purpose, pinned
+/// there, so that jobs submitted to it from anywhere find it.
+pub fn push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&ctx.node)?;
+    let (root, already) = match parse_cid_path(&a.source) {
+        Ok((cid, path)) => {
+            if !path.is_empty() {
+                bail!("give a cid without a path ({}): push the whole dag", a.source);
+            }
+            let already = api.holds(&cid)?;
+            if !already {
+                let store = crate::store::Store::open(ctx)?;
+                api.push(store.get(), &cid).with_context(|| {
+                    format!(
+                        "cannot push {cid} from the store in {}: add the data there first (shoal add)",
+                        ctx.home.display()
+                    )
+                })?;
+            }
+            (cid, already)
+        }
+        Err(_) => {
+            let p = std::path::Path::new(&a.source);
+            if !p.exists() {
+                bail!("{} is neither a cid nor an existing path", a.source);
+            }
+            let mem = MemStore::new();
+            let added = Importer::new(&mem, Options::default())
+                .add_path(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            let already = api.holds(&added.root)?;
+            if !already {
+                api.push(&mem, &added.root)?;
+            }
+            (added.root, already)
+        }
+    };
+    if ctx.json {
+        output::json(&json!({ "cid": root.to_string(), "node": api.base, "uploaded": !already }))?;
+    } else if already {
+        println!("{root} is already on {}", api.base);
+    } else {
+        println!("pushed {root} to {}", api.base);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Longest line of a job event stream (one job with its executions).
@@ -356,22 +588,62 @@ fn wait_for(api: &Api, id: &str, timeout: Option<Duration>, progress: bool) -> a
 
 fn wait_and_print(ctx: &Ctx, api: &Api, id: &str, quiet: bool, timeout: Option<Duration>) -> anyhow::Result<ExitCode> {
     let r = wait_for(api, id, timeout, !quiet && !ctx.json)?;
-    let state = r.pointer("/job/state").and_then(Value::as_str).unwrap_or("").to_owned();
+    let j = &r["job"];
+    let state = j["state"].as_str().unwrap_or("").to_owned();
     if ctx.json {
         output::json(&r)?;
     } else if state == "completed" {
-        let result = r.pointer("/job/result").and_then(Value::as_str).unwrap_or("");
+        let result = j["result"].as_str().unwrap_or("");
         if quiet {
             println!("{result}");
         } else {
-            println!("job {id} completed");
+            println!("job {id} completed; outcome: {}", outcome_text(j));
             println!("result: {result}");
         }
+        if j["outcome"] == "failed" {
+            eprintln!(
+                "the job's guest failed ({}); `shoal job logs {id}` shows its output",
+                failure_text(j).unwrap_or_else(|| "no reason recorded".into())
+            );
+        }
     } else {
-        let error = r.pointer("/job/error").and_then(Value::as_str).unwrap_or("no reason given");
+        let error = j["error"].as_str().unwrap_or("no reason given");
         eprintln!("job {id} {state}: {error}");
     }
-    Ok(if state == "completed" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(ExitCode::from(wait_status(j)))
+}
+
+/// The exit status of `submit --wait` and `job wait`, as `shoal run` has
+/// it: the guest's exit code for a completed job (1 for a failure without
+/// one), 1 for a job that did not complete.
+fn wait_status(j: &Value) -> u8 {
+    if j["state"] != "completed" || j["outcome"] == "succeeded" || j["outcome"].is_null() {
+        return if j["state"] == "completed" { 0 } else { 1 };
+    }
+    match j["exit_code"].as_i64() {
+        Some(c) if c & 0xff != 0 => (c & 0xff) as u8,
+        _ => 1,
+    }
+}
+
+/// `succeeded`, `failed (exit code 7)`, `failed (wasm trap: …)`.
+fn outcome_text(j: &Value) -> String {
+    match j["outcome"].as_str() {
+        Some("failed") => format!("failed ({})", failure_text(j).unwrap_or_else(|| "no reason recorded".into())),
+        Some(o) => o.to_owned(),
+        None => "unknown (completed by an older node)".into(),
+    }
+}
+
+/// Why a completed job's guest failed: its exit code when it exited (the
+/// result's failure line then only repeats it), else its failure line.
+fn failure_text(j: &Value) -> Option<String> {
+    match (j["failure"].as_str(), j["exit_code"].as_i64()) {
+        (Some(f), Some(c)) if c != 0 && f.ends_with(&format!("code {c}")) => Some(format!("exit code {c}")),
+        (Some(f), _) => Some(f.to_owned()),
+        (None, Some(c)) => Some(format!("exit code {c}")),
+        (None, None) => None,
+    }
 }
 
 /// Look at and control jobs on a node.
@@ -394,8 +666,8 @@ pub enum JobCmd {
         #[arg(short, long)]
         quiet: bool,
         /// Give up after this long (the job goes on).
-        #[arg(long, value_name = "DURATION")]
-        timeout: Option<humantime::Duration>,
+        #[arg(long, value_name = "DURATION", value_parser = crate::cmd_run::parse_timeout)]
+        timeout: Option<Duration>,
         id: String,
     },
     /// Cancel a job.
@@ -435,7 +707,15 @@ pub fn job(ctx: &Ctx, c: JobCmd) -> anyhow::Result<ExitCode> {
             } else {
                 for j in r.get("jobs").and_then(Value::as_array).into_iter().flatten() {
                     let s = |k: &str| j.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
-                    println!("{}  {:<9}  {}", s("id"), s("state"), s("result"));
+                    let outcome = match j["outcome"].as_str() {
+                        Some("failed") => match failure_text(j) {
+                            Some(t) if t.starts_with("exit code ") => format!("failed:{}", &t["exit code ".len()..]),
+                            _ => "failed".into(),
+                        },
+                        Some(o) => o.to_owned(),
+                        None => "-".into(),
+                    };
+                    println!("{}  {:<9}  {:<9}  {}", s("id"), s("state"), outcome, s("result"));
                 }
             }
         }
@@ -446,20 +726,27 @@ pub fn job(ctx: &Ctx, c: JobCmd) -> anyhow::Result<ExitCode> {
             } else {
                 for e in r.get("executions").and_then(Value::as_array).into_iter().flatten() {
                     let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-                    println!("== execution {} on {} ({})", s("execution"), s("node"), s("state"));
+                    let exit = e["exit_code"].as_i64().map(|c| format!(", exit code {c}")).unwrap_or_default();
+                    println!("== execution {} on {} ({}{exit})", s("execution"), s("node"), s("state"));
                     if !s("error").is_empty() {
-                        println!("error: {}", s("error"));
+                        // Only an execution that ended without a result
+                        // failed; others carry a judgement (dissent, a
+                        // late agreement that earned no credit).
+                        let label = if matches!(s("state").as_str(), "failed" | "lost" | "rejected") {
+                            "error"
+                        } else {
+                            "note"
+                        };
+                        println!("{label}: {}", s("error"));
                     }
                     print!("{}", s("stdout"));
                     eprint!("{}", s("stderr"));
                 }
             }
         }
-        JobCmd::Wait { quiet, timeout, id } => {
-            return wait_and_print(ctx, &Api::new(&ctx.node)?, &id, quiet, timeout.map(Into::into))
-        }
+        JobCmd::Wait { quiet, timeout, id } => return wait_and_print(ctx, &Api::new(&ctx.node)?, &id, quiet, timeout),
         JobCmd::Cancel { id } => {
-            let r = Api::new(&ctx.node)?.post(&format!("/v1/jobs/{id}/cancel"), b"", "text/plain")?;
+            let r = Api::new(&ctx.node)?.post(&format!("/v1/jobs/{id}/cancel"), b"{}", "application/json")?;
             if ctx.json {
                 output::json(&r)?;
             } else {
@@ -477,6 +764,15 @@ fn print_job(r: &Value) {
     };
     println!("job:     {}", s(j, "id"));
     println!("state:   {}", s(j, "state"));
+    if j["state"] == "completed" {
+        println!("outcome: {}", outcome_text(j));
+        if let Some(c) = j["exit_code"].as_i64() {
+            println!("exit code: {c}");
+        }
+        if let Some(f) = j["failure"].as_str() {
+            println!("failure: {f}");
+        }
+    }
     if !j["result"].is_null() {
         println!("result:  {}", s(j, "result"));
     }
@@ -487,7 +783,8 @@ fn print_job(r: &Value) {
     for e in r["executions"].as_array().into_iter().flatten() {
         let result = if e["result"].is_null() { String::new() } else { s(e, "result") };
         let error = if e["error"].is_null() { String::new() } else { format!("  ({})", s(e, "error")) };
-        println!("  {}  {:<9}  node {}  {}{}", s(e, "id"), s(e, "state"), s(e, "node"), result, error);
+        let exit = e["exit_code"].as_i64().map(|c| format!("  exit {c}")).unwrap_or_default();
+        println!("  {}  {:<9}  node {}  {}{exit}{}", s(e, "id"), s(e, "state"), s(e, "node"), result, error);
         let devices: Vec<&str> =
             e["meta"]["nn_devices"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         if !devices.is_empty() {
@@ -585,6 +882,7 @@ pub fn devstack(ctx: &Ctx, a: DevstackArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the shoal executable")?;
     let mut children = Children(Vec::new());
     let mut first_peer: Option<String> = None;
+    let mut started = Vec::new();
     for i in 0..a.nodes {
         let home = ctx.home.join(format!("node-{i}"));
         let mut cmd = Command::new(&exe);
@@ -601,10 +899,18 @@ pub fn devstack(ctx: &Ctx, a: DevstackArgs) -> anyhow::Result<ExitCode> {
         BufReader::new(stdout).read_line(&mut line).context("cannot read the node's ready line")?;
         let (api, peer) =
             parse_ready(&line).with_context(|| format!("node {i} did not start (see its stderr above)"))?;
-        println!("node {i} api={api} peer={peer}");
+        if !ctx.json {
+            println!("node {i} api={api} peer={peer}");
+        }
+        started.push(json!({ "index": i, "api": api, "peer": peer, "home": home }));
         first_peer.get_or_insert(peer);
     }
-    println!("ready");
+    if ctx.json {
+        // One document, once every node is up.
+        println!("{}", json!({ "ready": true, "nodes": started }));
+    } else {
+        println!("ready");
+    }
     std::io::stdout().flush()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -636,6 +942,29 @@ pub fn parse_ready(line: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_without_a_scheme_is_http_and_other_schemes_are_refused() {
+        assert_eq!(node_base("127.0.0.1:36597").unwrap(), "http://127.0.0.1:36597");
+        assert_eq!(node_base("http://[::1]:8080/").unwrap(), "http://[::1]:8080");
+        assert_eq!(node_base("https://node.example").unwrap(), "https://node.example");
+        let e = node_base("ftp://x:1").unwrap_err().to_string();
+        assert!(e.contains("\"ftp\"") && e.contains("http://HOST:PORT"), "{e}");
+        assert!(node_base("").is_err());
+    }
+
+    #[test]
+    fn the_wait_status_is_the_guests_exit_code() {
+        let job =
+            |state: &str, outcome: Value, code: Value| json!({ "state": state, "outcome": outcome, "exit_code": code });
+        assert_eq!(wait_status(&job("completed", json!("succeeded"), json!(0))), 0);
+        assert_eq!(wait_status(&job("completed", json!("failed"), json!(7))), 7);
+        assert_eq!(wait_status(&job("completed", json!("failed"), json!(256))), 1);
+        assert_eq!(wait_status(&job("completed", json!("failed"), Value::Null)), 1);
+        assert_eq!(wait_status(&job("completed", Value::Null, Value::Null)), 0, "an older node's job");
+        assert_eq!(wait_status(&job("failed", Value::Null, Value::Null)), 1);
+        assert_eq!(wait_status(&job("cancelled", Value::Null, Value::Null)), 1);
+    }
 
     #[test]
     fn progress_counts_executions_by_state_in_order_of_appearance() {

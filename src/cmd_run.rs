@@ -33,21 +33,26 @@ pub struct RunArgs {
     /// inherited from this process.
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
-    /// Linear memory limit, e.g. 512MiB.
-    #[arg(long, value_name = "SIZE")]
+    /// Linear memory limit, e.g. 512MiB (at most 4GiB; default 512MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
     pub memory: Option<bytesize::ByteSize>,
-    /// Wall-clock limit, e.g. 60s or 2m.
-    #[arg(long, value_name = "DURATION")]
-    pub timeout: Option<humantime::Duration>,
+    /// Wall-clock limit: seconds, or with a unit (60s, 2m); default 60s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
     /// Limit on the total bytes of the inputs, e.g. 8GiB.
     #[arg(long, value_name = "SIZE")]
     pub max_input: Option<bytesize::ByteSize>,
     /// CPU limit in fuel units (about one per Wasm instruction).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_fuel)]
     pub fuel: Option<u64>,
-    /// Export to call for a command module.
-    #[arg(long, value_name = "NAME", default_value = "_start", conflicts_with = "invoke")]
-    pub entrypoint: String,
+    /// Export to call for a command module (default `_start`).
+    #[arg(long, value_name = "NAME", conflicts_with = "invoke")]
+    pub entrypoint: Option<String>,
+    /// Pin nothing: the module, inputs and result stay in the store only
+    /// until the next `shoal repo gc` (by default `run` pins what it
+    /// imported and the result).
+    #[arg(long)]
+    pub no_pin: bool,
     /// Treat the module as a reactor: call `_initialize`, then EXPORT.
     #[arg(long, value_name = "EXPORT")]
     pub invoke: Option<String>,
@@ -99,6 +104,52 @@ fn parse_input(s: &str) -> Result<InputSpec, String> {
     Ok(InputSpec { src: src.to_owned(), guest: guest.to_owned() })
 }
 
+/// A duration as the job spec takes it: a number of seconds or a string
+/// with a unit; more than 0 and at most the spec's longest timeout.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let d = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(t.parse().map_err(|_| format!("{s:?} is too large"))?)
+    } else {
+        humantime::parse_duration(t)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); use seconds or a unit like 60s or 2m"))?
+    };
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    let max = shoal_scheduler::spec::MAX_TIMEOUT;
+    if d > max {
+        return Err(format!("must be at most {}", humantime::format_duration(max)));
+    }
+    Ok(d)
+}
+
+/// A memory limit as the job spec takes it: more than 0, at most 4 GiB.
+fn parse_memory(s: &str) -> Result<bytesize::ByteSize, String> {
+    let b: bytesize::ByteSize = s.trim().parse().map_err(|e| format!("invalid size {s:?} ({e}); use e.g. 512MiB"))?;
+    let max = shoal_scheduler::spec::MAX_MEMORY;
+    if b.as_u64() == 0 {
+        return Err("must be more than 0".into());
+    }
+    if b.as_u64() > max {
+        return Err(format!(
+            "{} is more than a wasm32 memory can hold; the most is {}",
+            shoal_scheduler::spec::Bytes(b.as_u64()),
+            shoal_scheduler::spec::Bytes(max)
+        ));
+    }
+    Ok(b)
+}
+
+/// Fuel: more than 0 (leave it out for the default).
+fn parse_fuel(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("must be more than 0 (leave --fuel out for the default)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("invalid number {s:?} ({e})")),
+    }
+}
+
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -114,7 +165,7 @@ impl RunArgs {
             l.memory = m.as_u64();
         }
         if let Some(t) = self.timeout {
-            l.timeout = Duration::from(t);
+            l.timeout = t;
         }
         if let Some(f) = self.fuel {
             l.fuel = f;
@@ -129,7 +180,7 @@ impl RunArgs {
     pub fn entry(&self) -> Entry {
         match &self.invoke {
             Some(export) => Entry::Reactor { export: export.clone() },
-            None => Entry::Command { export: self.entrypoint.clone() },
+            None => Entry::Command { export: self.entrypoint.clone().unwrap_or_else(|| "_start".into()) },
         }
     }
 }
@@ -222,47 +273,197 @@ pub struct InspectArgs {
     pub target: String,
 }
 
-/// A `MODULE` or `SRC` resolved to content: a CID and a path inside it.
-fn resolve_source(store: &Store, src: &str) -> anyhow::Result<(shoal_storage::Cid, Vec<String>)> {
+/// Where a `MODULE`, `--input` or `--model` source comes from.
+enum Source {
+    /// A local file or directory, imported when the job is sure to run.
+    Local(std::path::PathBuf),
+    /// Content already named: a CID and a path inside it.
+    Cid(shoal_storage::Cid, Vec<String>),
+}
+
+/// Classifies `src` without touching the store: an existing local path, or
+/// a `CID[/path]`.
+fn classify(src: &str) -> anyhow::Result<Source> {
     let local = std::path::Path::new(src);
     if local.exists() {
-        let _guard = store.write_guard()?;
-        let added = Importer::new(store.get(), Options::default())
-            .add_path(local)
-            .with_context(|| format!("cannot import {}", local.display()))?;
-        store.get().flush()?;
-        store.get().pin_add(&added.root, PinMode::Recursive)?;
-        return Ok((added.root, Vec::new()));
+        return Ok(Source::Local(local.to_path_buf()));
     }
-    parse_cid_path(src).with_context(|| format!("{src} is neither an existing local path nor a cid"))
+    let (cid, path) =
+        parse_cid_path(src).with_context(|| format!("{src} is neither an existing local path nor a cid"))?;
+    Ok(Source::Cid(cid, path))
+}
+
+/// Most entries looked at when sizing a local input before importing it.
+const MAX_SIZED_ENTRIES: usize = 1 << 20;
+
+/// The bytes of the files under `path` (not following symlinks), stopping
+/// once past `limit`.
+fn local_bytes(path: &std::path::Path, limit: u64) -> anyhow::Result<u64> {
+    let mut total = 0u64;
+    let mut stack = vec![path.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(p) = stack.pop() {
+        seen += 1;
+        if seen > MAX_SIZED_ENTRIES || total > limit {
+            break;
+        }
+        let meta = std::fs::symlink_metadata(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).with_context(|| format!("cannot read the directory {}", p.display()))? {
+                stack.push(e.with_context(|| format!("cannot read the directory {}", p.display()))?.path());
+            }
+        } else if meta.is_file() {
+            total = total.saturating_add(meta.len());
+        }
+    }
+    Ok(total)
+}
+
+/// Everything a run imports and pins, undone if the run fails (and, with
+/// `--no-pin`, after it): a failed run leaves no new pin.
+struct NewPins<'a> {
+    store: &'a Store,
+    roots: Vec<shoal_storage::Cid>,
+}
+
+impl<'a> NewPins<'a> {
+    /// Imports `path` and pins it, remembering the pin if it is new.
+    fn import(&mut self, path: &std::path::Path) -> anyhow::Result<shoal_storage::Cid> {
+        let _guard = self.store.write_guard()?;
+        let added = Importer::new(self.store.get(), Options::default())
+            .add_path(path)
+            .with_context(|| format!("cannot import {}", path.display()))?;
+        self.store.get().flush()?;
+        self.keep(added.root)?;
+        Ok(added.root)
+    }
+
+    /// Pins `root` (already stored), remembering the pin if it is new.
+    fn keep(&mut self, root: shoal_storage::Cid) -> anyhow::Result<()> {
+        let store = self.store.get();
+        let before = store.pin_mode(&root)?;
+        if before != Some(PinMode::Recursive) {
+            store.pin_add(&root, PinMode::Recursive).with_context(|| format!("cannot pin {root}"))?;
+        }
+        // A pin the user had (even a direct one) is theirs to keep.
+        if before.is_none() {
+            self.roots.push(root);
+        }
+        Ok(())
+    }
+
+    /// Removes the pins this run added.
+    fn undo(&mut self) {
+        for root in self.roots.drain(..) {
+            if let Err(e) = self.store.get().pin_rm(&root) {
+                tracing::warn!("cannot unpin {root}: {e}");
+            }
+        }
+    }
 }
 
 /// Runs the job (see the module docs); the process exits with the guest's
 /// exit status.
+///
+/// Every check that needs no data (the sources exist, the module and
+/// models are files, the mounts are valid, the local inputs fit
+/// `--max-input`, no variable is given twice) runs before anything is
+/// imported, and a run that fails after importing unpins what it pinned:
+/// a refused or failed run leaves no new pin behind.
 pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
     let Some(module_arg) = a.module.clone() else {
         bail!("no module given: pass a .wasm path or a CID, e.g. shoal run job.wasm");
     };
-    let store = Store::open(ctx)?;
-    let (module_root, module_path) = resolve_source(&store, &module_arg)?;
-    let module = shoal_storage::exporter::resolve(store.get(), &module_root, &module_path)
-        .with_context(|| format!("module {module_arg}"))?;
-    let mut spec = Spec::new(module);
-    spec.entry = a.entry();
-    spec.program_name = module_arg.rsplit('/').next().unwrap_or(&module_arg).to_owned();
-    spec.args = a.args.clone();
-    spec.env = a.env.clone();
-    let mut names: Vec<&str> = spec.env.iter().map(|(k, _)| k.as_str()).collect();
+    let module_src = classify(&module_arg).with_context(|| format!("module {module_arg}"))?;
+    if let Source::Local(p) = &module_src {
+        if !p.is_file() {
+            bail!("module {} is not a file: give the .wasm file itself", p.display());
+        }
+    }
+    let mut names: Vec<&str> = a.env.iter().map(|(k, _)| k.as_str()).collect();
     names.sort_unstable();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
         bail!("--env {} given twice; give each variable once", w[0]);
     }
+    let limits = a.limits();
+    let mut inputs = Vec::new();
+    let mut layout = Vec::new();
+    let mut local_total = 0u64;
     for input in &a.inputs {
-        let (cid, path) = resolve_source(&store, &input.src).with_context(|| format!("input {}", input.src))?;
+        let src = classify(&input.src).with_context(|| format!("input {}", input.src))?;
+        // A CID's kind is known once it is read: the runtime checks it then,
+        // before anything is imported.
+        let is_dir = match &src {
+            Source::Local(p) => {
+                local_total = local_total.saturating_add(local_bytes(p, limits.inputs_bytes)?);
+                p.is_dir()
+            }
+            Source::Cid(..) => true,
+        };
+        layout.push((input.guest.clone(), is_dir));
+        inputs.push((src, input));
+    }
+    let kinds: Vec<(&str, bool)> = layout.iter().map(|(g, d)| (g.as_str(), *d)).collect();
+    shoal_runtime::mounts::check_layout(&kinds).context("the inputs cannot be mounted")?;
+    if local_total > limits.inputs_bytes {
+        bail!(
+            "the local inputs hold more than {} (the input limit); raise it with --max-input or give less data",
+            bytesize::ByteSize(limits.inputs_bytes).display().iec()
+        );
+    }
+    let mut models = Vec::new();
+    for (name, src) in &a.models {
+        let src = classify(src).with_context(|| format!("model {name}"))?;
+        if let Source::Local(p) = &src {
+            if !p.is_file() {
+                bail!("model {name}: {} is not a file: give the .onnx file itself", p.display());
+            }
+        }
+        models.push((name, src));
+    }
+
+    let store = Store::open(ctx)?;
+    let mut pins = NewPins { store: &store, roots: Vec::new() };
+    let ran = run_checked(ctx, &a, &store, &mut pins, &module_arg, module_src, inputs, models);
+    if ran.is_err() || a.no_pin {
+        pins.undo();
+    }
+    ran
+}
+
+type Inputs<'a> = Vec<(Source, &'a InputSpec)>;
+
+#[allow(clippy::too_many_arguments)]
+fn run_checked(
+    ctx: &Ctx,
+    a: &RunArgs,
+    store: &Store,
+    pins: &mut NewPins<'_>,
+    module_arg: &str,
+    module_src: Source,
+    inputs: Inputs<'_>,
+    models: Vec<(&String, Source)>,
+) -> anyhow::Result<ExitCode> {
+    let mut resolve = |src: Source| -> anyhow::Result<(shoal_storage::Cid, Vec<String>)> {
+        match src {
+            Source::Local(p) => Ok((pins.import(&p)?, Vec::new())),
+            Source::Cid(c, path) => Ok((c, path)),
+        }
+    };
+    let (module_root, module_path) = resolve(module_src)?;
+    let module = shoal_storage::exporter::resolve(store.get(), &module_root, &module_path)
+        .with_context(|| format!("module {module_arg}"))?;
+    let mut spec = Spec::new(module);
+    spec.entry = a.entry();
+    spec.program_name = module_arg.rsplit('/').next().unwrap_or(module_arg).to_owned();
+    spec.args = a.args.clone();
+    spec.env = a.env.clone();
+    for (src, input) in inputs {
+        let (cid, path) = resolve(src).with_context(|| format!("input {}", input.src))?;
         spec.inputs.push(Input { cid, path, guest: input.guest.clone() });
     }
-    for (name, src) in &a.models {
-        let (root, path) = resolve_source(&store, src).with_context(|| format!("model {name}"))?;
+    for (name, src) in models {
+        let (root, path) = resolve(src).with_context(|| format!("model {name}"))?;
         let cid =
             shoal_storage::exporter::resolve(store.get(), &root, &path).with_context(|| format!("model {name}"))?;
         spec.models.push((name.clone(), cid));
@@ -291,7 +492,10 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
     config.max_memory = config.max_memory.min(spec.limits.memory.max(1 << 20));
     config.allow_software_gpu = a.allow_software_gpu;
     let exec = Executor::new(config).context("cannot start the wasm engine")?;
+    spec.pin_result = false;
     let finished = job::run(&exec, store.get(), &spec, &ctx.home.join("tmp"))?;
+    store.get().flush().context("cannot store the result")?;
+    pins.keep(finished.result)?;
     let o = &finished.outcome;
     if ctx.json {
         output::json(&serde_json::json!({
@@ -329,6 +533,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> anyhow::Result<ExitCode> {
 pub fn inspect(ctx: &Ctx, a: InspectArgs) -> anyhow::Result<ExitCode> {
     use shoal_storage::exporter::{self, Kind};
     let store = Store::open(ctx)?;
+    crate::cmd_net::fetch_if_missing(ctx, store.get(), &a.target)?;
     let (root, path) = parse_cid_path(&a.target)?;
     let cid = exporter::resolve(store.get(), &root, &path)?;
     let (kind, entries) = exporter::stat_and_list(store.get(), &cid)?;
@@ -361,7 +566,12 @@ pub fn inspect(ctx: &Ctx, a: InspectArgs) -> anyhow::Result<ExitCode> {
             _ => 0,
         })
     };
-    let exit = String::from_utf8_lossy(&read("exitCode")?).trim().to_string();
+    let exit_text = String::from_utf8_lossy(&read("exitCode")?).trim().to_string();
+    // A number in every result shoal writes; shown as found otherwise.
+    let exit: serde_json::Value = match exit_text.parse::<i64>() {
+        Ok(n) => n.into(),
+        Err(_) => exit_text.clone().into(),
+    };
     let failure =
         if has("failure") { Some(String::from_utf8_lossy(&read("failure")?).trim().to_string()) } else { None };
     let truncated =
@@ -378,7 +588,7 @@ pub fn inspect(ctx: &Ctx, a: InspectArgs) -> anyhow::Result<ExitCode> {
         }))?;
     } else {
         println!("result {cid}");
-        println!("exit code: {exit}");
+        println!("exit code: {exit_text}");
         if let Some(f) = failure {
             println!("failure: {f}");
         }

@@ -229,6 +229,7 @@ pub fn get(ctx: &Ctx, a: GetArgs) -> anyhow::Result<ExitCode> {
 
 pub fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(ctx)?;
+    crate::cmd_net::fetch_if_missing(ctx, store.get(), &a.target)?;
     let cid = resolve(store.get(), &a.target)?;
     let entries = exporter::ls(store.get(), &cid)
         .with_context(|| format!("cannot list {}; `shoal cat` prints files", a.target))?;
@@ -251,6 +252,7 @@ pub fn pin(ctx: &Ctx, c: PinCmd) -> anyhow::Result<ExitCode> {
             let mode = if direct { PinMode::Direct } else { PinMode::Recursive };
             let mut done = Vec::new();
             for t in cids {
+                crate::cmd_net::fetch_if_missing(ctx, store.get(), &t)?;
                 let cid = resolve(store.get(), &t)?;
                 pins::add(store.get(), &cid, mode)?;
                 done.push(cid.to_string());
@@ -300,8 +302,10 @@ pub fn pin(ctx: &Ctx, c: PinCmd) -> anyhow::Result<ExitCode> {
 pub fn car(ctx: &Ctx, c: CarCmd) -> anyhow::Result<ExitCode> {
     let store = Store::open(ctx)?;
     let export = matches!(c, CarCmd::Export { .. });
+    let to_stdout = matches!(&c, CarCmd::Export { output, .. } if output.as_os_str() == "-");
     let stats = match c {
         CarCmd::Export { target, output } => {
+            crate::cmd_net::fetch_if_missing(ctx, store.get(), &target)?;
             let cid = resolve(store.get(), &target)?;
             if output.as_os_str() == "-" {
                 let mut w = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
@@ -331,21 +335,51 @@ pub fn car(ctx: &Ctx, c: CarCmd) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    if export {
-        // stdout may be the car stream itself: report on stderr.
-        eprintln!("exported {} blocks, {} bytes", stats.blocks, stats.bytes);
+    let incomplete: Vec<String> =
+        stats.roots.iter().filter(|r| !export && !stats.pinned.contains(r)).map(|c| c.to_string()).collect();
+    // A partial import fails, saying so (the blocks it had are stored,
+    // unpinned: `repo gc` removes them).
+    let partial = (!incomplete.is_empty()).then(|| {
+        format!(
+            "the car file holds {} of its {} roots whole; root {} is incomplete, so it was not pinned: import a \
+             complete car (e.g. `shoal car export` of the whole dag)",
+            stats.roots.len() - incomplete.len(),
+            stats.roots.len(),
+            incomplete[0]
+        )
+    });
+    if export && to_stdout {
+        // stdout is the car stream itself: report on stderr (as json too).
+        if ctx.json {
+            eprintln!("{}", serde_json::to_string(&stats)?);
+        } else {
+            eprintln!("exported {} blocks, {} bytes", stats.blocks, stats.bytes);
+        }
     } else if ctx.json {
-        output::json(&stats)?;
+        // One document, the error in it when there is one.
+        let mut v = serde_json::to_value(&stats)?;
+        if let Some(o) = v.as_object_mut() {
+            if !export {
+                o.insert("incomplete".into(), serde_json::json!(incomplete));
+            }
+            if let Some(e) = &partial {
+                o.insert("error".into(), serde_json::json!(e));
+            }
+        }
+        output::json(&v)?;
+        return Ok(if partial.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+    } else if export {
+        eprintln!("exported {} blocks, {} bytes", stats.blocks, stats.bytes);
     } else {
         for r in &stats.roots {
             println!("root {r}");
         }
-        for r in stats.roots.iter().filter(|r| !stats.pinned.contains(r)) {
-            eprintln!("note: root {r} is incomplete in this car file, so it was not pinned");
-        }
         eprintln!("{} blocks, {} bytes", stats.blocks, stats.bytes);
     }
-    Ok(ExitCode::SUCCESS)
+    match partial {
+        Some(e) => Err(anyhow::anyhow!(e)),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 pub fn repo(ctx: &Ctx, c: RepoCmd) -> anyhow::Result<ExitCode> {
@@ -357,10 +391,11 @@ pub fn repo(ctx: &Ctx, c: RepoCmd) -> anyhow::Result<ExitCode> {
                 output::json(&r)?;
             } else {
                 for c in &r.corrupt {
-                    println!("corrupt block {c}");
+                    println!("{c}");
                 }
-                for (p, why) in &r.damaged_pins {
-                    println!("damaged pin {p}: {why}");
+                // Each names its pin first (the path starts with it).
+                for d in &r.damaged_pins {
+                    println!("damaged pin: {d}");
                 }
                 println!("checked {} blocks: {}", r.checked, if r.ok() { "ok" } else { "problems found" });
                 if !r.ok() {

@@ -74,6 +74,9 @@ enum Command {
     Job(cmd_net::JobCmd),
     /// The nodes a node knows, with their capacity and record.
     Nodes,
+    /// Put a CID from the local store, or a local file or directory, on a
+    /// node (--node), pinned there.
+    Push(cmd_net::PushArgs),
 }
 
 /// Global settings every verb sees.
@@ -95,8 +98,22 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        // Colour codes only for a person's terminal, never into log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    // What shoal writes in its home (store, keys, job database, module
+    // cache, scratch) is the user's alone: files 0600, directories 0700.
+    // Only the verbs that write the user's own files elsewhere keep the
+    // user's umask for those.
+    let writes_user_files = matches!(cli.command, Command::Get(_) | Command::Car(cmd_storage::CarCmd::Export { .. }));
+    if !writes_user_files {
+        // SAFETY: umask(2) only sets this process's file mode mask; it is
+        // called before any other thread exists.
+        unsafe {
+            libc::umask(0o077);
+        }
+    }
     let ctx = Ctx {
         home: cli.home.clone().unwrap_or_else(default_home),
         ipfs_api: cli.ipfs_api.clone(),
@@ -119,6 +136,7 @@ fn main() -> ExitCode {
         Command::Submit(a) => cmd_net::submit(&ctx, a),
         Command::Job(c) => cmd_net::job(&ctx, c),
         Command::Nodes => cmd_net::nodes(&ctx),
+        Command::Push(a) => cmd_net::push(&ctx, a),
     };
     match res {
         Ok(code) => code,

@@ -32,6 +32,17 @@ impl Store {
             Arc::new(FsStore::open(&ctx.home).with_context(|| {
                 format!("cannot open the store in {} (set --home or SHOAL_HOME)", ctx.home.display())
             })?);
+        // A home an older shoal left readable to others, made private.
+        for t in fs.tightened() {
+            match &t.new_mode {
+                Ok(new) => eprintln!(
+                    "note: made {} private (mode {:o} -> {new:o}): it holds your data and keys",
+                    t.path.display(),
+                    t.old_mode
+                ),
+                Err(e) => eprintln!("warning: {e}"),
+            }
+        }
         Ok(Store { dyn_store: fs.clone(), fs: Some(fs) })
     }
 

@@ -55,7 +55,7 @@ fn run_prints_output_then_the_result_and_exits_like_the_guest() {
     assert!(s.contains("exit code: 0") && s.contains("counts.tsv"), "{s}");
     let j = shoal(&home, &["--json", "inspect", result]);
     let v: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
-    assert_eq!(v["exit_code"], "0");
+    assert_eq!(v["exit_code"], 0, "a number, as `run --json` has it");
 
     let e = shoal(&home, &["run", sample("exitcode").to_str().unwrap(), "--", "5"]);
     assert_eq!(e.status.code(), Some(5));

@@ -147,7 +147,11 @@ fn corrupt_blocks_are_detected_and_never_served() {
     let o = run(&home, &["repo", "verify"]);
     assert!(!o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("corrupt block") && out.contains("damaged pin"), "{out}");
+    // Named as the user knows the data: the pin, the chunk of the file,
+    // and what to do (not "run `shoal repo verify`", which this is).
+    assert!(out.contains("is corrupt on disk") && out.contains(&format!("damaged pin: {cid}")), "{out}");
+    assert!(out.contains("chunk 0 of the file") && out.contains("shoal pin rm"), "{out}");
+    assert!(!out.contains("repo verify"), "{out}");
     // gc refuses to guess what is garbage below damage.
     let err = fails(&home, &["repo", "gc"]);
     assert!(err.contains("gc removed nothing"), "{err}");

@@ -614,3 +614,269 @@ fn a_gpu_job_runs_only_on_a_node_that_announces_a_gpu() {
     let device = j["executions"][0]["meta"]["nn_devices"][0].as_str().unwrap_or_default().to_owned();
     assert!(device.starts_with("cpu: tract"), "{j}");
 }
+
+/// Sends `request` (a whole HTTP/1.1 request) to the node's API as a
+/// browser would put it on the wire, and returns the status and body.
+fn raw_http(node: &NodeProc, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = node.api.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let status = answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, answer)
+}
+
+#[test]
+fn web_pages_cannot_drive_the_api() {
+    let mut net = Net::new();
+    net.add("n0", &[]);
+    let n = &net.nodes[0];
+    let host = n.api.strip_prefix("http://").unwrap().to_owned();
+    let spec = r#"{"task":{"module":"QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"}}"#;
+    // 1. A form on another site posting to the api.
+    let form = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nOrigin: http://evil.example\r\nContent-Type: \
+         application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{spec}",
+        spec.len()
+    );
+    let (status, answer) = raw_http(n, &form);
+    assert_eq!(status, 403, "{answer}");
+    // 2. A `fetch` with a simple content type (no preflight), from a page
+    //    whose browser sends no Origin.
+    let fetch = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: \
+         {}\r\nConnection: close\r\n\r\n{spec}",
+        spec.len()
+    );
+    let (status, answer) = raw_http(n, &fetch);
+    assert_eq!(status, 415, "{answer}");
+    assert!(answer.contains("application/json"), "says what to send: {answer}");
+    // 3. DNS rebinding: a page on evil.example, its name now resolving to
+    //    127.0.0.1, reading the api.
+    let port = host.rsplit(':').next().unwrap();
+    let rebind = format!("GET /v1/jobs HTTP/1.1\r\nHost: evil.example:{port}\r\nConnection: close\r\n\r\n");
+    let (status, answer) = raw_http(n, &rebind);
+    assert_eq!(status, 403, "{answer}");
+    assert!(!answer.contains("\"jobs\""), "{answer}");
+    // CORS stays closed: a preflight gets no permission.
+    let preflight = format!(
+        "OPTIONS /v1/jobs HTTP/1.1\r\nHost: {host}\r\nOrigin: http://evil.example\r\nAccess-Control-Request-Method: \
+         POST\r\nConnection: close\r\n\r\n"
+    );
+    let (_, answer) = raw_http(n, &preflight);
+    assert!(!answer.to_ascii_lowercase().contains("access-control-allow"), "{answer}");
+    // None of it made a job; the CLI (which says what it sends) still can.
+    assert_eq!(get(&format!("{}/v1/jobs", n.api)).1["jobs"], serde_json::json!([]));
+    let o = cli(n, &net.home("cli"), &["submit", sample("hello").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // --require-token: loopback needs the token too.
+    let t = tempfile::tempdir().unwrap();
+    let locked = start_node(&t.path().join("locked"), &["--require-token", "--no-compute"]);
+    let (status, body) = get(&format!("{}/v1/jobs", locked.api));
+    assert_eq!(status, 401, "{body}");
+    let token = std::fs::read_to_string(locked.home.join("api-token")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .env("SHOAL_NODE", &locked.api)
+        .env("SHOAL_TOKEN", token.trim())
+        .args(["job", "list"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn a_failing_guest_completes_with_a_failed_outcome_everywhere() {
+    let mut net = Net::new();
+    net.add("n0", &[]);
+    net.add("n1", &[]);
+    wait_for_nodes(&net.nodes[0], 2);
+    let n = &net.nodes[0];
+    // Exit 7, agreed by two nodes: completed (the network did its job),
+    // outcome failed (the guest did not), and the CLI exits 7 as
+    // `shoal run` would.
+    let code = sample("exitcode");
+    let o = cli(n, &net.home("cli"), &["submit", "--wait", "--redundancy", "2", code.to_str().unwrap(), "--", "7"]);
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("outcome: failed (exit code 7)"), "{}", text(&o.stdout));
+    let id = last_completed(n);
+    let j = job(n, &id);
+    assert_eq!((j["job"]["state"].as_str(), j["job"]["outcome"].as_str()), (Some("completed"), Some("failed")), "{j}");
+    assert_eq!(j["job"]["exit_code"], 7, "{j}");
+    let d = text(&cli(n, &net.home("cli"), &["job", "describe", &id]).stdout);
+    assert!(d.contains("outcome: failed") && d.contains("exit code: 7"), "{d}");
+    let list = text(&cli(n, &net.home("cli"), &["job", "list"]).stdout);
+    assert!(list.lines().any(|l| l.contains(&id) && l.contains("failed:7")), "{list}");
+    let w = cli(n, &net.home("cli"), &["job", "wait", "-q", &id]);
+    assert_eq!(w.status.code(), Some(7));
+
+    // A trap: exit status 1, the failure named everywhere, and the trap
+    // message with its backtrace in the logs and the api.
+    let trap = sample("trap");
+    let o = cli(n, &net.home("cli"), &["submit", "--wait", trap.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("the job's guest failed"), "{}", text(&o.stderr));
+    let id = last_completed(n);
+    let j = job(n, &id);
+    assert_eq!(j["job"]["outcome"], "failed", "{j}");
+    let failure = j["job"]["failure"].as_str().unwrap_or_else(|| panic!("no failure: {j}"));
+    assert!(failure.contains("trap"), "{failure}");
+    let d = text(&cli(n, &net.home("cli"), &["job", "describe", &id]).stdout);
+    assert!(d.contains(&format!("failure: {failure}")), "{d}");
+    let logs = get(&format!("{}/v1/jobs/{id}/logs", n.api)).1;
+    let stderr = logs["executions"][0]["stderr"].as_str().unwrap();
+    assert!(stderr.contains("shoal: ") && stderr.contains("wasm backtrace"), "{logs}");
+    let l = cli(n, &net.home("cli"), &["job", "logs", &id]);
+    assert!(text(&l.stderr).contains("wasm backtrace"), "{}", text(&l.stderr));
+    // A success is a success.
+    let o = cli(n, &net.home("cli"), &["submit", "--wait", sample("hello").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("outcome: succeeded"), "{}", text(&o.stdout));
+}
+
+#[test]
+fn local_data_travels_with_a_spec_and_missing_data_fails_fast() {
+    let mut net = Net::new();
+    net.add("n0", &[]);
+    let n = &net.nodes[0];
+    let cli_home = net.home("cli");
+    // Data only in the submitter's own store, named by CID in a spec whose
+    // module is a path relative to the spec.
+    let add = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["--home", cli_home.to_str().unwrap(), "add", "-q", texts().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{}", text(&add.stderr));
+    let cid = text(&add.stdout).trim().to_owned();
+    let dir = net.home("specs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(sample("wordcount"), dir.join("wc.wasm")).unwrap();
+    let spec = dir.join("job.yaml");
+    std::fs::write(
+        &spec,
+        format!("task:\n  module: wc.wasm\n  inputs: [{{cid: {cid}, mount: /inputs}}]\nredundancy: {{count: 1}}\n"),
+    )
+    .unwrap();
+    let o = cli(n, &cli_home, &["submit", "--wait", "-q", "-f", spec.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().last().unwrap(), local_wordcount());
+    assert_eq!(get(&format!("{}/v1/dags/{cid}", n.api)).1["held"], true);
+
+    // Flags beside -f replace the spec's fields.
+    let o = cli(
+        n,
+        &cli_home,
+        &[
+            "--json",
+            "submit",
+            "-f",
+            spec.to_str().unwrap(),
+            "--redundancy",
+            "2",
+            "--env",
+            "MODE=fast",
+            "--timeout",
+            "10",
+            "--memory",
+            "64MiB",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("one json document");
+    let warning = doc["warnings"][0].as_str().unwrap_or_else(|| panic!("redundancy 2 on one node is warned: {doc}"));
+    assert!(warning.contains("only 1 node"), "{warning}");
+    let j = job(n, doc["id"].as_str().unwrap());
+    let s = &j["job"]["spec"];
+    assert_eq!(s["redundancy"]["count"], 2, "{s}");
+    assert_eq!(s["task"]["env"]["MODE"], "fast", "{s}");
+    assert_eq!(s["task"]["limits"]["timeout"], "10s", "{s}");
+    assert_eq!(s["task"]["limits"]["memory"], 64 << 20, "{s}");
+    assert_eq!(s["task"]["inputs"][0]["cid"], Value::String(cid.clone()), "{s}");
+    let _ = cli(n, &cli_home, &["job", "cancel", doc["id"].as_str().unwrap()]);
+
+    // Data nobody has: refused at once, naming it, and no node blamed.
+    let other = tempfile::tempdir().unwrap();
+    let data = other.path().join("data.txt");
+    std::fs::write(&data, format!("only here: {:?}\n", std::time::SystemTime::now())).unwrap();
+    let nowhere = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["--home", other.path().to_str().unwrap(), "add", "-q", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let nowhere = text(&nowhere.stdout).trim().to_owned();
+    let jobs_before = get(&format!("{}/v1/jobs", n.api)).1["jobs"].as_array().unwrap().len();
+    let hello = sample("hello");
+    let submit = |mount: &str| {
+        let input = format!("{nowhere}:{mount}");
+        cli(n, &cli_home, &["submit", "--wait", "--wait-timeout", "60", "--input", &input, hello.to_str().unwrap()])
+    };
+    let o = submit("/inputs/x");
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains(&nowhere) && err.contains("shoal push"), "{err}");
+    assert_eq!(get(&format!("{}/v1/jobs", n.api)).1["jobs"].as_array().unwrap().len(), jobs_before);
+    let nodes = get(&format!("{}/v1/nodes", n.api)).1;
+    assert_eq!(nodes["nodes"][0]["node"]["stats"]["failed"], 0, "{nodes}");
+
+    // `shoal push` places it on purpose; then the same job runs.
+    let p = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .env("SHOAL_NODE", &n.api)
+        .args(["--home", other.path().to_str().unwrap(), "--json", "push", &nowhere])
+        .output()
+        .unwrap();
+    assert!(p.status.success(), "{}", text(&p.stderr));
+    let doc: Value = serde_json::from_slice(&p.stdout).expect("one json document");
+    assert_eq!((doc["cid"].as_str(), doc["uploaded"].as_bool()), (Some(nowhere.as_str()), Some(true)), "{doc}");
+    // A file mounted at the root can never run: refused at submit too.
+    let o = submit("/x");
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("below a directory"), "{}", text(&o.stderr));
+    let o = submit("/inputs/x");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+#[test]
+fn every_verb_that_reads_a_cid_honours_node_and_json_is_typed() {
+    let mut net = Net::new();
+    net.add("n0", &[]);
+    let n = &net.nodes[0];
+    let o = cli(n, &net.home("cli"), &["--json", "submit", "--wait", sample("exitcode").to_str().unwrap(), "--", "3"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("one json document");
+    assert_eq!(doc["job"]["exit_code"], 3, "{doc}");
+    let result = doc["job"]["result"].as_str().unwrap().to_owned();
+    let id = doc["job"]["id"].as_str().unwrap().to_owned();
+    // From an empty home, through the node, `--node` without a scheme.
+    let addr = n.api.strip_prefix("http://").unwrap();
+    let reader = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .env_remove("SHOAL_NODE")
+            .args(["--home", net.home("reader").to_str().unwrap(), "--node", addr])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let i = reader(&["--json", "inspect", &result]);
+    assert!(i.status.success(), "{}", text(&i.stderr));
+    let doc: Value = serde_json::from_slice(&i.stdout).expect("one json document");
+    assert_eq!(doc["exit_code"], 3, "{doc}");
+    let ls = reader(&["ls", &result]);
+    assert!(ls.status.success(), "{}", text(&ls.stderr));
+    assert!(text(&ls.stdout).contains("exitCode"), "{}", text(&ls.stdout));
+    let typed = |args: &[&str]| -> Value {
+        let o = reader(args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?} printed no single json document: {e}"))
+    };
+    let list = typed(&["--json", "job", "list"]);
+    assert_eq!(list["jobs"][0]["exit_code"], 3, "{list}");
+    assert_eq!(list["jobs"][0]["outcome"], "failed", "{list}");
+    let nodes = typed(&["--json", "nodes"]);
+    assert!(nodes["nodes"][0]["node"]["slots_total"].is_u64(), "{nodes}");
+    let d = typed(&["--json", "job", "describe", &id]);
+    assert!(d["executions"][0]["exit_code"].is_i64(), "{d}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_shoal")).args(["--node", "ftp://x:1", "job", "list"]).output().unwrap();
+    assert!(text(&bad.stderr).contains("http://HOST:PORT"), "{}", text(&bad.stderr));
+}

@@ -88,7 +88,9 @@ CREATE TABLE jobs (
     started_ms INTEGER,
     result TEXT,
     error TEXT,
-    extra_used INTEGER NOT NULL
+    extra_used INTEGER NOT NULL,
+    exit_code INTEGER,
+    failure TEXT
 );
 CREATE INDEX jobs_state ON jobs (state, created_ms);
 CREATE INDEX jobs_created ON jobs (created_ms);
@@ -125,7 +127,8 @@ const INDEXES: &str = "CREATE INDEX IF NOT EXISTS executions_state ON executions
 /// Most rows [`Db::live_executions_of_ended_jobs`] returns at once.
 pub const MAX_LEFTOVERS: usize = 1000;
 
-const JOB_COLS: &str = "id, state, spec, created_ms, updated_ms, started_ms, result, error, extra_used";
+const JOB_COLS: &str =
+    "id, state, spec, created_ms, updated_ms, started_ms, result, error, extra_used, exit_code, failure";
 const EXEC_COLS: &str = "id, job, node, state, created_ms, updated_ms, started_ms, commitment, result, error, stdout, \
                          stderr, exit_code, extra, nonce, meta";
 
@@ -194,6 +197,15 @@ impl Db {
         if !has_meta {
             tx.execute_batch("ALTER TABLE executions ADD COLUMN meta TEXT")
                 .map_err(sqlite(&path, "cannot add the execution metadata column"))?;
+        }
+        // A completed job's outcome (the agreed result's exit code and
+        // failure), added within version 1 the same way.
+        let has_outcome: bool = tx
+            .query_row("SELECT count(*) FROM pragma_table_info('jobs') WHERE name = 'exit_code'", [], |r| r.get(0))
+            .map_err(sqlite(&path, "cannot read the schema"))?;
+        if !has_outcome {
+            tx.execute_batch("ALTER TABLE jobs ADD COLUMN exit_code INTEGER; ALTER TABLE jobs ADD COLUMN failure TEXT")
+                .map_err(sqlite(&path, "cannot add the job outcome columns"))?;
         }
         tx.commit().map_err(sqlite(&path, "cannot create the schema"))?;
         Ok(Db { path, conn: Mutex::new(conn), specs: Mutex::new(HashMap::new()), stats: Mutex::new(None) })
@@ -496,7 +508,7 @@ fn query<T, P: rusqlite::Params>(
     rows.collect()
 }
 
-fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 9] {
+fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 11] {
     [
         Box::new(job.id.as_str()),
         Box::new(job.state.as_str()),
@@ -507,15 +519,17 @@ fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 9] {
         Box::new(job.result.map(|c| c.to_string())),
         Box::new(job.error.as_deref()),
         Box::new(job.extra_used),
+        Box::new(job.exit_code),
+        Box::new(job.failure.as_deref()),
     ]
 }
 
 fn write_job(conn: &Connection, job: &Job, insert: bool) -> rusqlite::Result<()> {
     let sql = if insert {
-        format!("INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")
+        format!("INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)")
     } else {
         "UPDATE jobs SET state = ?2, spec = ?3, created_ms = ?4, updated_ms = ?5, started_ms = ?6, result = ?7, \
-         error = ?8, extra_used = ?9 WHERE id = ?1"
+         error = ?8, extra_used = ?9, exit_code = ?10, failure = ?11 WHERE id = ?1"
             .to_string()
     };
     let p = job_params(job);
@@ -528,9 +542,9 @@ fn write_job(conn: &Connection, job: &Job, insert: bool) -> rusqlite::Result<()>
 
 fn upsert_job(conn: &Connection, job: &Job) -> rusqlite::Result<()> {
     let sql = format!(
-        "INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO UPDATE SET \
-         state = ?2, spec = ?3, created_ms = ?4, updated_ms = ?5, started_ms = ?6, result = ?7, error = ?8, \
-         extra_used = ?9"
+        "INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (id) DO \
+         UPDATE SET state = ?2, spec = ?3, created_ms = ?4, updated_ms = ?5, started_ms = ?6, result = ?7, \
+         error = ?8, extra_used = ?9, exit_code = ?10, failure = ?11"
     );
     let p = job_params(job);
     conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(p.iter()))?;
@@ -608,6 +622,8 @@ struct RawJob {
     result: Option<String>,
     error: Option<String>,
     extra_used: u32,
+    exit_code: Option<i32>,
+    failure: Option<String>,
 }
 
 fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
@@ -621,6 +637,8 @@ fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
         result: r.get(6)?,
         error: r.get(7)?,
         extra_used: r.get(8)?,
+        exit_code: r.get(9)?,
+        failure: r.get(10)?,
     })
 }
 
@@ -654,6 +672,8 @@ impl RawJob {
             result: cid(what("result"), self.result)?,
             error: self.error,
             extra_used: self.extra_used,
+            exit_code: self.exit_code,
+            failure: self.failure,
             id,
         })
     }
@@ -998,6 +1018,37 @@ mod tests {
         e.node = "n".into();
         assert!(db.update_execution_from(&e, ExecState::Running).unwrap());
         assert_eq!(db.execution(&e.id).unwrap(), Some(e));
+    }
+
+    #[test]
+    fn a_file_from_before_job_outcomes_gains_the_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scheduler.sqlite");
+        let mut j = job(1);
+        {
+            let db = Db::open(&path).unwrap();
+            let conn = db.conn();
+            conn.execute_batch("ALTER TABLE jobs DROP COLUMN exit_code; ALTER TABLE jobs DROP COLUMN failure").unwrap();
+            // A completed job as the older code wrote it.
+            conn.execute(
+                "INSERT INTO jobs (id, state, spec, created_ms, updated_ms, result, extra_used) \
+                 VALUES (?1, 'completed', ?2, 1, 1, ?3, 0)",
+                params![j.id.as_str(), j.spec.to_json(), cid(9).to_string()],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let old = db.job(&j.id).unwrap().unwrap();
+        assert_eq!((old.state, old.exit_code, old.failure.as_deref()), (JobState::Completed, None, None));
+        assert_eq!(old.outcome(), None, "an outcome nobody recorded is unknown, not success");
+        j.state = JobState::Completed;
+        j.result = Some(cid(9));
+        j.exit_code = Some(1);
+        j.failure = Some("wasm trap: unreachable".into());
+        db.update_job(&j).unwrap();
+        let new = db.job(&j.id).unwrap().unwrap();
+        assert_eq!(new.outcome(), Some(crate::model::Outcome::Failed));
+        assert_eq!(new, j);
     }
 
     #[test]

@@ -251,6 +251,43 @@ pub struct Job {
     /// Extra executions granted beyond `redundancy.count` to settle a
     /// disagreement (at most `redundancy.max_extra`).
     pub extra_used: u32,
+    /// The agreed result's exit code (Completed jobs), read from the
+    /// result itself: the network did its job even when the guest failed,
+    /// and this says how the guest did (see [`Job::outcome`]).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Why the agreed result's guest failed without exiting (a trap, a
+    /// limit), in one line, read from the result's `failure` file.
+    #[serde(default)]
+    pub failure: Option<String>,
+}
+
+/// How the guest of a completed job did: its agreed result holds a zero
+/// exit code and no failure, or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Exit code 0, no failure.
+    Succeeded,
+    /// A non-zero exit code or a failure (trap, limit, bad module).
+    Failed,
+}
+
+impl Outcome {
+    /// The outcome's name (as displayed and in the API).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Job {
@@ -266,6 +303,32 @@ impl Job {
             result: None,
             error: None,
             extra_used: 0,
+            exit_code: None,
+            failure: None,
+        }
+    }
+
+    /// How the guest did, for a Completed job whose outcome is known (jobs
+    /// completed before outcomes were recorded have none).
+    pub fn outcome(&self) -> Option<Outcome> {
+        if self.state != JobState::Completed {
+            return None;
+        }
+        match (self.exit_code, &self.failure) {
+            (Some(0), None) => Some(Outcome::Succeeded),
+            (Some(_), _) | (None, Some(_)) => Some(Outcome::Failed),
+            (None, None) => None,
+        }
+    }
+
+    /// The exit status a CLI waiting on this job exits with: the guest's
+    /// exit code (its low byte, as a process would), 1 for a failure
+    /// without one or a job that did not complete, 0 on success.
+    pub fn exit_status(&self) -> u8 {
+        match (self.state, self.outcome(), self.exit_code) {
+            (JobState::Completed, Some(Outcome::Succeeded) | None, _) => 0,
+            (JobState::Completed, Some(_), Some(c)) if c & 0xff != 0 => (c & 0xff) as u8,
+            _ => 1,
         }
     }
 }
@@ -447,6 +510,28 @@ pub struct NodeView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_completed_job_of_a_failing_guest_has_a_failed_outcome_and_its_exit_code() {
+        let cid = *shoal_storage::Block::new(shoal_storage::CidVersion::V1, shoal_storage::block::RAW, vec![1]).cid();
+        let mut j = Job::new(JobId::from_parts(1, 1), Spec::new(cid), 1);
+        assert_eq!((j.outcome(), j.exit_status()), (None, 1), "a queued job has no outcome yet");
+        j.state = JobState::Completed;
+        j.exit_code = Some(0);
+        assert_eq!((j.outcome(), j.exit_status()), (Some(Outcome::Succeeded), 0));
+        j.exit_code = Some(7);
+        assert_eq!((j.outcome(), j.exit_status()), (Some(Outcome::Failed), 7));
+        // A trap exits 1 (the runtime's status for a failure without an exit).
+        j.exit_code = Some(1);
+        j.failure = Some("wasm trap: unreachable".into());
+        assert_eq!((j.outcome(), j.exit_status()), (Some(Outcome::Failed), 1));
+        // 256 would read as success in a process's 8 bits: still a failure.
+        j.failure = None;
+        j.exit_code = Some(256);
+        assert_eq!((j.outcome(), j.exit_status()), (Some(Outcome::Failed), 1));
+        j.state = JobState::Failed;
+        assert_eq!((j.outcome(), j.exit_status()), (None, 1));
+    }
 
     #[test]
     fn answers_are_sealed_until_the_job_ends() {

@@ -34,6 +34,9 @@ pub const MAX_REDUNDANCY: u32 = 16;
 pub const MAX_RETRIES: u32 = 16;
 /// Longest of any timeout.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Largest `task.limits.memory`: a wasm32 memory addresses 4 GiB, and a
+/// larger limit would be cut to this without a word.
+pub const MAX_MEMORY: u64 = 4 << 30;
 
 /// Why a spec was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -474,6 +477,12 @@ impl Spec {
         if t.limits.memory.0 == 0 {
             return Err(invalid("task.limits.memory", "must be more than 0"));
         }
+        if t.limits.memory.0 > MAX_MEMORY {
+            return Err(invalid(
+                "task.limits.memory",
+                format!("{} is more than a wasm32 memory can hold; the most is {}", t.limits.memory, Bytes(MAX_MEMORY)),
+            ));
+        }
         timeout("task.limits.timeout", t.limits.timeout)?;
         if t.limits.fuel == Some(0) {
             return Err(invalid("task.limits.fuel", "must be more than 0 (or null for the default)"));
@@ -659,6 +668,7 @@ retries: 0
             ),
             ("  inputs: [{cid: nope, mount: /a}]\n", "invalid cid \"nope\""),
             ("  limits: {memory: lots}\n", "invalid size \"lots\""),
+            ("  limits: {memory: 1TiB}\n", "task.limits.memory: 1 TiB is more than a wasm32 memory can hold"),
             ("  limits: {timeout: soon}\n", "invalid duration \"soon\""),
             ("timeouts: {total: 0s}\n", "timeouts.total: must be more than 0"),
             ("  invoke: run\n  entrypoint: main\n", "task.invoke: cannot be used with task.entrypoint"),

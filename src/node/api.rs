@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,7 +27,7 @@ use shoal_scheduler::spec::Spec;
 use shoal_storage::Cid;
 use utoipa::OpenApi;
 
-use super::{fetch, requester, Node};
+use super::{fetch, guard, requester, Node};
 
 /// Largest request body: a job spec, or a CAR file of a module and its
 /// inputs uploaded by `shoal submit`.
@@ -115,14 +115,14 @@ fn not_found(id: &str) -> ApiError {
     info(title = "Shoal node API", description = "Submit and follow Wasm jobs on a Shoal peer network."),
     paths(
         submit, get_job, list_jobs, cancel_job, job_logs, wait_job, job_events, nodes, health, metrics, car_import,
-        car_export
+        car_export, dag_status
     )
 )]
 struct ApiDoc;
 
-/// The API's routes for `node`; `token` is required when set.
-pub fn router(node: Shared, token: Option<String>) -> Router {
-    let app = Router::new()
+/// The API's routes for `node`, behind `policy` (see [`guard`]).
+pub fn router(node: Shared, policy: guard::Policy) -> Router {
+    Router::new()
         .route("/v1/jobs", post(submit).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
@@ -133,43 +133,28 @@ pub fn router(node: Shared, token: Option<String>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/car", post(car_import))
         .route("/v1/car/{cid}", get(car_export))
+        .route("/v1/dags/{cid}", get(dag_status))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(node);
-    match token {
-        Some(t) => app.layer(middleware::from_fn(move |req: Request, next: Next| {
-            let t = t.clone();
-            async move {
-                let ok = req
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .is_some_and(|given| constant_time_eq(given.as_bytes(), t.as_bytes()));
-                if ok {
-                    next.run(req).await
-                } else {
-                    ApiError(
-                        StatusCode::UNAUTHORIZED,
-                        "missing or wrong bearer token: send `Authorization: Bearer <token>` with the token from the node's <home>/api-token (or set SHOAL_TOKEN)".into(),
-                    )
-                    .into_response()
-                }
-            }
-        })),
-        None => app,
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        .with_state(node)
+        .layer(middleware::from_fn_with_state(Arc::new(policy), guard::check))
 }
 
 fn job_json(node: &Node, job: &Job) -> serde_json::Value {
     let execs: Vec<_> =
         node.db().executions(&job.id).unwrap_or_default().into_iter().map(|e| e.sealed(job.state)).collect();
-    json!({ "job": job, "executions": execs })
+    json!({ "job": job_value(job), "executions": execs })
+}
+
+/// A job as the API shows it: its record and, once completed, how its
+/// guest did (`outcome`: succeeded or failed; null while unknown).
+pub fn job_value(job: &Job) -> serde_json::Value {
+    let mut v = serde_json::to_value(job).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("outcome".into(), json!(job.outcome()));
+    }
+    v
 }
 
 fn parse_id(id: &str) -> Result<JobId, ApiError> {
@@ -177,8 +162,16 @@ fn parse_id(id: &str) -> Result<JobId, ApiError> {
 }
 
 /// Submit a job (YAML or JSON spec).
+///
+/// Every CID the job reads (module, inputs, models) must be somewhere: on
+/// this node, or on a peer it can fetch it from now. A CID found nowhere
+/// refuses the job at once (422), naming it, instead of failing its
+/// executions one node after another. The answer warns when fewer nodes
+/// than `redundancy.count` could run the job.
 #[utoipa::path(post, path = "/v1/jobs", request_body(content = String, description = "job spec, YAML or JSON (docs/job-spec.md)"),
-    responses((status = 201, description = "accepted: {\"id\": ...}"), (status = 400, description = "bad spec")))]
+    responses((status = 201, description = "accepted: {\"id\": ..., \"warnings\": [...]}"), (status = 400, description = "bad spec"),
+        (status = 415, description = "not a JSON or YAML content type"), (status = 422, description = "an input is on no node"),
+        (status = 503, description = "too many unfinished jobs")))]
 async fn submit(State(node): State<Shared>, body: String) -> Result<impl IntoResponse, ApiError> {
     let spec = Spec::from_yaml_or_json(&body).map_err(|e| bad(format!("bad job spec: {e}")))?;
     let active = {
@@ -191,13 +184,87 @@ async fn submit(State(node): State<Shared>, body: String) -> Result<impl IntoRes
             format!("this node already holds {active} unfinished jobs; retry later"),
         ));
     }
+    locate_data(&node, &spec).await?;
     let now = node.now();
     let job = Job::new(JobId::from_parts(now, rand::random()), spec, now);
+    let mut warnings = Vec::new();
+    let capable = shoal_scheduler::placement::capable_nodes(&job, &requester::views(&node), now, &node.placement);
+    let count = job.spec.redundancy.count as usize;
+    if capable < count {
+        warnings.push(format!(
+            "redundancy.count is {count} but only {capable} node(s) known to this node can run the job: it waits \
+             (up to timeouts.queue, then fails) until {count} distinct nodes have run it, or completes once a quorum \
+             of {} agrees",
+            job.spec.quorum()
+        ));
+    }
     node.db().insert_job(&job).map_err(internal)?;
     node.metrics.jobs_submitted.inc();
     node.mark(&job.id);
     node.notify_changed();
-    Ok((StatusCode::CREATED, Json(json!({ "id": job.id }))))
+    Ok((StatusCode::CREATED, Json(json!({ "id": job.id, "warnings": warnings }))))
+}
+
+/// How long a submission looks for data this node lacks: past it, the job
+/// is accepted and its executions go on fetching (a large input that is
+/// found but slow to move is not refused).
+pub const LOCATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Makes sure every CID `spec` reads is on this node or reachable from a
+/// peer now; refuses the job (422) naming the first that is nowhere. Once
+/// the inputs are here, checks that they can be mounted as the spec says
+/// (a file below a directory, not inside a mounted directory), which no
+/// node could do otherwise.
+async fn locate_data(node: &Shared, spec: &Spec) -> Result<(), ApiError> {
+    let t = &spec.task;
+    let mut wanted = vec![("task.module".to_owned(), t.module)];
+    wanted.extend(t.inputs.iter().enumerate().map(|(i, input)| (format!("task.inputs[{i}].cid"), input.cid)));
+    wanted.extend(t.models.iter().map(|(name, cid)| (format!("task.models.{name}"), *cid)));
+    for (field, cid) in wanted {
+        let store = node.store.clone();
+        if tokio::task::spawn_blocking(move || fetch::held(&*store, &cid)).await.map_err(internal)? {
+            continue;
+        }
+        let peers = node.client.peers().await.unwrap_or_default();
+        let found =
+            tokio::time::timeout(LOCATE_TIMEOUT, fetch::fetch_dag(&node.client, &node.store, cid, &peers)).await;
+        match found {
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(e)) => {
+                return Err(ApiError(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "{field}: {cid} is on no node: neither this node nor its {} connected peer(s) hold it ({}). \
+                         upload it first: `shoal push {cid}` from a machine that has it, or give the data as a local \
+                         path to `shoal submit`",
+                        peers.len(),
+                        crate::output::message(&e)
+                    ),
+                ))
+            }
+        }
+    }
+    let store = node.store.clone();
+    let inputs = spec.task.inputs.clone();
+    let layout = tokio::task::spawn_blocking(move || -> Option<Vec<(String, bool)>> {
+        use shoal_storage::exporter::{self, Kind};
+        let mut kinds = Vec::new();
+        for i in &inputs {
+            let cid = exporter::resolve(&*store, &i.cid, &i.segments()).ok()?;
+            let kind = exporter::stat(&*store, &cid).ok()?;
+            kinds.push((i.mount.clone(), matches!(kind, Kind::Directory { .. } | Kind::Sharded)));
+        }
+        Some(kinds)
+    })
+    .await
+    .map_err(internal)?;
+    // Not all here (still arriving): the executions check it.
+    if let Some(layout) = layout {
+        let kinds: Vec<(&str, bool)> = layout.iter().map(|(g, d)| (g.as_str(), *d)).collect();
+        shoal_runtime::mounts::check_layout(&kinds)
+            .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("task.inputs cannot be mounted: {e}")))?;
+    }
+    Ok(())
 }
 
 /// A job and its executions.
@@ -228,7 +295,7 @@ async fn list_jobs(
             })?),
         };
     let jobs = node.db().jobs(state, q.limit.unwrap_or(100).min(10_000)).map_err(internal)?;
-    Ok(Json(json!({ "jobs": jobs })))
+    Ok(Json(json!({ "jobs": jobs.iter().map(job_value).collect::<Vec<_>>() })))
 }
 
 /// Cancel a job.
@@ -422,6 +489,17 @@ async fn car_export(State(node): State<Shared>, Path(cid): Path<String>) -> Resu
     .map_err(internal)?
     .map_err(internal)?;
     Ok(([(header::CONTENT_TYPE, "application/vnd.ipld.car")], car))
+}
+
+/// Whether this node holds a whole DAG (pinned recursively), so that a
+/// client knows whether to upload it before submitting a job over it.
+#[utoipa::path(get, path = "/v1/dags/{cid}", params(("cid" = String, Path)),
+    responses((status = 200, description = "{\"cid\": ..., \"held\": bool}"), (status = 400)))]
+async fn dag_status(State(node): State<Shared>, Path(cid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let root: Cid = cid.parse().map_err(|e| bad(format!("malformed cid {cid:?}: {e}")))?;
+    let store = node.store.clone();
+    let held = tokio::task::spawn_blocking(move || fetch::held(&*store, &root)).await.map_err(internal)?;
+    Ok(Json(json!({ "cid": cid, "held": held })))
 }
 
 struct LimitedWriter<'a>(&'a mut Vec<u8>, usize);

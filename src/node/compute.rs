@@ -285,11 +285,12 @@ impl Compute {
                 Ok(done) => done,
                 Err(e) => {
                     let error = crate::output::message(&e);
+                    let missing = e.downcast_ref::<MissingInput>().map(|m| m.0.to_string());
                     tracing::warn!("execution {exec} failed: {error}");
                     if let Some(c) = &node.compute {
                         c.lock().remove(&exec);
                     }
-                    report(&node, peer, Request::Failed { exec, error }).await;
+                    report(&node, peer, Request::Failed { exec, error, missing }).await;
                     return;
                 }
             };
@@ -412,9 +413,21 @@ async fn run_execution(node: &Arc<Node>, requester: PeerId, exec: &str, spec: &S
         result: finished.result,
         exit_code: finished.exit_status,
         stdout: head(&o.stdout.bytes),
-        stderr: head(&o.stderr.bytes),
+        // The result's stderr: with the failure and a trap's backtrace.
+        stderr: head(&finished.stderr),
         meta,
     })
+}
+
+/// An input no provider could give: the submitter's problem, reported as
+/// such (see `Request::Failed::missing`).
+#[derive(Debug)]
+struct MissingInput(Cid);
+
+impl std::fmt::Display for MissingInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot fetch the input {}", self.0)
+    }
 }
 
 /// Fetches the DAGs under `roots` from the requester and the other peers.
@@ -428,9 +441,7 @@ async fn fetch_all(node: &Arc<Node>, requester: PeerId, roots: &[Cid]) -> anyhow
     }
     providers.retain(|p| *p != node.peer);
     for root in roots {
-        fetch::fetch_dag(&node.client, &node.store, *root, &providers)
-            .await
-            .with_context(|| format!("cannot fetch {root}"))?;
+        fetch::fetch_dag(&node.client, &node.store, *root, &providers).await.context(MissingInput(*root))?;
     }
     Ok(())
 }

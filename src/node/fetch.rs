@@ -173,7 +173,7 @@ async fn fetch_blocks(client: &Client, want: &[Cid], providers: &[PeerId]) -> an
     }
     let detail = if errors.is_empty() { String::new() } else { format!(" ({})", errors.join("; ")) };
     bail!(
-        "block {} not found on {} peer(s){detail}; pin it on a node of the network (shoal add / shoal pin add) and retry",
+        "block {} not found on {} peer(s){detail}; upload the data to a node of the network with `shoal push` and retry",
         missing[0],
         providers.len()
     )

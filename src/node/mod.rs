@@ -11,6 +11,8 @@
 //!   the runtime, commit-reveal.
 //! - `fetch.rs`: block exchange (fetch a DAG from peers, serve ours).
 //! - `api.rs`: the HTTP API (axum), OpenAPI document and metrics.
+//! - `guard.rs`: what every API request must pass first (host names, the
+//!   token, no state change a web page could send).
 //! - `misbehave.rs`: deliberately wrong behaviours for tests.
 //!
 //! The network itself is [`shoal_scheduler::net`]: this module only sees
@@ -19,6 +21,7 @@
 pub mod api;
 pub mod compute;
 pub mod fetch;
+pub mod guard;
 pub mod requester;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -51,6 +54,15 @@ pub struct NodeArgs {
     /// token in <home>/api-token on every request.
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     pub api: SocketAddr,
+    /// Require the api token on a loopback bind too (other users of this
+    /// machine, and its browsers, can reach loopback).
+    #[arg(long)]
+    pub require_token: bool,
+    /// A host name the api answers to besides its ip addresses and
+    /// `localhost` (requests naming any other host are refused, against
+    /// dns rebinding). Repeatable.
+    #[arg(long = "api-host", value_name = "NAME")]
+    pub api_hosts: Vec<String>,
     /// A label other nodes can select on (constraints). Repeatable.
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -343,7 +355,11 @@ pub async fn serve(
         event_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_EVENT_STREAMS)),
     });
     let _ = node.api_url.set(format!("http://{api_addr}"));
-    let token = if api_addr.ip().is_loopback() { None } else { Some(load_token(&home)?) };
+    let token = if api_addr.ip().is_loopback() && !args.require_token { None } else { Some(load_token(&home)?) };
+    let policy = guard::Policy {
+        token,
+        hosts: args.api_hosts.iter().map(|h| h.trim_end_matches('.').to_ascii_lowercase()).collect(),
+    };
 
     for p in &args.peers {
         if let Err(e) = client.dial(p.clone()).await {
@@ -399,7 +415,7 @@ pub async fn serve(
         }
     });
     let sched_task = tokio::spawn(requester::run(node.clone()));
-    let app = api::router(node.clone(), token);
+    let app = api::router(node.clone(), policy);
 
     println!("ready api=http://{api_addr} peer={}", listen.with(libp2p::multiaddr::Protocol::P2p(peer)));
     use std::io::Write;

@@ -429,6 +429,10 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                 .filter(|p| *p != node.peer)
                 .collect();
             fetch::fetch_dag(&node.client, &node.store, result, &providers).await?;
+            // How the guest did, from the agreed result itself (what the
+            // nodes said beside it is not bound by their commitments).
+            let st = node.store.clone();
+            let (exit_code, failure) = tokio::task::spawn_blocking(move || result_outcome(&*st, &result)).await?;
             // Reports kept landing during the fetch: judge what is there now.
             let execs = node.db().executions(&job_id)?;
             let Some(mut job) = node.db().job(&job_id)? else { return anyhow::Ok(()) };
@@ -438,6 +442,8 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
             let now = node.now();
             job.state = JobState::Completed;
             job.result = Some(result);
+            job.exit_code = exit_code;
+            job.failure = failure;
             job.updated_ms = now;
             let mut changed = Vec::new();
             let mut late = Vec::new();
@@ -487,6 +493,45 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
         node.notify_changed();
         node.mark(&job_id);
     });
+}
+
+/// Longest `failure` line read from a result (the runtime writes one line).
+const MAX_FAILURE_LINE: usize = 4096;
+
+/// The exit code and failure line a result holds (`exitCode`, `failure`):
+/// none when the result is not a job result (a file, a foreign DAG), or
+/// its exit code is not a number.
+pub fn result_outcome(store: &dyn shoal_storage::BlockStore, result: &Cid) -> (Option<i32>, Option<String>) {
+    use shoal_storage::exporter;
+    let read = |name: &str| -> Option<String> {
+        let cid = exporter::resolve(store, result, &[name.to_string()]).ok()?;
+        let mut head = Head(Vec::new());
+        // A result longer than the head is cut there, which is all we keep.
+        let _ = exporter::cat(store, &cid, &mut head);
+        let text = String::from_utf8_lossy(&head.0).into_owned();
+        Some(text.lines().next().unwrap_or_default().trim().to_owned())
+    };
+    let exit_code = read("exitCode").and_then(|s| s.parse().ok());
+    let failure = if exit_code.is_some() { read("failure") } else { None };
+    (exit_code, failure)
+}
+
+/// The first [`MAX_FAILURE_LINE`] bytes written to it; refuses the rest.
+struct Head(Vec<u8>);
+
+impl std::io::Write for Head {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = MAX_FAILURE_LINE.saturating_sub(self.0.len());
+        if room == 0 {
+            return Err(std::io::Error::other("enough read"));
+        }
+        let n = room.min(buf.len());
+        self.0.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Judges, once, an execution that was not needed for its job's result
@@ -592,13 +637,15 @@ pub async fn handle(node: &Arc<Node>, peer: PeerId, request: Request) -> Respons
                     return Response::Error { message: format!("execution {id} is {}; commitment refused", e.state) };
                 }
             }
-            Request::Failed { error, .. } => {
+            Request::Failed { error, missing, .. } => {
                 if !e.state.is_live() {
                     return Response::Ok;
                 }
                 e.state = ExecState::Failed;
                 e.error = Some(error.clone());
-                failed = true;
+                // An input nobody could give is the submitter's failure,
+                // not the node's: its record is left alone.
+                failed = missing.is_none();
             }
             _ => return Response::Error { message: "not a report".into() },
         }

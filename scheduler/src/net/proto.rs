@@ -53,7 +53,15 @@ pub enum Request {
     /// result CID without revealing it (see `commit`).
     Commit { exec: String, commitment: [u8; 32], exit_code: i32 },
     /// Compute → requester: the execution could not run (host-side error).
-    Failed { exec: String, error: String },
+    Failed {
+        exec: String,
+        error: String,
+        /// An input (module, data, model) that could not be fetched from
+        /// any provider: the submitter's problem, not counted against the
+        /// node. Absent from nodes that predate it.
+        #[serde(default)]
+        missing: Option<String>,
+    },
     /// Requester → compute: reveal the result behind your commitment.
     Reveal { exec: String },
     /// Requester → compute: stop and forget this execution.
