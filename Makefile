@@ -18,9 +18,10 @@ deps:
 	scripts/setup.sh --samples
 
 # --vulkan: Mesa's software Vulkan driver (lavapipe) runs the GPU backend's
-# tests where there is no GPU.
+# tests where there is no GPU. --web: Chromium and a Python venv for the
+# API fuzzer, the dashboard's browser test and the Python client's tests.
 deps-test:
-	scripts/setup.sh --test --samples --vulkan
+	scripts/setup.sh --test --samples --vulkan --web
 
 samples: deps
 	$(MAKE) -C samples
@@ -39,6 +40,7 @@ lint:
 test: deps-test lint
 	$(CARGO) test --workspace --no-run
 	scripts/offline.sh $(CARGO) test --workspace --offline
+	scripts/offline.sh scripts/web-tests.sh target/debug/shoal
 
 ## Benchmarks: ratios measured side by side in one run (see docs/).
 bench: deps-test

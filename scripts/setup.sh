@@ -15,6 +15,12 @@
 #                             scripts/jsipfs-daemon.sh
 #   --samples  apt: clang lld wasi-libc libclang-rt-14-dev-wasm32
 #   --vulkan   apt: mesa-vulkan-drivers libvulkan1 vulkan-tools
+#   --web      apt: chromium chromium-driver curl (python3-venv if missing)
+#              .deps/web/     a Python venv with scripts/web-requirements.txt
+#                             (schemathesis, selenium, httpx, pytest) and the
+#                             Python client (clients/python, editable), for
+#                             the API fuzzer, the dashboard's browser test
+#                             and the client's tests (scripts/web-tests.sh)
 #   --all      all of the above
 #   --check    install nothing; report what is ready for the named groups
 #              (all groups if none is named); exit 1 if something is missing
@@ -44,20 +50,21 @@ die()  { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
-want_test=0 want_samples=0 want_vulkan=0 check_only=0
+want_test=0 want_samples=0 want_vulkan=0 want_web=0 check_only=0
 for arg in "$@"; do
   case $arg in
     --test) want_test=1 ;;
     --samples) want_samples=1 ;;
     --vulkan) want_vulkan=1 ;;
-    --all) want_test=1 want_samples=1 want_vulkan=1 ;;
+    --web) want_web=1 ;;
+    --all) want_test=1 want_samples=1 want_vulkan=1 want_web=1 ;;
     --check) check_only=1 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $arg" ;;
   esac
 done
-if [ $((want_test + want_samples + want_vulkan)) -eq 0 ]; then
-  if [ $check_only -eq 1 ]; then want_test=1 want_samples=1 want_vulkan=1; else want_test=1; fi
+if [ $((want_test + want_samples + want_vulkan + want_web)) -eq 0 ]; then
+  if [ $check_only -eq 1 ]; then want_test=1 want_samples=1 want_vulkan=1 want_web=1; else want_test=1; fi
 fi
 
 case $(uname -m) in
@@ -83,6 +90,11 @@ jsipfs_ok() {
 
 SAMPLES_PKGS="clang lld wasi-libc libclang-rt-14-dev-wasm32 rustc libstd-rust-dev-wasm32"
 VULKAN_PKGS="mesa-vulkan-drivers libvulkan1 vulkan-tools"
+WEB_PKGS="chromium chromium-driver curl"
+web_venv=$deps/web
+web_stamp() { cat "$here/web-requirements.txt" "$root/clients/python/pyproject.toml" 2>/dev/null | sha256sum | cut -d' ' -f1; }
+web_ok() { [ -x "$web_venv/bin/schemathesis" ] && [ "$(cat "$web_venv/.shoal-stamp" 2>/dev/null)" = "$(web_stamp)" ]; }
+venv_ok() { python3 -c 'import ensurepip, venv' >/dev/null 2>&1; }
 
 report() {
   local missing=0 line
@@ -115,6 +127,14 @@ report() {
       printf '  %s vulkan   %s\n' "$line" "$p"
     done
   fi
+  if [ $want_web -eq 1 ]; then
+    for p in $WEB_PKGS; do
+      if pkg_installed "$p"; then line="ready  "; else line="MISSING"; missing=1; fi
+      printf '  %s web      %s\n' "$line" "$p"
+    done
+    if web_ok; then printf '  ready   web      python venv %s\n' "${web_venv#"$root"/}"
+    else printf '  MISSING web      python venv %s\n' "${web_venv#"$root"/}"; missing=1; fi
+  fi
   return $missing
 }
 
@@ -137,6 +157,10 @@ if [ $want_test -eq 1 ]; then
 fi
 [ $want_samples -eq 1 ] && need_pkg $SAMPLES_PKGS
 [ $want_vulkan -eq 1 ] && need_pkg $VULKAN_PKGS
+if [ $want_web -eq 1 ]; then
+  need_pkg $WEB_PKGS
+  venv_ok || need_pkg python3-venv
+fi
 
 if [ ${#apt_missing[@]} -gt 0 ]; then
   # de-duplicate, keep order
@@ -262,8 +286,28 @@ smoke_test() {
   say "smoke test: both oracles agree on 'hello world\\n' (${wrap[*]:-no netns})"
 }
 
+# ------------------------------------------------------------ web venv --
+install_web() {
+  if web_ok; then say "web: python venv already present (${web_venv#"$root"/})"; return; fi
+  venv_ok || die "web: python3 -m venv is not available (apt-get install python3-venv)"
+  say "web: python venv ${web_venv#"$root"/} with scripts/web-requirements.txt and clients/python"
+  rm -rf "$web_venv"
+  python3 -m venv "$web_venv" || die "web: cannot create the venv $web_venv"
+  "$web_venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/web-requirements.txt" ||
+    die "web: pip install -r scripts/web-requirements.txt failed (is PyPI reachable?)"
+  if [ -f "$root/clients/python/pyproject.toml" ]; then
+    "$web_venv/bin/pip" install --quiet --disable-pip-version-check -e "$root/clients/python[test]" ||
+      die "web: pip install -e clients/python failed"
+  fi
+  web_stamp > "$web_venv/.shoal-stamp"
+}
+
 if [ $want_samples -eq 1 ]; then
   install_yosys
+fi
+
+if [ $want_web -eq 1 ]; then
+  install_web
 fi
 
 if [ $want_test -eq 1 ]; then

@@ -880,3 +880,64 @@ fn every_verb_that_reads_a_cid_honours_node_and_json_is_typed() {
     let bad = Command::new(env!("CARGO_BIN_EXE_shoal")).args(["--node", "ftp://x:1", "job", "list"]).output().unwrap();
     assert!(text(&bad.stderr).contains("http://HOST:PORT"), "{}", text(&bad.stderr));
 }
+
+#[test]
+fn the_dashboard_and_the_data_it_browses_are_served() {
+    let mut net = Net::new();
+    net.add("n0", &[]);
+    let n = &net.nodes[0];
+    // The dashboard, with a policy that runs only its own files.
+    let mut r = agent().get(format!("{}/", n.api)).call().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let csp = r.headers().get("content-security-policy").unwrap().to_str().unwrap().to_owned();
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    assert!(r.body_mut().read_to_string().unwrap().contains("app.js"));
+    for f in ["app.js", "app.css"] {
+        assert_eq!(agent().get(format!("{}/ui/{f}", n.api)).call().unwrap().status().as_u16(), 200, "{f}");
+    }
+    // A file uploaded as it is, then a job over it.
+    let post = |path: &str, body: &[u8]| -> Value {
+        let mut r = agent().post(format!("{}{path}", n.api)).header("X-Shoal-Request", "1").send(body).unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.body_mut().read_to_string().unwrap());
+        r.body_mut().read_json().unwrap()
+    };
+    let text = b"the quick brown fox jumps over the lazy dog the end\n";
+    let file = post("/v1/files?name=fox.txt", text);
+    assert_eq!(file["size"], text.len());
+    let wc = post("/v1/files?name=wordcount.wasm", &std::fs::read(sample("wordcount")).unwrap());
+    let spec = serde_json::json!({ "task": { "module": wc["cid"], "inputs": [{ "cid": file["cid"], "mount": "/inputs/fox.txt" }] } });
+    let id = post("/v1/jobs", spec.to_string().as_bytes())["id"].as_str().unwrap().to_owned();
+    let j = eventually(60, "the job to complete", || {
+        let j = get(&format!("{}/v1/jobs/{id}", n.api)).1;
+        (j["job"]["state"] == "completed").then_some(j)
+    });
+    let result = j["job"]["result"].as_str().unwrap().to_owned();
+    // Each execution's timeline, in order.
+    let steps: Vec<&str> =
+        j["executions"][0]["timeline"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!(steps.first(), Some(&"bid_asked"), "{steps:?}");
+    assert_eq!(steps.last(), Some(&"completed"), "{steps:?}");
+    assert!(steps.contains(&"committed"), "{steps:?}");
+    // Browsing the result: the listing, then a file's bytes, typed.
+    let (status, ls) = get(&format!("{}/v1/ls/{result}", n.api));
+    assert_eq!(status, 200, "{ls}");
+    let names: Vec<&str> = ls["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"outputs") && names.contains(&"stdout"), "{ls}");
+    let (_, out) = get(&format!("{}/v1/ls/{result}/outputs", n.api));
+    assert_eq!(out["kind"], "directory", "{out}");
+    let mut r = agent().get(format!("{}/v1/cat/{result}/outputs/counts.tsv?download=1", n.api)).call().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers().get("content-security-policy").unwrap(), "sandbox");
+    assert!(r.headers().get("content-disposition").unwrap().to_str().unwrap().contains("counts.tsv"));
+    let counts = r.body_mut().read_to_string().unwrap();
+    assert!(counts.lines().any(|l| l == format!("total\t1\t11\t{}", text.len())), "{counts}");
+    // Errors are the API's JSON object, whatever produced them.
+    let (status, e) = get(&format!("{}/v1/jobs?limit=lots", n.api));
+    assert_eq!(status, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("limit"), "{e}");
+    let (status, e) = get(&format!("{}/v1/nowhere", n.api));
+    assert_eq!(status, 404, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("openapi.json"), "{e}");
+    let (status, e) = get(&format!("{}/v1/cat/{result}/outputs", n.api));
+    assert_eq!(status, 400, "a directory is listed, not read: {e}");
+}

@@ -122,7 +122,16 @@ CREATE TABLE node_stats (
 ) WITHOUT ROWID;
 ";
 
-const INDEXES: &str = "CREATE INDEX IF NOT EXISTS executions_state ON executions (state);";
+const INDEXES: &str = "CREATE INDEX IF NOT EXISTS executions_state ON executions (state);
+CREATE TABLE IF NOT EXISTS exec_events (exec TEXT NOT NULL, state TEXT NOT NULL, ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS exec_events_exec ON exec_events (exec);
+CREATE TRIGGER IF NOT EXISTS exec_timeline_insert AFTER INSERT ON executions BEGIN
+    INSERT INTO exec_events (exec, state, ms) VALUES (new.id, new.state, new.updated_ms);
+END;
+CREATE TRIGGER IF NOT EXISTS exec_timeline_update AFTER UPDATE OF state ON executions
+    WHEN old.state IS NOT new.state BEGIN
+    INSERT INTO exec_events (exec, state, ms) VALUES (new.id, new.state, new.updated_ms);
+END;";
 
 /// Most rows [`Db::live_executions_of_ended_jobs`] returns at once.
 pub const MAX_LEFTOVERS: usize = 1000;
@@ -385,6 +394,31 @@ impl Db {
         )
         .map_err(self.err("cannot list executions"))?;
         rows.into_iter().map(|r| r.decode().map_err(|b| self.corrupt(b))).collect()
+    }
+
+    /// Every state each execution of `job` entered, with when (its
+    /// `updated_ms` then), in order: recorded by triggers on the
+    /// executions table, so no code path that changes a state can forget
+    /// it. Executions written before the history existed have none.
+    pub fn timeline(&self, job: &JobId) -> Result<BTreeMap<ExecId, Vec<(ExecState, u64)>>, Error> {
+        let conn = self.conn();
+        let rows = query(
+            &conn,
+            "SELECT v.exec, v.state, v.ms FROM exec_events v JOIN executions x ON x.id = v.exec \
+             WHERE x.job = ?1 ORDER BY v.rowid",
+            [job.as_str()],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, u64>(2)?)),
+        )
+        .map_err(self.err("cannot read execution timelines"))?;
+        drop(conn);
+        let mut out: BTreeMap<ExecId, Vec<(ExecState, u64)>> = BTreeMap::new();
+        for (exec, state, ms) in rows {
+            let bad = |m: String| self.corrupt(Bad { what: format!("execution {exec} timeline"), message: m });
+            let id: ExecId = exec.parse().map_err(|e: crate::model::Error| bad(e.to_string()))?;
+            let state: ExecState = state.parse().map_err(|e: crate::model::Error| bad(e.to_string()))?;
+            out.entry(id).or_default().push((state, ms));
+        }
+        Ok(out)
     }
 
     /// Executions still live (bid asked … committed) whose job has ended,
@@ -1049,6 +1083,28 @@ mod tests {
         let new = db.job(&j.id).unwrap().unwrap();
         assert_eq!(new.outcome(), Some(crate::model::Outcome::Failed));
         assert_eq!(new, j);
+    }
+
+    #[test]
+    fn every_state_an_execution_enters_is_in_its_timeline() {
+        let db = Db::open_in_memory().unwrap();
+        let j = job(1);
+        let mut e = exec(&j, 1);
+        e.state = ExecState::BidAsked;
+        e.updated_ms = 10;
+        db.apply(&j, std::slice::from_ref(&e)).unwrap();
+        for (state, ms) in [(ExecState::Running, 20), (ExecState::Running, 25), (ExecState::Committed, 30)] {
+            let read = e.state;
+            e.state = state;
+            e.updated_ms = ms;
+            assert!(db.update_execution_from(&e, read).unwrap());
+        }
+        let other = exec(&job(2), 2);
+        db.apply(&job(2), std::slice::from_ref(&other)).unwrap();
+        let t = db.timeline(&j.id).unwrap();
+        assert_eq!(t.len(), 1, "only this job's executions");
+        // A write that keeps the state adds nothing.
+        assert_eq!(t[&e.id], [(ExecState::BidAsked, 10), (ExecState::Running, 20), (ExecState::Committed, 30)]);
     }
 
     #[test]

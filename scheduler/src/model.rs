@@ -105,8 +105,31 @@ macro_rules! id_type {
                 id.0
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                id_schema(concat!("a ", $kind, " id, e.g. ", $prefix, "-001a24f0cffe7d3cce387"))
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
+
+/// The OpenAPI schema of an id: its pattern and length.
+fn id_schema(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(ID_PATTERN))
+        .min_length(Some(1))
+        .max_length(Some(MAX_ID_LEN))
+        .description(Some(description))
+        .into()
+}
+
+/// The form of every id ([`MAX_ID_LEN`] characters at most).
+pub const ID_PATTERN: &str = "^[A-Za-z0-9._-]+$";
 
 id_type!(JobId, "job", "j");
 id_type!(ExecId, "execution", "e");
@@ -148,7 +171,7 @@ macro_rules! state_names {
 }
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting for nodes: no node has accepted it, or every execution
@@ -182,7 +205,7 @@ impl JobState {
 /// ```
 /// `completed` is a result taken without commit-reveal (the node sent the
 /// result itself); agreement counts it like `revealed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecState {
     /// The node was asked to take the job.
@@ -229,7 +252,7 @@ impl ExecState {
 }
 
 /// A job and where it stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Job {
     /// Its id.
     pub id: JobId,
@@ -245,6 +268,7 @@ pub struct Job {
     pub started_ms: Option<u64>,
     /// The agreed result (Completed jobs).
     #[serde(with = "crate::serde_util::opt_cid")]
+    #[schema(value_type = Option<String>)]
     pub result: Option<Cid>,
     /// Why it failed (Failed jobs).
     pub error: Option<String>,
@@ -264,7 +288,7 @@ pub struct Job {
 
 /// How the guest of a completed job did: its agreed result holds a zero
 /// exit code and no failure, or not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Outcome {
@@ -334,7 +358,7 @@ impl Job {
 }
 
 /// One job run on one node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Execution {
     /// Its id.
     pub id: ExecId,
@@ -352,9 +376,11 @@ pub struct Execution {
     pub started_ms: Option<u64>,
     /// The node's commitment to its result (see [`commit`](crate::commit)).
     #[serde(with = "crate::serde_util::opt_hex32")]
+    #[schema(value_type = Option<String>)]
     pub commitment: Option<[u8; 32]>,
     /// The result CID (Revealed or Completed).
     #[serde(with = "crate::serde_util::opt_cid")]
+    #[schema(value_type = Option<String>)]
     pub result: Option<Cid>,
     /// Why it failed, was lost or rejected.
     pub error: Option<String>,
@@ -368,6 +394,7 @@ pub struct Execution {
     pub extra: bool,
     /// The nonce revealed with the result.
     #[serde(with = "crate::serde_util::opt_hex32")]
+    #[schema(value_type = Option<String>)]
     pub nonce: Option<[u8; 32]>,
     /// How the node says it ran it, revealed with the result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -377,7 +404,7 @@ pub struct Execution {
 /// How a compute node ran an execution, as it reports it: metadata beside
 /// the result, never inside it, so it takes no part in agreement (and a
 /// node could lie about it: it is informative, not evidence).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecMeta {
     /// The wasi-nn devices the job used, in order of first use, e.g.
     /// `cpu: tract 0.23.9` or `gpu: llvmpipe (...) (software)`.
@@ -456,7 +483,7 @@ impl Execution {
 }
 
 /// A GPU a node offers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Gpu {
     /// Adapter name.
     pub name: String,
@@ -467,7 +494,7 @@ pub struct Gpu {
 }
 
 /// A node's track record, kept by the scheduler from agreement outcomes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeStats {
     /// Executions whose result matched the agreed one.
     pub agreed: u64,
@@ -480,7 +507,7 @@ pub struct NodeStats {
 }
 
 /// What the scheduler knows of a node (from its announcements).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     /// Its id.
     pub id: NodeId,
@@ -502,6 +529,7 @@ pub struct NodeView {
     pub last_seen_ms: u64,
     /// Inputs it told us it holds (may be empty: unknown).
     #[serde(with = "crate::serde_util::cid_set")]
+    #[schema(value_type = Vec<String>)]
     pub holds: BTreeSet<Cid>,
     /// Its track record.
     pub stats: NodeStats,

@@ -134,13 +134,14 @@ mod duration {
 }
 
 /// A whole job spec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     /// What to run.
     pub task: Task,
     /// Conditions on node labels; all must hold.
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub constraints: Vec<Constraint>,
     /// What a node must have free to take the job.
     #[serde(default)]
@@ -162,11 +163,12 @@ fn default_retries() -> u32 {
 }
 
 /// The task: a Wasm module, how to enter it and what it sees.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Task {
     /// The module's CID.
     #[serde(with = "crate::serde_util::cid")]
+    #[schema(value_type = String)]
     pub module: Cid,
     /// The command export to run. Default `_start`.
     #[serde(default = "default_entrypoint")]
@@ -191,6 +193,7 @@ pub struct Task {
     pub nondeterministic: bool,
     /// ONNX models for wasi-nn's `load_by_name`: name → CID of the file.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "crate::serde_util::cid_map")]
+    #[schema(value_type = BTreeMap<String, String>)]
     pub models: BTreeMap<String, Cid>,
 }
 
@@ -199,11 +202,12 @@ fn default_entrypoint() -> String {
 }
 
 /// One input: data by CID (and a path inside it), mounted read-only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     /// Root CID of the data.
     #[serde(with = "crate::serde_util::cid")]
+    #[schema(value_type = String)]
     pub cid: Cid,
     /// A path inside `cid` (`sub/dir`); absent: the root itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -220,26 +224,31 @@ impl Input {
 }
 
 /// Runtime limits of each execution (the runtime's `Limits`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Linear memory. Default 512 MiB.
     #[serde(default = "default_memory")]
+    #[schema(value_type = u64)]
     pub memory: Bytes,
     /// Wall-clock budget. Default 60 s.
     #[serde(default = "default_timeout", with = "duration")]
+    #[schema(value_type = String)]
     pub timeout: Duration,
     /// CPU budget in fuel units; null: the runtime's default.
     #[serde(default)]
     pub fuel: Option<u64>,
     /// Total bytes of input content. Default 8 GiB.
     #[serde(default = "default_max_input")]
+    #[schema(value_type = u64)]
     pub max_input: Bytes,
     /// Bytes of stdout kept. Default 1 MiB.
     #[serde(default = "default_stream")]
+    #[schema(value_type = u64)]
     pub stdout: Bytes,
     /// Bytes of stderr kept. Default 1 MiB.
     #[serde(default = "default_stream")]
+    #[schema(value_type = u64)]
     pub stderr: Bytes,
 }
 
@@ -270,11 +279,12 @@ impl Default for Limits {
 }
 
 /// What a node must have free to take the job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// Memory the node offers to jobs. Default 256 MiB.
     #[serde(default = "default_resource_memory")]
+    #[schema(value_type = u64)]
     pub memory: Bytes,
     /// Job slots. Default 1.
     #[serde(default = "default_slots")]
@@ -298,7 +308,7 @@ impl Default for Resources {
 }
 
 /// How many nodes run the job and how many must agree.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Redundancy {
     /// Nodes that run it. Default 1.
@@ -323,17 +333,20 @@ impl Default for Redundancy {
 }
 
 /// How long each phase may take.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// Waiting for a first node to take it, from submission. Default 5 min.
     #[serde(default = "default_queue", with = "duration")]
+    #[schema(value_type = String)]
     pub queue: Duration,
     /// One execution, from its start on a node. Default 10 min.
     #[serde(default = "default_execution", with = "duration")]
+    #[schema(value_type = String)]
     pub execution: Duration,
     /// The whole job, from submission. Default 30 min.
     #[serde(default = "default_total", with = "duration")]
+    #[schema(value_type = String)]
     pub total: Duration,
 }
 

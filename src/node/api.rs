@@ -21,12 +21,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
-use serde_json::json;
 use shoal_scheduler::model::{Job, JobId, JobState};
 use shoal_scheduler::spec::Spec;
 use shoal_storage::Cid;
 use utoipa::OpenApi;
 
+use super::views::*;
 use super::{fetch, guard, requester, Node};
 
 /// Largest request body: a job spec, or a CAR file of a module and its
@@ -94,7 +94,7 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -114,8 +114,24 @@ fn not_found(id: &str) -> ApiError {
 #[openapi(
     info(title = "Shoal node API", description = "Submit and follow Wasm jobs on a Shoal peer network."),
     paths(
-        submit, get_job, list_jobs, cancel_job, job_logs, wait_job, job_events, nodes, health, metrics, car_import,
-        car_export, dag_status
+        submit,
+        get_job,
+        list_jobs,
+        cancel_job,
+        job_logs,
+        wait_job,
+        job_events,
+        nodes,
+        health,
+        metrics,
+        car_import,
+        car_export,
+        dag_status,
+        file_import,
+        ls_root,
+        ls_path,
+        cat_root,
+        cat_path
     )
 )]
 struct ApiDoc;
@@ -134,27 +150,81 @@ pub fn router(node: Shared, policy: guard::Policy) -> Router {
         .route("/v1/car", post(car_import))
         .route("/v1/car/{cid}", get(car_export))
         .route("/v1/dags/{cid}", get(dag_status))
+        .route("/v1/files", post(file_import))
+        .route("/v1/ls/{cid}", get(ls_root))
+        .route("/v1/ls/{cid}/{*path}", get(ls_path))
+        .route("/v1/cat/{cid}", get(cat_root))
+        .route("/v1/cat/{cid}/{*path}", get(cat_path))
+        .route("/", get(ui_index))
+        .route("/ui/", get(ui_index))
+        .route("/ui/{file}", get(ui_file))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
         .layer(middleware::from_fn_with_state(Arc::new(policy), guard::check))
+        .layer(middleware::from_fn(json_errors))
 }
 
-fn job_json(node: &Node, job: &Job) -> serde_json::Value {
-    let execs: Vec<_> =
-        node.db().executions(&job.id).unwrap_or_default().into_iter().map(|e| e.sealed(job.state)).collect();
-    json!({ "job": job_value(job), "executions": execs })
-}
+/// Longest error text kept from a response that was not already JSON.
+const MAX_ERROR_TEXT: usize = 16 << 10;
 
-/// A job as the API shows it: its record and, once completed, how its
-/// guest did (`outcome`: succeeded or failed; null while unknown).
-pub fn job_value(job: &Job) -> serde_json::Value {
-    let mut v = serde_json::to_value(job).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("outcome".into(), json!(job.outcome()));
+/// Makes every error the API's JSON error object, whatever produced it:
+/// axum's extractors (a bad query string, a body over its limit), an
+/// unknown route, a method a route does not take.
+async fn json_errors(req: axum::extract::Request, next: middleware::Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let r = next.run(req).await;
+    let status = r.status();
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return r;
     }
-    v
+    let (mut parts, body) = r.into_parts();
+    let text = match axum::body::to_bytes(body, MAX_ERROR_TEXT).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let msg = match (status, text.is_empty()) {
+        (StatusCode::NOT_FOUND, true) => format!("no route {method} {path}; GET /openapi.json lists the api"),
+        (StatusCode::METHOD_NOT_ALLOWED, true) => {
+            format!("{path} does not take {method}; GET /openapi.json lists the methods of each route")
+        }
+        (_, true) => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        (_, false) => {
+            // axum's messages start with a capital ("Failed to ...").
+            let mut c = text.chars();
+            c.next().map(|f| f.to_lowercase().chain(c).collect()).unwrap_or_default()
+        }
+    };
+    // Headers such as `Allow` are kept; the body and its type change.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    let body = serde_json::to_vec(&ErrorBody { error: msg }).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// A job with its executions (sealed until it ends) and their timelines.
+fn job_json(node: &Node, job: &Job) -> JobDetail {
+    let mut timeline = node.db().timeline(&job.id).unwrap_or_default();
+    let executions = node
+        .db()
+        .executions(&job.id)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            let steps = timeline.remove(&e.id).unwrap_or_default();
+            ExecutionView {
+                execution: e.sealed(job.state),
+                timeline: steps.into_iter().map(|(state, ms)| Step { state, ms }).collect(),
+            }
+        })
+        .collect();
+    JobDetail { job: JobView::from(job), executions }
 }
 
 fn parse_id(id: &str) -> Result<JobId, ApiError> {
@@ -168,10 +238,7 @@ fn parse_id(id: &str) -> Result<JobId, ApiError> {
 /// refuses the job at once (422), naming it, instead of failing its
 /// executions one node after another. The answer warns when fewer nodes
 /// than `redundancy.count` could run the job.
-#[utoipa::path(post, path = "/v1/jobs", request_body(content = String, description = "job spec, YAML or JSON (docs/job-spec.md)"),
-    responses((status = 201, description = "accepted: {\"id\": ..., \"warnings\": [...]}"), (status = 400, description = "bad spec"),
-        (status = 415, description = "not a JSON or YAML content type"), (status = 422, description = "an input is on no node"),
-        (status = 503, description = "too many unfinished jobs")))]
+#[utoipa::path(post, path = "/v1/jobs", request_body(content((Spec = "application/json"), (Spec = "application/yaml")), description = "a job spec (docs/job-spec.md), as JSON or YAML"), responses((status = 201, body = Submitted), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 415, description = "not a json/yaml/car content type and no X-Shoal-Request header", body = ErrorBody), (status = 422, description = "data found nowhere, or inputs that cannot be mounted", body = ErrorBody), (status = 503, description = "too many unfinished jobs", body = ErrorBody)))]
 async fn submit(State(node): State<Shared>, body: String) -> Result<impl IntoResponse, ApiError> {
     let spec = Spec::from_yaml_or_json(&body).map_err(|e| bad(format!("bad job spec: {e}")))?;
     let active = {
@@ -202,7 +269,7 @@ async fn submit(State(node): State<Shared>, body: String) -> Result<impl IntoRes
     node.metrics.jobs_submitted.inc();
     node.mark(&job.id);
     node.notify_changed();
-    Ok((StatusCode::CREATED, Json(json!({ "id": job.id, "warnings": warnings }))))
+    Ok((StatusCode::CREATED, Json(Submitted { id: job.id, warnings })))
 }
 
 /// How long a submission looks for data this node lacks: past it, the job
@@ -268,8 +335,8 @@ async fn locate_data(node: &Shared, spec: &Spec) -> Result<(), ApiError> {
 }
 
 /// A job and its executions.
-#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = String, Path)), responses((status = 200), (status = 404)))]
-async fn get_job(State(node): State<Shared>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/jobs/{id}", params(("id" = JobId, Path, description = "a job id")), responses((status = 200, body = JobDetail), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody)))]
+async fn get_job(State(node): State<Shared>, Path(id): Path<String>) -> Result<Json<JobDetail>, ApiError> {
     let jid = parse_id(&id)?;
     let job = node.db().job(&jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
     Ok(Json(job_json(&node, &job)))
@@ -282,11 +349,8 @@ struct ListQuery {
 }
 
 /// Jobs, newest first, optionally filtered by state.
-#[utoipa::path(get, path = "/v1/jobs", params(("state" = Option<String>, Query), ("limit" = Option<usize>, Query)), responses((status = 200)))]
-async fn list_jobs(
-    State(node): State<Shared>,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/jobs", params(("state" = Option<JobState>, Query), ("limit" = Option<usize>, Query, minimum = 0, maximum = 10000)), responses((status = 200, body = JobList), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody)))]
+async fn list_jobs(State(node): State<Shared>, Query(q): Query<ListQuery>) -> Result<Json<JobList>, ApiError> {
     let state =
         match q.state.as_deref() {
             None | Some("") => None,
@@ -295,12 +359,12 @@ async fn list_jobs(
             })?),
         };
     let jobs = node.db().jobs(state, q.limit.unwrap_or(100).min(10_000)).map_err(internal)?;
-    Ok(Json(json!({ "jobs": jobs.iter().map(job_value).collect::<Vec<_>>() })))
+    Ok(Json(JobList { jobs: jobs.iter().map(JobView::from).collect() }))
 }
 
 /// Cancel a job.
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", params(("id" = String, Path)), responses((status = 200), (status = 404)))]
-async fn cancel_job(State(node): State<Shared>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", params(("id" = JobId, Path, description = "a job id")), responses((status = 200, body = JobDetail), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 415, description = "not a json/yaml/car content type and no X-Shoal-Request header", body = ErrorBody)))]
+async fn cancel_job(State(node): State<Shared>, Path(id): Path<String>) -> Result<Json<JobDetail>, ApiError> {
     let jid = parse_id(&id)?;
     let job = requester::cancel(&node, &jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
     Ok(Json(job_json(&node, &job)))
@@ -308,20 +372,25 @@ async fn cancel_job(State(node): State<Shared>, Path(id): Path<String>) -> Resul
 
 /// The stdout and stderr of each execution (heads, as revealed; shown once
 /// the job has ended).
-#[utoipa::path(get, path = "/v1/jobs/{id}/logs", params(("id" = String, Path)), responses((status = 200), (status = 404)))]
-async fn job_logs(State(node): State<Shared>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs", params(("id" = JobId, Path, description = "a job id")), responses((status = 200, body = Logs), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody)))]
+async fn job_logs(State(node): State<Shared>, Path(id): Path<String>) -> Result<Json<Logs>, ApiError> {
     let jid = parse_id(&id)?;
     let job = node.db().job(&jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
     let execs = node.db().executions(&jid).map_err(internal)?;
     let logs: Vec<_> = execs
         .into_iter()
         .map(|e| e.sealed(job.state))
-        .map(|e| {
-            json!({ "execution": e.id, "node": e.node, "state": e.state, "exit_code": e.exit_code,
-                    "stdout": e.stdout, "stderr": e.stderr, "error": e.error })
+        .map(|e| ExecLog {
+            execution: e.id,
+            node: e.node,
+            state: e.state,
+            exit_code: e.exit_code,
+            stdout: e.stdout,
+            stderr: e.stderr,
+            error: e.error,
         })
         .collect();
-    Ok(Json(json!({ "job": jid, "executions": logs })))
+    Ok(Json(Logs { job: jid, executions: logs }))
 }
 
 #[derive(Deserialize)]
@@ -330,12 +399,12 @@ struct WaitQuery {
 }
 
 /// Long poll: returns when the job ends or after `timeout` seconds.
-#[utoipa::path(get, path = "/v1/jobs/{id}/wait", params(("id" = String, Path), ("timeout" = Option<u64>, Query)), responses((status = 200), (status = 404)))]
+#[utoipa::path(get, path = "/v1/jobs/{id}/wait", params(("id" = JobId, Path, description = "a job id"), ("timeout" = Option<u64>, Query, description = "seconds, at most 300", minimum = 0)), responses((status = 200, body = JobDetail), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody)))]
 async fn wait_job(
     State(node): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<JobDetail>, ApiError> {
     let jid = parse_id(&id)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.timeout.unwrap_or(30)).min(MAX_WAIT);
     let mut changes = node.changed.subscribe();
@@ -358,8 +427,7 @@ async fn wait_job(
 /// Follows a job as server-sent events: a `job` event (the job and its
 /// executions, as `GET /v1/jobs/{id}` has them) at once and after each
 /// change, the last one once the job has ended; then the stream closes.
-#[utoipa::path(get, path = "/v1/jobs/{id}/events", params(("id" = String, Path)),
-    responses((status = 200, description = "text/event-stream of `job` events"), (status = 404), (status = 503)))]
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", params(("id" = JobId, Path, description = "a job id")), responses((status = 200, description = "server-sent `job` events, each the JobDetail as JSON; closed once the job has ended", content_type = "text/event-stream", body = JobEvent), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 503, description = "too many event streams", body = ErrorBody)))]
 async fn job_events(
     State(node): State<Shared>,
     Path(id): Path<String>,
@@ -395,7 +463,7 @@ async fn job_events(
                 _ => return None,
             };
             f.ended = job.state.is_terminal();
-            let text = job_json(&f.node, &job).to_string();
+            let text = serde_json::to_string(&job_json(&f.node, &job)).unwrap_or_default();
             if f.last.as_deref() != Some(text.as_str()) {
                 f.last = Some(text.clone());
                 return Some((Ok(Event::default().event("job").data(text)), f));
@@ -411,8 +479,8 @@ async fn job_events(
 }
 
 /// The nodes this node knows, with their announcements and record.
-#[utoipa::path(get, path = "/v1/nodes", responses((status = 200)))]
-async fn nodes(State(node): State<Shared>) -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = NodeList), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody)))]
+async fn nodes(State(node): State<Shared>) -> Json<NodeList> {
     let views = requester::views(&node);
     let apis: std::collections::HashMap<String, Option<String>> = {
         let v = node.views.lock().unwrap_or_else(|p| p.into_inner());
@@ -426,23 +494,26 @@ async fn nodes(State(node): State<Shared>) -> Json<serde_json::Value> {
             } else {
                 apis.get(&v.id).cloned().flatten()
             };
-            json!({ "node": v, "api": api, "self": v.id == node.peer.to_string() })
+            NodeEntry { is_self: v.id == node.peer.to_string(), node: v.clone(), api }
         })
         .collect();
-    Json(json!({ "nodes": list }))
+    Json(NodeList { nodes: list })
 }
 
 /// Liveness and identity.
-#[utoipa::path(get, path = "/v1/health", responses((status = 200)))]
-async fn health(State(node): State<Shared>) -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/v1/health", responses((status = 200, body = Health), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody)))]
+async fn health(State(node): State<Shared>) -> Json<Health> {
     let peers = node.client.peers().await.map(|p| p.len()).unwrap_or(0);
-    Json(
-        json!({ "ok": true, "peer": node.peer.to_string(), "version": env!("CARGO_PKG_VERSION"), "connected_peers": peers }),
-    )
+    Json(Health {
+        ok: true,
+        peer: node.peer.to_string(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        connected_peers: peers as u64,
+    })
 }
 
 /// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain", body = String), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody)))]
 async fn metrics(State(node): State<Shared>) -> Result<impl IntoResponse, ApiError> {
     let active = {
         let db = node.db();
@@ -455,8 +526,8 @@ async fn metrics(State(node): State<Shared>) -> Result<impl IntoResponse, ApiErr
 }
 
 /// Import a CAR file (a module, a dataset) and pin its roots.
-#[utoipa::path(post, path = "/v1/car", request_body(content = Vec<u8>, content_type = "application/vnd.ipld.car"), responses((status = 200, description = "{\"roots\": [...]}"), (status = 400)))]
-async fn car_import(State(node): State<Shared>, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(post, path = "/v1/car", request_body(content((Binary = "application/vnd.ipld.car"), (Binary = "application/octet-stream")), description = "a CARv1; any client can send it as application/octet-stream with X-Shoal-Request: 1"), responses((status = 200, body = CarRoots), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 415, description = "not a json/yaml/car content type and no X-Shoal-Request header", body = ErrorBody)))]
+async fn car_import(State(node): State<Shared>, body: Bytes) -> Result<Json<CarRoots>, ApiError> {
     let store = node.store.clone();
     let stats = tokio::task::spawn_blocking(move || {
         let stats = shoal_storage::car::import(&*store, std::io::Cursor::new(body), "the uploaded car")?;
@@ -468,11 +539,11 @@ async fn car_import(State(node): State<Shared>, body: Bytes) -> Result<Json<serd
     .await
     .map_err(internal)?
     .map_err(|e| bad(e.to_string()))?;
-    Ok(Json(json!({ "roots": stats.roots.iter().map(|c| c.to_string()).collect::<Vec<_>>() })))
+    Ok(Json(CarRoots { roots: stats.roots.iter().map(|c| c.to_string()).collect() }))
 }
 
 /// A DAG as a CAR file, fetched from the network first when not local.
-#[utoipa::path(get, path = "/v1/car/{cid}", params(("cid" = String, Path)), responses((status = 200, content_type = "application/vnd.ipld.car"), (status = 404)))]
+#[utoipa::path(get, path = "/v1/car/{cid}", params(("cid" = String, Path, description = "a cid", pattern = "^[A-Za-z0-9]+$", min_length = 1, max_length = 256)), responses((status = 200, content_type = "application/vnd.ipld.car", body = Binary), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody)))]
 async fn car_export(State(node): State<Shared>, Path(cid): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let root: Cid = cid.parse().map_err(|e| bad(format!("malformed cid {cid:?}: {e}")))?;
     let providers = node.client.peers().await.unwrap_or_default();
@@ -487,19 +558,258 @@ async fn car_export(State(node): State<Shared>, Path(cid): Path<String>) -> Resu
     })
     .await
     .map_err(internal)?
-    .map_err(internal)?;
+    // The DAG was fetched whole: what can fail now is its size.
+    .map_err(|e| ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/vnd.ipld.car")], car))
 }
 
 /// Whether this node holds a whole DAG (pinned recursively), so that a
 /// client knows whether to upload it before submitting a job over it.
-#[utoipa::path(get, path = "/v1/dags/{cid}", params(("cid" = String, Path)),
-    responses((status = 200, description = "{\"cid\": ..., \"held\": bool}"), (status = 400)))]
-async fn dag_status(State(node): State<Shared>, Path(cid): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/dags/{cid}", params(("cid" = String, Path, description = "a cid", pattern = "^[A-Za-z0-9]+$", min_length = 1, max_length = 256)), responses((status = 200, body = DagStatus), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody)))]
+async fn dag_status(State(node): State<Shared>, Path(cid): Path<String>) -> Result<Json<DagStatus>, ApiError> {
     let root: Cid = cid.parse().map_err(|e| bad(format!("malformed cid {cid:?}: {e}")))?;
     let store = node.store.clone();
     let held = tokio::task::spawn_blocking(move || fetch::held(&*store, &root)).await.map_err(internal)?;
-    Ok(Json(json!({ "cid": cid, "held": held })))
+    Ok(Json(DagStatus { cid, held }))
+}
+
+/// Most entries `GET /v1/ls` lists (then `truncated`).
+pub const MAX_LS_ENTRIES: usize = 10_000;
+/// Largest file `GET /v1/cat` returns; larger ones are read with
+/// `GET /v1/car` or a node of one's own.
+pub const MAX_CAT: u64 = 256 << 20;
+
+#[derive(Deserialize)]
+struct FileQuery {
+    name: Option<String>,
+}
+
+/// Import one file from the request body (raw bytes, as `shoal add` would)
+/// and pin it: what a browser can upload without building a CAR.
+#[utoipa::path(post, path = "/v1/files", params(("name" = Option<String>, Query, description = "the file's name (1-255 bytes, no /)")), request_body(content = Binary, content_type = "application/octet-stream", description = "the file's bytes; send X-Shoal-Request: 1"), responses((status = 200, body = FileAdded), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 415, description = "not a json/yaml/car content type and no X-Shoal-Request header", body = ErrorBody)))]
+async fn file_import(
+    State(node): State<Shared>,
+    Query(q): Query<FileQuery>,
+    body: Bytes,
+) -> Result<Json<FileAdded>, ApiError> {
+    let name = q.name.unwrap_or_else(|| "file".into());
+    if name.is_empty() || name.len() > 255 || name.contains('/') || name.contains('\0') || name == "." || name == ".." {
+        return Err(bad(format!("invalid file name {name:?}: 1 to 255 bytes, without '/' or NUL")));
+    }
+    let store = node.store.clone();
+    let size = body.len();
+    let cid = tokio::task::spawn_blocking(move || {
+        let added = shoal_storage::importer::Importer::new(&*store, shoal_storage::importer::Options::default())
+            .add_bytes(&body)?;
+        store.flush()?;
+        shoal_storage::pin::add(&*store, &added.root, shoal_storage::PinMode::Recursive)?;
+        Ok::<_, shoal_storage::Error>(added.root)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    Ok(Json(FileAdded { cid: cid.to_string(), name, size: size as u64 }))
+}
+
+/// `cid[/path]` made local (fetched from peers when missing) and resolved.
+async fn local_path(node: &Shared, cid: &str, path: &str) -> Result<(Cid, Vec<String>, Cid), ApiError> {
+    let root: Cid = cid.parse().map_err(|e| bad(format!("malformed cid {cid:?}: {e}")))?;
+    let segments: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    if segments.iter().any(|s| s == "." || s == "..") {
+        return Err(bad(format!("path {path:?} must not hold '.' or '..' segments")));
+    }
+    let providers = node.client.peers().await.unwrap_or_default();
+    fetch::fetch_dag(&node.client, &node.store, root, &providers)
+        .await
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, crate::output::message(&e)))?;
+    let store = node.store.clone();
+    let segs = segments.clone();
+    let at = tokio::task::spawn_blocking(move || shoal_storage::exporter::resolve(&*store, &root, &segs))
+        .await
+        .map_err(internal)?
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, format!("{cid}/{path}: {e}")))?;
+    Ok((root, segments, at))
+}
+
+fn kind_json(kind: &shoal_storage::exporter::Kind) -> (EntryKind, Option<u64>) {
+    use shoal_storage::exporter::Kind;
+    match kind {
+        Kind::File { size } => (EntryKind::File, Some(*size)),
+        Kind::Directory { .. } | Kind::Sharded => (EntryKind::Directory, None),
+        Kind::Symlink { .. } => (EntryKind::Symlink, None),
+        Kind::Other { .. } => (EntryKind::Other, None),
+    }
+}
+
+/// What is at `cid/path`: a directory's entries (each with its kind and
+/// size), or a file's size.
+#[utoipa::path(get, path = "/v1/ls/{cid}", params(("cid" = String, Path, description = "a cid", pattern = "^[A-Za-z0-9]+$", min_length = 1, max_length = 256)), responses((status = 200, body = Listing), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody)))]
+async fn ls_root(State(node): State<Shared>, Path(cid): Path<String>) -> Result<Json<Listing>, ApiError> {
+    ls(node, cid, String::new()).await
+}
+
+/// As `GET /v1/ls/{cid}`, at a path inside it.
+#[utoipa::path(get, path = "/v1/ls/{cid}/{path}", params(("cid" = String, Path, description = "a cid", pattern = "^[A-Za-z0-9]+$", min_length = 1, max_length = 256), ("path" = String, Path, description = "a path inside the cid, a/b")), responses((status = 200, body = Listing), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody)))]
+async fn ls_path(
+    State(node): State<Shared>,
+    Path((cid, path)): Path<(String, String)>,
+) -> Result<Json<Listing>, ApiError> {
+    ls(node, cid, path).await
+}
+
+async fn ls(node: Shared, cid: String, path: String) -> Result<Json<Listing>, ApiError> {
+    let (root, segments, at) = local_path(&node, &cid, &path).await?;
+    let store = node.store.clone();
+    let listed = tokio::task::spawn_blocking(move || -> Result<Listing, shoal_storage::Error> {
+        use shoal_storage::exporter;
+        let (kind, entries) = exporter::stat_and_list(&*store, &at)?;
+        let (k, size) = kind_json(&kind);
+        let truncated = entries.len() > MAX_LS_ENTRIES;
+        let mut list = Vec::new();
+        for e in entries.into_iter().take(MAX_LS_ENTRIES) {
+            let (kind, size) = match exporter::stat(&*store, &e.cid) {
+                Ok(kind) => kind_json(&kind),
+                Err(_) => (EntryKind::Missing, None),
+            };
+            list.push(ListEntry { name: e.name, cid: e.cid.to_string(), kind, size });
+        }
+        Ok(Listing {
+            root: root.to_string(),
+            path: segments.join("/"),
+            cid: at.to_string(),
+            kind: k,
+            size,
+            entries: list,
+            truncated,
+        })
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
+    Ok(Json(listed))
+}
+
+#[derive(Deserialize)]
+struct CatQuery {
+    download: Option<u8>,
+}
+
+/// A file's bytes.
+#[utoipa::path(get, path = "/v1/cat/{cid}", params(("cid" = String, Path, description = "a cid", pattern = "^[A-Za-z0-9]+$", min_length = 1, max_length = 256), ("download" = Option<u8>, Query, description = "1: as an attachment", minimum = 0, maximum = 1)), responses((status = 200, description = "the file, typed by its name (text/plain for text without a known extension)", content_type = "*/*", body = Binary), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody)))]
+async fn cat_root(
+    State(node): State<Shared>,
+    Path(cid): Path<String>,
+    Query(q): Query<CatQuery>,
+) -> Result<Response, ApiError> {
+    cat(node, cid, String::new(), q).await
+}
+
+/// As `GET /v1/cat/{cid}`, at a path inside it.
+#[utoipa::path(get, path = "/v1/cat/{cid}/{path}", params(("cid" = String, Path, description = "a cid", pattern = "^[A-Za-z0-9]+$", min_length = 1, max_length = 256), ("path" = String, Path, description = "a path inside the cid, a/b"), ("download" = Option<u8>, Query, minimum = 0, maximum = 1)), responses((status = 200, description = "the file, typed by its name (text/plain for text without a known extension)", content_type = "*/*", body = Binary), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody)))]
+async fn cat_path(
+    State(node): State<Shared>,
+    Path((cid, path)): Path<(String, String)>,
+    Query(q): Query<CatQuery>,
+) -> Result<Response, ApiError> {
+    cat(node, cid, path, q).await
+}
+
+async fn cat(node: Shared, cid: String, path: String, q: CatQuery) -> Result<Response, ApiError> {
+    let (root, segments, at) = local_path(&node, &cid, &path).await?;
+    let store = node.store.clone();
+    let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
+        use shoal_storage::exporter::{self, Kind};
+        match exporter::stat(&*store, &at).map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))? {
+            Kind::File { size } if size > MAX_CAT => Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{at} is {size} bytes, more than {MAX_CAT}: fetch it with GET /v1/car/{at}"),
+            )),
+            Kind::File { size } => {
+                let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+                exporter::cat(&*store, &at, &mut out).map_err(|e| ApiError(StatusCode::NOT_FOUND, e.to_string()))?;
+                Ok(out)
+            }
+            _ => Err(bad(format!("{at} is not a file: list it with GET /v1/ls/{root}"))),
+        }
+    })
+    .await
+    .map_err(internal)??;
+    let name = segments.last().cloned().unwrap_or_else(|| root.to_string());
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, content_type(&name, &bytes))
+        // Job outputs are strangers' bytes served from the api's origin:
+        // never run them (a sandboxed document has no origin and no
+        // scripts) and never let a browser guess another type.
+        .header(header::CONTENT_SECURITY_POLICY, "sandbox")
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    if q.download == Some(1) {
+        let safe: String = name.chars().filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\').collect();
+        builder = builder.header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{safe}\""));
+    }
+    builder.body(axum::body::Body::from(bytes)).map_err(internal)
+}
+
+/// The type a file is served as: guessed from its name, text for UTF-8
+/// without a known extension (a result's `stdout`, `exitCode`), HTML and
+/// SVG as plain text (they could carry scripts).
+fn content_type(name: &str, bytes: &[u8]) -> String {
+    let guess = mime_guess::from_path(name).first();
+    match guess {
+        Some(m) if m.type_() == mime_guess::mime::TEXT || m.subtype() == "json" => {
+            if m.subtype() == "html" || m.subtype() == "xml" {
+                "text/plain; charset=utf-8".into()
+            } else {
+                format!("{}/{}; charset=utf-8", m.type_(), m.subtype())
+            }
+        }
+        Some(m) if m.subtype() == "svg" || m.subtype().as_str().contains("xml") => "text/plain; charset=utf-8".into(),
+        Some(m) => m.essence_str().to_owned(),
+        None if std::str::from_utf8(&bytes[..bytes.len().min(8192)]).is_ok() => "text/plain; charset=utf-8".into(),
+        None => "application/octet-stream".into(),
+    }
+}
+
+/// The dashboard's files, embedded; `SHOAL_UI_DIR` serves them from a
+/// directory instead (read on each request), to develop the dashboard
+/// without rebuilding.
+const UI_FILES: &[(&str, &str, &str)] = &[
+    ("index.html", "text/html; charset=utf-8", include_str!("ui/index.html")),
+    ("app.js", "text/javascript; charset=utf-8", include_str!("ui/app.js")),
+    ("app.css", "text/css; charset=utf-8", include_str!("ui/app.css")),
+];
+
+fn ui_response(name: &str) -> Response {
+    let Some((file, ctype, embedded)) = UI_FILES.iter().find(|(f, _, _)| *f == name) else {
+        return ApiError(StatusCode::NOT_FOUND, format!("no dashboard file {name:?}")).into_response();
+    };
+    let body = match std::env::var_os("SHOAL_UI_DIR") {
+        Some(dir) => match std::fs::read_to_string(std::path::Path::new(&dir).join(file)) {
+            Ok(text) => text,
+            Err(e) => return internal(format!("cannot read {file} from SHOAL_UI_DIR: {e}")).into_response(),
+        },
+        None => (*embedded).to_owned(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, *ctype),
+            // Only its own files: no inline script, nothing from elsewhere.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn ui_index() -> Response {
+    ui_response("index.html")
+}
+
+async fn ui_file(Path(file): Path<String>) -> Response {
+    ui_response(&file)
 }
 
 struct LimitedWriter<'a>(&'a mut Vec<u8>, usize);

@@ -11,6 +11,8 @@
 //!   the runtime, commit-reveal.
 //! - `fetch.rs`: block exchange (fetch a DAG from peers, serve ours).
 //! - `api.rs`: the HTTP API (axum), OpenAPI document and metrics.
+//! - `views.rs`: the API's answers as types, from which the OpenAPI
+//!   document is derived.
 //! - `guard.rs`: what every API request must pass first (host names, the
 //!   token, no state change a web page could send).
 //! - `misbehave.rs`: deliberately wrong behaviours for tests.
@@ -23,6 +25,7 @@ pub mod compute;
 pub mod fetch;
 pub mod guard;
 pub mod requester;
+pub mod views;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;

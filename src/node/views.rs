@@ -1,0 +1,190 @@
+//! What the HTTP API answers, as types: each handler returns one of these,
+//! and the OpenAPI document (`/openapi.json`) is derived from the same
+//! types, so the document cannot drift from the answers.
+
+use serde::Serialize;
+use shoal_scheduler::model::{ExecId, ExecState, Execution, Job, JobId, NodeView, Outcome};
+use utoipa::ToSchema;
+
+/// Every error, from every route and extractor.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What failed, on what, and what to do (lowercase).
+    pub error: String,
+}
+
+/// A job and how its guest did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: Job,
+    /// For a completed job: whether its agreed result holds exit code 0
+    /// and no failure; null while unknown.
+    pub outcome: Option<Outcome>,
+}
+
+impl From<&Job> for JobView {
+    fn from(job: &Job) -> JobView {
+        JobView { outcome: job.outcome(), job: job.clone() }
+    }
+}
+
+/// One state an execution entered, and when.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Step {
+    pub state: ExecState,
+    /// Milliseconds since the Unix epoch.
+    pub ms: u64,
+}
+
+/// An execution (sealed until its job has ended) and its timeline.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecutionView {
+    #[serde(flatten)]
+    pub execution: Execution,
+    /// Every state it entered, in order.
+    pub timeline: Vec<Step>,
+}
+
+/// A job with its executions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobDetail {
+    pub job: JobView,
+    pub executions: Vec<ExecutionView>,
+}
+
+/// Jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+}
+
+/// A job accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Submitted {
+    pub id: JobId,
+    /// Things the submitter should know (e.g. fewer capable nodes than
+    /// `redundancy.count`).
+    pub warnings: Vec<String>,
+}
+
+/// The output of one execution (null until the job has ended).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecLog {
+    pub execution: ExecId,
+    pub node: String,
+    pub state: ExecState,
+    pub exit_code: Option<i32>,
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The output of a job's executions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Logs {
+    pub job: JobId,
+    pub executions: Vec<ExecLog>,
+}
+
+/// A node this node knows.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeEntry {
+    pub node: NodeView,
+    /// Its HTTP API, if it announces one.
+    pub api: Option<String>,
+    /// Whether it is the node answering.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+}
+
+/// The nodes this node knows, itself included.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeList {
+    pub nodes: Vec<NodeEntry>,
+}
+
+/// Liveness and identity.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub ok: bool,
+    /// This node's peer id.
+    pub peer: String,
+    pub version: String,
+    pub connected_peers: u64,
+}
+
+/// The roots a CAR import pinned.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CarRoots {
+    pub roots: Vec<String>,
+}
+
+/// Whether this node holds a whole DAG.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DagStatus {
+    pub cid: String,
+    pub held: bool,
+}
+
+/// A file imported and pinned.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileAdded {
+    pub cid: String,
+    pub name: String,
+    pub size: u64,
+}
+
+/// What a DAG node is.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    File,
+    Directory,
+    Symlink,
+    Other,
+    /// Linked but not held here.
+    Missing,
+}
+
+/// One entry of a directory.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListEntry {
+    pub name: String,
+    pub cid: String,
+    pub kind: EntryKind,
+    /// A file's size in bytes.
+    pub size: Option<u64>,
+}
+
+/// What is at a CID and path.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Listing {
+    pub root: String,
+    pub path: String,
+    pub cid: String,
+    pub kind: EntryKind,
+    pub size: Option<u64>,
+    /// A directory's entries (empty for anything else).
+    pub entries: Vec<ListEntry>,
+    /// More entries than the API lists (`api::MAX_LS_ENTRIES`).
+    pub truncated: bool,
+}
+
+/// Bytes as they are (a CAR, a file): the documents' binary payloads.
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+// Only its schema is used: the bytes travel as they are.
+#[allow(dead_code)]
+pub struct Binary(pub Vec<u8>);
+
+/// One server-sent event of `GET /v1/jobs/{id}/events`.
+#[derive(Debug, ToSchema)]
+// Only its schema is used: axum writes the events.
+#[allow(dead_code)]
+pub struct JobEvent {
+    /// Always `job`.
+    pub event: String,
+    /// The job and its executions (a `JobDetail`) as JSON.
+    pub data: String,
+}
