@@ -234,11 +234,19 @@ impl FsStore {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::io("cannot create", &db_path, e)),
         }
-        let mut db = Connection::open(&db_path).map_err(|e| db_err(&db_path, e))?;
-        db.busy_timeout(BUSY_TIMEOUT).map_err(|e| db_err(&db_path, e))?;
-        db.pragma_update(None, "journal_mode", "WAL").map_err(|e| db_err(&db_path, e))?;
-        db.pragma_update(None, "synchronous", "FULL").map_err(|e| db_err(&db_path, e))?;
-        init_schema(&mut db).map_err(|e| match e {
+        // Processes opening a new store at once race to switch it to WAL and
+        // create its tables; SQLite answers some of those races "busy" at
+        // once, without waiting: try again, for as long as a busy wait.
+        let started = std::time::Instant::now();
+        let db = loop {
+            match open_db(&db_path) {
+                Err(SchemaError::Db(e)) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other,
+            }
+        }
+        .map_err(|e| match e {
             SchemaError::Db(e) => db_err(&db_path, e),
             SchemaError::Newer(v) => Error::Db {
                 path: db_path.clone(),
@@ -858,6 +866,21 @@ impl From<rusqlite::Error> for SchemaError {
 
 /// Creates the tables, or moves a schema-1 database to schema 2 (the
 /// blocks themselves move in `migrate_flat_layout`).
+/// Opens the index database in WAL mode with its schema.
+fn open_db(path: &Path) -> Result<Connection, SchemaError> {
+    let mut db = Connection::open(path)?;
+    db.busy_timeout(BUSY_TIMEOUT)?;
+    db.pragma_update(None, "journal_mode", "WAL")?;
+    db.pragma_update(None, "synchronous", "FULL")?;
+    init_schema(&mut db)?;
+    Ok(db)
+}
+
+/// SQLite's "busy" and "locked" answers.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
 fn init_schema(db: &mut Connection) -> Result<(), SchemaError> {
     db.execute_batch(
         "CREATE TABLE IF NOT EXISTS pins (cid BLOB PRIMARY KEY, mode TEXT NOT NULL) WITHOUT ROWID;
