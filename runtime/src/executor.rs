@@ -24,6 +24,7 @@ use crate::{outputs, Config, Entry, Error, Limits, Mode, ModuleSource, Task, Tic
 enum Stop {
     Timeout,
     Outputs(OutputLimit),
+    Cancelled,
 }
 
 /// Time and output watching driven by epoch ticks.
@@ -37,12 +38,18 @@ struct Watch {
     stopped: Option<Stop>,
     /// Real-time deadline, for host calls that block (sleeps).
     deadline: Option<Instant>,
+    /// Stops the guest at the next check when cancelled.
+    cancel: Option<crate::Cancel>,
 }
 
 impl Watch {
     /// Called once per `step` ticks. Returns the next step, or `None` to
     /// stop the guest.
     fn on_ticks(&mut self) -> Option<u64> {
+        if self.cancel.as_ref().is_some_and(crate::Cancel::is_cancelled) {
+            self.stopped = Some(Stop::Cancelled);
+            return None;
+        }
         self.ticks_left = self.ticks_left.saturating_sub(self.step);
         if self.ticks_left == 0 {
             self.stopped = Some(Stop::Timeout);
@@ -106,6 +113,14 @@ impl crate::shims::ShimHost for StoreData {
 
     fn timed_out(&mut self) {
         self.watch.stopped = Some(Stop::Timeout);
+    }
+
+    fn cancel(&self) -> Option<crate::Cancel> {
+        self.watch.cancel.clone()
+    }
+
+    fn cancelled(&mut self) {
+        self.watch.stopped = Some(Stop::Cancelled);
     }
 
     fn listing_cache(&mut self) -> &mut crate::shims::ListingCache {
@@ -310,6 +325,7 @@ impl Executor {
                 max_files: limits.outputs_files,
                 stopped: None,
                 deadline: Instant::now().checked_add(limits.timeout),
+                cancel: task.cancel.clone(),
             },
             listing: Default::default(),
             nn: crate::nn::JobNn::new(self.nn.clone(), Arc::new(task.nn.clone()), Some(stderr.clone())),
@@ -317,7 +333,9 @@ impl Executor {
         let mut store = Store::new(&self.engine, data);
         store.limiter(|d| &mut d.limiter);
         store.set_fuel(limits.fuel).map_err(Error::engine)?;
-        store.set_epoch_deadline(first_step);
+        // Cancelled already: the first epoch check (at the entry) stops it.
+        let cancelled = task.cancel.as_ref().is_some_and(crate::Cancel::is_cancelled);
+        store.set_epoch_deadline(if cancelled { 0 } else { first_step });
         store.epoch_deadline_callback(|mut ctx| match ctx.data_mut().watch.on_ticks() {
             Some(next) => Ok(UpdateDeadline::Continue(next)),
             None => Ok(UpdateDeadline::Interrupt),
@@ -440,6 +458,7 @@ fn placeholder_data(nn: Arc<crate::nn::Shared>) -> StoreData {
             max_files: 0,
             stopped: None,
             deadline: None,
+            cancel: None,
         },
         listing: Default::default(),
         nn: crate::nn::JobNn::new(nn, Arc::default(), None),
@@ -562,6 +581,7 @@ fn classify(
         let f = match stop {
             Stop::Timeout => Failure::Timeout { limit: limits.timeout },
             Stop::Outputs(l) => Failure::OutputLimitExceeded(l),
+            Stop::Cancelled => Failure::Cancelled,
         };
         return (None, Some(f));
     }

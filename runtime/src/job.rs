@@ -82,6 +82,9 @@ pub struct Spec {
     /// until the requester fetches and pins the agreed one. Not part of
     /// the spec's identity.
     pub pin_result: bool,
+    /// Stops the run from another thread (see [`crate::Cancel`]). Not part
+    /// of the spec's identity.
+    pub cancel: Option<crate::Cancel>,
 }
 
 impl Spec {
@@ -101,6 +104,7 @@ impl Spec {
             gpu: false,
             nn_limits: crate::nn::NnLimits::default(),
             pin_result: true,
+            cancel: None,
         }
     }
 
@@ -367,6 +371,7 @@ fn run_with<E: std::ops::Deref<Target = Executor>>(
     task.env.sort();
     task.limits = spec.limits.clone();
     task.tee = spec.tee.clone();
+    task.cancel = spec.cancel.clone();
     let spec_id = spec.id();
     task.mode =
         if spec.deterministic { Mode::Deterministic { seed: seed_of(&spec_id) } } else { Mode::Nondeterministic };

@@ -83,7 +83,7 @@ pub use error::Error;
 pub use executor::Executor;
 pub use limits::Limits;
 pub use outcome::{Captured, Failure, Outcome, OutputLimit, OutputsUsage, Stream};
-pub use task::{Entry, Mode, ModuleSource, Mount, Task, Tee};
+pub use task::{Cancel, Entry, Mode, ModuleSource, Mount, Task, Tee};
 pub use ticker::Ticker;
 
 /// Re-exported so that callers (and the benchmarks) can build a baseline

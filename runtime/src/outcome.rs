@@ -117,6 +117,9 @@ pub enum Failure {
     /// The bytes are not a core Wasm module wasmtime accepts.
     #[error("not a usable wasm module: {0}")]
     InvalidModule(String),
+    /// The job was cancelled ([`Cancel`](crate::Cancel)) and stopped.
+    #[error("job was cancelled")]
+    Cancelled,
     /// The guest made the host fail in a way not covered above (e.g. a
     /// WASI call returned a host error). Reported as a failure, never as
     /// success.

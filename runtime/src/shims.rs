@@ -44,6 +44,10 @@ pub(crate) trait ShimHost: Send + 'static {
     fn wasi(&mut self) -> &mut WasiP1Ctx;
     /// Real time left before the job's timeout.
     fn time_left(&self) -> Duration;
+    /// The job's cancellation token, if it has one.
+    fn cancel(&self) -> Option<crate::Cancel>;
+    /// Records that the job stopped because it was cancelled.
+    fn cancelled(&mut self);
     /// Records that the job is being stopped for its timeout.
     fn timed_out(&mut self);
     /// The directory listing being paged through.
@@ -58,6 +62,52 @@ pub(crate) trait ShimHost: Send + 'static {
 pub(crate) struct ListingCache {
     fd: Option<u32>,
     entries: Vec<Entry>,
+}
+
+/// How often a sleeping guest looks at its cancellation token.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+/// Resolves once `cancel` is cancelled; never without one.
+async fn until_cancelled(cancel: Option<crate::Cancel>) {
+    let Some(cancel) = cancel else { return std::future::pending().await };
+    while !cancel.is_cancelled() {
+        tokio::time::sleep(CANCEL_POLL).await;
+    }
+}
+
+/// Size of a WASI preview 1 `event`.
+const EVENT_SIZE: usize = 32;
+
+/// `(userdata, duration)` when the subscriptions are exactly one relative
+/// clock timer.
+fn single_relative_sleep(mem: &[u8], subs: u32, nsubs: u32) -> Option<(u64, Duration)> {
+    if nsubs != 1 {
+        return None;
+    }
+    let start = subs as usize;
+    let sub = mem.get(start..start.checked_add(SUBSCRIPTION_SIZE)?)?;
+    let flags = u16::from_le_bytes(sub[40..42].try_into().ok()?);
+    if sub[8] != 0 || flags & 1 == 1 {
+        return None;
+    }
+    let userdata = u64::from_le_bytes(sub[0..8].try_into().ok()?);
+    let timeout = u64::from_le_bytes(sub[24..32].try_into().ok()?);
+    Some((userdata, Duration::from_nanos(timeout)))
+}
+
+/// Sleeps `wait` in steps of [`CANCEL_POLL`]; false if `cancel` fired.
+fn sleep_unless_cancelled(wait: Duration, cancel: &crate::Cancel) -> bool {
+    let end = std::time::Instant::now() + wait;
+    loop {
+        if cancel.is_cancelled() {
+            return false;
+        }
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(CANCEL_POLL));
+    }
 }
 
 /// Installs the shims over the ones `add_to_linker_sync` defined.
@@ -79,12 +129,48 @@ pub(crate) fn add_to_linker<T: ShimHost>(linker: &mut Linker<T>) -> wasmtime::Re
             }
             let (subs, events, nsubs) = (subs as u32, events as u32, nsubs as u32);
             let nevents = nevents as u32 as usize;
-            let n = {
+            let cancel = host.cancel();
+            // One relative timer is a plain sleep, which wasmtime-wasi does
+            // with a blocking thread sleep nothing can wake: with a token,
+            // sleep here in steps that look at it.
+            if let Some(c) = &cancel {
+                if let Some((userdata, wait)) = single_relative_sleep(mem, subs, nsubs) {
+                    if !sleep_unless_cancelled(wait, c) {
+                        host.cancelled();
+                        return Err(wasmtime::format_err!("job cancelled while sleeping"));
+                    }
+                    let Some(event) =
+                        (events as usize).checked_add(EVENT_SIZE).and_then(|end| mem.get_mut(events as usize..end))
+                    else {
+                        return Ok(types::Errno::Fault as i32);
+                    };
+                    // userdata, errno 0, type clock (0), no fd_readwrite.
+                    event.fill(0);
+                    event[..8].copy_from_slice(&userdata.to_le_bytes());
+                    match nevents.checked_add(4).and_then(|end| mem.get_mut(nevents..end)) {
+                        Some(dst) => dst.copy_from_slice(&1u32.to_le_bytes()),
+                        None => return Ok(types::Errno::Fault as i32),
+                    }
+                    return Ok(types::Errno::Success as i32);
+                }
+            }
+            let polled = {
                 let mut gm = GuestMemory::Unshared(&mut *mem);
                 let fut = host.wasi().poll_oneoff(&mut gm, GuestPtr::new(subs), GuestPtr::new(events), nsubs);
-                match wasmtime_wasi::runtime::in_tokio(fut) {
-                    Ok(n) => n,
-                    Err(e) => return e.downcast().map(|errno| errno as i32),
+                // A cancelled job must not sleep on: wake it to stop.
+                wasmtime_wasi::runtime::in_tokio(async {
+                    tokio::select! {
+                        r = fut => Some(r),
+                        _ = until_cancelled(cancel) => None,
+                    }
+                })
+            };
+            let n = match polled {
+                Some(Ok(n)) => n,
+                Some(Err(e)) => return e.downcast().map(|errno| errno as i32),
+                None => {
+                    host.cancelled();
+                    return Err(wasmtime::format_err!("job cancelled while sleeping"));
                 }
             };
             match nevents.checked_add(4).and_then(|end| mem.get_mut(nevents..end)) {

@@ -118,6 +118,33 @@ pub struct Task {
     pub tee: Option<Tee>,
     /// wasi-nn: named models, whether the job asks for a GPU, and bounds.
     pub nn: crate::nn::NnTask,
+    /// Stops the job from another thread (see [`Cancel`]). Default: none.
+    pub cancel: Option<Cancel>,
+}
+
+/// Stops a running job from another thread: the guest is interrupted at
+/// its next epoch check (at most [`Limits::outputs_check_interval`] later,
+/// 100 ms by default) or woken from a host sleep, and the job ends with
+/// [`Failure::Cancelled`](crate::Failure::Cancelled). A job cancelled
+/// before it starts does not start.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    /// A token nobody has cancelled yet.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Asks the job to stop (idempotent).
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether [`Cancel::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Called with each accepted write to a job's stdout or stderr.
@@ -148,6 +175,7 @@ impl Task {
             limits: Limits::default(),
             mode: Mode::default(),
             nn: crate::nn::NnTask::default(),
+            cancel: None,
         }
     }
 

@@ -348,6 +348,39 @@ fn concurrent_jobs() {
 }
 
 #[test]
+fn a_cancelled_job_stops_spinning_or_sleeping() {
+    for (guest, args) in [("spin", vec![]), ("sleep", vec!["20000"])] {
+        let mut t = task(guest, &args);
+        // Without the cancellation, each would run for a minute (or sleep
+        // its 20 s and succeed).
+        t.limits.timeout = Duration::from_secs(60);
+        let cancel = shoal_runtime::Cancel::new();
+        t.cancel = Some(cancel.clone());
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            cancel.cancel();
+        });
+        let o = executor().run(&t).unwrap();
+        stopper.join().unwrap();
+        assert!(matches!(o.failure, Some(Failure::Cancelled)), "{guest}: {:?}", o.failure);
+    }
+    // A token nobody uses changes nothing: the sleep ends and says so.
+    let mut t = task("sleep", &["30"]);
+    t.cancel = Some(shoal_runtime::Cancel::new());
+    let o = executor().run(&t).unwrap();
+    assert!(o.success(), "{:?}", o.failure);
+    assert_eq!(stdout(&o), "slept 30 ms\n");
+    // Cancelled before it starts: it does not run at all.
+    let mut t = task("hello", &[]);
+    let cancel = shoal_runtime::Cancel::new();
+    cancel.cancel();
+    t.cancel = Some(cancel);
+    let o = executor().run(&t).unwrap();
+    assert!(matches!(o.failure, Some(Failure::Cancelled)), "{:?}", o.failure);
+    assert_eq!(stdout(&o), "");
+}
+
+#[test]
 fn sleeping_past_the_timeout_is_stopped_at_once() {
     let mut t = task("sleep", &[]);
     t.limits.timeout = Duration::from_secs(5);
