@@ -83,8 +83,19 @@ fn check_host(policy: &Policy, host: Option<&str>) -> Result<(), Response> {
     ))
 }
 
+/// The dashboard's own files: a browser cannot send a bearer token for the
+/// page it loads, and they hold nothing secret (the page asks for the token
+/// and sends it with every API call).
+fn is_dashboard_file(req: &Request) -> bool {
+    let path = req.uri().path();
+    matches!(*req.method(), Method::GET | Method::HEAD) && (path == "/" || path.starts_with("/ui/"))
+}
+
 fn check_token(policy: &Policy, req: &Request) -> Result<(), Response> {
     let Some(t) = &policy.token else { return Ok(()) };
+    if is_dashboard_file(req) {
+        return Ok(());
+    }
     let ok = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -273,6 +284,15 @@ mod tests {
         assert!(body.contains("api-token"), "{body}");
         let req =
             Request::builder().uri("/v1/jobs").header("host", "127.0.0.1").header("authorization", "Bearer s3cret");
-        assert_eq!(send(policy, req, "").await.0, 200);
+        assert_eq!(send(policy.clone(), req, "").await.0, 200);
+        // The dashboard's page loads without it (it asks for the token).
+        let app = Router::new()
+            .route("/", axum::routing::get(|| async { "page" }))
+            .route("/ui/{f}", axum::routing::get(|| async { "asset" }))
+            .layer(axum::middleware::from_fn_with_state(Arc::new(policy), check));
+        for path in ["/", "/ui/app.js"] {
+            let req = Request::builder().uri(path).header("host", "127.0.0.1").body(Body::empty()).unwrap();
+            assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 200, "{path}");
+        }
     }
 }

@@ -27,15 +27,16 @@
  *            #job-live (data-mode=events|polling|ended|connecting, data-events=<job events read from the stream>)
  *            #job-cancel #job-warnings
  *            #job-executions > .execution[data-execution=<id>][data-state][data-agreement=agreed|dissented|pending|none]
- *              with ol.timeline > li.step[data-step=<state>]
- *            #job-logs > .log[data-execution=<id>] with pre.stdout / pre.stderr, #job-spec (pre), #job-load-error
+ *              with ol.timeline > li.step[data-step=<state>] (ol.timeline.approx: no `timeline` from the API)
+ *            #job-logs > .log[data-execution=<id>] with pre.stdout / pre.stderr, #job-spec (pre),
+ *            #job-body (hidden until the job is read), #job-load-error
  *   browse   #browse-form #browse-cid #browse-open #browse-crumbs #browse-info #browse-error
  *            #browse-list rows tr[data-entry=<name>][data-kind=<kind>] with a.entry-link
- *            #download-file #download-car #preview (data-kind=text|image|binary|empty),
+ *            #download-file #download-car #preview (data-kind=loading|text|image|binary|empty|error),
  *            pre#preview-text, img#preview-image, #preview-note
  *   submit   #submit-form #submit-module #submit-inputs #submit-input-list (li[data-input=<name>])
  *            #submit-args #submit-env #submit-redundancy #submit-quorum #submit-button
- *            #submit-status #submit-warnings #submit-error
+ *            #submit-status #submit-error (the API's warnings are shown on the job page, #job-warnings)
  */
 'use strict';
 
@@ -46,7 +47,7 @@
   const PREVIEW_CAP = 256 * 1024;
   const IMAGE_CAP = 32 * 1024 * 1024;
   const JOBS_POLL_MS = 2000;
-  const NODES_POLL_MS = 5000;
+  const NODES_POLL_MS = 3000;
   const JOB_POLL_MS = 1000;
 
   /** Warnings returned by POST /v1/jobs, kept to show them on the job page. */
@@ -414,6 +415,7 @@
       case 'browse': document.title = 'Browse \u2014 Shoal'; browsePage(ctx, view, parts[1] || '', parts.slice(2)); break;
       case 'submit': document.title = 'Submit \u2014 Shoal'; submitPage(ctx, view); break;
       default:
+        document.title = 'Not found \u2014 Shoal';
         add(view, h('h1', null, 'Not found'), h('p', null, 'No page here. ', h('a', { href: '#/nodes' }, 'Go to the nodes.')));
     }
   }
@@ -587,17 +589,18 @@
     const execs = h('div', { id: 'job-executions' });
     const logs = h('div', { id: 'job-logs' }, h('p', { class: 'muted' }, 'Logs are shown once the job has ended.'));
     const specPre = h('pre', { id: 'job-spec', class: 'code' });
-    add(view,
-      h('div', { class: 'page-head' },
-        h('h1', null, 'Job ', h('span', { id: 'job-id', class: 'mono' }, id)),
-        live, h('div', { class: 'spacer' }), cancelBtn),
-      h('p', { class: 'crumbs' }, h('a', { href: '#/jobs' }, '\u2190 all jobs')),
-      loadErr, warnBox,
+    const jobBody = h('div', { id: 'job-body', hidden: true },
       h('div', { class: 'job-top' },
         h('section', { class: 'card' }, h('h2', null, 'Status'), summary),
         h('section', { class: 'card spec-card' }, h('h2', null, 'Spec'), specPre)),
       h('section', { class: 'card' }, h('h2', null, 'Executions'), agreement, execs),
       h('section', { class: 'card' }, h('h2', null, 'Logs'), logs));
+    add(view,
+      h('div', { class: 'page-head' },
+        h('h1', null, 'Job ', h('span', { id: 'job-id', class: 'mono' }, id)),
+        live, h('div', { class: 'spacer' }), cancelBtn),
+      h('p', { class: 'crumbs' }, h('a', { href: '#/jobs' }, '\u2190 all jobs')),
+      loadErr, warnBox, jobBody);
 
     const warnings = submitWarnings.get(id);
     if (warnings && warnings.length) {
@@ -623,6 +626,7 @@
       const job = data.job;
       const executions = Array.isArray(data.executions) ? data.executions : [];
       setError(loadErr, null);
+      jobBody.hidden = false;
       if (!specShown) { specPre.textContent = JSON.stringify(job.spec, null, 2); specShown = true; }
       renderSummary(summary, job, executions);
       renderAgreement(agreement, job, executions);
@@ -686,7 +690,7 @@
       if (!resp.body || !resp.body.getReader) throw new Error('no readable stream');
       setLive('events', 'live');
       const reader = resp.body.getReader();
-      ctx.onCleanup(() => { try { reader.cancel(); } catch (e) { /* done */ } });
+      ctx.onCleanup(() => { reader.cancel().catch(() => { /* aborted with the page */ }); });
       const dec = new TextDecoder();
       let buf = '';
       const dispatch = (block) => {
@@ -727,7 +731,7 @@
         } catch (e) {
           if (!ctx.alive || isAbort(e)) return;
           setError(loadErr, e);
-          if (e.status === 404 || e.status === 400) return;
+          if (e.status === 404 || e.status === 400) { ready(view); return; }
         }
         if (!ended) await ctx.sleep(JOB_POLL_MS);
       }
@@ -738,7 +742,7 @@
         await followEvents();
       } catch (e) {
         if (!ctx.alive || isAbort(e)) return;
-        if (e.status === 404 || e.status === 400) { setError(loadErr, e); setLive('ended', 'not found'); return; }
+        if (e.status === 404 || e.status === 400) { setError(loadErr, e); setLive('ended', 'not found'); ready(view); return; }
       }
       // The stream closed (the job ended) or could not be used: poll until it ends.
       if (ctx.alive && !ended) await poll();
@@ -863,7 +867,7 @@
       if (p.cid) location.hash = browseHref(p.cid, p.segments);
     });
     const err = errorBox('browse-error');
-    add(view, h('div', { class: 'page-head' }, h('h1', null, 'Browse')), form, err);
+    add(view, h('div', { class: 'page-head' }, h('h1', null, 'Browse')), form);
     if (!cid) {
       add(view, h('p', { class: 'muted' }, 'Open any CID the network holds: a job\u2019s result, a module, a dataset. Results hold exitCode, stdout, stderr and outputs/.'));
       ready(view);
@@ -875,7 +879,7 @@
         i === segments.length - 1 ? h('span', { class: 'mono current' }, s) : h('a', { class: 'mono', href: browseHref(cid, segments.slice(0, i + 1)) }, s)]));
     const info = h('div', { id: 'browse-info', class: 'info-bar' }, h('span', { class: 'muted' }, 'Loading\u2026'));
     const body = h('div', { id: 'browse-body' });
-    add(view, crumbs, info, body);
+    add(view, crumbs, err, info, body);
     const rel = segments.length ? '/' + encPath(segments) : '';
     (async () => {
       let ls;
@@ -1039,11 +1043,10 @@
     const inputList = h('ul', { id: 'submit-input-list', class: 'file-list' });
     const args = h('input', { id: 'submit-args', type: 'text', spellcheck: 'false', autocomplete: 'off', placeholder: 'e.g. /inputs --verbose' });
     const env = h('textarea', { id: 'submit-env', rows: 3, spellcheck: 'false', placeholder: 'NAME=value, one per line' });
-    const redundancy = h('input', { id: 'submit-redundancy', type: 'number', min: 1, max: 64, step: 1, value: 1 });
-    const quorum = h('input', { id: 'submit-quorum', type: 'number', min: 1, max: 64, step: 1, placeholder: 'majority' });
+    const redundancy = h('input', { id: 'submit-redundancy', type: 'number', min: 1, step: 1, value: 1 });
+    const quorum = h('input', { id: 'submit-quorum', type: 'number', min: 1, step: 1, placeholder: 'majority' });
     const button = h('button', { type: 'submit', id: 'submit-button' }, 'Upload and submit');
     const status = h('div', { id: 'submit-status', class: 'muted', 'aria-live': 'polite' });
-    const warnings = h('div', { id: 'submit-warnings', class: 'warnings', hidden: true });
     const err = errorBox('submit-error');
 
     function renderInputs() {
@@ -1077,13 +1080,20 @@
         h('div', { class: 'field' }, h('label', { for: 'submit-quorum' }, 'Quorum'), quorum)),
       h('p', { class: 'hint' }, 'With redundancy N the job runs on N distinct nodes; it completes when a quorum of them agree on the result CID.'),
       h('div', { class: 'actions' }, button, status));
-    add(view, h('div', { class: 'page-head' }, h('h1', null, 'Submit a job')), err, warnings, form);
+    const aside = h('aside', { class: 'card help' },
+      h('h2', null, 'How a job runs'),
+      h('ol', null,
+        h('li', null, 'The module and each input file are uploaded to this node and pinned there; each is named by its CID.'),
+        h('li', null, 'The job is placed on nodes that have room. Each runs it in the Wasm sandbox: inputs read-only under /inputs, a private /outputs, no network.'),
+        h('li', null, 'Each node commits to a hash of its result before any reveals it; the job completes when a quorum agrees on one result CID.'),
+        h('li', null, 'The result is a directory: exitCode, stdout, stderr and outputs/. A guest that exits non-zero still completes, with the outcome failed.')),
+      h('p', { class: 'hint' }, 'Limits, constraints and models: submit a full spec with the CLI (shoal submit -f job.yaml).'));
+    add(view, h('div', { class: 'page-head' }, h('h1', null, 'Submit a job')), err, h('div', { class: 'submit-layout' }, form, aside));
     ready(view);
 
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
       setError(err, null);
-      warnings.hidden = true;
       let spec;
       const mod = moduleInput.files && moduleInput.files[0];
       try {
