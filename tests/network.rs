@@ -941,3 +941,26 @@ fn the_dashboard_and_the_data_it_browses_are_served() {
     let (status, e) = get(&format!("{}/v1/cat/{result}/outputs", n.api));
     assert_eq!(status, 400, "a directory is listed, not read: {e}");
 }
+
+#[test]
+fn a_cancelled_execution_frees_its_slot_once_its_guest_has_stopped() {
+    let mut net = Net::new();
+    net.add("n0", &["--slots", "1"]);
+    let n = &net.nodes[0];
+    let self_slots = || get(&format!("{}/v1/nodes", n.api)).1["nodes"][0]["node"]["slots_free"].as_u64().unwrap();
+    // A guest that never ends by itself (its timeout is a minute away).
+    let o = cli(n, &net.home("cli"), &["submit", "--timeout", "60", sample("spin").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let id = text(&o.stdout).trim().to_owned();
+    eventually(30, "the guest to run", || (job(n, &id)["executions"][0]["state"] == "running").then_some(()));
+    assert_eq!(self_slots(), 0);
+    let c = cli(n, &net.home("cli"), &["job", "cancel", &id]);
+    assert!(c.status.success(), "{}", text(&c.stderr));
+    // The slot comes back once the guest has stopped, well before its
+    // timeout, and the next job runs on it (a slot counted free while its
+    // guest still held the engine's only instance failed it).
+    eventually(30, "the slot to be free again", || (self_slots() == 1).then_some(()));
+    let o = cli(n, &net.home("cli"), &["submit", "--wait", "--wait-timeout", "60", sample("hello").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("outcome: succeeded"), "{}", text(&o.stdout));
+}

@@ -59,8 +59,18 @@ pub enum Misbehave {
 }
 
 enum State {
-    Running,
-    Done { result: Cid, nonce: [u8; 32], exit_code: i32, stdout: String, stderr: String, meta: Box<ExecMeta> },
+    /// Fetching inputs or running; the token stops it.
+    Running(shoal_runtime::Cancel),
+    /// Cancelled, and still holding its slot until the guest has stopped.
+    Stopping,
+    Done {
+        result: Cid,
+        nonce: [u8; 32],
+        exit_code: i32,
+        stdout: String,
+        stderr: String,
+        meta: Box<ExecMeta>,
+    },
 }
 
 struct Slot {
@@ -190,10 +200,11 @@ impl Compute {
         self.execs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Slots not running an execution.
+    /// Slots not running an execution: one being stopped still holds its
+    /// slot (and its instance in the engine's pool) until its guest has
+    /// stopped.
     pub fn free_slots(&self) -> u32 {
-        let busy = self.lock().values().filter(|s| matches!(s.state, State::Running)).count() as u32;
-        self.slots.saturating_sub(busy)
+        self.slots.saturating_sub(busy(&self.lock()))
     }
 
     /// Answers a request from a requester.
@@ -203,8 +214,19 @@ impl Compute {
             Request::Reveal { exec } => self.reveal(peer, &exec),
             Request::Cancel { exec } => {
                 let mut execs = self.lock();
-                if execs.get(&exec).is_some_and(|s| s.requester == peer) {
-                    execs.remove(&exec);
+                match execs.get_mut(&exec) {
+                    Some(s) if s.requester == peer => match &s.state {
+                        // Stopped first; the slot is freed once it has.
+                        State::Running(cancel) => {
+                            cancel.cancel();
+                            s.state = State::Stopping;
+                        }
+                        State::Stopping => {}
+                        State::Done { .. } => {
+                            execs.remove(&exec);
+                        }
+                    },
+                    _ => {}
                 }
                 Response::Ok
             }
@@ -242,8 +264,7 @@ impl Compute {
                 reject(format!("execution {exec} belongs to another requester"))
             };
         }
-        let busy = execs.values().filter(|s| matches!(s.state, State::Running)).count() as u32;
-        if self.slots.saturating_sub(busy) < spec.resources.slots {
+        if self.slots.saturating_sub(busy(&execs)) < spec.resources.slots {
             return reject("no free slot".into());
         }
         if execs.len() >= MAX_TRACKED {
@@ -260,15 +281,28 @@ impl Compute {
             }
         }
         let order = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        execs.insert(exec.clone(), Slot { requester: peer, state: State::Running, order });
+        let cancel = shoal_runtime::Cancel::new();
+        execs.insert(exec.clone(), Slot { requester: peer, state: State::Running(cancel.clone()), order });
         drop(execs);
-        self.start(node, peer, exec, spec);
+        self.start(node, peer, exec, spec, cancel);
         Response::Bid { accepted: true, reason: None }
     }
 
-    fn start(&self, node: &Arc<Node>, peer: PeerId, exec: String, spec: Spec) {
+    fn start(&self, node: &Arc<Node>, peer: PeerId, exec: String, spec: Spec, cancel: shoal_runtime::Cancel) {
         match self.misbehave {
-            Some(Misbehave::Silent) => return,
+            Some(Misbehave::Silent) => {
+                // Never reports; gives its slot back once cancelled.
+                let node = node.clone();
+                tokio::spawn(async move {
+                    while !cancel.is_cancelled() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    if let Some(c) = &node.compute {
+                        c.lock().remove(&exec);
+                    }
+                });
+                return;
+            }
             Some(Misbehave::Crash) => {
                 tokio::spawn(async {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -281,20 +315,25 @@ impl Compute {
         }
         let node = node.clone();
         tokio::spawn(async move {
-            let finished = match run_execution(&node, peer, &exec, &spec).await {
+            let ran = run_execution(&node, peer, &exec, &spec, &cancel).await;
+            let Some(c) = &node.compute else { return };
+            if cancel.is_cancelled() {
+                // Stopped: its slot is free now, and nobody waits for it.
+                c.lock().remove(&exec);
+                tracing::debug!(%exec, "cancelled execution stopped");
+                return;
+            }
+            let finished = match ran {
                 Ok(done) => done,
                 Err(e) => {
                     let error = crate::output::message(&e);
                     let missing = e.downcast_ref::<MissingInput>().map(|m| m.0.to_string());
                     tracing::warn!("execution {exec} failed: {error}");
-                    if let Some(c) = &node.compute {
-                        c.lock().remove(&exec);
-                    }
+                    c.lock().remove(&exec);
                     report(&node, peer, Request::Failed { exec, error, missing }).await;
                     return;
                 }
             };
-            let Some(c) = &node.compute else { return };
             let Report { mut result, exit_code, stdout, stderr, meta } = finished;
             if c.misbehave == Some(Misbehave::WrongResult) {
                 result = wrong_result(&node, &result).await.unwrap_or(result);
@@ -304,8 +343,14 @@ impl Compute {
             {
                 let mut execs = c.lock();
                 match execs.get_mut(&exec) {
-                    Some(s) => s.state = State::Done { result, nonce, exit_code, stdout, stderr, meta },
-                    None => return, // cancelled meanwhile
+                    Some(s) if matches!(s.state, State::Running(_)) => {
+                        s.state = State::Done { result, nonce, exit_code, stdout, stderr, meta }
+                    }
+                    // Cancelled meanwhile (its guest had already finished).
+                    _ => {
+                        execs.remove(&exec);
+                        return;
+                    }
                 }
             }
             report(&node, peer, Request::Commit { exec, commitment, exit_code }).await;
@@ -345,9 +390,21 @@ struct Report {
     meta: Box<ExecMeta>,
 }
 
+/// Executions holding a slot: running, or cancelled and not yet stopped.
+fn busy(execs: &HashMap<String, Slot>) -> u32 {
+    execs.values().filter(|s| matches!(s.state, State::Running(_) | State::Stopping)).count() as u32
+}
+
 /// Fetches what the job needs, runs it, and returns its result.
-async fn run_execution(node: &Arc<Node>, requester: PeerId, exec: &str, spec: &Spec) -> anyhow::Result<Report> {
+async fn run_execution(
+    node: &Arc<Node>,
+    requester: PeerId,
+    exec: &str,
+    spec: &Spec,
+    cancel: &shoal_runtime::Cancel,
+) -> anyhow::Result<Report> {
     let mut rt = to_runtime(spec);
+    rt.cancel = Some(cancel.clone());
     // Pinned in the background (see `keeper`): the requester reads the
     // result from this process, which sees it at once.
     rt.pin_result = false;
@@ -380,7 +437,7 @@ async fn run_execution(node: &Arc<Node>, requester: PeerId, exec: &str, spec: &S
             for attempt in 0..=FETCH_RETRIES {
                 match fetch_all(node, requester, &missing).await {
                     Ok(()) => break,
-                    Err(e) if attempt < FETCH_RETRIES && c.lock().contains_key(exec) => {
+                    Err(e) if attempt < FETCH_RETRIES && !cancel.is_cancelled() => {
                         tracing::debug!("fetching the inputs of {exec} failed (attempt {attempt}): {e:#}");
                         tokio::time::sleep(delay).await;
                         delay = next_retry(delay);
