@@ -15,7 +15,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 shoal=${1:-$root/target/debug/shoal}
-examples=${2:-${SHOAL_FUZZ_EXAMPLES:-30}}
+examples=${2:-${SHOAL_FUZZ_EXAMPLES:-50}}
 venv=$root/.deps/web
 [ -x "$venv/bin/schemathesis" ] || { echo "api-fuzz: $venv/bin/schemathesis missing: run scripts/setup.sh --web" >&2; exit 1; }
 
