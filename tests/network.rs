@@ -964,3 +964,67 @@ fn a_cancelled_execution_frees_its_slot_once_its_guest_has_stopped() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("outcome: succeeded"), "{}", text(&o.stdout));
 }
+
+#[test]
+fn bodies_and_car_exports_are_bounded_per_route() {
+    use std::io::{Read, Write};
+    let mut net = Net::new();
+    net.add("n0", &["--no-compute"]);
+    let n = &net.nodes[0];
+    let post = |path: &str, ctype: &str, body: &[u8]| -> (u16, Value) {
+        let mut r = agent()
+            .post(format!("{}{path}", n.api))
+            .header("X-Shoal-Request", "1")
+            .header("Content-Type", ctype)
+            .send(body)
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().with_config().limit(1 << 20).read_json().unwrap_or(Value::Null))
+    };
+    // A spec is at most 1 MiB; an upload may be far larger.
+    // Random bytes (xorshift): no two chunks alike, so the dag is as big
+    // as the file.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let big: Vec<u8> = (0..64u32 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let (status, e) = post("/v1/jobs", "application/json", &big[..2 << 20]);
+    assert_eq!(status, 413, "{e}");
+    assert!(e["error"].is_string(), "{e}");
+    let (status, file) = post("/v1/files?name=big.bin", "application/octet-stream", &big);
+    assert_eq!(status, 200, "{file}");
+    let cid = file["cid"].as_str().unwrap().to_owned();
+    // Exports are streamed: clients that do not read hold at most their
+    // bound, and past MAX_CAR_EXPORTS (8) a new one is refused at once.
+    let addr = n.api.strip_prefix("http://").unwrap();
+    let stalled: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            write!(s, "GET /v1/car/{cid} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+            let mut first = [0u8; 12];
+            s.read_exact(&mut first).unwrap();
+            assert_eq!(&first, b"HTTP/1.1 200");
+            s
+        })
+        .collect();
+    let (status, e) = get(&format!("{}/v1/car/{cid}", n.api));
+    assert_eq!(status, 503, "{e}");
+    drop(stalled);
+    // Once they are gone, an export streams the whole DAG again.
+    let car = eventually(30, "an export slot to come back", || {
+        let mut r = agent().get(format!("{}/v1/car/{cid}", n.api)).call().unwrap();
+        (r.status().as_u16() == 200).then(|| r.body_mut().with_config().limit(128 << 20).read_to_vec().unwrap())
+    });
+    let f = net.home("x.car");
+    std::fs::write(&f, &car).unwrap();
+    let imported = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["--home", net.home("reader").to_str().unwrap(), "car", "import", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    assert!(text(&imported.stdout).contains(&cid), "{}", text(&imported.stdout));
+}

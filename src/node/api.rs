@@ -29,11 +29,12 @@ use utoipa::OpenApi;
 use super::views::*;
 use super::{fetch, guard, requester, Node};
 
-/// Largest request body: a job spec, or a CAR file of a module and its
-/// inputs uploaded by `shoal submit`.
+/// Largest upload (`POST /v1/car`, `POST /v1/files`): a module and its
+/// inputs, uploaded by `shoal submit`.
 pub const MAX_BODY: usize = 256 << 20;
-/// Largest CAR the API returns for `GET /v1/car/{cid}`.
-pub const MAX_CAR: usize = 1 << 30;
+/// Largest body of any other request: a job spec is at most
+/// [`shoal_scheduler::spec::MAX_SPEC_BYTES`] (1 MiB).
+pub const MAX_SMALL_BODY: usize = shoal_scheduler::spec::MAX_SPEC_BYTES;
 /// Jobs a requester holds unfinished before it refuses new ones.
 pub const MAX_ACTIVE_JOBS: usize = 100_000;
 /// Longest `wait` long poll.
@@ -147,10 +148,10 @@ pub fn router(node: Shared, policy: guard::Policy) -> Router {
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/nodes", get(nodes))
         .route("/v1/health", get(health))
-        .route("/v1/car", post(car_import))
+        .route("/v1/car", post(car_import).layer(DefaultBodyLimit::max(MAX_BODY)))
         .route("/v1/car/{cid}", get(car_export))
         .route("/v1/dags/{cid}", get(dag_status))
-        .route("/v1/files", post(file_import))
+        .route("/v1/files", post(file_import).layer(DefaultBodyLimit::max(MAX_BODY)))
         .route("/v1/ls/{cid}", get(ls_root))
         .route("/v1/ls/{cid}/{*path}", get(ls_path))
         .route("/v1/cat/{cid}", get(cat_root))
@@ -160,7 +161,7 @@ pub fn router(node: Shared, policy: guard::Policy) -> Router {
         .route("/ui/{file}", get(ui_file))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(MAX_SMALL_BODY))
         .with_state(node)
         .layer(middleware::from_fn_with_state(Arc::new(policy), guard::check))
         .layer(middleware::from_fn(json_errors))
@@ -543,24 +544,74 @@ async fn car_import(State(node): State<Shared>, body: Bytes) -> Result<Json<CarR
 }
 
 /// A DAG as a CAR file, fetched from the network first when not local.
-#[utoipa::path(get, path = "/v1/car/{cid}", params(("cid" = String, Path, description = "a cid", pattern = "^[A-Za-z0-9]+$", min_length = 1, max_length = 256)), responses((status = 200, content_type = "application/vnd.ipld.car", body = Binary), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody)))]
-async fn car_export(State(node): State<Shared>, Path(cid): Path<String>) -> Result<impl IntoResponse, ApiError> {
+#[utoipa::path(get, path = "/v1/car/{cid}", params(("cid" = String, Path, description = "a cid", pattern = "^[A-Za-z0-9]+$", min_length = 1, max_length = 256)), responses((status = 200, content_type = "application/vnd.ipld.car", body = Binary), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 503, description = "too many car exports at once", body = ErrorBody)))]
+async fn car_export(State(node): State<Shared>, Path(cid): Path<String>) -> Result<Response, ApiError> {
     let root: Cid = cid.parse().map_err(|e| bad(format!("malformed cid {cid:?}: {e}")))?;
+    let permit = node.car_exports.clone().try_acquire_owned().map_err(|_| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this node already streams {MAX_CAR_EXPORTS} car exports; retry later"),
+        )
+    })?;
     let providers = node.client.peers().await.unwrap_or_default();
     fetch::fetch_dag(&node.client, &node.store, root, &providers)
         .await
         .map_err(|e| ApiError(StatusCode::NOT_FOUND, crate::output::message(&e)))?;
+    // Streamed from a blocking thread through a bounded channel: an
+    // export holds at most CAR_CHUNKS chunks in memory, whatever its size,
+    // and stops when the client goes away.
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(CAR_CHUNKS);
     let store = node.store.clone();
-    let car = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        shoal_storage::car::export(&*store, &root, &mut LimitedWriter(&mut out, MAX_CAR))?;
-        Ok::<_, shoal_storage::Error>(out)
-    })
-    .await
-    .map_err(internal)?
-    // The DAG was fetched whole: what can fail now is its size.
-    .map_err(|e| ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()))?;
-    Ok(([(header::CONTENT_TYPE, "application/vnd.ipld.car")], car))
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut w = ChannelWriter { tx, buf: Vec::with_capacity(CAR_CHUNK) };
+        let done = shoal_storage::car::export(&*store, &root, &mut w).map(drop).and_then(|()| {
+            std::io::Write::flush(&mut w).map_err(|e| shoal_storage::Error::io("cannot send", "the car stream", e))
+        });
+        if let Err(e) = done {
+            tracing::debug!("car export of {root} ended early: {e}");
+            // The client sees the stream break, not a short CAR that looks whole.
+            let _ = w.tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/vnd.ipld.car")
+        .body(axum::body::Body::from_stream(body))
+        .map_err(internal)
+}
+
+/// Car exports streamed at once; more are answered 503.
+pub const MAX_CAR_EXPORTS: usize = 8;
+/// Bytes of one chunk of a streamed CAR.
+const CAR_CHUNK: usize = 256 << 10;
+/// Chunks of one CAR in flight to its client (4 MiB).
+const CAR_CHUNKS: usize = 16;
+
+/// Sends what is written, in chunks, to an async body.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CAR_CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CAR_CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+    }
 }
 
 /// Whether this node holds a whole DAG (pinned recursively), so that a
@@ -810,22 +861,4 @@ async fn ui_index() -> Response {
 
 async fn ui_file(Path(file): Path<String>) -> Response {
     ui_response(&file)
-}
-
-struct LimitedWriter<'a>(&'a mut Vec<u8>, usize);
-
-impl std::io::Write for LimitedWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + buf.len() > self.1 {
-            return Err(std::io::Error::other(format!(
-                "the dag is larger than {} bytes; fetch it with a node",
-                self.1
-            )));
-        }
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

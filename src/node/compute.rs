@@ -47,7 +47,8 @@ pub const KEEP_QUEUE: usize = 1024;
 /// How long the keeper gathers results before one flush for all of them.
 pub const KEEP_BATCH: Duration = Duration::from_millis(100);
 
-/// Deliberately wrong behaviours, for tests of the network's defences.
+/// Deliberately wrong behaviours, for tests of the network's defences
+/// (`shoal node --misbehave`, in debug builds only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Misbehave {
     /// Runs the job, then commits to (and reveals) a different result.
@@ -288,11 +289,15 @@ impl Compute {
         Response::Bid { accepted: true, reason: None }
     }
 
-    fn start(&self, node: &Arc<Node>, peer: PeerId, exec: String, spec: Spec, cancel: shoal_runtime::Cancel) {
+    /// Misbehaves at the start of an execution, for tests; true if the
+    /// execution is then not run. Debug builds only: release builds carry
+    /// no test misbehaviour.
+    #[cfg(debug_assertions)]
+    fn misbehave_at_start(&self, node: &Arc<Node>, exec: &str, cancel: &shoal_runtime::Cancel) -> bool {
         match self.misbehave {
             Some(Misbehave::Silent) => {
                 // Never reports; gives its slot back once cancelled.
-                let node = node.clone();
+                let (node, exec, cancel) = (node.clone(), exec.to_owned(), cancel.clone());
                 tokio::spawn(async move {
                     while !cancel.is_cancelled() {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -301,7 +306,7 @@ impl Compute {
                         c.lock().remove(&exec);
                     }
                 });
-                return;
+                true
             }
             Some(Misbehave::Crash) => {
                 tokio::spawn(async {
@@ -309,9 +314,20 @@ impl Compute {
                     eprintln!("misbehaving node: crashing mid-job on purpose");
                     std::process::exit(101);
                 });
-                return;
+                true
             }
-            _ => {}
+            _ => false,
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    fn misbehave_at_start(&self, _: &Arc<Node>, _: &str, _: &shoal_runtime::Cancel) -> bool {
+        false
+    }
+
+    fn start(&self, node: &Arc<Node>, peer: PeerId, exec: String, spec: Spec, cancel: shoal_runtime::Cancel) {
+        if self.misbehave_at_start(node, &exec, &cancel) {
+            return;
         }
         let node = node.clone();
         tokio::spawn(async move {
@@ -335,6 +351,7 @@ impl Compute {
                 }
             };
             let Report { mut result, exit_code, stdout, stderr, meta } = finished;
+            #[cfg(debug_assertions)]
             if c.misbehave == Some(Misbehave::WrongResult) {
                 result = wrong_result(&node, &result).await.unwrap_or(result);
             }
@@ -538,6 +555,7 @@ pub async fn keeper(store: Arc<dyn shoal_storage::BlockStore>, mut results: toki
 
 /// A plausible but wrong result for a lying node: a real, stored result
 /// directory whose stdout differs.
+#[cfg(debug_assertions)]
 async fn wrong_result(node: &Arc<Node>, honest: &Cid) -> Option<Cid> {
     let store = node.store.clone();
     let honest = *honest;

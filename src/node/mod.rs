@@ -15,7 +15,8 @@
 //!   document is derived.
 //! - `guard.rs`: what every API request must pass first (host names, the
 //!   token, no state change a web page could send).
-//! - `misbehave.rs`: deliberately wrong behaviours for tests.
+//! - test misbehaviours (`--misbehave`: a liar, a crasher, a silent
+//!   node) live in `compute.rs`, in debug builds only.
 //!
 //! The network itself is [`shoal_scheduler::net`]: this module only sees
 //! its client and its events.
@@ -37,7 +38,7 @@ use anyhow::{bail, Context as _};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use shoal_scheduler::db::Db;
-use shoal_scheduler::net::proto::{Announcement, Request, Response};
+use shoal_scheduler::net::proto::{self, Announcement, Request, Response};
 use shoal_scheduler::net::{self, Client, Event};
 use shoal_storage::BlockStore;
 use tokio::sync::{watch, Notify};
@@ -76,8 +77,8 @@ pub struct NodeArgs {
     #[arg(long)]
     pub no_compute: bool,
     /// GPU use: `auto` advertises a GPU if one is found, `off` never.
-    #[arg(long, default_value = "auto", value_name = "auto|off")]
-    pub gpu: String,
+    #[arg(long, value_enum, default_value_t = GpuUse::Auto)]
+    pub gpu: GpuUse,
     /// Count a software Vulkan device (lavapipe) as this node's GPU:
     /// correct but slow; off by default.
     #[arg(long)]
@@ -86,8 +87,32 @@ pub struct NodeArgs {
     #[arg(long)]
     pub mdns: bool,
     /// Misbehave, for tests: wrong-result, crash, or silent.
+    #[cfg(debug_assertions)]
     #[arg(long, hide = true, value_name = "MODE")]
     pub misbehave: Option<compute::Misbehave>,
+}
+
+impl NodeArgs {
+    /// The test misbehaviour asked for (debug builds only).
+    #[cfg(debug_assertions)]
+    fn misbehave(&self) -> Option<compute::Misbehave> {
+        self.misbehave
+    }
+
+    #[cfg(not(debug_assertions))]
+    fn misbehave(&self) -> Option<compute::Misbehave> {
+        None
+    }
+}
+
+/// Whether a node uses a GPU (`--gpu`): a typo is refused, not taken for
+/// `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GpuUse {
+    /// Advertise and use a GPU if one is found.
+    Auto,
+    /// Never use one.
+    Off,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -105,6 +130,18 @@ pub struct View {
     pub announcement: Announcement,
     pub last_seen_ms: u64,
 }
+
+/// Execution-protocol requests handled at once; more are answered busy.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 256;
+/// Block requests answered at once (each answer holds up to 8 MiB: 256 MiB
+/// at most); more are answered with nothing, as busy.
+pub const MAX_BLOCK_REQUESTS_IN_FLIGHT: usize = 32;
+/// Peers whose announcements a node keeps; past it the one heard from
+/// longest ago is forgotten.
+pub const MAX_VIEWS: usize = 10_000;
+/// A peer silent this long is forgotten (placement ignores it after the
+/// node ttl, 10 s).
+pub const VIEW_TTL: Duration = Duration::from_secs(60);
 
 /// The time source (injected so tests can drive it).
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -147,6 +184,8 @@ pub struct Node {
     pub placement: shoal_scheduler::placement::Config,
     /// Open job event streams (see [`api::MAX_EVENT_STREAMS`]).
     pub event_streams: Arc<tokio::sync::Semaphore>,
+    /// Car exports being streamed (see [`api::MAX_CAR_EXPORTS`]).
+    pub car_exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl Node {
@@ -214,12 +253,26 @@ impl Node {
         }
     }
 
+    /// Forgets the views of peers not heard from for [`VIEW_TTL`]
+    /// (placement already ignores them after the node ttl).
+    fn forget_silent_views(&self) {
+        let now = self.now();
+        let ttl = VIEW_TTL.as_millis() as u64;
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, v| now.saturating_sub(v.last_seen_ms) <= ttl);
+    }
+
     /// Records what a peer announced; a new boot id means the peer
     /// restarted and lost its executions.
     fn on_announcement(self: &Arc<Self>, peer: PeerId, announcement: Announcement) {
         let now = self.now();
         let restarted = {
             let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+            if views.len() >= MAX_VIEWS && !views.contains_key(&peer) {
+                // Full: the view heard from longest ago makes room.
+                if let Some(oldest) = views.iter().min_by_key(|(_, v)| v.last_seen_ms).map(|(p, _)| *p) {
+                    views.remove(&oldest);
+                }
+            }
             let old = views
                 .insert(peer, View { id: peer.to_string(), announcement: announcement.clone(), last_seen_ms: now });
             match old {
@@ -333,7 +386,13 @@ pub async fn serve(
     let compute = if args.no_compute {
         None
     } else {
-        Some(compute::Compute::new(&home, args.slots, args.misbehave, args.gpu != "off", args.allow_software_gpu)?)
+        Some(compute::Compute::new(
+            &home,
+            args.slots,
+            args.misbehave(),
+            args.gpu == GpuUse::Auto,
+            args.allow_software_gpu,
+        )?)
     };
     let api_addr = listener.local_addr().context("api listener has no address")?;
     let node = Arc::new(Node {
@@ -356,6 +415,7 @@ pub async fn serve(
         inflight: Mutex::new(HashSet::new()),
         placement: Default::default(),
         event_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_EVENT_STREAMS)),
+        car_exports: Arc::new(tokio::sync::Semaphore::new(api::MAX_CAR_EXPORTS)),
     });
     let _ = node.api_url.set(format!("http://{api_addr}"));
     let token = if api_addr.ip().is_loopback() && !args.require_token { None } else { Some(load_token(&home)?) };
@@ -370,21 +430,43 @@ pub async fn serve(
         }
     }
 
-    // Network events.
+    // Network events. Requests are handled concurrently up to a bound each
+    // (a block answer holds up to 8 MiB): past it they are answered "busy"
+    // at once, so a peer that floods cannot grow the node's memory or its
+    // task count without bound.
     let n = node.clone();
+    let requests = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
+    let block_requests = Arc::new(tokio::sync::Semaphore::new(MAX_BLOCK_REQUESTS_IN_FLIGHT));
     let events_task = tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             match event {
                 Event::Request { peer, request, channel } => {
                     let n = n.clone();
+                    let Ok(permit) = requests.clone().try_acquire_owned() else {
+                        let busy = Response::Error { message: "node busy: too many requests in flight; retry".into() };
+                        let _ = n.client.respond(channel, busy).await;
+                        continue;
+                    };
                     tokio::spawn(async move {
+                        let _permit = permit;
                         let response = n.handle(peer, request).await;
                         let _ = n.client.respond(channel, response).await;
                     });
                 }
                 Event::Blocks { request, channel, .. } => {
                     let n = n.clone();
+                    let Ok(permit) = block_requests.clone().try_acquire_owned() else {
+                        // Busy: nothing now (the asker tries its other
+                        // providers, and this one again later).
+                        let busy = proto::BlockResponse {
+                            blocks: Vec::new(),
+                            missing: request.want.iter().take(proto::MAX_WANT).cloned().collect(),
+                        };
+                        let _ = n.client.respond_blocks(channel, busy).await;
+                        continue;
+                    };
                     tokio::spawn(async move {
+                        let _permit = permit;
                         let st = n.store.clone();
                         let response =
                             tokio::task::spawn_blocking(move || fetch::serve(&*st, &request)).await.unwrap_or_default();
@@ -408,13 +490,15 @@ pub async fn serve(
         .as_ref()
         .and_then(|c| c.take_kept())
         .map(|results| tokio::spawn(compute::keeper(node.store.clone(), results)));
-    // Announcements, once a second and whenever the scheduler asks.
+    // Announcements, once a second and whenever the scheduler asks; views
+    // of peers silent for VIEW_TTL are forgotten.
     let n = node.clone();
     let announce_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(1000));
         loop {
             tick.tick().await;
             let _ = n.client.announce(n.announcement()).await;
+            n.forget_silent_views();
         }
     });
     let sched_task = tokio::spawn(requester::run(node.clone()));
