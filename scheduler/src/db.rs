@@ -370,17 +370,68 @@ impl Db {
     /// bid's answer and the node's commitment can race): a read-then-write
     /// would let the older news overwrite the newer.
     pub fn update_execution_from(&self, e: &Execution, from: ExecState) -> Result<bool, Error> {
+        self.update_execution_judged(e, from, NodeStats::default())
+    }
+
+    /// [`Db::update_execution_from`], adding `delta` to the execution's
+    /// node's track record in the same transaction: a judgement is
+    /// counted once, with the state it judges, or not at all.
+    pub fn update_execution_judged(&self, e: &Execution, from: ExecState, delta: NodeStats) -> Result<bool, Error> {
         let sql = format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1 AND state = ?17");
-        let conn = self.conn();
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err("cannot begin"))?;
         let p = exec_params(e);
         let mut params: Vec<&dyn rusqlite::ToSql> = p.iter().map(|b| b.as_ref() as &dyn rusqlite::ToSql).collect();
         let from = from.as_str();
         params.push(&from);
-        let n = conn
+        let n = tx
             .prepare_cached(&sql)
             .and_then(|mut st| st.execute(params.as_slice()))
             .map_err(self.err("cannot update execution"))?;
+        if n == 1 && delta != NodeStats::default() {
+            *self.stats_cache() = None;
+            bump(&tx, &e.node, delta).map_err(self.err("cannot update node stats"))?;
+        }
+        tx.commit().map_err(self.err("cannot commit"))?;
         Ok(n == 1)
+    }
+
+    /// Marks every live execution `node` holds for an unfinished job lost,
+    /// with `error`, and counts them against it, in one statement and one
+    /// transaction (a node that restarted forgot them all). Returns the
+    /// jobs touched.
+    pub fn lose_live_executions_on(&self, node: &NodeId, error: &str, now_ms: u64) -> Result<Vec<JobId>, Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err("cannot begin"))?;
+        let jobs: Vec<String> = {
+            let mut st = tx
+                .prepare_cached(
+                    "UPDATE executions SET state = 'lost', error = ?2, updated_ms = ?3 \
+                     WHERE node = ?1 AND state IN ('bid_asked', 'accepted', 'running', 'committed') \
+                     AND job IN (SELECT id FROM jobs WHERE state IN ('queued', 'running')) RETURNING job",
+                )
+                .map_err(self.err("cannot mark executions lost"))?;
+            let rows = st
+                .query_map(params![node, error, now_ms], |r| r.get(0))
+                .map_err(self.err("cannot mark executions lost"))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(self.err("cannot mark executions lost"))?
+        };
+        if !jobs.is_empty() {
+            *self.stats_cache() = None;
+            let lost = u64::try_from(jobs.len()).unwrap_or(u64::MAX);
+            bump(&tx, node, NodeStats { lost, ..Default::default() }).map_err(self.err("cannot update node stats"))?;
+        }
+        tx.commit().map_err(self.err("cannot commit"))?;
+        let mut out: Vec<JobId> = Vec::new();
+        for j in jobs {
+            let id: JobId = j.parse().map_err(|e: crate::model::Error| {
+                self.corrupt(Bad { what: "an execution's job id".into(), message: e.to_string() })
+            })?;
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
     }
 
     /// A job's executions, oldest first.
@@ -1105,6 +1156,58 @@ mod tests {
         assert_eq!(t.len(), 1, "only this job's executions");
         // A write that keeps the state adds nothing.
         assert_eq!(t[&e.id], [(ExecState::BidAsked, 10), (ExecState::Running, 20), (ExecState::Committed, 30)]);
+    }
+
+    #[test]
+    fn a_judgement_is_counted_with_its_state_change_or_not_at_all() {
+        let db = Db::open_in_memory().unwrap();
+        let j = job(1);
+        let mut e = exec(&j, 1);
+        e.state = ExecState::Committed;
+        db.apply(&j, std::slice::from_ref(&e)).unwrap();
+        e.state = ExecState::Failed;
+        let dissent = NodeStats { dissented: 1, ..Default::default() };
+        assert!(db.update_execution_judged(&e, ExecState::Committed, dissent).unwrap());
+        // The same answer again finds the state moved on: not counted twice.
+        assert!(!db.update_execution_judged(&e, ExecState::Committed, dissent).unwrap());
+        assert_eq!(db.node_stats().unwrap()[&e.node].dissented, 1);
+    }
+
+    #[test]
+    fn a_restarted_node_loses_its_live_executions_of_unfinished_jobs_at_once() {
+        let db = Db::open_in_memory().unwrap();
+        let (mut a, mut b, mut done) = (job(1), job(2), job(3));
+        a.state = JobState::Running;
+        b.state = JobState::Queued;
+        done.state = JobState::Completed;
+        let mut rows = Vec::new();
+        for (j, n, state) in [
+            (&a, 1, ExecState::Running),
+            (&a, 2, ExecState::Committed),
+            (&b, 3, ExecState::BidAsked),
+            (&b, 4, ExecState::Revealed),
+            (&done, 5, ExecState::Committed),
+        ] {
+            let mut e = exec(j, n);
+            e.node = "gone".into();
+            e.state = state;
+            db.apply(j, std::slice::from_ref(&e)).unwrap();
+            rows.push(e);
+        }
+        let other = exec(&a, 6);
+        db.apply(&a, std::slice::from_ref(&other)).unwrap();
+        let mut touched = db.lose_live_executions_on(&"gone".into(), "restarted", 9).unwrap();
+        touched.sort();
+        assert_eq!(touched, [a.id.clone(), b.id.clone()]);
+        let state = |e: &Execution| db.execution(&e.id).unwrap().unwrap().state;
+        assert_eq!(
+            rows.iter().map(state).collect::<Vec<_>>(),
+            [ExecState::Lost, ExecState::Lost, ExecState::Lost, ExecState::Revealed, ExecState::Committed],
+            "live ones of unfinished jobs only"
+        );
+        assert_eq!(db.execution(&rows[0].id).unwrap().unwrap().error.as_deref(), Some("restarted"));
+        assert_eq!(state(&other), other.state, "other nodes' executions are left alone");
+        assert_eq!(db.node_stats().unwrap()["gone"].lost, 3);
     }
 
     #[test]

@@ -40,7 +40,12 @@ pub async fn run(node: Arc<Node>) {
 /// The views placement sees: every peer heard from, plus ourselves.
 pub fn views(node: &Node) -> Vec<NodeView> {
     let now = node.now();
-    let stats = node.db().node_stats().unwrap_or_default();
+    // Without the records, every node looks new: say so rather than
+    // silently ranking by nothing.
+    let stats = node.db().node_stats().unwrap_or_else(|e| {
+        tracing::warn!("cannot read the nodes' records, ranking without them: {e}");
+        Default::default()
+    });
     let mut out = Vec::new();
     let mut push = |id: String, a: &shoal_scheduler::net::proto::Announcement, seen: u64| {
         out.push(NodeView {
@@ -194,13 +199,14 @@ fn end_executions(
         e.error = Some(plan.reasons.get(id).cloned().unwrap_or_else(|| format!("marked {state} by the scheduler")));
         // A report may have landed since the plan was made: it wins, and
         // the next pass plans with it.
-        if !node.db().update_execution_from(&e, live.state)? {
+        let lost =
+            if state == ExecState::Lost { NodeStats { lost: 1, ..Default::default() } } else { NodeStats::default() };
+        if !node.db().update_execution_judged(&e, live.state, lost)? {
             ended.stale = true;
             continue;
         }
         cancel_live(node, std::slice::from_ref(live));
         if state == ExecState::Lost {
-            node.db().bump_stats(&e.node, NodeStats { lost: 1, ..Default::default() })?;
             node.metrics.executions_lost.inc();
         }
         ended.changed = true;
@@ -361,6 +367,8 @@ async fn bid_and_run(node: Arc<Node>, peer: PeerId, e: Execution, job: String, s
 
 async fn reveal(node: &Arc<Node>, peer: PeerId, mut e: Execution) {
     let now = node.now();
+    // What the answer costs the node's record, counted with it.
+    let mut judged = NodeStats::default();
     tracing::debug!(job = %e.job, exec = %e.id, "asking for the reveal");
     match node.send(peer, Request::Reveal { exec: e.id.to_string() }).await {
         Ok(Response::Revealed { result, nonce, exit_code, stdout, stderr, meta }) => {
@@ -380,7 +388,7 @@ async fn reveal(node: &Arc<Node>, peer: PeerId, mut e: Execution) {
             } else {
                 e.state = ExecState::Failed;
                 e.error = Some(format!("revealed result {result} does not match the commitment"));
-                let _ = node.db().bump_stats(&e.node, NodeStats { dissented: 1, ..Default::default() });
+                judged = NodeStats { dissented: 1, ..Default::default() };
             }
         }
         Ok(Response::Error { message }) => {
@@ -400,9 +408,15 @@ async fn reveal(node: &Arc<Node>, peer: PeerId, mut e: Execution) {
     }
     e.updated_ms = now;
     // Another reveal of the same execution may have landed meanwhile (a
-    // late reveal after completion): the first answer stands.
-    if !matches!(node.db().update_execution_from(&e, ExecState::Committed), Ok(true)) {
-        return;
+    // late reveal after completion): the first answer stands, and only its
+    // judgement counts.
+    match node.db().update_execution_judged(&e, ExecState::Committed, judged) {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(err) => {
+            tracing::warn!("cannot record the reveal of {}: {err}", e.id);
+            return;
+        }
     }
     tracing::debug!(job = %e.job, exec = %e.id, state = %e.state, "reveal recorded");
     node.notify_changed();
@@ -575,8 +589,8 @@ async fn late_reveal(node: &Arc<Node>, e: Execution, agreed: Cid, credit: bool) 
             };
             e.state = ExecState::Completed;
             e.updated_ms = now;
-            if let Ok(true) = node.db().update_execution_from(&e, read) {
-                let _ = node.db().bump_stats(&e.node, stats);
+            if let Err(err) = node.db().update_execution_judged(&e, read, stats) {
+                tracing::warn!("cannot record the judgement of {}: {err}", e.id);
             }
         }
         // Unreachable or refused: it was not needed; stop it.
@@ -650,13 +664,11 @@ pub async fn handle(node: &Arc<Node>, peer: PeerId, request: Request) -> Respons
             _ => return Response::Error { message: "not a report".into() },
         }
         e.updated_ms = node.now();
-        match node.db().update_execution_from(&e, read) {
+        let judged = if failed { NodeStats { failed: 1, ..Default::default() } } else { NodeStats::default() };
+        match node.db().update_execution_judged(&e, read, judged) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(err) => return Response::Error { message: format!("cannot record execution {id}: {err}") },
-        }
-        if failed {
-            let _ = node.db().bump_stats(&e.node, NodeStats { failed: 1, ..Default::default() });
         }
         tracing::debug!(job = %e.job, exec = %id, state = %e.state, "report recorded");
         if e.state == ExecState::Committed && matches!(node.db().job_state(&e.job), Ok(Some(JobState::Completed))) {
@@ -674,20 +686,17 @@ pub async fn handle(node: &Arc<Node>, peer: PeerId, request: Request) -> Respons
 
 /// A peer restarted: whatever it was running for us is gone.
 pub fn peer_restarted(node: &Arc<Node>, peer: PeerId) {
-    let id = peer.to_string();
-    let Ok(jobs) = node.db().active_jobs() else { return };
-    let now = node.now();
-    for job in jobs {
-        let Ok(execs) = node.db().executions(&job.id) else { continue };
-        for mut e in execs.into_iter().filter(|e| e.node == id && e.state.is_live()) {
-            let read = e.state;
-            e.state = ExecState::Lost;
-            e.error = Some("the node restarted during the execution".into());
-            e.updated_ms = now;
-            if let Ok(true) = node.db().update_execution_from(&e, read) {
-                let _ = node.db().bump_stats(&e.node, NodeStats { lost: 1, ..Default::default() });
+    let why = "the node restarted during the execution";
+    match node.db().lose_live_executions_on(&peer.to_string(), why, node.now()) {
+        Ok(jobs) => {
+            for job in &jobs {
+                node.mark(job);
+            }
+            if !jobs.is_empty() {
+                node.notify_changed();
             }
         }
+        Err(e) => tracing::warn!("cannot mark the executions of restarted peer {peer} lost: {e}"),
     }
     node.plan_everything();
 }
