@@ -24,6 +24,7 @@ run() {
 
 run "api fuzzer" "$here/api-fuzz.sh" "$shoal"
 run "python client" env SHOAL_BIN="$shoal" "$py" -m pytest -q "$root/clients/python/tests"
+run "python client types (mypy --strict)" sh -c 'cd "$1/clients/python" && "$2" -m mypy' sh "$root" "$py"
 run "dashboard in chromium" "$py" "$root/tests/browser/dashboard.py" --shoal "$shoal" --out "$root/target/dashboard"
 
 echo "web: $passed passed, $failed failed"

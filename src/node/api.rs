@@ -365,7 +365,13 @@ async fn list_jobs(State(node): State<Shared>, Query(q): Query<ListQuery>) -> Re
 
 /// Cancel a job.
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", params(("id" = JobId, Path, description = "a job id")), responses((status = 200, body = JobDetail), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody), (status = 415, description = "not a json/yaml/car content type and no X-Shoal-Request header", body = ErrorBody)))]
-async fn cancel_job(State(node): State<Shared>, Path(id): Path<String>) -> Result<Json<JobDetail>, ApiError> {
+async fn cancel_job(
+    State(node): State<Shared>,
+    Path(id): Path<String>,
+    // Read (and ignored) so that a client's `{}` body is consumed and the
+    // connection stays usable for its next request.
+    _body: Bytes,
+) -> Result<Json<JobDetail>, ApiError> {
     let jid = parse_id(&id)?;
     let job = requester::cancel(&node, &jid).map_err(internal)?.ok_or_else(|| not_found(&id))?;
     Ok(Json(job_json(&node, &job)))
