@@ -1028,3 +1028,106 @@ fn bodies_and_car_exports_are_bounded_per_route() {
     assert!(imported.status.success(), "{}", text(&imported.stderr));
     assert!(text(&imported.stdout).contains(&cid), "{}", text(&imported.stdout));
 }
+
+/// The result CID of a local `shoal run` of `module` with `args`.
+fn local_result(module: &Path, args: &[&str]) -> String {
+    let t = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .env("SHOAL_HOME", t.path())
+        .args(["run", "-q", module.to_str().unwrap(), "--"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    text(&o.stdout).lines().last().unwrap().to_owned()
+}
+
+#[test]
+fn a_burst_larger_than_the_free_slots_completes_through_kills() {
+    let mut net = Net::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    net.add("requester", &["--no-compute", "--listen", &listen]);
+    for name in ["a", "b", "c"] {
+        net.add(name, &["--slots", "2"]);
+    }
+    wait_for_nodes(&net.nodes[0], 4);
+    // 40 redundancy-2 jobs at once on 6 slots: 80 executions, more than
+    // thirteen times the free slots, so most bids meet busy nodes.
+    let mandel = sample("mandelbrot");
+    let iters = ["300", "350", "400", "450"];
+    let expected: Vec<String> = iters.iter().map(|i| local_result(&mandel, &["400", i])).collect();
+    let mut up =
+        agent().post(format!("{}/v1/files?name=mandelbrot.wasm", net.nodes[0].api)).header("X-Shoal-Request", "1");
+    up = up.header("Content-Type", "application/octet-stream");
+    let module: Value = up.send(&std::fs::read(&mandel).unwrap()[..]).unwrap().body_mut().read_json().unwrap();
+    let module = module["cid"].as_str().unwrap().to_owned();
+    let jobs: Vec<(String, usize)> = (0..40)
+        .map(|k| {
+            let spec = serde_json::json!({
+                "task": { "module": module, "args": ["400", iters[k % 4]] },
+                "redundancy": { "count": 2 },
+            });
+            let mut r = agent().post(format!("{}/v1/jobs", net.nodes[0].api)).send_json(&spec).unwrap();
+            assert_eq!(r.status().as_u16(), 201);
+            (r.body_mut().read_json::<Value>().unwrap()["id"].as_str().unwrap().to_owned(), k % 4)
+        })
+        .collect();
+    let completed = |n: &NodeProc| {
+        get(&format!("{}/v1/jobs?state=completed&limit=100", n.api)).1["jobs"].as_array().map_or(0, Vec::len)
+    };
+    // A compute node killed (kill -9) and restarted mid-burst ...
+    eventually(120, "the first jobs to complete", || (completed(&net.nodes[0]) >= 3).then_some(()));
+    assert!(completed(&net.nodes[0]) < 40, "the burst ended before the kills: make it longer");
+    net.nodes[2].kill();
+    let (home, first) = (net.nodes[2].home.clone(), net.nodes[0].peer.clone());
+    net.nodes[2] = start_node(&home, &["--slots", "2", "--peer", &first]);
+    // ... then the requester itself.
+    eventually(120, "more jobs to complete", || (completed(&net.nodes[0]) >= 8).then_some(()));
+    assert!(completed(&net.nodes[0]) < 40, "the burst ended before the requester was killed: make it longer");
+    net.nodes[0].kill();
+    let (home, a) = (net.nodes[0].home.clone(), net.nodes[1].peer.clone());
+    net.nodes[0] = start_node(&home, &["--no-compute", "--listen", &listen, "--peer", &a]);
+    // Every job ends, completed, with the result a local run gives.
+    let r = &net.nodes[0];
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let open: Vec<Value> = jobs
+            .iter()
+            .map(|(id, _)| job(r, id))
+            .filter(|j| matches!(j["job"]["state"].as_str(), Some("queued" | "running")))
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let summary: Vec<String> = open
+                .iter()
+                .map(|j| {
+                    let execs: Vec<String> = j["executions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| format!("{}@{}:{}", e["state"], &e["node"].as_str().unwrap()[46..], e["error"]))
+                        .collect();
+                    format!("{} {}: {}", j["job"]["id"], j["job"]["state"], execs.join(", "))
+                })
+                .collect();
+            panic!("{} jobs did not end in 240 s:\n{}", open.len(), summary.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (id, size) in &jobs {
+        let j = job(r, id);
+        assert_eq!(j["job"]["state"], "completed", "{j}");
+        assert_eq!(j["job"]["result"], Value::String(expected[*size].clone()), "{j}");
+    }
+    // No slot is left held once the burst is over.
+    for n in &net.nodes[1..] {
+        eventually(30, "every slot to be free", || {
+            let v = get(&format!("{}/v1/nodes", n.api)).1;
+            let me = v["nodes"].as_array().unwrap().iter().find(|e| e["self"] == true).cloned().unwrap();
+            (me["node"]["slots_free"] == 2).then_some(())
+        });
+    }
+}

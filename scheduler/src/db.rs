@@ -110,7 +110,8 @@ CREATE TABLE executions (
     exit_code INTEGER,
     extra INTEGER NOT NULL,
     nonce BLOB,
-    meta TEXT
+    meta TEXT,
+    boot INTEGER
 );
 CREATE INDEX executions_job ON executions (job);
 CREATE TABLE node_stats (
@@ -139,7 +140,7 @@ pub const MAX_LEFTOVERS: usize = 1000;
 const JOB_COLS: &str =
     "id, state, spec, created_ms, updated_ms, started_ms, result, error, extra_used, exit_code, failure";
 const EXEC_COLS: &str = "id, job, node, state, created_ms, updated_ms, started_ms, commitment, result, error, stdout, \
-                         stderr, exit_code, extra, nonce, meta";
+                         stderr, exit_code, extra, nonce, meta, boot";
 
 /// Per-row decoding failures, turned into [`Error::Corrupt`] with the path.
 struct Bad {
@@ -206,6 +207,13 @@ impl Db {
         if !has_meta {
             tx.execute_batch("ALTER TABLE executions ADD COLUMN meta TEXT")
                 .map_err(sqlite(&path, "cannot add the execution metadata column"))?;
+        }
+        let has_boot: bool = tx
+            .query_row("SELECT count(*) FROM pragma_table_info('executions') WHERE name = 'boot'", [], |r| r.get(0))
+            .map_err(sqlite(&path, "cannot read the schema"))?;
+        if !has_boot {
+            tx.execute_batch("ALTER TABLE executions ADD COLUMN boot INTEGER")
+                .map_err(sqlite(&path, "cannot add the execution boot column"))?;
         }
         // A completed job's outcome (the agreed result's exit code and
         // failure), added within version 1 the same way.
@@ -377,7 +385,7 @@ impl Db {
     /// node's track record in the same transaction: a judgement is
     /// counted once, with the state it judges, or not at all.
     pub fn update_execution_judged(&self, e: &Execution, from: ExecState, delta: NodeStats) -> Result<bool, Error> {
-        let sql = format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1 AND state = ?17");
+        let sql = format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1 AND state = ?18");
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(self.err("cannot begin"))?;
         let p = exec_params(e);
@@ -636,7 +644,7 @@ fn upsert_job(conn: &Connection, job: &Job) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn exec_params(e: &Execution) -> [Box<dyn rusqlite::ToSql + '_>; 16] {
+fn exec_params(e: &Execution) -> [Box<dyn rusqlite::ToSql + '_>; 17] {
     [
         Box::new(e.id.as_str()),
         Box::new(e.job.as_str()),
@@ -655,13 +663,15 @@ fn exec_params(e: &Execution) -> [Box<dyn rusqlite::ToSql + '_>; 16] {
         Box::new(e.nonce.map(|c| c.to_vec())),
         // Plain data: serializing it cannot fail.
         Box::new(e.meta.as_ref().and_then(|m| serde_json::to_string(m).ok())),
+        // SQLite integers are signed: the bits of the u64, as they are.
+        Box::new(e.boot.map(|b| b as i64)),
     ]
 }
 
-const EXEC_VALUES: &str = "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+const EXEC_VALUES: &str = "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 const EXEC_SET: &str = "job = ?2, node = ?3, state = ?4, created_ms = ?5, updated_ms = ?6, started_ms = ?7, \
                         commitment = ?8, result = ?9, error = ?10, stdout = ?11, stderr = ?12, exit_code = ?13, \
-                        extra = ?14, nonce = ?15, meta = ?16";
+                        extra = ?14, nonce = ?15, meta = ?16, boot = ?17";
 
 fn write_exec(conn: &Connection, e: &Execution, insert: bool) -> rusqlite::Result<()> {
     let sql = if insert {
@@ -781,6 +791,7 @@ struct RawExec {
     extra: bool,
     nonce: Option<Vec<u8>>,
     meta: Option<String>,
+    boot: Option<i64>,
 }
 
 fn raw_exec(r: &Row<'_>) -> rusqlite::Result<RawExec> {
@@ -801,6 +812,7 @@ fn raw_exec(r: &Row<'_>) -> rusqlite::Result<RawExec> {
         extra: r.get(13)?,
         nonce: r.get(14)?,
         meta: r.get(15)?,
+        boot: r.get(16)?,
     })
 }
 
@@ -833,6 +845,7 @@ impl RawExec {
                 .meta
                 .map(|m| serde_json::from_str(&m).map_err(|e| bad(what("meta"))(e.to_string())))
                 .transpose()?,
+            boot: self.boot.map(|b| b as u64),
             id,
         })
     }
@@ -866,6 +879,8 @@ mod tests {
         e.commitment = Some([n as u8; 32]);
         e.nonce = Some([7; 32]);
         e.meta = Some(crate::model::ExecMeta { nn_devices: vec![format!("cpu: {n}")], wall_ms: n, fuel: 10 * n });
+        // Above i64::MAX: stored as the same 64 bits.
+        e.boot = Some(u64::MAX - n);
         e.result = Some(cid(n as u8));
         e.stdout = Some("out".into());
         e.exit_code = Some(-3);

@@ -399,6 +399,10 @@ pub struct Execution {
     /// How the node says it ran it, revealed with the result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<ExecMeta>,
+    /// The boot id the node announced when it was asked: a node that
+    /// announces another one has restarted and forgotten the execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<u64>,
 }
 
 /// How a compute node ran an execution, as it reports it: metadata beside
@@ -461,6 +465,7 @@ impl Execution {
             extra,
             nonce: None,
             meta: None,
+            boot: None,
         }
     }
 
@@ -533,6 +538,10 @@ pub struct NodeView {
     pub holds: BTreeSet<Cid>,
     /// Its track record.
     pub stats: NodeStats,
+    /// The random id of the node's current process (a new one after a
+    /// restart), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<u64>,
 }
 
 #[cfg(test)]

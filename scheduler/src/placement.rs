@@ -12,6 +12,10 @@
 //! **Ending executions.** Each live execution is checked, in this order:
 //! - on a node that is gone (absent from `nodes`, or not seen for
 //!   [`Config::node_ttl_ms`]) it is `lost`;
+//! - on a node that now announces another boot id than the one it had when
+//!   it was asked ([`Execution::boot`](crate::model::Execution::boot)), it
+//!   is `lost`: the node restarted and forgot it, whoever noticed first,
+//!   and even if the requester itself restarted meanwhile;
 //! - a bid unanswered for [`Config::bid_timeout_ms`] is `expired` (the
 //!   caller marks it Rejected: a silent node is treated as a node that
 //!   said no);
@@ -273,10 +277,18 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
     for e in &execs {
         let mut s = e.state;
         if s.is_live() {
+            let restarted = match (e.boot, node_map.get(e.node.as_str()).and_then(|n| n.boot)) {
+                (Some(then), Some(now)) => then != now,
+                _ => false,
+            };
             if !alive(&e.node) {
                 plan.lost.push(e.id.clone());
                 plan.reasons
                     .insert(e.id.clone(), format!("node {} gone (not seen for {})", e.node, human(cfg.node_ttl_ms)));
+                s = ExecState::Lost;
+            } else if restarted {
+                plan.lost.push(e.id.clone());
+                plan.reasons.insert(e.id.clone(), format!("node {} restarted during the execution", e.node));
                 s = ExecState::Lost;
             } else if s == ExecState::BidAsked && now_ms.saturating_sub(e.created_ms) > cfg.bid_timeout_ms {
                 plan.expired.push(e.id.clone());
@@ -672,6 +684,7 @@ mod tests {
             last_seen_ms: NOW,
             holds: BTreeSet::new(),
             stats: NodeStats::default(),
+            boot: None,
         }
     }
 
@@ -765,6 +778,21 @@ mod tests {
         let u = p.job.expect("the job ends");
         assert_eq!(u.state, JobState::Failed);
         assert!(u.error.unwrap().contains("timeouts.queue"));
+    }
+
+    #[test]
+    fn an_execution_on_a_node_that_restarted_is_lost() {
+        let j = job(1, |_| {});
+        let mut e = ex("e1", "a", ExecState::Running);
+        e.boot = Some(1);
+        let mut ns = nodes(&["a", "b"]);
+        ns[0].boot = Some(1);
+        assert!(plan(&j, &ns, std::slice::from_ref(&e), NOW, &cfg()).lost.is_empty(), "same process");
+        ns[0].boot = Some(2);
+        let p = plan(&j, &ns, &[e], NOW, &cfg());
+        assert_eq!(p.lost, ids(&["e1"]));
+        assert!(p.reasons[&ids(&["e1"])[0]].contains("restarted"));
+        assert_eq!(p.place, ["b"], "replaced on another node");
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub struct Compute {
     execs: Mutex<HashMap<String, Slot>>,
     runner: Arc<job::Runner<Arc<Executor>>>,
     scratch: PathBuf,
+    // Read only by the debug builds' test misbehaviours.
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     misbehave: Option<Misbehave>,
     counter: std::sync::atomic::AtomicU64,
 }
@@ -350,11 +352,13 @@ impl Compute {
                     return;
                 }
             };
-            let Report { mut result, exit_code, stdout, stderr, meta } = finished;
+            let Report { result, exit_code, stdout, stderr, meta } = finished;
             #[cfg(debug_assertions)]
-            if c.misbehave == Some(Misbehave::WrongResult) {
-                result = wrong_result(&node, &result).await.unwrap_or(result);
-            }
+            let result = if c.misbehave == Some(Misbehave::WrongResult) {
+                wrong_result(&node, &result).await.unwrap_or(result)
+            } else {
+                result
+            };
             let nonce: [u8; 32] = rand::random();
             let commitment = commit::commitment(&result, &nonce);
             {

@@ -64,6 +64,7 @@ pub fn views(node: &Node) -> Vec<NodeView> {
             version: a.version.clone(),
             last_seen_ms: seen,
             holds: Default::default(),
+            boot: Some(a.boot),
         });
     };
     push(node.peer.to_string(), &node.announcement(), now);
@@ -167,6 +168,7 @@ fn placeholder(id: &str, since_ms: u64) -> NodeView {
         last_seen_ms: since_ms,
         holds: Default::default(),
         stats: Default::default(),
+        boot: None,
     }
 }
 
@@ -272,17 +274,18 @@ fn carry_out(
         let (mut peers, mut placed) = (Vec::new(), Vec::new());
         for (target, extra) in placements {
             let Ok(peer) = target.parse::<PeerId>() else { continue };
+            let mut boot = None;
             if let Some(v) = views.iter_mut().find(|v| &v.id == target) {
                 v.slots_free = v.slots_free.saturating_sub(job.spec.resources.slots);
+                boot = v.boot;
             }
             peers.push(peer);
-            placed.push(Execution::new(
-                ExecId::from_parts(now, rand::random()),
-                job.id.clone(),
-                target.clone(),
-                extra,
-                now,
-            ));
+            let mut e =
+                Execution::new(ExecId::from_parts(now, rand::random()), job.id.clone(), target.clone(), extra, now);
+            // Which process of the node is asked: another one answering
+            // later means it restarted and forgot this (see placement).
+            e.boot = boot;
+            placed.push(e);
         }
         if !placed.is_empty() {
             node.db().insert_executions(&placed)?;
