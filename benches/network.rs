@@ -177,6 +177,13 @@ fn main() {
 
     // A requester alone with 10,000 jobs nobody can run.
     let q = start(&dir.path().join("queue"), &["--no-compute"]);
+    // It must hold the module: a node refuses jobs over data it cannot find.
+    let mut r = a
+        .post(format!("{}/v1/files?name=hello.wasm", q.api))
+        .header("X-Shoal-Request", "1")
+        .send(&std::fs::read(&hello).unwrap()[..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.body_mut().read_to_string().unwrap_or_default());
     let before = rss_kib(q.child.id());
     let queued = if quick { 2_000 } else { 10_000 };
     let sp = json!({ "task": { "module": module }, "constraints": ["zone=nowhere"], "timeouts": { "queue": "1h", "total": "2h" } });

@@ -31,7 +31,20 @@ pub async fn run(node: Arc<Node>) {
             _ = node.kick.notified() => node.full_pass.swap(false, std::sync::atomic::Ordering::Relaxed),
             _ = full.tick() => true,
         };
-        if let Err(e) = tick(&node, everything) {
+        // A full pass reads and writes every active job (up to 100,000):
+        // on a blocking thread, so that it never holds an async worker the
+        // API and the network need meanwhile. A pass over the few jobs an
+        // event touched stays here: a thread hand-off would cost each job
+        // more than the pass itself.
+        let ran = if everything {
+            let n = node.clone();
+            tokio::task::spawn_blocking(move || tick(&n, true))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("the scheduling pass panicked: {e}")))
+        } else {
+            tick(&node, false)
+        };
+        if let Err(e) = ran {
             tracing::warn!("scheduling pass failed: {e:#}");
         }
     }
