@@ -764,6 +764,9 @@ fn print_job(r: &Value) {
     };
     println!("job:     {}", s(j, "id"));
     println!("state:   {}", s(j, "state"));
+    if let Some(w) = j["waiting"].as_str() {
+        println!("waiting: {w}");
+    }
     if j["state"] == "completed" {
         println!("outcome: {}", outcome_text(j));
         if let Some(c) = j["exit_code"].as_i64() {

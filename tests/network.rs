@@ -449,6 +449,8 @@ fn bad_specs_and_unknown_jobs_get_clear_errors() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let id = text(&o.stdout).trim().to_owned();
     assert_eq!(job(&net.nodes[0], &id)["job"]["state"], "queued");
+    let d = text(&cli(&net.nodes[0], &net.home("cli"), &["job", "describe", &id]).stdout);
+    assert!(d.contains("waiting: 0 of 1 executions placed; 0 capable node(s) known for redundancy 1"), "{d}");
     let c = cli(&net.nodes[0], &net.home("cli"), &["job", "cancel", &id]);
     assert!(c.status.success(), "{}", text(&c.stderr));
     assert_eq!(job(&net.nodes[0], &id)["job"]["state"], "cancelled");
@@ -954,11 +956,21 @@ fn a_cancelled_execution_frees_its_slot_once_its_guest_has_stopped() {
     let id = text(&o.stdout).trim().to_owned();
     eventually(30, "the guest to run", || (job(n, &id)["executions"][0]["state"] == "running").then_some(()));
     assert_eq!(self_slots(), 0);
+    // A job behind it waits, and says for what.
+    let o = cli(n, &net.home("cli"), &["submit", sample("hello").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let queued = text(&o.stdout).trim().to_owned();
+    let d = text(&cli(n, &net.home("cli"), &["job", "describe", &queued]).stdout);
+    let me: String = n.id().chars().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect();
+    assert!(d.contains(&format!("waiting: 0 of 1 executions placed; nodes busy: {me}")), "{d}");
     let c = cli(n, &net.home("cli"), &["job", "cancel", &id]);
     assert!(c.status.success(), "{}", text(&c.stderr));
     // The slot comes back once the guest has stopped, well before its
     // timeout, and the next job runs on it (a slot counted free while its
     // guest still held the engine's only instance failed it).
+    let w = cli(n, &net.home("cli"), &["job", "wait", "--timeout", "60", &queued]);
+    assert!(w.status.success(), "{}", text(&w.stderr));
+    assert!(text(&w.stdout).contains("outcome: succeeded"), "{}", text(&w.stdout));
     eventually(30, "the slot to be free again", || (self_slots() == 1).then_some(()));
     let o = cli(n, &net.home("cli"), &["submit", "--wait", "--wait-timeout", "60", sample("hello").to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));

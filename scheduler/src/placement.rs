@@ -526,18 +526,18 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
 /// for. A job whose `redundancy.count` is above this waits for more nodes
 /// (or completes on fewer, once a quorum agrees): submitters are told.
 pub fn capable_nodes(job: &Job, nodes: &[NodeView], now_ms: u64, cfg: &Config) -> usize {
+    nodes.iter().filter(|n| capable(job, n, now_ms, cfg)).count()
+}
+
+/// Whether `node` is alive and could run `job` when it has a free slot.
+pub fn capable(job: &Job, node: &NodeView, now_ms: u64, cfg: &Config) -> bool {
     let r = &job.spec.resources;
-    nodes
-        .iter()
-        .filter(|n| now_ms.saturating_sub(n.last_seen_ms) <= cfg.node_ttl_ms)
-        .filter(|n| {
-            n.compute
-                && job.spec.constraints.iter().all(|c| c.matches(&n.labels))
-                && n.slots_total.max(n.slots_free) >= r.slots
-                && n.memory_bytes >= r.memory.0
-                && (!r.gpu || n.gpu.is_some())
-        })
-        .count()
+    now_ms.saturating_sub(node.last_seen_ms) <= cfg.node_ttl_ms
+        && node.compute
+        && job.spec.constraints.iter().all(|c| c.matches(&node.labels))
+        && node.slots_total.max(node.slots_free) >= r.slots
+        && node.memory_bytes >= r.memory.0
+        && (!r.gpu || node.gpu.is_some())
 }
 
 /// Whether `node` has what the job needs (liveness and exclusion aside).

@@ -212,7 +212,7 @@ async fn json_errors(req: axum::extract::Request, next: middleware::Next) -> Res
 /// A job with its executions (sealed until it ends) and their timelines.
 fn job_json(node: &Node, job: &Job) -> JobDetail {
     let mut timeline = node.db().timeline(&job.id).unwrap_or_default();
-    let executions = node
+    let executions: Vec<ExecutionView> = node
         .db()
         .executions(&job.id)
         .unwrap_or_default()
@@ -225,7 +225,51 @@ fn job_json(node: &Node, job: &Job) -> JobDetail {
             }
         })
         .collect();
-    JobDetail { job: JobView::from(job), executions }
+    let mut view = JobView::from(job);
+    if !job.state.is_terminal() {
+        view.waiting = Some(waiting(node, job, &executions));
+    }
+    JobDetail { job: view, executions }
+}
+
+/// Why an unfinished job is not done yet, in one line: how many of its
+/// executions are placed and where they stand, and the capable nodes that
+/// are busy or declined it.
+fn waiting(node: &Node, job: &Job, executions: &[ExecutionView]) -> String {
+    use shoal_scheduler::model::ExecState;
+    let want = job.spec.redundancy.count as usize + job.extra_used as usize;
+    let live: Vec<&ExecutionView> = executions.iter().filter(|e| e.execution.state.is_live()).collect();
+    let results = executions.iter().filter(|e| e.execution.state.has_result()).count();
+    let committed = live.iter().filter(|e| e.execution.state == ExecState::Committed).count();
+    let mut parts = vec![format!("{} of {want} executions placed", live.len() + results)];
+    if committed + results > 0 {
+        parts.push(format!("{} committed or answered", committed + results));
+    }
+    let short = |id: &str| id.chars().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect::<String>();
+    let now = node.now();
+    let views = requester::views(node);
+    let capable: Vec<_> =
+        views.iter().filter(|n| shoal_scheduler::placement::capable(job, n, now, &node.placement)).collect();
+    let declined: std::collections::BTreeSet<&str> = executions
+        .iter()
+        .filter(|e| e.execution.state == ExecState::Rejected)
+        .map(|e| e.execution.node.as_str())
+        .collect();
+    let busy: Vec<String> = capable
+        .iter()
+        .filter(|n| n.slots_free < job.spec.resources.slots && !live.iter().any(|e| e.execution.node == n.id))
+        .map(|n| short(&n.id))
+        .collect();
+    if !busy.is_empty() {
+        parts.push(format!("nodes busy: {}", busy.join(", ")));
+    }
+    if !declined.is_empty() {
+        parts.push(format!("declined by: {}", declined.iter().map(|n| short(n)).collect::<Vec<_>>().join(", ")));
+    }
+    if capable.len() < job.spec.redundancy.count as usize {
+        parts.push(format!("{} capable node(s) known for redundancy {}", capable.len(), job.spec.redundancy.count));
+    }
+    parts.join("; ")
 }
 
 fn parse_id(id: &str) -> Result<JobId, ApiError> {

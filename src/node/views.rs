@@ -21,11 +21,15 @@ pub struct JobView {
     /// For a completed job: whether its agreed result holds exit code 0
     /// and no failure; null while unknown.
     pub outcome: Option<Outcome>,
+    /// For a queued or running job: what it waits for (executions placed,
+    /// nodes busy or declining), when the node answering says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 impl From<&Job> for JobView {
     fn from(job: &Job) -> JobView {
-        JobView { outcome: job.outcome(), job: job.clone() }
+        JobView { outcome: job.outcome(), job: job.clone(), waiting: None }
     }
 }
 
