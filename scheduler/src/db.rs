@@ -201,28 +201,29 @@ impl Db {
         // columns it reads and writes, so it reads the file as before (and
         // leaves the new columns empty).
         tx.execute_batch(INDEXES).map_err(sqlite(&path, "cannot create the indexes"))?;
-        let has_meta: bool = tx
-            .query_row("SELECT count(*) FROM pragma_table_info('executions') WHERE name = 'meta'", [], |r| r.get(0))
-            .map_err(sqlite(&path, "cannot read the schema"))?;
-        if !has_meta {
-            tx.execute_batch("ALTER TABLE executions ADD COLUMN meta TEXT")
-                .map_err(sqlite(&path, "cannot add the execution metadata column"))?;
-        }
-        let has_boot: bool = tx
-            .query_row("SELECT count(*) FROM pragma_table_info('executions') WHERE name = 'boot'", [], |r| r.get(0))
-            .map_err(sqlite(&path, "cannot read the schema"))?;
-        if !has_boot {
-            tx.execute_batch("ALTER TABLE executions ADD COLUMN boot INTEGER")
-                .map_err(sqlite(&path, "cannot add the execution boot column"))?;
-        }
-        // A completed job's outcome (the agreed result's exit code and
-        // failure), added within version 1 the same way.
-        let has_outcome: bool = tx
-            .query_row("SELECT count(*) FROM pragma_table_info('jobs') WHERE name = 'exit_code'", [], |r| r.get(0))
-            .map_err(sqlite(&path, "cannot read the schema"))?;
-        if !has_outcome {
-            tx.execute_batch("ALTER TABLE jobs ADD COLUMN exit_code INTEGER; ALTER TABLE jobs ADD COLUMN failure TEXT")
-                .map_err(sqlite(&path, "cannot add the job outcome columns"))?;
+        // Each column is added once, when the file lacks it.
+        let added = [
+            ("executions", "meta", "ALTER TABLE executions ADD COLUMN meta TEXT", "the execution metadata column"),
+            ("executions", "boot", "ALTER TABLE executions ADD COLUMN boot INTEGER", "the execution boot column"),
+            // A completed job's outcome: the agreed result's exit code and failure.
+            (
+                "jobs",
+                "exit_code",
+                "ALTER TABLE jobs ADD COLUMN exit_code INTEGER; ALTER TABLE jobs ADD COLUMN failure TEXT",
+                "the job outcome columns",
+            ),
+        ];
+        for (table, column, sql, what) in added {
+            let has: bool = tx
+                .query_row("SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2", [table, column], |r| r.get(0))
+                .map_err(sqlite(&path, "cannot read the schema"))?;
+            if !has {
+                tx.execute_batch(sql).map_err(|e| Error::Sqlite {
+                    path: path.clone(),
+                    action: "cannot add a column",
+                    message: format!("{what}: {}", e.to_string().to_lowercase()),
+                })?;
+            }
         }
         tx.commit().map_err(sqlite(&path, "cannot create the schema"))?;
         Ok(Db { path, conn: Mutex::new(conn), specs: Mutex::new(HashMap::new()), stats: Mutex::new(None) })
