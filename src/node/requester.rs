@@ -69,11 +69,7 @@ pub fn views(node: &Node) -> Vec<NodeView> {
             slots_total: a.slots_total,
             slots_free: a.slots_free,
             memory_bytes: a.memory_bytes,
-            gpu: a.gpu.as_ref().map(|g| model::Gpu {
-                name: g.name.clone(),
-                memory_bytes: g.memory_bytes,
-                software: g.software,
-            }),
+            gpu: a.gpu.clone(),
             version: a.version.clone(),
             last_seen_ms: seen,
             holds: Default::default(),

@@ -120,14 +120,9 @@ pub struct BlockResponse {
     pub missing: Vec<Vec<u8>>,
 }
 
-/// A node's GPU as announced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Gpu {
-    pub name: String,
-    pub memory_bytes: u64,
-    /// A software rasteriser (lavapipe): correct but slow.
-    pub software: bool,
-}
+/// A node's GPU as announced: the model's own record (same fields on the
+/// wire), so that a view needs no copy field by field.
+pub use crate::model::Gpu;
 
 /// What a node tells the network about itself, about once a second.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
