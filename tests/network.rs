@@ -1143,3 +1143,52 @@ fn a_burst_larger_than_the_free_slots_completes_through_kills() {
         });
     }
 }
+
+#[test]
+fn a_job_runs_where_its_input_already_is() {
+    let mut net = Net::new();
+    net.add("requester", &["--no-compute"]);
+    net.add("b", &[]);
+    net.add("c", &[]);
+    wait_for_nodes(&net.nodes[0], 3);
+    // Equal nodes are taken in the order of their ids: the data goes to
+    // the one that order would pass over, so that only locality can pick it.
+    let (b, c) = if net.nodes[1].id() > net.nodes[2].id() { (1, 2) } else { (2, 1) };
+    // Data placed on b alone.
+    let data = net.home("data.txt");
+    std::fs::write(&data, "held by one node only\n").unwrap();
+    let push = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .env("SHOAL_NODE", &net.nodes[b].api)
+        .args(["--home", net.home("cli").to_str().unwrap(), "--json", "push", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(push.status.success(), "{}", text(&push.stderr));
+    let cid = serde_json::from_slice::<Value>(&push.stdout).unwrap()["cid"].as_str().unwrap().to_owned();
+    // b announces it holds it (a filter of its pins, rebuilt every 5 s).
+    let (bid, cid_node) = (net.nodes[b].id(), net.nodes[c].id());
+    eventually(30, "the requester to learn that b holds the data", || {
+        let v = get(&format!("{}/v1/dags/{cid}", net.nodes[0].api)).1;
+        v["held_by"].as_array().unwrap().iter().any(|n| n == bid.as_str()).then_some(())
+    });
+    let v = get(&format!("{}/v1/dags/{cid}", net.nodes[0].api)).1;
+    assert!(!v["held_by"].as_array().unwrap().iter().any(|n| n == cid_node.as_str()), "{v}");
+    // Every job over it runs on b, though c is just as free.
+    for _ in 0..4 {
+        let o = cli(
+            &net.nodes[0],
+            &net.home("cli"),
+            &[
+                "submit",
+                "--wait",
+                "-q",
+                "--input",
+                &format!("{cid}:/inputs/data.txt"),
+                sample("hello").to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let id = last_completed(&net.nodes[0]);
+        let j = job(&net.nodes[0], &id);
+        assert_eq!(j["executions"][0]["node"], Value::String(bid.clone()), "{j}");
+    }
+}

@@ -25,6 +25,8 @@
 //! - `agreement.rs`: deciding a job's result from its executions' results.
 //! - `placement.rs`: the scheduler's step function, `plan`.
 //! - `db.rs`: jobs, executions and node stats in SQLite.
+//! - `holds.rs`: which roots a node holds, as a bounded Bloom filter it
+//!   announces (placement prefers nodes that hold a job's inputs).
 //! - `serde_util.rs`: CIDs and hashes as strings in JSON and YAML.
 //! - `net/`: the node-to-node protocol over libp2p: `mod.rs` (the
 //!   composed behaviour, the swarm's event loop and its client),
@@ -34,6 +36,7 @@ pub mod agreement;
 pub mod commit;
 pub mod constraint;
 pub mod db;
+pub mod holds;
 pub mod model;
 pub mod net;
 pub mod placement;

@@ -675,7 +675,10 @@ async fn dag_status(State(node): State<Shared>, Path(cid): Path<String>) -> Resu
     let root: Cid = cid.parse().map_err(|e| bad(format!("malformed cid {cid:?}: {e}")))?;
     let store = node.store.clone();
     let held = tokio::task::spawn_blocking(move || fetch::held(&*store, &root)).await.map_err(internal)?;
-    Ok(Json(DagStatus { cid, held }))
+    let mut held_by: Vec<String> =
+        requester::holds_filters(&node).into_iter().filter(|(_, h)| h.contains(&root)).map(|(id, _)| id).collect();
+    held_by.sort();
+    Ok(Json(DagStatus { cid, held, held_by }))
 }
 
 /// Most entries `GET /v1/ls` lists (then `truncated`).

@@ -129,6 +129,9 @@ pub struct View {
     pub id: String,
     pub announcement: Announcement,
     pub last_seen_ms: u64,
+    /// Its holds filter, decoded once when it arrives (none if absent or
+    /// malformed).
+    pub holds: Option<Arc<shoal_scheduler::holds::Holds>>,
 }
 
 /// Execution-protocol requests handled at once; more are answered busy.
@@ -142,6 +145,10 @@ pub const MAX_VIEWS: usize = 10_000;
 /// A peer silent this long is forgotten (placement ignores it after the
 /// node ttl, 10 s).
 pub const VIEW_TTL: Duration = Duration::from_secs(60);
+
+/// How often a compute node rebuilds the filter of the roots it holds
+/// (a listing of its pins).
+pub const HOLDS_REFRESH: Duration = Duration::from_secs(5);
 
 /// The time source (injected so tests can drive it).
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -186,6 +193,9 @@ pub struct Node {
     pub event_streams: Arc<tokio::sync::Semaphore>,
     /// Car exports being streamed (see [`api::MAX_CAR_EXPORTS`]).
     pub car_exports: Arc<tokio::sync::Semaphore>,
+    /// The filter of roots this node holds, as announced (hex) and
+    /// decoded, rebuilt every [`HOLDS_REFRESH`].
+    pub holds: Mutex<Option<(String, Arc<shoal_scheduler::holds::Holds>)>>,
 }
 
 impl Node {
@@ -250,6 +260,30 @@ impl Node {
             labels: self.labels.clone(),
             gpu,
             api: self.api_url.get().cloned(),
+            holds: self.holds.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(hex, _)| hex.clone()),
+        }
+    }
+
+    /// Rebuilds the filter of the roots this node holds whole (its
+    /// recursive pins), announced so that placement prefers it for jobs
+    /// over them. A node that does not compute announces none.
+    async fn refresh_holds(self: &Arc<Self>) {
+        if self.compute.is_none() {
+            return;
+        }
+        let store = self.store.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let pins = store.pin_ls()?;
+            let roots: Vec<shoal_storage::Cid> =
+                pins.into_iter().filter(|(_, m)| *m == shoal_storage::PinMode::Recursive).map(|(c, _)| c).collect();
+            let holds = shoal_scheduler::holds::Holds::of(&roots);
+            Ok::<_, shoal_storage::Error>((holds.to_hex(), Arc::new(holds)))
+        })
+        .await;
+        match built {
+            Ok(Ok(built)) => *self.holds.lock().unwrap_or_else(|p| p.into_inner()) = Some(built),
+            Ok(Err(e)) => tracing::warn!("cannot list the pins to announce what this node holds: {e}"),
+            Err(e) => tracing::warn!("the pin listing failed: {e}"),
         }
     }
 
@@ -265,6 +299,13 @@ impl Node {
     /// restarted and lost its executions.
     fn on_announcement(self: &Arc<Self>, peer: PeerId, announcement: Announcement) {
         let now = self.now();
+        let holds = announcement.holds.as_deref().and_then(|hex| match shoal_scheduler::holds::Holds::from_hex(hex) {
+            Ok(h) => Some(Arc::new(h)),
+            Err(e) => {
+                tracing::debug!("peer {peer}: {e}");
+                None
+            }
+        });
         let restarted = {
             let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
             if views.len() >= MAX_VIEWS && !views.contains_key(&peer) {
@@ -273,8 +314,10 @@ impl Node {
                     views.remove(&oldest);
                 }
             }
-            let old = views
-                .insert(peer, View { id: peer.to_string(), announcement: announcement.clone(), last_seen_ms: now });
+            let old = views.insert(
+                peer,
+                View { id: peer.to_string(), announcement: announcement.clone(), last_seen_ms: now, holds },
+            );
             match old {
                 Some(v) => Some(v.announcement.boot != announcement.boot),
                 None => None,
@@ -416,6 +459,7 @@ pub async fn serve(
         placement: Default::default(),
         event_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_EVENT_STREAMS)),
         car_exports: Arc::new(tokio::sync::Semaphore::new(api::MAX_CAR_EXPORTS)),
+        holds: Mutex::new(None),
     });
     let _ = node.api_url.set(format!("http://{api_addr}"));
     let token = if api_addr.ip().is_loopback() && !args.require_token { None } else { Some(load_token(&home)?) };
@@ -495,8 +539,14 @@ pub async fn serve(
     let n = node.clone();
     let announce_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(1000));
+        let mut since_holds = HOLDS_REFRESH;
         loop {
             tick.tick().await;
+            since_holds += Duration::from_millis(1000);
+            if since_holds >= HOLDS_REFRESH {
+                since_holds = Duration::ZERO;
+                n.refresh_holds().await;
+            }
             let _ = n.client.announce(n.announcement()).await;
             n.forget_silent_views();
         }

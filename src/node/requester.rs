@@ -105,9 +105,17 @@ fn tick(node: &Arc<Node>, everything: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut views = views(node);
+    let filters = holds_filters(node);
     let now = node.now();
     for job in jobs {
         let execs = node.db().executions(&job.id)?;
+        // Which of its inputs each node holds, as the nodes announce it.
+        for v in views.iter_mut() {
+            v.holds = match filters.get(&v.id) {
+                Some(h) => job.spec.task.inputs.iter().map(|i| i.cid).filter(|c| h.contains(c)).collect(),
+                None => Default::default(),
+            };
+        }
         // Just after a restart we have heard from nobody yet: give the
         // nodes running our executions one node ttl to announce themselves
         // before placement counts them gone.
@@ -160,6 +168,21 @@ fn leftovers(node: &Arc<Node>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The holds filters nodes announced (this one's included), as decoded
+/// when they arrived.
+pub fn holds_filters(node: &Node) -> std::collections::HashMap<String, Arc<shoal_scheduler::holds::Holds>> {
+    let mut out = std::collections::HashMap::new();
+    if let Some((_, own)) = &*node.holds.lock().unwrap_or_else(|p| p.into_inner()) {
+        out.insert(node.peer.to_string(), own.clone());
+    }
+    for v in node.views.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        if let Some(h) = &v.holds {
+            out.insert(v.id.clone(), h.clone());
+        }
+    }
+    out
 }
 
 /// A node we have not heard from since we started: alive until the ttl,

@@ -124,11 +124,16 @@ pub struct CarRoots {
     pub roots: Vec<String>,
 }
 
-/// Whether this node holds a whole DAG.
+/// Whether this node holds a whole DAG, and which nodes say they do.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DagStatus {
     pub cid: String,
+    /// This node holds it whole (pinned).
     pub held: bool,
+    /// Nodes (this one included) whose announced holds filter has it:
+    /// placement prefers them for jobs over it. A filter can be wrong
+    /// the other way (about 1%), never this way for an honest node.
+    pub held_by: Vec<String>,
 }
 
 /// A file imported and pinned.

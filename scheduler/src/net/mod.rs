@@ -581,6 +581,8 @@ mod tests {
             labels: [("zone".to_string(), "eu".to_string())].into(),
             gpu: None,
             api: None,
+            // A full-size filter still fits the gossip size cap.
+            holds: Some(crate::holds::Holds::of(&[]).to_hex()),
         };
         // Subscriptions are exchanged just after connecting: publish until
         // one arrives (bounded).

@@ -139,6 +139,10 @@ pub struct Announcement {
     pub gpu: Option<Gpu>,
     /// The node's HTTP API, if it serves one (for `shoal nodes`).
     pub api: Option<String>,
+    /// The roots it holds whole, as a hex Bloom filter
+    /// ([`crate::holds::Holds`]); absent from nodes that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holds: Option<String>,
 }
 
 #[cfg(test)]
