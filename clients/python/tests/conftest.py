@@ -156,13 +156,15 @@ def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devstack]:
             home=home,
         )
         assert len(stack.apis) == 3, lines
-        # Every node knows the others (announcements arrive shortly after start).
-        with Client(stack.apis[0], timeout=10) as c:
-            deadline = time.monotonic() + 30
-            while len([n for n in c.nodes() if n.compute]) < 3:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"node 0 knows {c.nodes()} after 30 s")
-                time.sleep(0.1)
+        # Every node knows the others (announcements arrive shortly after
+        # start; the two later nodes learn of each other through the first).
+        for i, api in enumerate(stack.apis):
+            with Client(api, timeout=10) as c:
+                deadline = time.monotonic() + 30
+                while len([n for n in c.nodes() if n.compute]) < 3:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"node {i} knows {c.nodes()} after 30 s")
+                    time.sleep(0.1)
         yield stack
     finally:
         proc.stop()
