@@ -405,44 +405,6 @@ impl Db {
         Ok(n == 1)
     }
 
-    /// Marks every live execution `node` holds for an unfinished job lost,
-    /// with `error`, and counts them against it, in one statement and one
-    /// transaction (a node that restarted forgot them all). Returns the
-    /// jobs touched.
-    pub fn lose_live_executions_on(&self, node: &NodeId, error: &str, now_ms: u64) -> Result<Vec<JobId>, Error> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(self.err("cannot begin"))?;
-        let jobs: Vec<String> = {
-            let mut st = tx
-                .prepare_cached(
-                    "UPDATE executions SET state = 'lost', error = ?2, updated_ms = ?3 \
-                     WHERE node = ?1 AND state IN ('bid_asked', 'accepted', 'running', 'committed') \
-                     AND job IN (SELECT id FROM jobs WHERE state IN ('queued', 'running')) RETURNING job",
-                )
-                .map_err(self.err("cannot mark executions lost"))?;
-            let rows = st
-                .query_map(params![node, error, now_ms], |r| r.get(0))
-                .map_err(self.err("cannot mark executions lost"))?;
-            rows.collect::<rusqlite::Result<_>>().map_err(self.err("cannot mark executions lost"))?
-        };
-        if !jobs.is_empty() {
-            *self.stats_cache() = None;
-            let lost = u64::try_from(jobs.len()).unwrap_or(u64::MAX);
-            bump(&tx, node, NodeStats { lost, ..Default::default() }).map_err(self.err("cannot update node stats"))?;
-        }
-        tx.commit().map_err(self.err("cannot commit"))?;
-        let mut out: Vec<JobId> = Vec::new();
-        for j in jobs {
-            let id: JobId = j.parse().map_err(|e: crate::model::Error| {
-                self.corrupt(Bad { what: "an execution's job id".into(), message: e.to_string() })
-            })?;
-            if !out.contains(&id) {
-                out.push(id);
-            }
-        }
-        Ok(out)
-    }
-
     /// A job's executions, oldest first.
     pub fn executions(&self, job: &JobId) -> Result<Vec<Execution>, Error> {
         let conn = self.conn();
@@ -1187,43 +1149,6 @@ mod tests {
         // The same answer again finds the state moved on: not counted twice.
         assert!(!db.update_execution_judged(&e, ExecState::Committed, dissent).unwrap());
         assert_eq!(db.node_stats().unwrap()[&e.node].dissented, 1);
-    }
-
-    #[test]
-    fn a_restarted_node_loses_its_live_executions_of_unfinished_jobs_at_once() {
-        let db = Db::open_in_memory().unwrap();
-        let (mut a, mut b, mut done) = (job(1), job(2), job(3));
-        a.state = JobState::Running;
-        b.state = JobState::Queued;
-        done.state = JobState::Completed;
-        let mut rows = Vec::new();
-        for (j, n, state) in [
-            (&a, 1, ExecState::Running),
-            (&a, 2, ExecState::Committed),
-            (&b, 3, ExecState::BidAsked),
-            (&b, 4, ExecState::Revealed),
-            (&done, 5, ExecState::Committed),
-        ] {
-            let mut e = exec(j, n);
-            e.node = "gone".into();
-            e.state = state;
-            db.apply(j, std::slice::from_ref(&e)).unwrap();
-            rows.push(e);
-        }
-        let other = exec(&a, 6);
-        db.apply(&a, std::slice::from_ref(&other)).unwrap();
-        let mut touched = db.lose_live_executions_on(&"gone".into(), "restarted", 9).unwrap();
-        touched.sort();
-        assert_eq!(touched, [a.id.clone(), b.id.clone()]);
-        let state = |e: &Execution| db.execution(&e.id).unwrap().unwrap().state;
-        assert_eq!(
-            rows.iter().map(state).collect::<Vec<_>>(),
-            [ExecState::Lost, ExecState::Lost, ExecState::Lost, ExecState::Revealed, ExecState::Committed],
-            "live ones of unfinished jobs only"
-        );
-        assert_eq!(db.execution(&rows[0].id).unwrap().unwrap().error.as_deref(), Some("restarted"));
-        assert_eq!(state(&other), other.state, "other nodes' executions are left alone");
-        assert_eq!(db.node_stats().unwrap()["gone"].lost, 3);
     }
 
     #[test]

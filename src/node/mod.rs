@@ -324,9 +324,11 @@ impl Node {
             }
         };
         match restarted {
-            Some(true) => requester::peer_restarted(self, peer),
-            // A node we did not know: queued jobs may fit it now.
-            None => self.plan_everything(),
+            // A node we did not know: queued jobs may fit it now. A node
+            // that restarted: the planner finds the executions its old
+            // process held (their boot id is not its own any more), marks
+            // them lost and places them again.
+            None | Some(true) => self.plan_everything(),
             Some(false) => {}
         }
     }

@@ -719,23 +719,6 @@ pub async fn handle(node: &Arc<Node>, peer: PeerId, request: Request) -> Respons
     Response::Error { message: format!("execution {id} keeps changing; report again") }
 }
 
-/// A peer restarted: whatever it was running for us is gone.
-pub fn peer_restarted(node: &Arc<Node>, peer: PeerId) {
-    let why = "the node restarted during the execution";
-    match node.db().lose_live_executions_on(&peer.to_string(), why, node.now()) {
-        Ok(jobs) => {
-            for job in &jobs {
-                node.mark(job);
-            }
-            if !jobs.is_empty() {
-                node.notify_changed();
-            }
-        }
-        Err(e) => tracing::warn!("cannot mark the executions of restarted peer {peer} lost: {e}"),
-    }
-    node.plan_everything();
-}
-
 /// Cancels a job: marks it and its live executions, tells the nodes.
 pub fn cancel(node: &Arc<Node>, job: &model::JobId) -> anyhow::Result<Option<Job>> {
     let Some(mut job) = node.db().job(job)? else { return Ok(None) };
