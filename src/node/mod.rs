@@ -299,15 +299,20 @@ impl Node {
     /// restarted and lost its executions.
     fn on_announcement(self: &Arc<Self>, peer: PeerId, announcement: Announcement) {
         let now = self.now();
-        let holds = announcement.holds.as_deref().and_then(|hex| match shoal_scheduler::holds::Holds::from_hex(hex) {
-            Ok(h) => Some(Arc::new(h)),
-            Err(e) => {
-                tracing::debug!("peer {peer}: {e}");
-                None
-            }
-        });
         let restarted = {
             let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+            // The filter changes every few seconds at most, and comes every
+            // second: decoded only when it is new.
+            let holds = match views.get(&peer) {
+                Some(v) if v.announcement.holds == announcement.holds => v.holds.clone(),
+                _ => announcement.holds.as_deref().and_then(|hex| match shoal_scheduler::holds::Holds::from_hex(hex) {
+                    Ok(h) => Some(Arc::new(h)),
+                    Err(e) => {
+                        tracing::debug!("peer {peer}: {e}");
+                        None
+                    }
+                }),
+            };
             if views.len() >= MAX_VIEWS && !views.contains_key(&peer) {
                 // Full: the view heard from longest ago makes room.
                 if let Some(oldest) = views.iter().min_by_key(|(_, v)| v.last_seen_ms).map(|(p, _)| *p) {
