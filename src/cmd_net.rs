@@ -79,7 +79,7 @@ impl Api {
     /// `req` with the API token, when there is one, and the header that
     /// tells the node a client (not a web page) sends it.
     fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        let req = req.header(crate::node::guard::CLIENT_HEADER, "1");
+        let req = req.header(shoal_node::guard::CLIENT_HEADER, "1");
         match &self.token {
             Some(t) => req.header("Authorization", format!("Bearer {t}")),
             None => req,

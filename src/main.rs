@@ -12,9 +12,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd_net;
+mod cmd_node;
 mod cmd_run;
 mod cmd_storage;
-mod node;
 mod output;
 mod store;
 
@@ -64,7 +64,7 @@ enum Command {
     #[command(subcommand)]
     Repo(cmd_storage::RepoCmd),
     /// Run a peer node (requester and compute node).
-    Node(node::NodeArgs),
+    Node(cmd_node::NodeArgs),
     /// Start N nodes on loopback and keep them running until Ctrl-C.
     Devstack(cmd_net::DevstackArgs),
     /// Submit a job to a node; print its id (or, with --wait, its result CID).
@@ -131,7 +131,7 @@ fn main() -> ExitCode {
         Command::Pin(c) => cmd_storage::pin(&ctx, c),
         Command::Car(c) => cmd_storage::car(&ctx, c),
         Command::Repo(c) => cmd_storage::repo(&ctx, c),
-        Command::Node(a) => node::run(&ctx, a),
+        Command::Node(a) => cmd_node::run(&ctx, a),
         Command::Devstack(a) => cmd_net::devstack(&ctx, a),
         Command::Submit(a) => cmd_net::submit(&ctx, a),
         Command::Job(c) => cmd_net::job(&ctx, c),

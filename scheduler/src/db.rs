@@ -37,6 +37,12 @@ pub enum Error {
         /// SQLite's message.
         message: String,
     },
+    /// The database was closed: its node is stopping.
+    #[error("scheduler database {path} is closed: the node is stopping")]
+    Closed {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file was written by a newer Shoal.
     #[error("scheduler database {path} has schema version {found}; this shoal reads version {SCHEMA_VERSION}: upgrade shoal")]
     Schema {
@@ -64,6 +70,9 @@ pub enum Error {
 pub struct Db {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Set by [`Db::close`]: the file is let go, and every later call
+    /// fails with [`Error::Closed`].
+    closed: std::sync::atomic::AtomicBool,
     /// Decoded specs by job id, with the text they were decoded from: a
     /// job's spec never changes, and a requester reads each active job on
     /// every scheduling pass that touches it.
@@ -226,7 +235,13 @@ impl Db {
             }
         }
         tx.commit().map_err(sqlite(&path, "cannot create the schema"))?;
-        Ok(Db { path, conn: Mutex::new(conn), specs: Mutex::new(HashMap::new()), stats: Mutex::new(None) })
+        Ok(Db {
+            path,
+            conn: Mutex::new(conn),
+            closed: Default::default(),
+            specs: Mutex::new(HashMap::new()),
+            stats: Mutex::new(None),
+        })
     }
 
     /// The file this database lives in.
@@ -241,7 +256,29 @@ impl Db {
     }
 
     fn err(&self, action: &'static str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
-        sqlite(&self.path, action)
+        move |e| {
+            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                Error::Closed { path: self.path.clone() }
+            } else {
+                sqlite(&self.path, action)(e)
+            }
+        }
+    }
+
+    /// Lets go of the file now (a node stopping, so that another can open
+    /// it at once), though tasks still hold this `Db`: their later calls
+    /// fail with [`Error::Closed`].
+    pub fn close(&self) {
+        let mut conn = self.conn();
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        // Nothing is read from or written to this stand-in: it has no
+        // tables, so every statement fails and names the closed file.
+        if let Ok(stand_in) = Connection::open_in_memory() {
+            let old = std::mem::replace(&mut *conn, stand_in);
+            if let Err((_, e)) = old.close() {
+                tracing::warn!("closing the scheduler database {}: {e}", self.path.display());
+            }
+        }
     }
 
     fn corrupt(&self, bad: Bad) -> Error {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Real-browser test of the Shoal dashboard (src/node/ui), served by real nodes.
+"""Real-browser test of the Shoal dashboard (node/src/ui), served by real nodes.
 
 Starts `shoal devstack --nodes 3` in a temporary home on loopback (with
 SHOAL_UI_DIR unset, so the nodes serve the assets embedded in the binary),

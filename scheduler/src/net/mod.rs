@@ -268,6 +268,11 @@ pub struct EventLoop {
     pending_exec: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<Response, Error>>)>,
     pending_blocks: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<BlockResponse, Error>>)>,
     connected: HashSet<PeerId>,
+    /// Every listener opened, closed when the loop ends: the memory
+    /// transport frees a port only when its listener is removed, not when
+    /// it is dropped, so a node restarted in the same process could not
+    /// listen on its address again.
+    listeners: Vec<ListenerId>,
 }
 
 /// Wraps `swarm` into a client, its event loop and the stream of events.
@@ -286,6 +291,7 @@ pub fn new(swarm: Swarm<Behaviour>, cfg: &Config) -> (Client, EventLoop, mpsc::R
         pending_exec: HashMap::new(),
         pending_blocks: HashMap::new(),
         connected: HashSet::new(),
+        listeners: Vec::new(),
     };
     (client, event_loop, ev_rx)
 }
@@ -300,10 +306,13 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm(event),
                 command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c),
-                    None => return,
+                    None => break,
                 },
-                () = &mut shutdown => return,
+                () = &mut shutdown => break,
             }
+        }
+        for id in std::mem::take(&mut self.listeners) {
+            self.swarm.remove_listener(id);
         }
     }
 
@@ -312,6 +321,7 @@ impl EventLoop {
         match command {
             Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
                 Ok(id) => {
+                    self.listeners.push(id);
                     self.pending_listen.insert(id, (addr, reply));
                 }
                 Err(e) => {

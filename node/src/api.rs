@@ -351,7 +351,7 @@ async fn locate_data(node: &Shared, spec: &Spec) -> Result<(), ApiError> {
                          upload it first: `shoal push {cid}` from a machine that has it, or give the data as a local \
                          path to `shoal submit`",
                         peers.len(),
-                        crate::output::message(&e)
+                        crate::message(&e)
                     ),
                 ))
             }
@@ -610,7 +610,7 @@ async fn car_export(State(node): State<Shared>, Path(cid): Path<String>) -> Resu
     let providers = node.client.peers().await.unwrap_or_default();
     fetch::fetch_dag(&node.client, &node.store, root, &providers)
         .await
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, crate::output::message(&e)))?;
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, crate::message(&e)))?;
     // Streamed from a blocking thread through a bounded channel: an
     // export holds at most CAR_CHUNKS chunks in memory, whatever its size,
     // and stops when the client goes away.
@@ -729,7 +729,7 @@ async fn local_path(node: &Shared, cid: &str, path: &str) -> Result<(Cid, Vec<St
     let providers = node.client.peers().await.unwrap_or_default();
     fetch::fetch_dag(&node.client, &node.store, root, &providers)
         .await
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, crate::output::message(&e)))?;
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, crate::message(&e)))?;
     let store = node.store.clone();
     let segs = segments.clone();
     let at = tokio::task::spawn_blocking(move || shoal_storage::exporter::resolve(&*store, &root, &segs))

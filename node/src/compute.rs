@@ -49,7 +49,7 @@ pub const KEEP_BATCH: Duration = Duration::from_millis(100);
 
 /// Deliberately wrong behaviours, for tests of the network's defences
 /// (`shoal node --misbehave`, in debug builds only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Misbehave {
     /// Runs the job, then commits to (and reveals) a different result.
     WrongResult,
@@ -57,6 +57,19 @@ pub enum Misbehave {
     Crash,
     /// Accepts executions and never reports on them.
     Silent,
+}
+
+impl std::str::FromStr for Misbehave {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Misbehave, String> {
+        match s {
+            "wrong-result" => Ok(Misbehave::WrongResult),
+            "crash" => Ok(Misbehave::Crash),
+            "silent" => Ok(Misbehave::Silent),
+            _ => Err(format!("unknown misbehaviour {s:?}: expected wrong-result, crash or silent")),
+        }
+    }
 }
 
 enum State {
@@ -210,6 +223,18 @@ impl Compute {
         self.slots.saturating_sub(busy(&self.lock()))
     }
 
+    /// Stops every running execution (the node is stopping); their slots
+    /// free as their guests stop.
+    pub fn cancel_all(&self) {
+        let mut execs = self.lock();
+        for s in execs.values_mut() {
+            if let State::Running(cancel) = &s.state {
+                cancel.cancel();
+                s.state = State::Stopping;
+            }
+        }
+    }
+
     /// Answers a request from a requester.
     pub async fn handle(&self, node: &Arc<Node>, peer: PeerId, request: Request) -> Response {
         match request {
@@ -344,7 +369,7 @@ impl Compute {
             let finished = match ran {
                 Ok(done) => done,
                 Err(e) => {
-                    let error = crate::output::message(&e);
+                    let error = crate::message(&e);
                     let missing = e.downcast_ref::<MissingInput>().map(|m| m.0.to_string());
                     tracing::warn!("execution {exec} failed: {error}");
                     c.lock().remove(&exec);
@@ -582,6 +607,8 @@ async fn report(node: &Arc<Node>, requester: PeerId, request: Request) {
     for attempt in 0..=REPORT_RETRIES {
         match node.send(requester, request.clone()).await {
             Ok(_) => return,
+            // This node is stopping: nobody is left to report for.
+            Err(shoal_scheduler::net::Error::Stopped) => return,
             Err(e) => {
                 tracing::debug!("report to {requester} failed (attempt {attempt}): {e}");
                 tokio::time::sleep(delay).await;

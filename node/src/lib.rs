@@ -1,0 +1,714 @@
+//! A Shoal peer. Every node is a requester (it accepts jobs on its HTTP
+//! API and schedules them) and, unless [`Config::compute`] is off, a
+//! compute node (it bids for executions and runs them).
+//!
+//! This crate is the node as a library: [`start`] takes a plain
+//! [`Config`] and the things a test wants to control ([`Deps`]: the block
+//! store, the identity, the clock, the transport and the API listener),
+//! and returns a [`Running`] node that stops when asked. `shoal node` only
+//! parses flags into them; `tests/inprocess.rs` runs whole networks of
+//! nodes in one process over libp2p's memory transport.
+//!
+//! # Layout
+//! - `requester.rs`: the scheduling loop. It persists jobs and executions
+//!   in the node's SQLite database, asks the pure
+//!   [`shoal_scheduler::placement::plan`] what to do, and carries the plan
+//!   out (bids, runs, reveals, completion) through the network client.
+//! - `compute.rs`: the compute side: slots, bids, running executions with
+//!   the runtime, commit-reveal.
+//! - `fetch.rs`: block exchange (fetch a DAG from peers, serve ours).
+//! - `api.rs`: the HTTP API (axum), OpenAPI document and metrics.
+//! - `views.rs`: the API's answers as types, from which the OpenAPI
+//!   document is derived.
+//! - `guard.rs`: what every API request must pass first (host names, the
+//!   token, no state change a web page could send).
+//! - test misbehaviours (a liar, a crasher, a silent node) live in
+//!   `compute.rs`, in debug builds only.
+//!
+//! The network itself is [`shoal_scheduler::net`]: this crate only sees
+//! its client and its events.
+
+pub mod api;
+pub mod compute;
+pub mod fetch;
+pub mod guard;
+pub mod requester;
+pub mod views;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use shoal_scheduler::db::Db;
+use shoal_scheduler::net::proto::{self, Announcement, Request, Response};
+use shoal_scheduler::net::{self, Client, Event};
+use shoal_storage::BlockStore;
+use tokio::sync::{watch, Notify};
+
+/// What a node is asked to be: plain values, with a default for each
+/// (see [`Config::default`]). What a test wants to control at run time
+/// (store, identity, clock, transport, listener) is in [`Deps`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The libp2p address to listen on: `/ip4/127.0.0.1/tcp/0` by default
+    /// (the OS picks the port); `/memory/0` with [`Transport::Memory`].
+    pub listen: Multiaddr,
+    /// Peers dialed at start (each ending in `/p2p/<peer id>`).
+    pub peers: Vec<Multiaddr>,
+    /// Labels that jobs' constraints select on.
+    pub labels: BTreeMap<String, String>,
+    /// Run executions (default true); false only schedules.
+    pub compute: bool,
+    /// Executions run at once (default 4).
+    pub slots: u32,
+    /// Look for a GPU and announce it if found (default true).
+    pub gpu: bool,
+    /// Count a software Vulkan device (lavapipe) as a GPU (default false).
+    pub allow_software_gpu: bool,
+    /// How often the node announces itself (default 1 s). Peers count a
+    /// node gone after the placement's node ttl without one.
+    pub announce_every: Duration,
+    /// How often a compute node rebuilds the filter of the roots it holds
+    /// (default [`HOLDS_REFRESH`]).
+    pub holds_refresh: Duration,
+    /// The API's bearer token; `None` asks for none (loopback only).
+    pub api_token: Option<String>,
+    /// Host names the API answers to besides IP addresses and `localhost`.
+    pub api_hosts: Vec<String>,
+    /// The network layer's limits and timeouts.
+    pub network: net::Config,
+    /// The scheduler's timeouts and backoffs.
+    pub placement: shoal_scheduler::placement::Config,
+    /// A deliberate misbehaviour, for tests of the network's defences
+    /// (debug builds only).
+    #[cfg(debug_assertions)]
+    pub misbehave: Option<compute::Misbehave>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: Multiaddr::from(std::net::Ipv4Addr::LOCALHOST).with(libp2p::multiaddr::Protocol::Tcp(0)),
+            peers: Vec::new(),
+            labels: BTreeMap::new(),
+            compute: true,
+            slots: 4,
+            gpu: true,
+            allow_software_gpu: false,
+            announce_every: Duration::from_secs(1),
+            holds_refresh: HOLDS_REFRESH,
+            api_token: None,
+            api_hosts: Vec::new(),
+            network: net::Config::default(),
+            placement: Default::default(),
+            #[cfg(debug_assertions)]
+            misbehave: None,
+        }
+    }
+}
+
+impl Config {
+    #[cfg(debug_assertions)]
+    fn misbehave(&self) -> Option<compute::Misbehave> {
+        self.misbehave
+    }
+
+    #[cfg(not(debug_assertions))]
+    fn misbehave(&self) -> Option<compute::Misbehave> {
+        None
+    }
+}
+
+/// Which libp2p transport a node speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// TCP with noise and yamux: the real network.
+    #[default]
+    Tcp,
+    /// libp2p's in-process memory transport: nodes of one process only
+    /// (tests).
+    Memory,
+}
+
+/// What a node runs with, injected: tests give a memory store, a fixed
+/// identity, a clock they move and the memory transport.
+pub struct Deps {
+    /// The node's own directory: its job database (`scheduler.sqlite`),
+    /// the compiled-module cache and the executions' scratch space.
+    pub home: PathBuf,
+    pub store: Arc<dyn BlockStore>,
+    pub key: Keypair,
+    pub clock: Clock,
+    pub transport: Transport,
+    /// Where the HTTP API listens; `None` runs no API.
+    pub api: Option<tokio::net::TcpListener>,
+}
+
+/// Why a node could not start or stop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("cannot create the node home {}: {source}; check the path and its permissions", path.display())]
+    Home { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the job database: {0}")]
+    Database(#[from] shoal_scheduler::db::Error),
+    #[error(transparent)]
+    Network(#[from] net::Error),
+    #[error("cannot start the compute side: {0}")]
+    Compute(String),
+    #[error("{0}")]
+    Identity(String),
+    #[error("the api listener has no address: {0}")]
+    Api(std::io::Error),
+    #[error("the api server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What this node last heard from a peer.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// The peer id's text, encoded once: placement names nodes by it.
+    pub id: String,
+    pub announcement: Announcement,
+    pub last_seen_ms: u64,
+    /// Its holds filter, decoded once when it arrives (none if absent or
+    /// malformed).
+    pub holds: Option<Arc<shoal_scheduler::holds::Holds>>,
+}
+
+/// Execution-protocol requests handled at once; more are answered busy.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 256;
+/// Block requests answered at once (each answer holds up to 8 MiB: 256 MiB
+/// at most); more are answered with nothing, as busy.
+pub const MAX_BLOCK_REQUESTS_IN_FLIGHT: usize = 32;
+/// Peers whose announcements a node keeps; past it the one heard from
+/// longest ago is forgotten.
+pub const MAX_VIEWS: usize = 10_000;
+/// A peer silent this long is forgotten (placement ignores it after the
+/// node ttl, 10 s).
+pub const VIEW_TTL: Duration = Duration::from_secs(60);
+
+/// How often a compute node rebuilds the filter of the roots it holds
+/// (a listing of its pins).
+pub const HOLDS_REFRESH: Duration = Duration::from_secs(5);
+
+/// The time source (injected so tests can drive it).
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Milliseconds since the Unix epoch.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    })
+}
+
+/// A running node's shared state.
+pub struct Node {
+    pub peer: PeerId,
+    pub client: Client,
+    pub store: Arc<dyn BlockStore>,
+    /// Internally locked per call: no guard escapes, so holding one across
+    /// another database call cannot deadlock.
+    pub db: Db,
+    pub views: Mutex<HashMap<PeerId, View>>,
+    pub compute: Option<compute::Compute>,
+    /// Wakes the scheduling loop early.
+    pub kick: Notify,
+    /// Jobs that changed since the scheduling loop last ran.
+    pub dirty: Mutex<HashSet<shoal_scheduler::model::JobId>>,
+    /// The next kick should plan every active job.
+    pub full_pass: std::sync::atomic::AtomicBool,
+    /// Bumped whenever a job changes (long polls watch it).
+    pub changed: watch::Sender<u64>,
+    pub metrics: api::Metrics,
+    pub labels: BTreeMap<String, String>,
+    pub boot: u64,
+    pub clock: Clock,
+    /// When this process started (ms), for the restart grace period.
+    pub started_ms: u64,
+    pub api_url: OnceLock<String>,
+    /// Reveals, completions and bids in flight, so a tick does not start
+    /// the same work twice.
+    pub inflight: Mutex<HashSet<String>>,
+    pub placement: shoal_scheduler::placement::Config,
+    /// Open job event streams (see [`api::MAX_EVENT_STREAMS`]).
+    pub event_streams: Arc<tokio::sync::Semaphore>,
+    /// Car exports being streamed (see [`api::MAX_CAR_EXPORTS`]).
+    pub car_exports: Arc<tokio::sync::Semaphore>,
+    /// The filter of roots this node holds, as announced (hex) and
+    /// decoded, rebuilt every [`HOLDS_REFRESH`].
+    pub holds: Mutex<Option<(String, Arc<shoal_scheduler::holds::Holds>)>>,
+}
+
+impl Node {
+    pub fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// The scheduler's database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Has the scheduling loop plan `job` again soon.
+    pub fn mark(&self, job: &shoal_scheduler::model::JobId) {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(job.clone());
+        self.kick.notify_one();
+    }
+
+    /// Has the scheduling loop plan every active job soon.
+    pub fn plan_everything(&self) {
+        self.full_pass.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.kick.notify_one();
+    }
+
+    pub fn notify_changed(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Sends `request` to `peer`; to ourselves it is a direct call.
+    pub async fn send(self: &Arc<Self>, peer: PeerId, request: Request) -> Result<Response, net::Error> {
+        if peer == self.peer {
+            let node = self.clone();
+            return Ok(Box::pin(async move { node.handle(peer, request).await }).await);
+        }
+        self.client.request(peer, request).await
+    }
+
+    /// Answers an execution-protocol request from `peer`.
+    pub async fn handle(self: &Arc<Self>, peer: PeerId, request: Request) -> Response {
+        match request {
+            Request::Commit { .. } | Request::Failed { .. } => requester::handle(self, peer, request).await,
+            _ => match &self.compute {
+                Some(c) => c.handle(self, peer, request).await,
+                None => Response::Error { message: "this node does not compute (--no-compute)".into() },
+            },
+        }
+    }
+
+    /// This node's own announcement.
+    pub fn announcement(&self) -> Announcement {
+        let (compute, slots_total, slots_free, gpu) = match &self.compute {
+            Some(c) => (true, c.slots, c.free_slots(), c.gpu.clone()),
+            None => (false, 0, 0, None),
+        };
+        Announcement {
+            boot: self.boot,
+            version: env!("CARGO_PKG_VERSION").into(),
+            compute,
+            slots_total,
+            slots_free,
+            memory_bytes: compute::memory_bytes(),
+            labels: self.labels.clone(),
+            gpu,
+            api: self.api_url.get().cloned(),
+            holds: self.holds.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(hex, _)| hex.clone()),
+        }
+    }
+
+    /// Rebuilds the filter of the roots this node holds whole (its
+    /// recursive pins), announced so that placement prefers it for jobs
+    /// over them. A node that does not compute announces none.
+    async fn refresh_holds(self: &Arc<Self>) {
+        if self.compute.is_none() {
+            return;
+        }
+        let store = self.store.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let pins = store.pin_ls()?;
+            let roots: Vec<shoal_storage::Cid> =
+                pins.into_iter().filter(|(_, m)| *m == shoal_storage::PinMode::Recursive).map(|(c, _)| c).collect();
+            let holds = shoal_scheduler::holds::Holds::of(&roots);
+            Ok::<_, shoal_storage::Error>((holds.to_hex(), Arc::new(holds)))
+        })
+        .await;
+        match built {
+            Ok(Ok(built)) => *self.holds.lock().unwrap_or_else(|p| p.into_inner()) = Some(built),
+            Ok(Err(e)) => tracing::warn!("cannot list the pins to announce what this node holds: {e}"),
+            Err(e) => tracing::warn!("the pin listing failed: {e}"),
+        }
+    }
+
+    /// Forgets the views of peers not heard from for [`VIEW_TTL`]
+    /// (placement already ignores them after the node ttl).
+    fn forget_silent_views(&self) {
+        let now = self.now();
+        let ttl = VIEW_TTL.as_millis() as u64;
+        self.views.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, v| now.saturating_sub(v.last_seen_ms) <= ttl);
+    }
+
+    /// Records what a peer announced; a new boot id means the peer
+    /// restarted and lost its executions.
+    fn on_announcement(self: &Arc<Self>, peer: PeerId, announcement: Announcement) {
+        let now = self.now();
+        let restarted = {
+            let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+            // The filter changes every few seconds at most, and comes every
+            // second: decoded only when it is new.
+            let holds = match views.get(&peer) {
+                Some(v) if v.announcement.holds == announcement.holds => v.holds.clone(),
+                _ => announcement.holds.as_deref().and_then(|hex| match shoal_scheduler::holds::Holds::from_hex(hex) {
+                    Ok(h) => Some(Arc::new(h)),
+                    Err(e) => {
+                        tracing::debug!("peer {peer}: {e}");
+                        None
+                    }
+                }),
+            };
+            if views.len() >= MAX_VIEWS && !views.contains_key(&peer) {
+                // Full: the view heard from longest ago makes room.
+                if let Some(oldest) = views.iter().min_by_key(|(_, v)| v.last_seen_ms).map(|(p, _)| *p) {
+                    views.remove(&oldest);
+                }
+            }
+            let old = views.insert(
+                peer,
+                View { id: peer.to_string(), announcement: announcement.clone(), last_seen_ms: now, holds },
+            );
+            match old {
+                Some(v) => Some(v.announcement.boot != announcement.boot),
+                None => None,
+            }
+        };
+        match restarted {
+            // A node we did not know: queued jobs may fit it now. A node
+            // that restarted: the planner finds the executions its old
+            // process held (their boot id is not its own any more), marks
+            // them lost and places them again.
+            None | Some(true) => self.plan_everything(),
+            Some(false) => {}
+        }
+    }
+}
+
+/// Loads the node's ed25519 identity from `<home>/node.key`, creating it on
+/// first start (mode 0600).
+pub fn load_key(home: &Path) -> Result<Keypair, Error> {
+    let path = home.join("node.key");
+    let key = match std::fs::read(&path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).with_context(|| {
+            format!("{} is not a valid node key; move it away to create a new identity", path.display())
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            key.to_protobuf_encoding()
+                .context("cannot encode the new node key")
+                .and_then(|bytes| write_private(&path, &bytes))
+                .map(|()| key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read the node key {}", path.display())),
+    };
+    key.map_err(|e| Error::Identity(message(&e)))
+}
+
+/// The error and its causes in one line, `outer: inner: …`, leaving out a
+/// cause whose text the line already holds (library errors name their
+/// cause in their own message and also return it as their source).
+pub fn message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.to_lowercase().contains(&c.to_lowercase()) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// The API bearer token from `<home>/api-token`, created on first use.
+pub fn load_token(home: &Path) -> Result<String, Error> {
+    let path = home.join("api-token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
+        Ok(_) => Err(anyhow::anyhow!("{} is empty; delete it to create a new token", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token: [u8; 32] = rand::random();
+            let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+            write_private(&path, token.as_bytes()).map(|()| token)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    token.map_err(|e| Error::Identity(message(&e)))
+}
+
+/// A started node. [`Running::stop`] ends it; dropping it without
+/// stopping leaves its tasks running until the runtime ends.
+pub struct Running {
+    pub node: Arc<Node>,
+    /// Where it listens for peers, ending in `/p2p/<peer id>`.
+    pub addr: Multiaddr,
+    /// Where its HTTP API listens, if it runs one.
+    pub api: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    api_task: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>)>,
+    stop_net: tokio::sync::oneshot::Sender<()>,
+    net_task: tokio::task::JoinHandle<()>,
+}
+
+/// How long [`Running::stop`] waits for executions and requests in
+/// flight to let go of the node (its database stays locked until they do).
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+impl Running {
+    /// Waits until the API server ends (it only ends on failure while the
+    /// node runs); pending forever when the node runs no API.
+    pub async fn api_failed(&mut self) -> Error {
+        match &mut self.api_task {
+            Some((_, task)) => match task.await {
+                Ok(Ok(())) => Error::Serve(std::io::Error::other("the api server stopped")),
+                Ok(Err(e)) => Error::Serve(e),
+                Err(e) => Error::Serve(std::io::Error::other(e.to_string())),
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops the node: the API drains, every loop and running execution
+    /// is stopped, the network closes, and the node's database is closed
+    /// once nothing holds the node any more (at most [`STOP_GRACE`]), so
+    /// that a node on the same home can start at once.
+    pub async fn stop(self) -> Result<(), Error> {
+        let Running { node, tasks, api_task, stop_net, net_task, .. } = self;
+        let served = match api_task {
+            Some((stop, task)) => {
+                let _ = stop.send(());
+                match task.await {
+                    Ok(r) => r.map_err(Error::Serve),
+                    Err(e) => Err(Error::Serve(std::io::Error::other(e.to_string()))),
+                }
+            }
+            None => Ok(()),
+        };
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Some(c) = &node.compute {
+            c.cancel_all();
+        }
+        let _ = stop_net.send(());
+        let _ = net_task.await;
+        // The file is let go now, whatever still holds the node: a node on
+        // the same home can start at once.
+        node.db.close();
+        // Requests and executions in flight hold the node; they end soon
+        // once cancelled and the network is gone.
+        let weak = Arc::downgrade(&node);
+        drop(node);
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while weak.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if weak.strong_count() > 0 {
+            tracing::warn!("the node was still in use {STOP_GRACE:?} after it was stopped");
+        }
+        served
+    }
+}
+
+/// Starts a node: opens its database, joins the network, starts its
+/// loops and its API, and returns at once.
+pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
+    let Deps { home, store, key, clock, transport, api } = deps;
+    std::fs::create_dir_all(&home).map_err(|source| Error::Home { path: home.clone(), source })?;
+    let db = Db::open(home.join("scheduler.sqlite"))?;
+    let net_cfg = net::Config { ..config.network.clone() };
+    let swarm = match transport {
+        Transport::Tcp => net::tcp_swarm(key, &net_cfg)?,
+        Transport::Memory => net::memory_swarm(key, &net_cfg)?,
+    };
+    let (client, event_loop, mut events) = net::new(swarm, &net_cfg);
+    let (stop_net, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let net_task = tokio::spawn(event_loop.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let listen = client.listen(config.listen.clone()).await?;
+    let peer = client.local_peer_id();
+    let compute = if config.compute {
+        Some(
+            compute::Compute::new(&home, config.slots, config.misbehave(), config.gpu, config.allow_software_gpu)
+                .map_err(|e| Error::Compute(message(&e)))?,
+        )
+    } else {
+        None
+    };
+    let api_addr = match &api {
+        Some(l) => Some(l.local_addr().map_err(Error::Api)?),
+        None => None,
+    };
+    let node = Arc::new(Node {
+        peer,
+        client: client.clone(),
+        store,
+        db,
+        views: Mutex::new(HashMap::new()),
+        compute,
+        kick: Notify::new(),
+        dirty: Mutex::new(HashSet::new()),
+        full_pass: Default::default(),
+        changed: watch::channel(0).0,
+        metrics: api::Metrics::new(),
+        labels: config.labels.clone(),
+        boot: rand::random(),
+        started_ms: clock(),
+        clock,
+        api_url: OnceLock::new(),
+        inflight: Mutex::new(HashSet::new()),
+        placement: config.placement.clone(),
+        event_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_EVENT_STREAMS)),
+        car_exports: Arc::new(tokio::sync::Semaphore::new(api::MAX_CAR_EXPORTS)),
+        holds: Mutex::new(None),
+    });
+    if let Some(a) = api_addr {
+        let _ = node.api_url.set(format!("http://{a}"));
+    }
+
+    for p in &config.peers {
+        if let Err(e) = client.dial(p.clone()).await {
+            tracing::warn!("cannot reach peer {p}: {e}");
+        }
+    }
+
+    let mut tasks = Vec::new();
+    // Network events. Requests are handled concurrently up to a bound each
+    // (a block answer holds up to 8 MiB): past it they are answered "busy"
+    // at once, so a peer that floods cannot grow the node's memory or its
+    // task count without bound.
+    let n = node.clone();
+    tasks.push(tokio::spawn(async move {
+        let requests = Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
+        let block_requests = Arc::new(tokio::sync::Semaphore::new(MAX_BLOCK_REQUESTS_IN_FLIGHT));
+        while let Some(event) = events.recv().await {
+            n.on_event(event, &requests, &block_requests).await;
+        }
+    }));
+    // Execution results, pinned in the background.
+    if let Some(results) = node.compute.as_ref().and_then(|c| c.take_kept()) {
+        tasks.push(tokio::spawn(compute::keeper(node.store.clone(), results)));
+    }
+    // Announcements, every `announce_every` and whenever the scheduler
+    // asks; views of peers silent for VIEW_TTL are forgotten.
+    let n = node.clone();
+    let (every, holds_every) = (config.announce_every, config.holds_refresh);
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        let mut holds_due = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            if tokio::time::Instant::now() >= holds_due {
+                holds_due = tokio::time::Instant::now() + holds_every;
+                n.refresh_holds().await;
+            }
+            let _ = n.client.announce(n.announcement()).await;
+            n.forget_silent_views();
+        }
+    }));
+    tasks.push(tokio::spawn(requester::run(node.clone())));
+    let api_task = match api {
+        Some(listener) => {
+            let policy = guard::Policy {
+                token: config.api_token.clone(),
+                hosts: config.api_hosts.iter().map(|h| h.trim_end_matches('.').to_ascii_lowercase()).collect(),
+            };
+            let app = api::router(node.clone(), policy);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+            });
+            Some((stop, task))
+        }
+        None => None,
+    };
+    Ok(Running {
+        addr: listen.with(libp2p::multiaddr::Protocol::P2p(peer)),
+        node,
+        api: api_addr,
+        tasks,
+        api_task,
+        stop_net,
+        net_task,
+    })
+}
+
+impl Node {
+    /// Handles one network event. Requests are answered concurrently, up
+    /// to the bounds the semaphores hold; past them at once with "busy".
+    async fn on_event(
+        self: &Arc<Self>,
+        event: Event,
+        requests: &Arc<tokio::sync::Semaphore>,
+        block_requests: &Arc<tokio::sync::Semaphore>,
+    ) {
+        match event {
+            Event::Request { peer, request, channel } => {
+                let Ok(permit) = requests.clone().try_acquire_owned() else {
+                    let busy = Response::Error { message: "node busy: too many requests in flight; retry".into() };
+                    let _ = self.client.respond(channel, busy).await;
+                    return;
+                };
+                let n = self.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let response = n.handle(peer, request).await;
+                    let _ = n.client.respond(channel, response).await;
+                });
+            }
+            Event::Blocks { request, channel, .. } => {
+                let Ok(permit) = block_requests.clone().try_acquire_owned() else {
+                    // Busy: nothing now (the asker tries its other
+                    // providers, and this one again later).
+                    let busy = proto::BlockResponse {
+                        blocks: Vec::new(),
+                        missing: request.want.iter().take(proto::MAX_WANT).cloned().collect(),
+                    };
+                    let _ = self.client.respond_blocks(channel, busy).await;
+                    return;
+                };
+                let n = self.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let st = n.store.clone();
+                    let response =
+                        tokio::task::spawn_blocking(move || fetch::serve(&*st, &request)).await.unwrap_or_default();
+                    let _ = n.client.respond_blocks(channel, response).await;
+                });
+            }
+            Event::Announcement { peer, announcement } => self.on_announcement(peer, announcement),
+            Event::Disconnected { peer } => {
+                // Gone until it announces itself again: placement then
+                // marks what it was running as lost and places it
+                // elsewhere, without waiting for the node ttl.
+                self.views.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
+                self.plan_everything();
+            }
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! Whole networks of nodes in one process: libp2p's memory transport,
+//! memory block stores and a clock the test moves. Bursts, losses and
+//! restarts run in seconds, and every wait is for a condition (a job's
+//! state, announced as it changes), never a sleep.
+//!
+//! The invariant every test here checks, the planner's (see
+//! `shoal_scheduler::placement`): every job ends (completed, failed,
+//! cancelled) within its timeouts, whatever the bursts, rejections,
+//! losses and restarts; a completed job has the result a local run of its
+//! spec gives; and no compute slot is leaked.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use libp2p::identity::Keypair;
+use libp2p::Multiaddr;
+use rand::{Rng, SeedableRng};
+use shoal_node::{Config, Deps, Node, Running, Transport};
+use shoal_scheduler::model::{ExecState, Job, JobId, JobState};
+use shoal_storage::importer::{Importer, Options};
+use shoal_storage::{Cid, MemStore, PinMode};
+use tower::ServiceExt;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn sample(name: &str) -> Vec<u8> {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let st = Command::new("make").arg("-C").arg(root().join("samples")).status().expect("make");
+        assert!(st.success(), "building samples failed: run scripts/setup.sh --samples");
+    });
+    std::fs::read(root().join("samples/build").join(format!("{name}.wasm"))).expect("sample module")
+}
+
+/// Wall time plus an offset the test moves forward.
+#[derive(Clone, Default)]
+struct TestClock(Arc<AtomicU64>);
+
+impl TestClock {
+    fn clock(&self) -> shoal_node::Clock {
+        let offset = self.0.clone();
+        let wall = shoal_node::system_clock();
+        Arc::new(move || wall() + offset.load(Ordering::SeqCst))
+    }
+
+    fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+/// One node's identity and state, kept across its restarts.
+struct Member {
+    home: tempfile::TempDir,
+    store: Arc<MemStore>,
+    key: Keypair,
+    addr: Multiaddr,
+    config: Config,
+    running: Option<Running>,
+}
+
+/// Node 0 is the requester (it computes nothing); the others compute and
+/// peer with it.
+struct Net {
+    members: Vec<Member>,
+    clock: TestClock,
+}
+
+fn config(slots: Option<u32>) -> Config {
+    Config {
+        compute: slots.is_some(),
+        slots: slots.unwrap_or(0),
+        gpu: false,
+        announce_every: Duration::from_millis(200),
+        ..Config::default()
+    }
+}
+
+impl Net {
+    async fn new(slots: &[u32]) -> Net {
+        let mut net = Net { members: Vec::new(), clock: TestClock::default() };
+        let base: u64 = rand::random::<u32>() as u64 * 64 + 1;
+        let wanted: Vec<Option<u32>> = std::iter::once(None).chain(slots.iter().map(|s| Some(*s))).collect();
+        for (i, s) in wanted.into_iter().enumerate() {
+            let key = Keypair::generate_ed25519();
+            let addr: Multiaddr =
+                format!("/memory/{}/p2p/{}", base + i as u64, key.public().to_peer_id()).parse().unwrap();
+            let mut config = config(s);
+            config.listen = format!("/memory/{}", base + i as u64).parse().unwrap();
+            net.members.push(Member {
+                home: tempfile::tempdir().unwrap(),
+                store: Arc::new(MemStore::new()),
+                key,
+                addr,
+                config,
+                running: None,
+            });
+        }
+        for i in 0..net.members.len() {
+            net.start(i).await;
+        }
+        net.until_known().await;
+        net
+    }
+
+    /// Starts (or restarts) member `i`, peered with the requester (or, for
+    /// the requester, with every other member).
+    async fn start(&mut self, i: usize) {
+        let peers: Vec<Multiaddr> = if i == 0 {
+            self.members[1..].iter().filter(|m| m.running.is_some()).map(|m| m.addr.clone()).collect()
+        } else {
+            vec![self.members[0].addr.clone()]
+        };
+        let m = &mut self.members[i];
+        let mut config = m.config.clone();
+        config.peers = peers;
+        let deps = Deps {
+            home: m.home.path().to_owned(),
+            store: m.store.clone(),
+            key: m.key.clone(),
+            clock: self.clock.clock(),
+            transport: Transport::Memory,
+            api: None,
+        };
+        m.running = Some(shoal_node::start(config, deps).await.expect("start node"));
+    }
+
+    async fn stop(&mut self, i: usize) {
+        if let Some(r) = self.members[i].running.take() {
+            r.stop().await.expect("stop node");
+        }
+    }
+
+    fn node(&self, i: usize) -> &Arc<Node> {
+        &self.members[i].running.as_ref().expect("node running").node
+    }
+
+    /// Waits until the requester has heard from every running compute
+    /// node.
+    async fn until_known(&self) {
+        let want: Vec<_> = self.members[1..].iter().filter_map(|m| m.running.as_ref().map(|r| r.node.peer)).collect();
+        let req = self.node(0).clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        // Announcements change no job: checked on a short tick.
+        while !want.iter().all(|p| req.views.lock().unwrap().contains_key(p)) {
+            assert!(tokio::time::Instant::now() < deadline, "nodes never met");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Puts a module into the requester's store, pinned.
+    fn add(&self, bytes: &[u8]) -> Cid {
+        let store = &self.members[0].store;
+        let added = Importer::new(&**store, Options::default()).add_bytes(bytes).unwrap();
+        shoal_storage::pin::add(&**store, &added.root, PinMode::Recursive).unwrap();
+        added.root
+    }
+}
+
+/// Submits `spec` through node `node`'s API (in-process, no socket).
+async fn submit(node: &Arc<Node>, spec: &serde_json::Value) -> JobId {
+    let app = shoal_node::api::router(node.clone(), Default::default());
+    let req = Request::post("/v1/jobs")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(Body::from(spec.to_string()))
+        .unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    v["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// Waits until every job in `ids` has ended, woken by each change.
+async fn until_ended(node: &Arc<Node>, ids: &[JobId], within: Duration) -> Vec<Job> {
+    let mut changed = node.changed.subscribe();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let jobs: Vec<Job> = ids.iter().map(|id| node.db().job(id).unwrap().expect("job")).collect();
+        if jobs.iter().all(|j| j.state.is_terminal()) {
+            return jobs;
+        }
+        if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+            let open: Vec<String> = jobs
+                .iter()
+                .filter(|j| !j.state.is_terminal())
+                .map(|j| format!("{} {:?} ({} executions)", j.id, j.state, node.db().executions(&j.id).unwrap().len()))
+                .collect();
+            panic!("{} of {} jobs never ended: {open:?}", open.len(), ids.len());
+        }
+    }
+}
+
+/// The result a local run of `spec` gives (a fresh store with its module).
+fn local_result(module: &[u8], spec: &serde_json::Value) -> Cid {
+    let spec = shoal_scheduler::spec::Spec::from_yaml_or_json(&spec.to_string()).unwrap();
+    let store = MemStore::new();
+    let added = Importer::new(&store, Options::default()).add_bytes(module).unwrap();
+    assert_eq!(added.root, spec.task.module);
+    let exec = shoal_runtime::Executor::new(shoal_runtime::Config::default()).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let rt = shoal_node::compute::to_runtime(&spec);
+    // The runtime blocks: off the test's async threads.
+    std::thread::scope(|s| s.spawn(|| shoal_runtime::job::run(&exec, &store, &rt, scratch.path())).join())
+        .unwrap()
+        .unwrap()
+        .result
+}
+
+/// Every compute node has all its slots free again (stragglers of
+/// completed jobs finish or are cancelled shortly after).
+async fn no_slot_leaked(net: &Net) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for m in &net.members[1..] {
+        let Some(r) = &m.running else { continue };
+        let c = r.node.compute.as_ref().unwrap();
+        while c.free_slots() != c.slots {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {} keeps {} of {} slots busy",
+                r.node.peer,
+                c.slots - c.free_slots(),
+                c.slots
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn hello_spec(module: Cid, i: usize, redundancy: u32) -> serde_json::Value {
+    serde_json::json!({
+        "task": { "module": module.to_string(), "args": [format!("job-{i}")] },
+        "redundancy": { "count": redundancy },
+        "timeouts": { "queue": "2m", "execution": "1m", "total": "5m" },
+    })
+}
+
+/// Checks each completed job against a local run of its spec.
+fn check_results(module: &[u8], specs: &[serde_json::Value], jobs: &[Job], cache: &mut HashMap<String, Cid>) {
+    for (spec, job) in specs.iter().zip(jobs) {
+        assert_eq!(job.state, JobState::Completed, "job {} failed: {:?}", job.id, job.error);
+        let want = *cache.entry(spec.to_string()).or_insert_with(|| local_result(module, spec));
+        assert_eq!(job.result, Some(want), "job {} disagrees with a local run", job.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_ten_times_the_slots_completes_with_redundancy_two_and_three() {
+    let hello = sample("hello");
+    // 3 compute nodes, 2 slots each: 6 slots; 60 jobs in one burst.
+    let net = Net::new(&[2, 2, 2]).await;
+    let module = net.add(&hello);
+    let mut specs = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let spec = hello_spec(module, i % 20, if i % 2 == 0 { 2 } else { 3 });
+        ids.push(submit(net.node(0), &spec).await);
+        specs.push(spec);
+    }
+    let jobs = until_ended(net.node(0), &ids, Duration::from_secs(120)).await;
+    check_results(&hello, &specs, &jobs, &mut HashMap::new());
+    for job in &jobs {
+        let execs = net.node(0).db().executions(&job.id).unwrap();
+        // A quorum of distinct nodes agreed, and no node ran the job twice.
+        let ran: Vec<_> = execs.iter().filter(|e| e.state != ExecState::Rejected).map(|e| e.node.clone()).collect();
+        let mut distinct = ran.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ran.len(), "job {} ran twice on one node: {ran:?}", job.id);
+        let agreeing = execs.iter().filter(|e| e.result == job.result).count();
+        assert!(agreeing >= job.spec.quorum() as usize, "job {}: {agreeing} results agree", job.id);
+    }
+    no_slot_leaked(&net).await;
+}
+
+/// Seeded bursts with node losses and requester restarts: the planner's
+/// invariant over many schedules. `SHOAL_INPROCESS_SEEDS=n` runs more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bursts_with_losses_and_restarts_end_every_job_with_the_local_result() {
+    let hello = sample("hello");
+    let seeds: u64 = std::env::var("SHOAL_INPROCESS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let mut cache = HashMap::new();
+    for seed in 0..seeds {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let slots: Vec<u32> = (0..4).map(|_| rng.gen_range(1..=2)).collect();
+        let total: u32 = slots.iter().sum();
+        let mut net = Net::new(&slots).await;
+        let module = net.add(&hello);
+        let n_jobs = (total * 4) as usize;
+        let mut specs = Vec::new();
+        let mut ids = Vec::new();
+        // The fault strikes partway through the burst.
+        let strike = rng.gen_range(n_jobs / 4..n_jobs * 3 / 4);
+        let lose = rng.gen_range(1..net.members.len());
+        let restart_requester = rng.gen_bool(0.5);
+        for i in 0..n_jobs {
+            if i == strike {
+                net.stop(lose).await;
+                if restart_requester {
+                    net.stop(0).await;
+                    net.start(0).await;
+                }
+            }
+            let spec = hello_spec(module, i % 10, rng.gen_range(1..=3));
+            ids.push(submit(net.node(0), &spec).await);
+            specs.push(spec);
+        }
+        let jobs = until_ended(net.node(0), &ids, Duration::from_secs(180)).await;
+        check_results(&hello, &specs, &jobs, &mut cache);
+        no_slot_leaked(&net).await;
+        for i in 0..net.members.len() {
+            net.stop(i).await;
+        }
+        eprintln!(
+            "seed {seed}: {n_jobs} jobs on slots {slots:?}, lost node {lose}, requester restarted: {restart_requester}"
+        );
+    }
+}
+
+/// The requester's clock decides its timeouts: a job that nothing can run
+/// fails when the clock passes its queue timeout, with no wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_no_node_can_run_fails_when_the_clock_passes_its_queue_timeout() {
+    let hello = sample("hello");
+    let net = Net::new(&[1]).await;
+    let module = net.add(&hello);
+    let spec = serde_json::json!({
+        "task": { "module": module.to_string() },
+        "resources": { "gpu": true },
+        "timeouts": { "queue": "10m", "total": "1h" },
+    });
+    let id = submit(net.node(0), &spec).await;
+    let job = net.node(0).db().job(&id).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    net.clock.advance(Duration::from_secs(11 * 60));
+    net.node(0).plan_everything();
+    let jobs = until_ended(net.node(0), &[id], Duration::from_secs(20)).await;
+    assert_eq!(jobs[0].state, JobState::Failed);
+    let error = jobs[0].error.clone().unwrap_or_default();
+    assert!(error.contains("queue") || error.contains("timed out"), "{error}");
+}
