@@ -3,6 +3,13 @@
 //! commits to the result (a hash of the result CID and a secret nonce) and
 //! reveals it only when the requester asks, after it has collected the
 //! commitments it needs.
+//!
+//! Every execution it takes is journalled in the node's database (see
+//! [`shoal_scheduler::db::JournalEntry`]): when it starts, and once its
+//! result is durable and pinned, with what it committed to. A restarted
+//! node reads the journal back: it reports again, and reveals, what it had
+//! committed to, and tells the requesters of the executions it was running
+//! that they will not finish.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +21,7 @@ use libp2p::PeerId;
 use shoal_runtime::job;
 use shoal_runtime::{Config, Executor};
 use shoal_scheduler::commit;
+use shoal_scheduler::db::{Committed, JournalEntry};
 use shoal_scheduler::model::ExecMeta;
 use shoal_scheduler::net::proto::{self, Gpu, Request, Response};
 use shoal_scheduler::spec::Spec;
@@ -96,8 +104,8 @@ struct Slot {
 /// The compute half of a node.
 pub struct Compute {
     pub slots: u32,
-    keep: tokio::sync::mpsc::Sender<Cid>,
-    kept: Mutex<Option<tokio::sync::mpsc::Receiver<Cid>>>,
+    keep: tokio::sync::mpsc::Sender<Keep>,
+    kept: Mutex<Option<tokio::sync::mpsc::Receiver<Keep>>>,
     pub gpu: Option<Gpu>,
     execs: Mutex<HashMap<String, Slot>>,
     runner: Arc<job::Runner<Arc<Executor>>>,
@@ -208,8 +216,60 @@ impl Compute {
     }
 
     /// The keeper's end of the results queue (taken once, by [`keeper`]).
-    pub fn take_kept(&self) -> Option<tokio::sync::mpsc::Receiver<Cid>> {
+    pub fn take_kept(&self) -> Option<tokio::sync::mpsc::Receiver<Keep>> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Takes back what an earlier process journalled: finished executions
+    /// whose result is still pinned here are answered for again (reveals,
+    /// and a repeated commitment report, see [`recovered`]); the rest (it
+    /// was running them, or their result never became durable) are
+    /// returned, to be reported failed and forgotten.
+    pub fn recover(
+        &self,
+        journal: Vec<shoal_scheduler::db::JournalRow>,
+        store: &dyn shoal_storage::BlockStore,
+    ) -> Recovery {
+        let mut out = Recovery::default();
+        let mut execs = self.lock();
+        for entry in journal {
+            let entry = match entry {
+                Ok(e) => e,
+                Err((exec, e)) => {
+                    tracing::warn!("forgetting journalled execution {exec}: {e}");
+                    out.forget.push(exec);
+                    continue;
+                }
+            };
+            let Ok(requester) = entry.requester.parse::<PeerId>() else {
+                out.forget.push(entry.exec);
+                continue;
+            };
+            match entry.done {
+                Some(d) if fetch::held(store, &d.result) => {
+                    let order = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let commitment = commit::commitment(&d.result, &d.nonce);
+                    out.committed.push((requester, entry.exec.clone(), commitment, d.exit_code));
+                    execs.insert(
+                        entry.exec,
+                        Slot {
+                            requester,
+                            order,
+                            state: State::Done {
+                                result: d.result,
+                                nonce: d.nonce,
+                                exit_code: d.exit_code,
+                                stdout: d.stdout,
+                                stderr: d.stderr,
+                                meta: Box::new(d.meta),
+                            },
+                        },
+                    );
+                }
+                _ => out.unfinished.push((requester, entry.exec)),
+            }
+        }
+        out
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
@@ -252,6 +312,7 @@ impl Compute {
                         State::Stopping => {}
                         State::Done { .. } => {
                             execs.remove(&exec);
+                            forget(node, vec![exec]);
                         }
                     },
                     _ => {}
@@ -304,6 +365,7 @@ impl Compute {
                 .map(|(k, _)| k.clone())
             {
                 execs.remove(&k);
+                forget(node, vec![k]);
             } else {
                 return reject("too many executions tracked".into());
             }
@@ -363,6 +425,7 @@ impl Compute {
             if cancel.is_cancelled() {
                 // Stopped: its slot is free now, and nobody waits for it.
                 c.lock().remove(&exec);
+                forget(&node, vec![exec.clone()]);
                 tracing::debug!(%exec, "cancelled execution stopped");
                 return;
             }
@@ -373,6 +436,7 @@ impl Compute {
                     let missing = e.downcast_ref::<MissingInput>().map(|m| m.0.to_string());
                     tracing::warn!("execution {exec} failed: {error}");
                     c.lock().remove(&exec);
+                    forget(&node, vec![exec.clone()]);
                     report(&node, peer, Request::Failed { exec, error, missing }).await;
                     return;
                 }
@@ -386,18 +450,40 @@ impl Compute {
             };
             let nonce: [u8; 32] = rand::random();
             let commitment = commit::commitment(&result, &nonce);
-            {
+            let entry = JournalEntry {
+                exec: exec.clone(),
+                requester: peer.to_string(),
+                seq: 0,
+                done: Some(Committed {
+                    result,
+                    nonce,
+                    exit_code,
+                    stdout: stdout.clone(),
+                    stderr: stderr.clone(),
+                    meta: ExecMeta::clone(&meta),
+                }),
+            };
+            let seq = {
                 let mut execs = c.lock();
                 match execs.get_mut(&exec) {
                     Some(s) if matches!(s.state, State::Running(_)) => {
-                        s.state = State::Done { result, nonce, exit_code, stdout, stderr, meta }
+                        s.state = State::Done { result, nonce, exit_code, stdout, stderr, meta };
+                        s.order
                     }
                     // Cancelled meanwhile (its guest had already finished).
                     _ => {
                         execs.remove(&exec);
+                        drop(execs);
+                        forget(&node, vec![exec]);
                         return;
                     }
                 }
+            };
+            // Durable and journalled in the background: the commitment does
+            // not wait for the disk (a node that dies first cannot reveal;
+            // the requester then counts the execution lost).
+            if let Err(e) = keep(&node, Keep { result, entry: Some(JournalEntry { seq, ..entry }) }).await {
+                tracing::warn!("{}", crate::message(&e));
             }
             report(&node, peer, Request::Commit { exec, commitment, exit_code }).await;
         });
@@ -463,7 +549,19 @@ async fn run_execution(
     // pins and, when nothing is missing, the run itself, in one trip to a
     // blocking thread, and no question to the network.
     let (st, sc, run) = (store.clone(), scratch.clone(), runner.clone());
+    let running = JournalEntry {
+        exec: exec.to_owned(),
+        requester: requester.to_string(),
+        seq: c.lock().get(exec).map_or(0, |s| s.order),
+        done: None,
+    };
+    let n = node.clone();
     let first = tokio::task::spawn_blocking(move || {
+        // Journalled before anything runs, so that a restarted node tells
+        // the requester this execution will not finish.
+        if let Err(e) = n.db().journal_put(&[running]) {
+            tracing::warn!("cannot journal an execution: {e}");
+        }
         let missing: Vec<Cid> = roots.into_iter().filter(|r| !fetch::held(&*st, r)).collect();
         if missing.is_empty() {
             tracing::debug!(module = %rt.module, "inputs here; running");
@@ -498,13 +596,6 @@ async fn run_execution(
         }
     };
     tracing::debug!(result = %finished.result, "ran");
-    if let Err(tokio::sync::mpsc::error::TrySendError::Full(result)) = c.keep.try_send(finished.result) {
-        // The keeper is behind: pin this one here.
-        let store = node.store.clone();
-        tokio::task::spawn_blocking(move || keep_now(&*store, &[result]))
-            .await
-            .context("the pinning thread panicked")??;
-    }
     node.metrics.executions_run.inc();
     let o = &finished.outcome;
     let meta = Box::new(ExecMeta {
@@ -549,13 +640,96 @@ async fn fetch_all(node: &Arc<Node>, requester: PeerId, roots: &[Cid]) -> anyhow
     Ok(())
 }
 
-/// Makes results durable and pins them: one flush for all of them.
-fn keep_now(store: &dyn shoal_storage::BlockStore, results: &[Cid]) -> anyhow::Result<()> {
-    store.flush().context("cannot store execution results")?;
-    for r in results {
-        store.pin_add(r, shoal_storage::PinMode::Recursive).with_context(|| format!("cannot pin the result {r}"))?;
+/// A result to make durable and pin, with the journal entry that may be
+/// written once it is.
+#[derive(Debug)]
+pub struct Keep {
+    result: Cid,
+    entry: Option<JournalEntry>,
+}
+
+/// Hands a result to the keeper, or keeps it here when the keeper is
+/// behind.
+async fn keep(node: &Arc<Node>, k: Keep) -> anyhow::Result<()> {
+    let Some(c) = &node.compute else { return Ok(()) };
+    match c.keep.try_send(k) {
+        Ok(()) => Ok(()),
+        Err(tokio::sync::mpsc::error::TrySendError::Full(k) | tokio::sync::mpsc::error::TrySendError::Closed(k)) => {
+            let n = node.clone();
+            tokio::task::spawn_blocking(move || keep_now(&n, vec![k])).await.context("the pinning thread panicked")?
+        }
     }
-    Ok(())
+}
+
+/// Makes results durable and pins them (one flush for all of them), then
+/// journals them as committed: a journalled result is always here.
+fn keep_now(node: &Node, batch: Vec<Keep>) -> anyhow::Result<()> {
+    node.store.flush().context("cannot store execution results")?;
+    let mut entries = Vec::new();
+    for k in batch {
+        let r = k.result;
+        node.store
+            .pin_add(&r, shoal_storage::PinMode::Recursive)
+            .with_context(|| format!("cannot pin the result {r}"))?;
+        entries.extend(k.entry);
+    }
+    // Only those still tracked: one cancelled or evicted meanwhile stays
+    // forgotten.
+    if let Some(c) = &node.compute {
+        let execs = c.lock();
+        entries.retain(|e| execs.contains_key(&e.exec));
+    }
+    node.db().journal_put(&entries).context("cannot journal execution results")
+}
+
+/// Forgets executions in the journal (in the background).
+fn forget(node: &Arc<Node>, execs: Vec<String>) {
+    let n = node.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = n.db().journal_remove(&execs) {
+            tracing::warn!("cannot update the execution journal: {e}");
+        }
+    });
+}
+
+/// What [`Compute::recover`] found in the journal.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Finished executions answered for again: (requester, execution,
+    /// commitment, exit code).
+    pub committed: Vec<(PeerId, String, [u8; 32], i32)>,
+    /// Executions the earlier process was running, or whose result did not
+    /// survive: reported failed, then forgotten.
+    pub unfinished: Vec<(PeerId, String)>,
+    /// Unreadable entries, forgotten.
+    pub forget: Vec<String>,
+}
+
+/// After a restart: reports again what the journal says was committed (a
+/// report the crash may have cut short; a repeated one is harmless), and
+/// tells requesters which executions will not finish.
+pub async fn recovered(node: Arc<Node>, recovery: Recovery) {
+    let Recovery { committed, unfinished, forget: mut forget_ids } = recovery;
+    forget_ids.extend(unfinished.iter().map(|(_, e)| e.clone()));
+    forget(&node, forget_ids);
+    if !committed.is_empty() || !unfinished.is_empty() {
+        tracing::info!(
+            "restarted: {} committed execution(s) taken back from the journal, {} unfinished one(s) given up",
+            committed.len(),
+            unfinished.len()
+        );
+    }
+    let reports = committed
+        .into_iter()
+        .map(|(peer, exec, commitment, exit_code)| (peer, Request::Commit { exec, commitment, exit_code }))
+        .chain(unfinished.into_iter().map(|(peer, exec)| {
+            let error = "the compute node restarted during the execution; it will not finish".to_owned();
+            (peer, Request::Failed { exec, error, missing: None })
+        }));
+    for (peer, request) in reports {
+        let n = node.clone();
+        tokio::spawn(async move { report(&n, peer, request).await });
+    }
 }
 
 /// Pins execution results in the background, gathering them for
@@ -563,7 +737,7 @@ fn keep_now(store: &dyn shoal_storage::BlockStore, results: &[Cid]) -> anyhow::R
 /// until the requester has fetched and pinned the agreed one, and a node
 /// that dies before pinning loses its executions anyway (its restart marks
 /// them lost), so nothing waits for the disk on the way to the commitment.
-pub async fn keeper(store: Arc<dyn shoal_storage::BlockStore>, mut results: tokio::sync::mpsc::Receiver<Cid>) {
+pub async fn keeper(node: Arc<Node>, mut results: tokio::sync::mpsc::Receiver<Keep>) {
     while let Some(first) = results.recv().await {
         tokio::time::sleep(KEEP_BATCH).await;
         let mut batch = vec![first];
@@ -573,8 +747,8 @@ pub async fn keeper(store: Arc<dyn shoal_storage::BlockStore>, mut results: toki
                 Err(_) => break,
             }
         }
-        let st = store.clone();
-        match tokio::task::spawn_blocking(move || keep_now(&*st, &batch)).await {
+        let n = node.clone();
+        match tokio::task::spawn_blocking(move || keep_now(&n, batch)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("{e:#}"),
             Err(e) => tracing::warn!("the pinning thread failed: {e}"),

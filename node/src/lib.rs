@@ -179,7 +179,12 @@ pub struct View {
     /// Its holds filter, decoded once when it arrives (none if absent or
     /// malformed).
     pub holds: Option<Arc<shoal_scheduler::holds::Holds>>,
+    /// False from its disconnection until it is heard from again.
+    pub connected: bool,
 }
+
+/// How a "busy" answer begins (the asker tries again later).
+pub const BUSY: &str = "node busy";
 
 /// Execution-protocol requests handled at once; more are answered busy.
 pub const MAX_REQUESTS_IN_FLIGHT: usize = 256;
@@ -368,9 +373,17 @@ impl Node {
             }
             let old = views.insert(
                 peer,
-                View { id: peer.to_string(), announcement: announcement.clone(), last_seen_ms: now, holds },
+                View {
+                    id: peer.to_string(),
+                    announcement: announcement.clone(),
+                    last_seen_ms: now,
+                    holds,
+                    connected: true,
+                },
             );
             match old {
+                // Back after a disconnection: it may take work again.
+                Some(v) if !v.connected => None,
                 Some(v) => Some(v.announcement.boot != announcement.boot),
                 None => None,
             }
@@ -548,13 +561,16 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
     }));
     let listen = client.listen(config.listen.clone()).await?;
     let peer = client.local_peer_id();
-    let compute = if config.compute {
-        Some(
-            compute::Compute::new(&home, config.slots, config.misbehave(), config.gpu, config.allow_software_gpu)
-                .map_err(|e| Error::Compute(message(&e)))?,
-        )
+    let (compute, recovery) = if config.compute {
+        let c = compute::Compute::new(&home, config.slots, config.misbehave(), config.gpu, config.allow_software_gpu)
+            .map_err(|e| Error::Compute(message(&e)))?;
+        // What an earlier process on this home had taken on (read once,
+        // at start, before the node serves anything).
+        let journal = db.journal()?;
+        let recovery = c.recover(journal, &*store);
+        (Some(c), Some(recovery))
     } else {
-        None
+        (None, None)
     };
     let api_addr = match &api {
         Some(l) => Some(l.local_addr().map_err(Error::Api)?),
@@ -608,7 +624,10 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
     }));
     // Execution results, pinned in the background.
     if let Some(results) = node.compute.as_ref().and_then(|c| c.take_kept()) {
-        tasks.push(tokio::spawn(compute::keeper(node.store.clone(), results)));
+        tasks.push(tokio::spawn(compute::keeper(node.clone(), results)));
+    }
+    if let Some(recovery) = recovery {
+        tokio::spawn(compute::recovered(node.clone(), recovery));
     }
     // Announcements, every `announce_every` and whenever the scheduler
     // asks; views of peers silent for VIEW_TTL are forgotten.
@@ -670,7 +689,7 @@ impl Node {
         match event {
             Event::Request { peer, request, channel } => {
                 let Ok(permit) = requests.clone().try_acquire_owned() else {
-                    let busy = Response::Error { message: "node busy: too many requests in flight; retry".into() };
+                    let busy = Response::Error { message: format!("{BUSY}: too many requests in flight; retry") };
                     let _ = self.client.respond(channel, busy).await;
                     return;
                 };
@@ -703,10 +722,13 @@ impl Node {
             }
             Event::Announcement { peer, announcement } => self.on_announcement(peer, announcement),
             Event::Disconnected { peer } => {
-                // Gone until it announces itself again: placement then
-                // marks what it was running as lost and places it
-                // elsewhere, without waiting for the node ttl.
-                self.views.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
+                // Offered nothing until it announces itself again:
+                // placement marks what it was running as lost at once and
+                // places it elsewhere; what it committed to waits for the
+                // node ttl (a restarted node reveals it from its journal).
+                if let Some(v) = self.views.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&peer) {
+                    v.connected = false;
+                }
                 self.plan_everything();
             }
         }

@@ -15,7 +15,7 @@ use shoal_scheduler::placement::{self, Plan};
 use shoal_scheduler::{commit, model};
 use shoal_storage::Cid;
 
-use super::{fetch, Node};
+use super::{fetch, Node, BUSY};
 
 /// How often every active job is planned even if nothing happened to it
 /// (timeouts, nodes gone quiet). Events plan the jobs they touch at once.
@@ -60,7 +60,7 @@ pub fn views(node: &Node) -> Vec<NodeView> {
         Default::default()
     });
     let mut out = Vec::new();
-    let mut push = |id: String, a: &shoal_scheduler::net::proto::Announcement, seen: u64| {
+    let mut push = |id: String, a: &shoal_scheduler::net::proto::Announcement, seen: u64, connected: bool| {
         out.push(NodeView {
             stats: stats.get(&id).cloned().unwrap_or_default(),
             id,
@@ -74,11 +74,12 @@ pub fn views(node: &Node) -> Vec<NodeView> {
             last_seen_ms: seen,
             holds: Default::default(),
             boot: Some(a.boot),
+            connected,
         });
     };
-    push(node.peer.to_string(), &node.announcement(), now);
+    push(node.peer.to_string(), &node.announcement(), now, true);
     for v in node.views.lock().unwrap_or_else(|p| p.into_inner()).values() {
-        push(v.id.clone(), &v.announcement, v.last_seen_ms);
+        push(v.id.clone(), &v.announcement, v.last_seen_ms, v.connected);
     }
     out
 }
@@ -201,6 +202,7 @@ fn placeholder(id: &str, since_ms: u64) -> NodeView {
         holds: Default::default(),
         stats: Default::default(),
         boot: None,
+        connected: true,
     }
 }
 
@@ -426,7 +428,14 @@ async fn reveal(node: &Arc<Node>, peer: PeerId, mut e: Execution) {
                 judged = NodeStats { dissented: 1, ..Default::default() };
             }
         }
+        Ok(Response::Error { message }) if message.starts_with(BUSY) => {
+            // Asked again on a later pass.
+            tracing::debug!("reveal of {} deferred: {message}", e.id);
+            return;
+        }
         Ok(Response::Error { message }) => {
+            // A node that restarted without the execution in its journal
+            // (or never had it): it will never reveal.
             e.state = ExecState::Lost;
             e.error = Some(format!("reveal refused: {message}"));
         }

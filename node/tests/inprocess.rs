@@ -93,6 +93,7 @@ impl Net {
             let addr: Multiaddr =
                 format!("/memory/{}/p2p/{}", base + i as u64, key.public().to_peer_id()).parse().unwrap();
             let mut config = config(s);
+            config.labels.insert("index".into(), i.to_string());
             config.listen = format!("/memory/{}", base + i as u64).parse().unwrap();
             net.members.push(Member {
                 home: tempfile::tempdir().unwrap(),
@@ -214,6 +215,17 @@ fn local_result(module: &[u8], spec: &serde_json::Value) -> Cid {
         .unwrap()
         .unwrap()
         .result
+}
+
+/// Waits until `cond` holds on `node`, woken by each job change.
+async fn until(node: &Arc<Node>, within: Duration, what: &str, cond: impl Fn(&Node) -> bool) {
+    let mut changed = node.changed.subscribe();
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond(node) {
+        if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+            panic!("{what}: not within {within:?}");
+        }
+    }
 }
 
 /// Every compute node has all its slots free again (stragglers of
@@ -347,4 +359,57 @@ async fn a_job_no_node_can_run_fails_when_the_clock_passes_its_queue_timeout() {
     assert_eq!(jobs[0].state, JobState::Failed);
     let error = jobs[0].error.clone().unwrap_or_default();
     assert!(error.contains("queue") || error.contains("timed out"), "{error}");
+}
+
+/// A compute node restarted after it committed to a result (and before
+/// the requester asked for it) reveals it from its journal: the job
+/// completes with that execution, and nothing is run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_compute_node_reveals_what_it_had_committed() {
+    let (hello, sleep) = (sample("hello"), sample("sleep"));
+    let mut net = Net::new(&[1, 1]).await;
+    let (hello_c, sleep_c) = (net.add(&hello), net.add(&sleep));
+    // Node 2 is kept busy, so the redundancy-2 job waits for it after
+    // node 1 has committed.
+    let busy = serde_json::json!({
+        "task": { "module": sleep_c.to_string(), "args": ["3000"] },
+        "constraints": ["index=2"],
+    });
+    let busy = submit(net.node(0), &busy).await;
+    let running = |n: &Node, job: &JobId| {
+        n.db().executions(job).unwrap().iter().any(|e| matches!(e.state, ExecState::Running | ExecState::Committed))
+    };
+    until(net.node(0), Duration::from_secs(30), "the sleep runs", |n| running(n, &busy)).await;
+    let spec = hello_spec(hello_c, 0, 2);
+    let id = submit(net.node(0), &spec).await;
+    let one = net.node(1).peer.to_string();
+    let committed = |n: &Node| {
+        n.db().executions(&id).unwrap().into_iter().find(|e| e.node == one && e.state == ExecState::Committed)
+    };
+    until(net.node(0), Duration::from_secs(30), "node 1 commits", |n| committed(n).is_some()).await;
+    let exec = committed(net.node(0)).unwrap().id.to_string();
+    // Journalled once its result is durable (the keeper's next batch).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !net.node(1).db().journal().unwrap().iter().any(|e| matches!(e, Ok(e) if e.exec == exec && e.done.is_some()))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never journalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let job = net.node(0).db().job(&id).unwrap().unwrap();
+    assert!(!job.state.is_terminal(), "the job waited for node 2: {:?}", job.state);
+    net.stop(1).await;
+    net.start(1).await;
+    let jobs = until_ended(net.node(0), &[id.clone(), busy], Duration::from_secs(60)).await;
+    check_results(&hello, std::slice::from_ref(&spec), &jobs[..1], &mut HashMap::new());
+    let execs = net.node(0).db().executions(&id).unwrap();
+    let mine = execs.iter().find(|e| e.id.to_string() == exec).unwrap();
+    assert!(
+        matches!(mine.state, ExecState::Revealed | ExecState::Completed),
+        "the restarted node's execution ended {:?}: {:?}",
+        mine.state,
+        mine.error
+    );
+    assert_eq!(mine.result, jobs[0].result);
+    let ran: Vec<_> = execs.iter().filter(|e| e.state != ExecState::Rejected).collect();
+    assert_eq!(ran.len(), 2, "nothing ran again: {ran:?}");
 }

@@ -141,7 +141,42 @@ END;
 CREATE TRIGGER IF NOT EXISTS exec_timeline_update AFTER UPDATE OF state ON executions
     WHEN old.state IS NOT new.state BEGIN
     INSERT INTO exec_events (exec, state, ms) VALUES (new.id, new.state, new.updated_ms);
-END;";
+END;
+CREATE TABLE IF NOT EXISTS journal (exec TEXT PRIMARY KEY, requester TEXT NOT NULL, seq INTEGER NOT NULL,
+    result TEXT, nonce BLOB, exit_code INTEGER, stdout TEXT, stderr TEXT, meta TEXT);";
+
+/// Most executions a compute node's journal keeps: past it the oldest
+/// finished ones are forgotten (as the compute side forgets them).
+pub const MAX_JOURNAL: usize = 4096;
+
+/// A compute node's record of one execution it took, so that a restarted
+/// node still reveals what it had committed to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalEntry {
+    /// The execution id (the requester's).
+    pub exec: String,
+    /// The requester's peer id.
+    pub requester: String,
+    /// Order of acceptance (older first).
+    pub seq: u64,
+    /// What it committed to: `None` while it runs.
+    pub done: Option<Committed>,
+}
+
+/// One row of the journal as read: the entry, or the id of a row that does
+/// not decode and why.
+pub type JournalRow = Result<JournalEntry, (String, Error)>;
+
+/// A finished execution's commitment and outputs, as revealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    pub result: Cid,
+    pub nonce: [u8; 32],
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub meta: crate::model::ExecMeta,
+}
 
 /// Most rows [`Db::live_executions_of_ended_jobs`] returns at once.
 pub const MAX_LEFTOVERS: usize = 1000;
@@ -513,6 +548,122 @@ impl Db {
             .optional()
             .map_err(self.err("cannot read execution"))?;
         row.map(|r| r.decode().map_err(|b| self.corrupt(b))).transpose()
+    }
+
+    /// Records executions a compute node took or finished, in one
+    /// transaction (a finished one replaces its running row).
+    pub fn journal_put(&self, entries: &[JournalEntry]) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err("cannot begin a journal write"))?;
+        for e in entries {
+            let meta = match &e.done {
+                Some(d) => Some(serde_json::to_string(&d.meta).map_err(|err| Error::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("journal entry {}", e.exec),
+                    message: err.to_string(),
+                })?),
+                None => None,
+            };
+            tx.execute(
+                "INSERT OR REPLACE INTO journal (exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                rusqlite::params![
+                    e.exec,
+                    e.requester,
+                    e.seq as i64,
+                    e.done.as_ref().map(|d| d.result.to_string()),
+                    e.done.as_ref().map(|d| d.nonce.to_vec()),
+                    e.done.as_ref().map(|d| d.exit_code),
+                    e.done.as_ref().map(|d| d.stdout.as_str()),
+                    e.done.as_ref().map(|d| d.stderr.as_str()),
+                    meta,
+                ],
+            )
+            .map_err(self.err("cannot write the journal"))?;
+        }
+        // Bounded: the oldest finished entries go first.
+        tx.execute(
+            "DELETE FROM journal WHERE exec IN (SELECT exec FROM journal WHERE result IS NOT NULL ORDER BY seq DESC \
+             LIMIT -1 OFFSET ?1)",
+            [MAX_JOURNAL as i64],
+        )
+        .map_err(self.err("cannot trim the journal"))?;
+        tx.commit().map_err(self.err("cannot commit a journal write"))
+    }
+
+    /// Forgets executions (cancelled, evicted, or cleaned up after a
+    /// restart).
+    pub fn journal_remove(&self, execs: &[String]) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err("cannot begin a journal write"))?;
+        for e in execs {
+            tx.execute("DELETE FROM journal WHERE exec = ?1", [e]).map_err(self.err("cannot write the journal"))?;
+        }
+        tx.commit().map_err(self.err("cannot commit a journal write"))
+    }
+
+    /// Every journalled execution, oldest first. An unreadable row is
+    /// reported as such (and can be removed by its id).
+    pub fn journal(&self) -> Result<Vec<JournalRow>, Error> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta FROM journal ORDER BY seq",
+            )
+            .map_err(self.err("cannot read the journal"))?;
+        type JRow = (
+            String,
+            String,
+            i64,
+            Option<String>,
+            Option<Vec<u8>>,
+            Option<i32>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<JRow> = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(self.err("cannot read the journal"))?;
+        let corrupt = |exec: &str, message: String| Error::Corrupt {
+            path: self.path.clone(),
+            what: format!("journal entry {exec}"),
+            message,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta)| {
+                let done = match result {
+                    None => None,
+                    Some(result) => {
+                        let decoded = (|| {
+                            let result: Cid = result.parse().map_err(|e| format!("result: {e}"))?;
+                            let nonce: [u8; 32] = nonce
+                                .and_then(|n| n.try_into().ok())
+                                .ok_or_else(|| "nonce: not 32 bytes".to_string())?;
+                            let meta = serde_json::from_str(meta.as_deref().unwrap_or("{}"))
+                                .map_err(|e| format!("meta: {e}"))?;
+                            Ok::<_, String>(Committed {
+                                result,
+                                nonce,
+                                exit_code: exit_code.unwrap_or(0),
+                                stdout: stdout.unwrap_or_default(),
+                                stderr: stderr.unwrap_or_default(),
+                                meta,
+                            })
+                        })();
+                        match decoded {
+                            Ok(d) => Some(d),
+                            Err(m) => return Err((exec.clone(), corrupt(&exec, m))),
+                        }
+                    }
+                };
+                Ok(JournalEntry { exec, requester, seq: seq as u64, done })
+            })
+            .collect())
     }
 
     /// Every node's track record.
@@ -1224,5 +1375,60 @@ mod tests {
         drop(db);
         let e = Db::open(&path).unwrap_err().to_string();
         assert!(e.contains("schema version 9") && e.contains("upgrade shoal"), "{e}");
+    }
+
+    #[test]
+    fn a_closed_database_lets_go_of_its_file_and_refuses_calls_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scheduler.sqlite");
+        let db = Db::open(&path).unwrap();
+        db.insert_job(&job(1)).unwrap();
+        db.close();
+        // Another owner opens it at once, while the old handle lives.
+        let again = Db::open(&path).unwrap();
+        assert!(again.job(&job(1).id).unwrap().is_some());
+        let e = db.insert_job(&job(2)).unwrap_err();
+        assert!(matches!(e, Error::Closed { .. }), "{e}");
+        assert!(e.to_string().contains("is closed: the node is stopping"), "{e}");
+    }
+
+    #[test]
+    fn the_journal_survives_a_reopen_replaces_running_rows_and_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scheduler.sqlite");
+        let running = |n: u64| JournalEntry { exec: format!("e-{n}"), requester: "peer".into(), seq: n, done: None };
+        let done = |n: u64| JournalEntry {
+            done: Some(Committed {
+                result: cid(n as u8),
+                nonce: [n as u8; 32],
+                exit_code: 3,
+                stdout: "out".into(),
+                stderr: "err".into(),
+                meta: crate::model::ExecMeta { wall_ms: 7, ..Default::default() },
+            }),
+            ..running(n)
+        };
+        {
+            let db = Db::open(&path).unwrap();
+            db.journal_put(&[running(1), running(2)]).unwrap();
+            db.journal_put(&[done(1)]).unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let all: Vec<JournalEntry> = db.journal().unwrap().into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(all, vec![done(1), running(2)]);
+        db.journal_remove(&["e-2".into()]).unwrap();
+        assert_eq!(db.journal().unwrap().len(), 1);
+        // Past the bound the oldest finished entries go.
+        let many: Vec<JournalEntry> = (10..10 + MAX_JOURNAL as u64 + 5).map(done).collect();
+        db.journal_put(&many).unwrap();
+        let all: Vec<JournalEntry> = db.journal().unwrap().into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(all.len(), MAX_JOURNAL);
+        // 4,102 finished: done(1) and done(10..=14) went.
+        assert_eq!(all[0].seq, 15);
+        // A row that does not decode is named, not fatal.
+        db.conn().execute("UPDATE journal SET nonce = x'00' WHERE exec = 'e-20'", []).unwrap();
+        let bad = db.journal().unwrap().into_iter().find_map(|r| r.err()).unwrap();
+        assert_eq!(bad.0, "e-20");
+        assert!(bad.1.to_string().contains("journal entry e-20") && bad.1.to_string().contains("nonce"), "{}", bad.1);
     }
 }

@@ -542,6 +542,16 @@ pub struct NodeView {
     /// restart), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<u64>,
+    /// Whether a connection to it is open. A node that disconnected is
+    /// offered no work, and what it was running is lost at once; what it
+    /// had committed waits for the node ttl, since a restarted node still
+    /// reveals it from its journal.
+    #[serde(default = "connected_default")]
+    pub connected: bool,
+}
+
+fn connected_default() -> bool {
+    true
 }
 
 #[cfg(test)]

@@ -12,10 +12,16 @@
 //! **Ending executions.** Each live execution is checked, in this order:
 //! - on a node that is gone (absent from `nodes`, or not seen for
 //!   [`Config::node_ttl_ms`]) it is `lost`;
+//! - on a node that disconnected ([`NodeView::connected`] false), it is
+//!   `lost` unless it is Committed;
 //! - on a node that now announces another boot id than the one it had when
 //!   it was asked ([`Execution::boot`](crate::model::Execution::boot)), it
-//!   is `lost`: the node restarted and forgot it, whoever noticed first,
-//!   and even if the requester itself restarted meanwhile;
+//!   is `lost` unless it is Committed: the node restarted and forgot it,
+//!   whoever noticed first, and even if the requester itself restarted
+//!   meanwhile. A Committed execution outlives its node's restart and a
+//!   dropped connection (for the node ttl): the compute node journals what
+//!   it committed to and reveals it from the journal when asked; if it
+//!   cannot, its answer to the reveal ends the execution as lost;
 //! - a bid unanswered for [`Config::bid_timeout_ms`] is `expired` (the
 //!   caller marks it Rejected: a silent node is treated as a node that
 //!   said no);
@@ -72,6 +78,7 @@
 //! doubling per refusal, at most 30 s) and it announces room: a busy node
 //! is never lost to a job for good, so that a burst larger than the free
 //! slots drains instead of leaving jobs waiting on nodes that said no once.
+//! A node that disconnected is not eligible until it is heard from again.
 //! Eligible nodes are ranked by, in order:
 //! 1. reputation: the smaller share of executions that dissented or were
 //!    lost, `(dissented + lost) / (agreed + dissented + lost + failed + 1)`;
@@ -281,12 +288,21 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
                 (Some(then), Some(now)) => then != now,
                 _ => false,
             };
+            // A committed execution survives its node's restart and a
+            // dropped connection (the node journals it and reveals it
+            // when asked); one still running does not.
+            let committed = s == ExecState::Committed;
+            let connected = node_map.get(e.node.as_str()).is_some_and(|n| n.connected);
             if !alive(&e.node) {
                 plan.lost.push(e.id.clone());
                 plan.reasons
                     .insert(e.id.clone(), format!("node {} gone (not seen for {})", e.node, human(cfg.node_ttl_ms)));
                 s = ExecState::Lost;
-            } else if restarted {
+            } else if !connected && !committed {
+                plan.lost.push(e.id.clone());
+                plan.reasons.insert(e.id.clone(), format!("node {} disconnected during the execution", e.node));
+                s = ExecState::Lost;
+            } else if restarted && !committed {
                 plan.lost.push(e.id.clone());
                 plan.reasons.insert(e.id.clone(), format!("node {} restarted during the execution", e.node));
                 s = ExecState::Lost;
@@ -378,7 +394,9 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
     };
     let mut eligible: Vec<Rank<'_>> = node_map
         .values()
-        .filter(|n| alive(&n.id) && !taken.contains(n.id.as_str()) && asked_again_ok(&n.id) && fits(job, n))
+        .filter(|n| {
+            alive(&n.id) && n.connected && !taken.contains(n.id.as_str()) && asked_again_ok(&n.id) && fits(job, n)
+        })
         .map(|n| Rank::of(job, n))
         .collect();
     eligible.sort();
@@ -533,6 +551,7 @@ pub fn capable_nodes(job: &Job, nodes: &[NodeView], now_ms: u64, cfg: &Config) -
 pub fn capable(job: &Job, node: &NodeView, now_ms: u64, cfg: &Config) -> bool {
     let r = &job.spec.resources;
     now_ms.saturating_sub(node.last_seen_ms) <= cfg.node_ttl_ms
+        && node.connected
         && node.compute
         && job.spec.constraints.iter().all(|c| c.matches(&node.labels))
         && node.slots_total.max(node.slots_free) >= r.slots
@@ -685,6 +704,7 @@ mod tests {
             holds: BTreeSet::new(),
             stats: NodeStats::default(),
             boot: None,
+            connected: true,
         }
     }
 
@@ -793,6 +813,31 @@ mod tests {
         assert_eq!(p.lost, ids(&["e1"]));
         assert!(p.reasons[&ids(&["e1"])[0]].contains("restarted"));
         assert_eq!(p.place, ["b"], "replaced on another node");
+    }
+
+    #[test]
+    fn a_committed_execution_outlives_its_nodes_restart_and_disconnection_until_the_ttl() {
+        let j = job(1, |s| s.redundancy.count = 2);
+        let mut e = ex("e1", "a", ExecState::Committed);
+        e.commitment = Some([1; 32]);
+        e.boot = Some(1);
+        let mut ns = nodes(&["a", "b"]);
+        ns[0].boot = Some(2);
+        let p = plan(&j, &ns, std::slice::from_ref(&e), NOW, &cfg());
+        assert!(p.lost.is_empty(), "restarted: {:?}", p.reasons);
+        ns[0].connected = false;
+        let p = plan(&j, &ns, std::slice::from_ref(&e), NOW, &cfg());
+        assert!(p.lost.is_empty(), "disconnected: {:?}", p.reasons);
+        assert_eq!(p.place, ["b"], "a disconnected node is offered nothing");
+        let later = NOW + cfg().node_ttl_ms + 1;
+        let p = plan(&j, &ns, std::slice::from_ref(&e), later, &cfg());
+        assert_eq!(p.lost, ids(&["e1"]), "gone for the ttl");
+        // One still running is lost at once.
+        let mut r = ex("e2", "a", ExecState::Running);
+        r.boot = Some(1);
+        let p = plan(&j, &ns, &[r], NOW, &cfg());
+        assert_eq!(p.lost, ids(&["e2"]));
+        assert!(p.reasons[&ids(&["e2"])[0]].contains("disconnected"), "{:?}", p.reasons);
     }
 
     #[test]
