@@ -1192,3 +1192,191 @@ fn a_job_runs_where_its_input_already_is() {
         assert_eq!(j["executions"][0]["node"], Value::String(bid.clone()), "{j}");
     }
 }
+
+/// Resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+/// A peer that floods a node with execution requests, block requests and
+/// announcements from many identities, while a client floods it with CAR
+/// exports: every request gets an answer (or a "busy"), the API keeps
+/// answering throughout, the node's memory stays bounded, and a job
+/// submitted afterwards runs.
+#[test]
+fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
+    use shoal_scheduler::net::{self, proto};
+    let mut net = Net::new();
+    net.add("target", &["--slots", "1"]);
+    let n = &net.nodes[0];
+    let pid = n.child.id();
+    // Data worth exporting: 16 MiB that does not deduplicate.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..16u32 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut r = agent()
+        .post(format!("{}/v1/files?name=data.bin", n.api))
+        .header("X-Shoal-Request", "1")
+        .header("Content-Type", "application/octet-stream")
+        .send(&data[..])
+        .unwrap();
+    let file: Value = r.body_mut().read_json().unwrap();
+    let cid = file["cid"].as_str().unwrap().to_owned();
+    let before = rss_mib(pid);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The API answers while the flood goes on.
+    let health = {
+        let (api, stop) = (n.api.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut slowest = Duration::ZERO;
+            let mut answered = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && answered < 10_000 {
+                let t = Instant::now();
+                let (status, _) = get(&format!("{api}/v1/health"));
+                assert_eq!(status, 200);
+                slowest = slowest.max(t.elapsed());
+                answered += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (answered, slowest)
+        })
+    };
+    // CAR exports: 24 clients at once, each reading everything.
+    let exports: Vec<_> = (0..24)
+        .map(|_| {
+            let url = format!("{}/v1/car/{cid}", n.api);
+            std::thread::spawn(move || {
+                let mut r = agent().get(url).call().unwrap();
+                let status = r.status().as_u16();
+                let len = r.body_mut().with_config().limit(64 << 20).read_to_vec().map_or(0, |b| b.len());
+                (status, len)
+            })
+        })
+        .collect();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (answered, busy) = rt.block_on(async {
+        let target: libp2p::Multiaddr = n.peer.parse().unwrap();
+        let target_id: libp2p::PeerId = n.id().parse().unwrap();
+        let cfg = net::Config::default();
+        // Announcements from many identities (each its own gossip source).
+        let mut flooders = Vec::new();
+        for _ in 0..16 {
+            let swarm = net::tcp_swarm(libp2p::identity::Keypair::generate_ed25519(), &cfg).unwrap();
+            let (client, event_loop, mut events) = net::new(swarm, &cfg);
+            tokio::spawn(event_loop.run(std::future::pending()));
+            // Requests sent to the flooders are dropped unanswered.
+            tokio::spawn(async move { while events.recv().await.is_some() {} });
+            client.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap();
+            client.dial(target.clone()).await.unwrap();
+            flooders.push(client);
+        }
+        let announcement = proto::Announcement {
+            boot: 1,
+            version: "flood".into(),
+            compute: true,
+            slots_total: 1000,
+            slots_free: 1000,
+            memory_bytes: 1 << 40,
+            labels: Default::default(),
+            gpu: None,
+            api: None,
+            holds: None,
+        };
+        let mut set = tokio::task::JoinSet::new();
+        for (i, c) in flooders.iter().enumerate() {
+            let c = c.clone();
+            let a = announcement.clone();
+            set.spawn(async move {
+                for boot in 0..50u64 {
+                    let _ = c.announce(proto::Announcement { boot: boot * 100 + i as u64, ..a.clone() }).await;
+                }
+                (0usize, 0usize)
+            });
+        }
+        // Requests: 4,000 of the execution protocol and 1,000 block
+        // requests, 64 senders at once.
+        for s in 0..64usize {
+            let c = flooders[s % flooders.len()].clone();
+            let cid = cid.clone();
+            set.spawn(async move {
+                let (mut answered, mut busy) = (0, 0);
+                for i in 0..80usize {
+                    let exec = format!("e-flood-{s}-{i}");
+                    let request = match i % 3 {
+                        0 => proto::Request::Commit { exec, commitment: [7; 32], exit_code: 0 },
+                        1 => proto::Request::Reveal { exec },
+                        _ => proto::Request::Bid { job: "j-flood".into(), exec, spec: "{not a spec".into() },
+                    };
+                    match c.request(target_id, request).await {
+                        Ok(proto::Response::Error { message }) if message.starts_with("node busy") => busy += 1,
+                        Ok(_) => answered += 1,
+                        Err(_) => {}
+                    }
+                    if i % 4 == 0 {
+                        let root = cid.parse::<shoal_storage::Cid>().unwrap().to_bytes();
+                        let mut want = vec![root];
+                        want.extend((0..63u8).map(|k| {
+                            shoal_storage::Block::new(
+                                shoal_storage::CidVersion::V1,
+                                shoal_storage::block::RAW,
+                                vec![k, i as u8],
+                            )
+                            .cid()
+                            .to_bytes()
+                        }));
+                        if c.blocks(target_id, proto::BlockRequest { want }).await.is_ok() {
+                            answered += 1;
+                        }
+                    }
+                }
+                (answered, busy)
+            });
+        }
+        let (mut answered, mut busy) = (0, 0);
+        while let Some(r) = set.join_next().await {
+            let (a, b) = r.unwrap();
+            answered += a;
+            busy += b;
+        }
+        (answered, busy)
+    });
+    let exports: Vec<(u16, usize)> = exports.into_iter().map(|t| t.join().unwrap()).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (checks, slowest) = health.join().unwrap();
+    let after = rss_mib(pid);
+    eprintln!(
+        "flood: {answered} answered, {busy} busy; exports {:?}; health answered {checks} times, slowest {slowest:?}; rss {before} -> {after} MiB",
+        exports.iter().map(|e| e.0).collect::<Vec<_>>()
+    );
+    assert_eq!(answered + busy, 64 * 80 + 64 * 20, "requests went unanswered: {answered} answered, {busy} busy");
+    for (status, len) in &exports {
+        assert!(*status == 200 || *status == 503, "export answered {status}");
+        if *status == 200 {
+            assert!(*len > 16 << 20, "a whole export is the data and more: {len}");
+        }
+    }
+    assert!(exports.iter().any(|e| e.0 == 200), "no export got through");
+    assert!(checks > 0 && slowest < Duration::from_secs(5), "the api stalled: {checks} checks, slowest {slowest:?}");
+    // Bounded: 256 request handlers, 32 block answers of at most 8 MiB, 8
+    // exports of at most 4 MiB in flight (the cap on views, 10,000, is
+    // tested in shoal-node itself).
+    assert!(after < before + 400, "rss grew from {before} MiB to {after} MiB");
+    drop(rt);
+    let o = cli(n, &net.home("cli"), &["submit", "--wait", "--wait-timeout", "60", sample("hello").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}

@@ -734,3 +734,44 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn announcements_from_ever_new_sources_keep_the_views_capped_oldest_first() {
+        let home = tempfile::tempdir().unwrap();
+        let now = Arc::new(std::sync::atomic::AtomicU64::new(1_000));
+        let t = now.clone();
+        let deps = Deps {
+            home: home.path().to_owned(),
+            store: Arc::new(shoal_storage::MemStore::new()),
+            key: Keypair::generate_ed25519(),
+            clock: Arc::new(move || t.load(std::sync::atomic::Ordering::SeqCst)),
+            transport: Transport::Memory,
+            api: None,
+        };
+        let config = Config { compute: false, listen: "/memory/0".parse().unwrap(), ..Config::default() };
+        let running = start(config, deps).await.unwrap();
+        let node = running.node.clone();
+        let a = node.announcement();
+        let peers: Vec<PeerId> = (0..MAX_VIEWS + 50).map(|_| PeerId::random()).collect();
+        for p in &peers {
+            now.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            node.on_announcement(*p, a.clone());
+        }
+        {
+            let views = node.views.lock().unwrap();
+            assert_eq!(views.len(), MAX_VIEWS);
+            assert!(peers[..50].iter().all(|p| !views.contains_key(p)), "the oldest made room");
+            assert!(peers[50..].iter().all(|p| views.contains_key(p)));
+        }
+        // Silent past the ttl: all forgotten.
+        now.fetch_add(VIEW_TTL.as_millis() as u64 + 1, std::sync::atomic::Ordering::SeqCst);
+        node.forget_silent_views();
+        assert!(node.views.lock().unwrap().is_empty());
+        drop(node);
+        running.stop().await.unwrap();
+    }
+}
