@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
+use shoal_scheduler::db::Step;
 use shoal_scheduler::model::{ExecId, ExecState, Execution, Job, JobId, JobState, NodeStats, NodeView};
 use shoal_scheduler::net::proto::{Request, Response};
 use shoal_scheduler::placement::{self, Plan};
@@ -218,48 +219,11 @@ fn peer_of(e: &Execution) -> Option<PeerId> {
     e.node.parse().ok()
 }
 
-fn end_executions(
-    node: &Arc<Node>,
-    execs: &[Execution],
-    ids: &[ExecId],
-    plan: &Plan,
-    state: ExecState,
-) -> anyhow::Result<Ended> {
-    let now = node.now();
-    let mut ended = Ended::default();
-    for id in ids {
-        let Some(live) = execs.iter().find(|e| &e.id == id && e.state.is_live()) else { continue };
-        let mut e = live.clone();
-        e.state = state;
-        e.updated_ms = now;
-        e.error = Some(plan.reasons.get(id).cloned().unwrap_or_else(|| format!("marked {state} by the scheduler")));
-        // A report may have landed since the plan was made: it wins, and
-        // the next pass plans with it.
-        let lost =
-            if state == ExecState::Lost { NodeStats { lost: 1, ..Default::default() } } else { NodeStats::default() };
-        if !node.db().update_execution_judged(&e, live.state, lost)? {
-            ended.stale = true;
-            continue;
-        }
-        cancel_live(node, std::slice::from_ref(live));
-        if state == ExecState::Lost {
-            node.metrics.executions_lost.inc();
-        }
-        ended.changed = true;
-    }
-    Ok(ended)
-}
-
-/// What [`end_executions`] did.
-#[derive(Default)]
-struct Ended {
-    /// Something was written.
-    changed: bool,
-    /// An execution had changed since the plan was made: the rest of the
-    /// plan is stale.
-    stale: bool,
-}
-
+/// Carries out `plan` for `job`: every write it implies (ended executions,
+/// track records, the job, new executions) in one transaction, then the
+/// messages that depend on them (cancels, bids, reveals, the completion).
+/// If an execution changed since the plan was made, nothing is written and
+/// the job is planned again.
 fn carry_out(
     node: &Arc<Node>,
     mut job: Job,
@@ -268,44 +232,43 @@ fn carry_out(
     views: &mut [NodeView],
 ) -> anyhow::Result<()> {
     let now = node.now();
-    let mut ended = end_executions(node, &execs, &plan.lost, &plan, ExecState::Lost)?;
-    let e = end_executions(node, &execs, &plan.expired, &plan, ExecState::Rejected)?;
-    ended.changed |= e.changed;
-    ended.stale |= e.stale;
-    // A job that reached agreement keeps its other executions running:
-    // `complete` and `handle` judge each when it commits, so that a node
-    // whose answer differs is recorded even when it was not needed.
-    let e = end_executions(node, &execs, &plan.cancel, &plan, ExecState::Failed)?;
-    let mut changed = ended.changed | e.changed;
-    if ended.stale || e.stale {
-        // Plan again with what changed rather than act on the rest.
-        node.mark(&job.id);
-        node.notify_changed();
-        return Ok(());
-    }
-    if let Some(update) = &plan.job {
-        match (update.state, update.result) {
-            (JobState::Completed, Some(result)) => {
-                complete(node, &job, result, update.agreeing.clone(), update.dissenting.clone());
-            }
-            _ => {
-                update.apply_to(&mut job, now);
-                node.db().update_job(&job)?;
-                if update.state == JobState::Failed {
-                    node.metrics.jobs_failed.inc();
-                    cancel_live(node, &execs);
-                }
-                changed = true;
-            }
+    let mut step = Step::default();
+    // Ended executions (a job that reached agreement keeps its other
+    // executions running: `complete` and `handle` judge each when it
+    // commits, so that a node whose answer differs is still recorded).
+    let mut ended = Vec::new();
+    for (ids, state) in
+        [(&plan.lost, ExecState::Lost), (&plan.expired, ExecState::Rejected), (&plan.cancel, ExecState::Failed)]
+    {
+        for id in ids {
+            let Some(live) = execs.iter().find(|e| &e.id == id && e.state.is_live()) else { continue };
+            let mut e = live.clone();
+            e.state = state;
+            e.updated_ms = now;
+            e.error = Some(plan.reasons.get(id).cloned().unwrap_or_else(|| format!("marked {state} by the scheduler")));
+            step.ended.push((e, live.state));
+            ended.push(live.clone());
         }
     }
+    let completing = match &plan.job {
+        Some(u) if u.state == JobState::Completed => u.result.map(|r| (r, u.agreeing.clone(), u.dissenting.clone())),
+        _ => None,
+    };
+    // The agreement is counted by `complete`, with the job's completion.
+    step.stats = if completing.is_some() { plan.loss_stats(&execs) } else { plan.stats(&execs) };
+    let mut job_failed = false;
+    if let (Some(update), None) = (&plan.job, &completing) {
+        update.apply_to(&mut job, now);
+        job_failed = update.state == JobState::Failed;
+        step.job = Some(job.clone());
+    }
+    let mut bids = Vec::new();
     if !job.state.is_terminal() {
         // Bids to other nodes go out before this node starts its own
         // execution, which would otherwise hold a core while they wait.
         let mut placements: Vec<(&model::NodeId, bool)> = plan.placements().collect();
         let me = node.peer.to_string();
         placements.sort_by_key(|(target, _)| **target == me);
-        let (mut peers, mut placed) = (Vec::new(), Vec::new());
         for (target, extra) in placements {
             let Ok(peer) = target.parse::<PeerId>() else { continue };
             let mut boot = None;
@@ -313,19 +276,37 @@ fn carry_out(
                 v.slots_free = v.slots_free.saturating_sub(job.spec.resources.slots);
                 boot = v.boot;
             }
-            peers.push(peer);
             let mut e =
                 Execution::new(ExecId::from_parts(now, rand::random()), job.id.clone(), target.clone(), extra, now);
             // Which process of the node is asked: another one answering
             // later means it restarted and forgot this (see placement).
             e.boot = boot;
-            placed.push(e);
+            step.placed.push(e.clone());
+            bids.push((peer, e));
         }
-        if !placed.is_empty() {
-            node.db().insert_executions(&placed)?;
-            changed = true;
+    }
+    if !node.db().apply_step(&step)? {
+        // A report landed since the plan was made: plan again with it.
+        node.mark(&job.id);
+        node.notify_changed();
+        return Ok(());
+    }
+
+    // Written: now the messages and metrics that depend on it.
+    let lost = step.ended.iter().filter(|(e, _)| e.state == ExecState::Lost).count();
+    node.metrics.executions_lost.inc_by(lost as u64);
+    cancel_live(node, &ended);
+    if job_failed {
+        node.metrics.jobs_failed.inc();
+        cancel_live(node, &execs);
+    }
+    if let Some((result, agreeing, dissenting)) = completing {
+        complete(node, &job, result, agreeing, dissenting);
+    }
+    if !job.state.is_terminal() {
+        if !bids.is_empty() {
             let spec = serde_json::to_string(&job.spec)?;
-            for (peer, e) in peers.into_iter().zip(placed) {
+            for (peer, e) in bids {
                 let n = node.clone();
                 let (spec, job_id) = (spec.clone(), job.id.to_string());
                 tracing::debug!(job = %job.id, exec = %e.id, node = %e.node, "placing");
@@ -349,7 +330,7 @@ fn carry_out(
             });
         }
     }
-    if changed {
+    if !step.is_empty() {
         node.notify_changed();
     }
     Ok(())

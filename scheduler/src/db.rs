@@ -149,6 +149,27 @@ CREATE TABLE IF NOT EXISTS journal (exec TEXT PRIMARY KEY, requester TEXT NOT NU
 /// finished ones are forgotten (as the compute side forgets them).
 pub const MAX_JOURNAL: usize = 4096;
 
+/// One scheduling step's writes, applied by [`Db::apply_step`] in one
+/// transaction.
+#[derive(Debug, Default, Clone)]
+pub struct Step {
+    /// Executions the plan ended, each with the state it was read in.
+    pub ended: Vec<(Execution, ExecState)>,
+    /// Track-record changes (see [`Plan::stats`](crate::placement::Plan::stats)).
+    pub stats: BTreeMap<NodeId, NodeStats>,
+    /// The job, when the step changes it.
+    pub job: Option<Job>,
+    /// New executions (the bids about to be sent).
+    pub placed: Vec<Execution>,
+}
+
+impl Step {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ended.is_empty() && self.stats.is_empty() && self.job.is_none() && self.placed.is_empty()
+    }
+}
+
 /// A compute node's record of one execution it took, so that a restarted
 /// node still reveals what it had committed to.
 #[derive(Debug, Clone, PartialEq)]
@@ -690,6 +711,48 @@ impl Db {
         let conn = self.conn();
         *self.stats_cache() = None;
         bump(&conn, node, delta).map_err(self.err("cannot update node stats"))
+    }
+
+    /// Applies one scheduling step in one transaction, or nothing: the
+    /// ended executions (each only if its stored state is still the one
+    /// given), the track-record changes, the job and the new executions.
+    /// Returns false, having written nothing, when an execution changed
+    /// since the plan was made (a report landed): the caller plans again.
+    pub fn apply_step(&self, step: &Step) -> Result<bool, Error> {
+        if step.is_empty() {
+            return Ok(true);
+        }
+        let sql = format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1 AND state = ?18");
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err("cannot begin"))?;
+        for (e, from) in &step.ended {
+            let p = exec_params(e);
+            let mut params: Vec<&dyn rusqlite::ToSql> = p.iter().map(|b| b.as_ref() as &dyn rusqlite::ToSql).collect();
+            let from = from.as_str();
+            params.push(&from);
+            let n = tx
+                .prepare_cached(&sql)
+                .and_then(|mut st| st.execute(params.as_slice()))
+                .map_err(self.err("cannot update execution"))?;
+            if n != 1 {
+                // Dropping the transaction rolls back what it wrote.
+                return Ok(false);
+            }
+        }
+        if let Some(job) = &step.job {
+            write_job(&tx, job, false).map_err(self.err("cannot update job"))?;
+        }
+        for e in &step.placed {
+            write_exec(&tx, e, true).map_err(self.err("cannot insert execution"))?;
+        }
+        for (node, delta) in &step.stats {
+            bump(&tx, node, *delta).map_err(self.err("cannot update node stats"))?;
+        }
+        tx.commit().map_err(self.err("cannot commit"))?;
+        if !step.stats.is_empty() {
+            *self.stats_cache() = None;
+        }
+        Ok(true)
     }
 
     /// Writes `job` (inserted or updated) and `executions` (inserted or
@@ -1430,5 +1493,40 @@ mod tests {
         let bad = db.journal().unwrap().into_iter().find_map(|r| r.err()).unwrap();
         assert_eq!(bad.0, "e-20");
         assert!(bad.1.to_string().contains("journal entry e-20") && bad.1.to_string().contains("nonce"), "{}", bad.1);
+    }
+
+    #[test]
+    fn a_step_is_written_whole_or_not_at_all() {
+        let db = Db::open_in_memory().unwrap();
+        let mut j = job(1);
+        db.insert_job(&j).unwrap();
+        let mut a = exec(&j, 1);
+        a.state = ExecState::Running;
+        let mut b = exec(&j, 2);
+        b.state = ExecState::Running;
+        db.insert_executions(&[a.clone(), b.clone()]).unwrap();
+        let lost = |e: &Execution| Execution { state: ExecState::Lost, ..e.clone() };
+        let stats: BTreeMap<NodeId, NodeStats> =
+            [(a.node.clone(), NodeStats { lost: 1, ..Default::default() })].into_iter().collect();
+        j.state = JobState::Running;
+        let placed = exec(&j, 3);
+        // b was read as Committed, but is Running: the whole step is refused.
+        let stale = Step {
+            ended: vec![(lost(&a), ExecState::Running), (lost(&b), ExecState::Committed)],
+            stats: stats.clone(),
+            job: Some(j.clone()),
+            placed: vec![placed.clone()],
+        };
+        assert!(!db.apply_step(&stale).unwrap());
+        assert_eq!(db.execution(&a.id).unwrap().unwrap().state, ExecState::Running, "rolled back");
+        assert_eq!(db.executions(&j.id).unwrap().len(), 2, "nothing placed");
+        assert!(db.node_stats().unwrap().get(&a.node).is_none(), "nothing counted");
+        assert_eq!(db.job(&j.id).unwrap().unwrap().state, JobState::Queued);
+        let fresh = Step { ended: vec![(lost(&a), ExecState::Running)], ..stale };
+        assert!(db.apply_step(&fresh).unwrap());
+        assert_eq!(db.execution(&a.id).unwrap().unwrap().state, ExecState::Lost);
+        assert_eq!(db.executions(&j.id).unwrap().len(), 3);
+        assert_eq!(db.node_stats().unwrap()[&a.node].lost, 1);
+        assert_eq!(db.job(&j.id).unwrap().unwrap().state, JobState::Running);
     }
 }

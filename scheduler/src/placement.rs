@@ -226,6 +226,17 @@ impl Plan {
     /// (when the job completes) and lost executions, by node. Failures the
     /// nodes report themselves are the caller's to count.
     pub fn stats(&self, executions: &[Execution]) -> BTreeMap<NodeId, NodeStats> {
+        self.counted(executions, true)
+    }
+
+    /// [`Plan::stats`] without the agreement: only lost executions. For a
+    /// caller that counts the agreement when it completes the job (after
+    /// fetching the result), in that transaction.
+    pub fn loss_stats(&self, executions: &[Execution]) -> BTreeMap<NodeId, NodeStats> {
+        self.counted(executions, false)
+    }
+
+    fn counted(&self, executions: &[Execution], agreement: bool) -> BTreeMap<NodeId, NodeStats> {
         let node_of: BTreeMap<&ExecId, &NodeId> = executions.iter().map(|e| (&e.id, &e.node)).collect();
         let mut out: BTreeMap<NodeId, NodeStats> = BTreeMap::new();
         let mut add = |ids: &[ExecId], f: fn(&mut NodeStats)| {
@@ -235,7 +246,7 @@ impl Plan {
                 }
             }
         };
-        if let Some(u) = &self.job {
+        if let (Some(u), true) = (&self.job, agreement) {
             add(&u.agreeing, |s| s.agreed += 1);
             add(&u.dissenting, |s| s.dissented += 1);
         }
