@@ -779,6 +779,9 @@ fn print_job(r: &Value) {
     if !j["result"].is_null() {
         println!("result:  {}", s(j, "result"));
     }
+    if !j["receipt"].is_null() {
+        println!("receipt: {} (check it: shoal receipt verify {})", s(j, "receipt"), s(j, "receipt"));
+    }
     if !j["error"].is_null() {
         println!("error:   {}", s(j, "error"));
     }

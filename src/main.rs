@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd_net;
 mod cmd_node;
+mod cmd_receipt;
 mod cmd_run;
 mod cmd_storage;
 mod output;
@@ -77,6 +78,9 @@ enum Command {
     /// Put a CID from the local store, or a local file or directory, on a
     /// node (--node), pinned there.
     Push(cmd_net::PushArgs),
+    /// Verify a completed job's signed receipt, offline.
+    #[command(subcommand)]
+    Receipt(cmd_receipt::ReceiptCmd),
 }
 
 /// Global settings every verb sees.
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
         Command::Job(c) => cmd_net::job(&ctx, c),
         Command::Nodes => cmd_net::nodes(&ctx),
         Command::Push(a) => cmd_net::push(&ctx, a),
+        Command::Receipt(c) => cmd_receipt::receipt(&ctx, c),
     };
     match res {
         Ok(code) => code,

@@ -24,6 +24,7 @@ use shoal_scheduler::commit;
 use shoal_scheduler::db::{Committed, JournalEntry};
 use shoal_scheduler::model::ExecMeta;
 use shoal_scheduler::net::proto::{self, Gpu, Request, Response};
+use shoal_scheduler::receipt;
 use shoal_scheduler::spec::Spec;
 use shoal_storage::Cid;
 
@@ -97,6 +98,8 @@ enum State {
 
 struct Slot {
     requester: PeerId,
+    /// The job's CID, which the node's signatures name.
+    job: Cid,
     state: State,
     order: u64,
 }
@@ -241,7 +244,7 @@ impl Compute {
                     continue;
                 }
             };
-            let Ok(requester) = entry.requester.parse::<PeerId>() else {
+            let (Ok(requester), Ok(job)) = (entry.requester.parse::<PeerId>(), entry.job.parse::<Cid>()) else {
                 out.forget.push(entry.exec);
                 continue;
             };
@@ -249,11 +252,12 @@ impl Compute {
                 Some(d) if fetch::held(store, &d.result) => {
                     let order = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let commitment = commit::commitment(&d.result, &d.nonce);
-                    out.committed.push((requester, entry.exec.clone(), commitment, d.exit_code));
+                    out.committed.push((requester, entry.exec.clone(), job, commitment, d.exit_code));
                     execs.insert(
                         entry.exec,
                         Slot {
                             requester,
+                            job,
                             order,
                             state: State::Done {
                                 result: d.result,
@@ -299,7 +303,7 @@ impl Compute {
     pub async fn handle(&self, node: &Arc<Node>, peer: PeerId, request: Request) -> Response {
         match request {
             Request::Bid { exec, spec, .. } => self.bid(node, peer, exec, &spec),
-            Request::Reveal { exec } => self.reveal(peer, &exec),
+            Request::Reveal { exec } => self.reveal(node, peer, &exec),
             Request::Cancel { exec } => {
                 let mut execs = self.lock();
                 match execs.get_mut(&exec) {
@@ -372,7 +376,8 @@ impl Compute {
         }
         let order = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cancel = shoal_runtime::Cancel::new();
-        execs.insert(exec.clone(), Slot { requester: peer, state: State::Running(cancel.clone()), order });
+        let job = shoal_scheduler::receipt::job_cid(&spec);
+        execs.insert(exec.clone(), Slot { requester: peer, job, state: State::Running(cancel.clone()), order });
         drop(execs);
         self.start(node, peer, exec, spec, cancel);
         Response::Bid { accepted: true, reason: None }
@@ -453,6 +458,7 @@ impl Compute {
             let entry = JournalEntry {
                 exec: exec.clone(),
                 requester: peer.to_string(),
+                job: String::new(),
                 seq: 0,
                 done: Some(Committed {
                     result,
@@ -463,12 +469,12 @@ impl Compute {
                     meta: ExecMeta::clone(&meta),
                 }),
             };
-            let seq = {
+            let (seq, job) = {
                 let mut execs = c.lock();
                 match execs.get_mut(&exec) {
                     Some(s) if matches!(s.state, State::Running(_)) => {
                         s.state = State::Done { result, nonce, exit_code, stdout, stderr, meta };
-                        s.order
+                        (s.order, s.job)
                     }
                     // Cancelled meanwhile (its guest had already finished).
                     _ => {
@@ -482,14 +488,16 @@ impl Compute {
             // Durable and journalled in the background: the commitment does
             // not wait for the disk (a node that dies first cannot reveal;
             // the requester then counts the execution lost).
-            if let Err(e) = keep(&node, Keep { result, entry: Some(JournalEntry { seq, ..entry }) }).await {
+            let entry = JournalEntry { seq, job: job.to_string(), ..entry };
+            if let Err(e) = keep(&node, Keep { result, entry: Some(entry) }).await {
                 tracing::warn!("{}", crate::message(&e));
             }
-            report(&node, peer, Request::Commit { exec, commitment, exit_code }).await;
+            let signature = sign(&node, &receipt::commit_statement(&job, &exec, &commitment, exit_code));
+            report(&node, peer, Request::Commit { exec, commitment, exit_code, signature }).await;
         });
     }
 
-    fn reveal(&self, peer: PeerId, exec: &str) -> Response {
+    fn reveal(&self, node: &Node, peer: PeerId, exec: &str) -> Response {
         let execs = self.lock();
         match execs.get(exec) {
             Some(s) if s.requester == peer => match &s.state {
@@ -504,12 +512,20 @@ impl Compute {
                     stdout: stdout.clone(),
                     stderr: stderr.clone(),
                     meta: ExecMeta::clone(meta),
+                    signature: sign(node, &receipt::reveal_statement(&s.job, exec, result, nonce)),
                 },
                 _ => Response::Error { message: format!("execution {exec} has not finished") },
             },
             _ => Response::Error { message: format!("unknown execution {exec}") },
         }
     }
+}
+
+/// Signs `statement` with the node's key (hex), for receipts. Ed25519
+/// signing cannot fail; an empty signature would only make the statement
+/// unusable in a receipt.
+fn sign(node: &Node, statement: &[u8]) -> String {
+    node.key.sign(statement).map(hex::encode).unwrap_or_default()
 }
 
 /// What an execution produced.
@@ -549,12 +565,8 @@ async fn run_execution(
     // pins and, when nothing is missing, the run itself, in one trip to a
     // blocking thread, and no question to the network.
     let (st, sc, run) = (store.clone(), scratch.clone(), runner.clone());
-    let running = JournalEntry {
-        exec: exec.to_owned(),
-        requester: requester.to_string(),
-        seq: c.lock().get(exec).map_or(0, |s| s.order),
-        done: None,
-    };
+    let (seq, job) = c.lock().get(exec).map_or((0, String::new()), |s| (s.order, s.job.to_string()));
+    let running = JournalEntry { exec: exec.to_owned(), requester: requester.to_string(), job, seq, done: None };
     let n = node.clone();
     let first = tokio::task::spawn_blocking(move || {
         // Journalled before anything runs, so that a restarted node tells
@@ -697,7 +709,7 @@ fn forget(node: &Arc<Node>, execs: Vec<String>) {
 pub struct Recovery {
     /// Finished executions answered for again: (requester, execution,
     /// commitment, exit code).
-    pub committed: Vec<(PeerId, String, [u8; 32], i32)>,
+    pub committed: Vec<(PeerId, String, Cid, [u8; 32], i32)>,
     /// Executions the earlier process was running, or whose result did not
     /// survive: reported failed, then forgotten.
     pub unfinished: Vec<(PeerId, String)>,
@@ -721,7 +733,10 @@ pub async fn recovered(node: Arc<Node>, recovery: Recovery) {
     }
     let reports = committed
         .into_iter()
-        .map(|(peer, exec, commitment, exit_code)| (peer, Request::Commit { exec, commitment, exit_code }))
+        .map(|(peer, exec, job, commitment, exit_code)| {
+            let signature = sign(&node, &receipt::commit_statement(&job, &exec, &commitment, exit_code));
+            (peer, Request::Commit { exec, commitment, exit_code, signature })
+        })
         .chain(unfinished.into_iter().map(|(peer, exec)| {
             let error = "the compute node restarted during the execution; it will not finish".to_owned();
             (peer, Request::Failed { exec, error, missing: None })

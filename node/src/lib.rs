@@ -215,6 +215,8 @@ pub fn system_clock() -> Clock {
 /// A running node's shared state.
 pub struct Node {
     pub peer: PeerId,
+    /// The node's identity: it signs executions' statements and receipts.
+    pub key: Keypair,
     pub client: Client,
     pub store: Arc<dyn BlockStore>,
     /// Internally locked per call: no guard escapes, so holding one across
@@ -551,8 +553,8 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
     let db = Db::open(home.join("scheduler.sqlite"))?;
     let net_cfg = net::Config { ..config.network.clone() };
     let swarm = match transport {
-        Transport::Tcp => net::tcp_swarm(key, &net_cfg)?,
-        Transport::Memory => net::memory_swarm(key, &net_cfg)?,
+        Transport::Tcp => net::tcp_swarm(key.clone(), &net_cfg)?,
+        Transport::Memory => net::memory_swarm(key.clone(), &net_cfg)?,
     };
     let (client, event_loop, mut events) = net::new(swarm, &net_cfg);
     let (stop_net, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -578,6 +580,7 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
     };
     let node = Arc::new(Node {
         peer,
+        key,
         client: client.clone(),
         store,
         db,

@@ -13,7 +13,7 @@ use shoal_scheduler::db::Step;
 use shoal_scheduler::model::{ExecId, ExecState, Execution, Job, JobId, JobState, NodeStats, NodeView};
 use shoal_scheduler::net::proto::{Request, Response};
 use shoal_scheduler::placement::{self, Plan};
-use shoal_scheduler::{commit, model};
+use shoal_scheduler::{commit, model, receipt};
 use shoal_storage::Cid;
 
 use super::{fetch, Node, BUSY};
@@ -207,6 +207,11 @@ fn placeholder(id: &str, since_ms: u64) -> NodeView {
     }
 }
 
+/// The CID of a stored job's spec (see [`receipt::job_cid`]).
+fn job_cid(node: &Node, job: &JobId) -> Option<Cid> {
+    node.db().job(job).ok().flatten().map(|j| receipt::job_cid(&j.spec))
+}
+
 fn claim(node: &Node, key: String) -> bool {
     node.inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(key)
 }
@@ -389,13 +394,24 @@ async fn reveal(node: &Arc<Node>, peer: PeerId, mut e: Execution) {
     let mut judged = NodeStats::default();
     tracing::debug!(job = %e.job, exec = %e.id, "asking for the reveal");
     match node.send(peer, Request::Reveal { exec: e.id.to_string() }).await {
-        Ok(Response::Revealed { result, nonce, exit_code, stdout, stderr, meta }) => {
+        Ok(Response::Revealed { result, nonce, exit_code, stdout, stderr, meta, signature }) => {
             let parsed: Option<Cid> = result.parse().ok();
             let opens = match (&parsed, &e.commitment) {
                 (Some(cid), Some(c)) => commit::verify(c, cid, &nonce),
                 _ => false,
             };
-            if opens {
+            let signed = match (&parsed, job_cid(node, &e.job)) {
+                (Some(cid), Some(job)) => {
+                    receipt::signed_by(&peer, &receipt::reveal_statement(&job, e.id.as_str(), cid, &nonce), &signature)
+                }
+                _ => false,
+            };
+            if opens && !signed {
+                e.state = ExecState::Failed;
+                e.error = Some(format!("the reveal of {result} is not signed by the node's key"));
+                judged = NodeStats { dissented: 1, ..Default::default() };
+            } else if opens {
+                e.reveal_signature = Some(signature);
                 e.state = ExecState::Revealed;
                 e.result = parsed;
                 e.nonce = Some(nonce);
@@ -514,6 +530,13 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                 // judges each when it commits (see `leftovers` for those
                 // that never do).
             }
+            // The receipt, stored and pinned before the job that names it.
+            let n = node.clone();
+            let (j, voted) = (job.clone(), changed.clone());
+            match tokio::task::spawn_blocking(move || store_receipt(&n, &j, &voted, now)).await? {
+                Ok(cid) => job.receipt = Some(cid),
+                Err(e) => tracing::warn!("job {job_id} completes without a receipt: {}", crate::message(&e)),
+            }
             node.db().apply_with_stats(&job, &changed, &stats)?;
             for e in late {
                 spawn_late_reveal(&node, e, result, true);
@@ -532,6 +555,57 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
         node.notify_changed();
         node.mark(&job_id);
     });
+}
+
+/// Builds the receipt of `job`, completed with the executions that voted
+/// (agreed or dissented), signs it with this node's key, and stores and
+/// pins it as one raw block; returns its CID.
+fn store_receipt(node: &Node, job: &Job, voted: &[Execution], now: u64) -> anyhow::Result<Cid> {
+    use anyhow::Context as _;
+    let result = job.result.context("the job has no result")?;
+    let job_cid = receipt::job_cid(&job.spec);
+    let mut executions = Vec::new();
+    for e in voted {
+        let peer: PeerId = e.node.parse().with_context(|| format!("execution {}: bad node id {}", e.id, e.node))?;
+        let key = receipt::peer_key(&peer).with_context(|| format!("node {} has no inline public key", e.node))?;
+        let (Some(commitment), Some(commit_signature)) = (e.commitment, e.commit_signature.clone()) else {
+            anyhow::bail!("execution {} has no signed commitment", e.id)
+        };
+        executions.push(receipt::Attestation {
+            exec: e.id.to_string(),
+            node: e.node.clone(),
+            public_key: hex::encode(key.encode_protobuf()),
+            commitment: hex::encode(commitment),
+            exit_code: e.exit_code.unwrap_or_default(),
+            commit_signature,
+            result: e.result.map(|c| c.to_string()),
+            nonce: e.nonce.map(hex::encode),
+            reveal_signature: e.reveal_signature.clone(),
+            verdict: if e.result == Some(result) { "agreed" } else { "dissented" }.into(),
+        });
+    }
+    let unsigned = receipt::Receipt {
+        version: receipt::VERSION,
+        job: job.id.to_string(),
+        job_cid: job_cid.to_string(),
+        spec: job.spec.clone(),
+        result: result.to_string(),
+        quorum: job.spec.quorum(),
+        count: job.spec.redundancy.count,
+        executions,
+        requester: String::new(),
+        requester_key: String::new(),
+        created_ms: job.created_ms,
+        completed_ms: now,
+        signature: String::new(),
+    };
+    let (_, bytes) = unsigned.sign(&node.key)?;
+    let block = shoal_storage::Block::new(shoal_storage::CidVersion::V1, shoal_storage::block::RAW, bytes);
+    let cid = *block.cid();
+    node.store.put(&block).context("cannot store the receipt")?;
+    node.store.pin_add(&cid, shoal_storage::PinMode::Recursive).context("cannot pin the receipt")?;
+    node.store.flush().context("cannot store the receipt")?;
+    Ok(cid)
 }
 
 /// Longest `failure` line read from a result (the runtime writes one line).
@@ -665,11 +739,23 @@ pub async fn handle(node: &Arc<Node>, peer: PeerId, request: Request) -> Respons
         let read = e.state;
         let mut failed = false;
         match &request {
-            Request::Commit { commitment, exit_code, .. } => {
+            Request::Commit { commitment, exit_code, signature, .. } => {
                 if matches!(e.state, ExecState::BidAsked | ExecState::Accepted | ExecState::Running) {
+                    // Signed, for the job's receipt: a commitment its node
+                    // will not stand behind is refused.
+                    let statement = job_cid(node, &e.job)
+                        .map(|job| receipt::commit_statement(&job, id.as_str(), commitment, *exit_code));
+                    if !statement.is_some_and(|s| receipt::signed_by(&peer, &s, signature)) {
+                        return Response::Error {
+                            message: format!(
+                                "the commitment of {id} is not signed by your key; sign it and report again"
+                            ),
+                        };
+                    }
                     e.state = ExecState::Committed;
                     e.commitment = Some(*commitment);
                     e.exit_code = Some(*exit_code);
+                    e.commit_signature = Some(signature.clone());
                 } else if e.commitment == Some(*commitment) {
                     return Response::Ok; // a repeated report
                 } else {

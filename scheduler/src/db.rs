@@ -142,7 +142,7 @@ CREATE TRIGGER IF NOT EXISTS exec_timeline_update AFTER UPDATE OF state ON execu
     WHEN old.state IS NOT new.state BEGIN
     INSERT INTO exec_events (exec, state, ms) VALUES (new.id, new.state, new.updated_ms);
 END;
-CREATE TABLE IF NOT EXISTS journal (exec TEXT PRIMARY KEY, requester TEXT NOT NULL, seq INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS journal (exec TEXT PRIMARY KEY, requester TEXT NOT NULL, job TEXT NOT NULL, seq INTEGER NOT NULL,
     result TEXT, nonce BLOB, exit_code INTEGER, stdout TEXT, stderr TEXT, meta TEXT);";
 
 /// Most executions a compute node's journal keeps: past it the oldest
@@ -178,6 +178,8 @@ pub struct JournalEntry {
     pub exec: String,
     /// The requester's peer id.
     pub requester: String,
+    /// The job's CID (see [`crate::receipt::job_cid`]).
+    pub job: String,
     /// Order of acceptance (older first).
     pub seq: u64,
     /// What it committed to: `None` while it runs.
@@ -203,9 +205,9 @@ pub struct Committed {
 pub const MAX_LEFTOVERS: usize = 1000;
 
 const JOB_COLS: &str =
-    "id, state, spec, created_ms, updated_ms, started_ms, result, error, extra_used, exit_code, failure";
+    "id, state, spec, created_ms, updated_ms, started_ms, result, error, extra_used, exit_code, failure, receipt";
 const EXEC_COLS: &str = "id, job, node, state, created_ms, updated_ms, started_ms, commitment, result, error, stdout, \
-                         stderr, exit_code, extra, nonce, meta, boot";
+                         stderr, exit_code, extra, nonce, meta, boot, commit_signature, reveal_signature";
 
 /// Per-row decoding failures, turned into [`Error::Corrupt`] with the path.
 struct Bad {
@@ -270,6 +272,14 @@ impl Db {
         let added = [
             ("executions", "meta", "ALTER TABLE executions ADD COLUMN meta TEXT", "the execution metadata column"),
             ("executions", "boot", "ALTER TABLE executions ADD COLUMN boot INTEGER", "the execution boot column"),
+            (
+                "executions",
+                "commit_signature",
+                "ALTER TABLE executions ADD COLUMN commit_signature TEXT; \
+                 ALTER TABLE executions ADD COLUMN reveal_signature TEXT",
+                "the execution signature columns",
+            ),
+            ("jobs", "receipt", "ALTER TABLE jobs ADD COLUMN receipt TEXT", "the job receipt column"),
             // A completed job's outcome: the agreed result's exit code and failure.
             (
                 "jobs",
@@ -479,7 +489,7 @@ impl Db {
     /// node's track record in the same transaction: a judgement is
     /// counted once, with the state it judges, or not at all.
     pub fn update_execution_judged(&self, e: &Execution, from: ExecState, delta: NodeStats) -> Result<bool, Error> {
-        let sql = format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1 AND state = ?18");
+        let sql = format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1 AND state = ?20");
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(self.err("cannot begin"))?;
         let p = exec_params(e);
@@ -586,8 +596,8 @@ impl Db {
                 None => None,
             };
             tx.execute(
-                "INSERT OR REPLACE INTO journal (exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR REPLACE INTO journal (exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta, \
+                 job) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 rusqlite::params![
                     e.exec,
                     e.requester,
@@ -598,6 +608,7 @@ impl Db {
                     e.done.as_ref().map(|d| d.stdout.as_str()),
                     e.done.as_ref().map(|d| d.stderr.as_str()),
                     meta,
+                    e.job,
                 ],
             )
             .map_err(self.err("cannot write the journal"))?;
@@ -629,7 +640,8 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta FROM journal ORDER BY seq",
+                "SELECT exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta, job FROM journal \
+                 ORDER BY seq",
             )
             .map_err(self.err("cannot read the journal"))?;
         type JRow = (
@@ -642,10 +654,22 @@ impl Db {
             Option<String>,
             Option<String>,
             Option<String>,
+            String,
         );
         let rows: Vec<JRow> = stmt
             .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                ))
             })
             .and_then(|rows| rows.collect())
             .map_err(self.err("cannot read the journal"))?;
@@ -656,7 +680,7 @@ impl Db {
         };
         Ok(rows
             .into_iter()
-            .map(|(exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta)| {
+            .map(|(exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta, job)| {
                 let done = match result {
                     None => None,
                     Some(result) => {
@@ -682,7 +706,7 @@ impl Db {
                         }
                     }
                 };
-                Ok(JournalEntry { exec, requester, seq: seq as u64, done })
+                Ok(JournalEntry { exec, requester, job, seq: seq as u64, done })
             })
             .collect())
     }
@@ -722,7 +746,7 @@ impl Db {
         if step.is_empty() {
             return Ok(true);
         }
-        let sql = format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1 AND state = ?18");
+        let sql = format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1 AND state = ?20");
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(self.err("cannot begin"))?;
         for (e, from) in &step.ended {
@@ -815,7 +839,7 @@ fn query<T, P: rusqlite::Params>(
     rows.collect()
 }
 
-fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 11] {
+fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 12] {
     [
         Box::new(job.id.as_str()),
         Box::new(job.state.as_str()),
@@ -828,15 +852,16 @@ fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 11] {
         Box::new(job.extra_used),
         Box::new(job.exit_code),
         Box::new(job.failure.as_deref()),
+        Box::new(job.receipt.map(|c| c.to_string())),
     ]
 }
 
 fn write_job(conn: &Connection, job: &Job, insert: bool) -> rusqlite::Result<()> {
     let sql = if insert {
-        format!("INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)")
+        format!("INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)")
     } else {
         "UPDATE jobs SET state = ?2, spec = ?3, created_ms = ?4, updated_ms = ?5, started_ms = ?6, result = ?7, \
-         error = ?8, extra_used = ?9, exit_code = ?10, failure = ?11 WHERE id = ?1"
+         error = ?8, extra_used = ?9, exit_code = ?10, failure = ?11, receipt = ?12 WHERE id = ?1"
             .to_string()
     };
     let p = job_params(job);
@@ -849,16 +874,16 @@ fn write_job(conn: &Connection, job: &Job, insert: bool) -> rusqlite::Result<()>
 
 fn upsert_job(conn: &Connection, job: &Job) -> rusqlite::Result<()> {
     let sql = format!(
-        "INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (id) DO \
-         UPDATE SET state = ?2, spec = ?3, created_ms = ?4, updated_ms = ?5, started_ms = ?6, result = ?7, \
-         error = ?8, extra_used = ?9, exit_code = ?10, failure = ?11"
+        "INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (id) \
+         DO UPDATE SET state = ?2, spec = ?3, created_ms = ?4, updated_ms = ?5, started_ms = ?6, result = ?7, \
+         error = ?8, extra_used = ?9, exit_code = ?10, failure = ?11, receipt = ?12"
     );
     let p = job_params(job);
     conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(p.iter()))?;
     Ok(())
 }
 
-fn exec_params(e: &Execution) -> [Box<dyn rusqlite::ToSql + '_>; 17] {
+fn exec_params(e: &Execution) -> [Box<dyn rusqlite::ToSql + '_>; 19] {
     [
         Box::new(e.id.as_str()),
         Box::new(e.job.as_str()),
@@ -879,13 +904,16 @@ fn exec_params(e: &Execution) -> [Box<dyn rusqlite::ToSql + '_>; 17] {
         Box::new(e.meta.as_ref().and_then(|m| serde_json::to_string(m).ok())),
         // SQLite integers are signed: the bits of the u64, as they are.
         Box::new(e.boot.map(|b| b as i64)),
+        Box::new(e.commit_signature.as_deref()),
+        Box::new(e.reveal_signature.as_deref()),
     ]
 }
 
-const EXEC_VALUES: &str = "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+const EXEC_VALUES: &str = "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
 const EXEC_SET: &str = "job = ?2, node = ?3, state = ?4, created_ms = ?5, updated_ms = ?6, started_ms = ?7, \
                         commitment = ?8, result = ?9, error = ?10, stdout = ?11, stderr = ?12, exit_code = ?13, \
-                        extra = ?14, nonce = ?15, meta = ?16, boot = ?17";
+                        extra = ?14, nonce = ?15, meta = ?16, boot = ?17, commit_signature = ?18, \
+                        reveal_signature = ?19";
 
 fn write_exec(conn: &Connection, e: &Execution, insert: bool) -> rusqlite::Result<()> {
     let sql = if insert {
@@ -933,6 +961,7 @@ struct RawJob {
     extra_used: u32,
     exit_code: Option<i32>,
     failure: Option<String>,
+    receipt: Option<String>,
 }
 
 fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
@@ -948,6 +977,7 @@ fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
         extra_used: r.get(8)?,
         exit_code: r.get(9)?,
         failure: r.get(10)?,
+        receipt: r.get(11)?,
     })
 }
 
@@ -983,6 +1013,7 @@ impl RawJob {
             extra_used: self.extra_used,
             exit_code: self.exit_code,
             failure: self.failure,
+            receipt: cid(what("receipt"), self.receipt)?,
             id,
         })
     }
@@ -1006,6 +1037,8 @@ struct RawExec {
     nonce: Option<Vec<u8>>,
     meta: Option<String>,
     boot: Option<i64>,
+    commit_signature: Option<String>,
+    reveal_signature: Option<String>,
 }
 
 fn raw_exec(r: &Row<'_>) -> rusqlite::Result<RawExec> {
@@ -1027,6 +1060,8 @@ fn raw_exec(r: &Row<'_>) -> rusqlite::Result<RawExec> {
         nonce: r.get(14)?,
         meta: r.get(15)?,
         boot: r.get(16)?,
+        commit_signature: r.get(17)?,
+        reveal_signature: r.get(18)?,
     })
 }
 
@@ -1060,6 +1095,8 @@ impl RawExec {
                 .map(|m| serde_json::from_str(&m).map_err(|e| bad(what("meta"))(e.to_string())))
                 .transpose()?,
             boot: self.boot.map(|b| b as u64),
+            commit_signature: self.commit_signature,
+            reveal_signature: self.reveal_signature,
             id,
         })
     }
@@ -1459,7 +1496,13 @@ mod tests {
     fn the_journal_survives_a_reopen_replaces_running_rows_and_stays_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("scheduler.sqlite");
-        let running = |n: u64| JournalEntry { exec: format!("e-{n}"), requester: "peer".into(), seq: n, done: None };
+        let running = |n: u64| JournalEntry {
+            exec: format!("e-{n}"),
+            requester: "peer".into(),
+            job: "bafkjob".into(),
+            seq: n,
+            done: None,
+        };
         let done = |n: u64| JournalEntry {
             done: Some(Committed {
                 result: cid(n as u8),

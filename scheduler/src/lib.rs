@@ -25,6 +25,8 @@
 //! - `agreement.rs`: deciding a job's result from its executions' results.
 //! - `placement.rs`: the scheduler's step function, `plan`.
 //! - `db.rs`: jobs, executions and node stats in SQLite.
+//! - `receipt.rs`: signed receipts of completed jobs, the job CID, and
+//!   their offline verification.
 //! - `holds.rs`: which roots a node holds, as a bounded Bloom filter it
 //!   announces (placement prefers nodes that hold a job's inputs).
 //! - `serde_util.rs`: CIDs and hashes as strings in JSON and YAML.
@@ -40,5 +42,6 @@ pub mod holds;
 pub mod model;
 pub mod net;
 pub mod placement;
+pub mod receipt;
 mod serde_util;
 pub mod spec;

@@ -284,6 +284,12 @@ pub struct Job {
     /// limit), in one line, read from the result's `failure` file.
     #[serde(default)]
     pub failure: Option<String>,
+    /// The CID of the completed job's signed receipt (see
+    /// [`crate::receipt`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    #[serde(with = "crate::serde_util::opt_cid")]
+    pub receipt: Option<Cid>,
 }
 
 /// How the guest of a completed job did: its agreed result holds a zero
@@ -329,6 +335,7 @@ impl Job {
             extra_used: 0,
             exit_code: None,
             failure: None,
+            receipt: None,
         }
     }
 
@@ -403,6 +410,14 @@ pub struct Execution {
     /// announces another one has restarted and forgotten the execution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<u64>,
+    /// The node's signature of its commitment (hex; see
+    /// [`crate::receipt::commit_statement`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_signature: Option<String>,
+    /// The node's signature of its reveal (hex; see
+    /// [`crate::receipt::reveal_statement`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reveal_signature: Option<String>,
 }
 
 /// How a compute node ran an execution, as it reports it: metadata beside
@@ -466,6 +481,8 @@ impl Execution {
             nonce: None,
             meta: None,
             boot: None,
+            commit_signature: None,
+            reveal_signature: None,
         }
     }
 
@@ -482,6 +499,7 @@ impl Execution {
             self.stdout = None;
             self.stderr = None;
             self.meta = None;
+            self.reveal_signature = None;
         }
         self
     }

@@ -429,6 +429,15 @@ impl Spec {
 
     /// Matching results needed for agreement: `redundancy.quorum`, or a
     /// majority of `redundancy.count` (count/2 + 1).
+    /// The spec's canonical JSON: what the job CID hashes
+    /// ([`crate::receipt::job_cid`]). Fields in declaration order, maps
+    /// sorted, every default written out: two specs that mean the same
+    /// job encode the same, and parsing it back gives it again.
+    pub fn canonical_json(&self) -> Vec<u8> {
+        // A tree of strings, numbers and sorted maps: cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
     pub fn quorum(&self) -> u32 {
         self.redundancy.quorum.unwrap_or(self.redundancy.count / 2 + 1)
     }

@@ -51,7 +51,15 @@ pub enum Request {
     Bid { job: String, exec: String, spec: String },
     /// Compute → requester: the execution finished; `commitment` binds its
     /// result CID without revealing it (see `commit`).
-    Commit { exec: String, commitment: [u8; 32], exit_code: i32 },
+    /// `signature`: the node's signature (hex) of
+    /// [`crate::receipt::commit_statement`], for the job's receipt.
+    Commit {
+        exec: String,
+        commitment: [u8; 32],
+        exit_code: i32,
+        #[serde(default)]
+        signature: String,
+    },
     /// Compute → requester: the execution could not run (host-side error).
     Failed {
         exec: String,
@@ -99,6 +107,10 @@ pub enum Response {
         /// How it ran (absent from nodes that predate it).
         #[serde(default)]
         meta: crate::model::ExecMeta,
+        /// The node's signature (hex) of
+        /// [`crate::receipt::reveal_statement`].
+        #[serde(default)]
+        signature: String,
     },
     /// The request was refused; the message says why.
     Error { message: String },
@@ -192,6 +204,7 @@ mod tests {
             stdout: String::new(),
             stderr: String::new(),
             meta: meta.clone(),
+            signature: "ab".into(),
         };
         let mut wire = Vec::new();
         let mut c = Codec::<Request, Response>::default();

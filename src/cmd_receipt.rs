@@ -1,0 +1,81 @@
+//! `shoal receipt verify`: checks a job's signed receipt offline, from its
+//! block alone (fetched from `--node` first if it is not in the local
+//! store). See `docs/receipts.md`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use shoal_storage::Cid;
+
+use crate::store::Store;
+use crate::{output, Ctx};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ReceiptCmd {
+    /// Check every signature, that each reveal opens its commitment, that
+    /// a quorum of distinct node keys attested the result, and that the
+    /// job CID is its spec's. Exits 1 naming the first failure.
+    Verify {
+        /// The receipt's CID (`shoal job describe` prints it).
+        cid: Cid,
+        /// Count only attestations by these node peer ids (one per line;
+        /// `#` starts a comment).
+        #[arg(long, value_name = "FILE")]
+        trust_keys: Option<PathBuf>,
+    },
+}
+
+pub fn receipt(ctx: &Ctx, cmd: ReceiptCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ReceiptCmd::Verify { cid, trust_keys } => verify(ctx, cid, trust_keys),
+    }
+}
+
+fn verify(ctx: &Ctx, cid: Cid, trust_keys: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let trusted = match &trust_keys {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the trusted keys {}", path.display()))?;
+            let keys: BTreeSet<String> = text
+                .lines()
+                .map(|l| l.split('#').next().unwrap_or("").trim())
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    l.parse::<libp2p::PeerId>()
+                        .map(|p| p.to_string())
+                        .with_context(|| format!("{}: {l:?} is not a peer id", path.display()))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            Some(keys)
+        }
+        None => None,
+    };
+    let store = Store::open(ctx)?;
+    crate::cmd_net::fetch_if_missing(ctx, store.get(), &cid.to_string())?;
+    let block = store.get().get(&cid).with_context(|| {
+        format!("cannot read the receipt {cid}; fetch it with --node URL from the node that ran the job")
+    })?;
+    let v = shoal_scheduler::receipt::verify(block.data(), Some(&cid), trusted.as_ref())
+        .with_context(|| format!("receipt {cid} does not verify"))?;
+    if ctx.json {
+        output::json(&serde_json::json!({
+            "receipt": cid.to_string(),
+            "verified": true,
+            "job_cid": v.job_cid.to_string(),
+            "result": v.result.to_string(),
+            "quorum": v.quorum,
+            "attested_by": v.attested_by,
+        }))?;
+    } else {
+        println!("receipt {cid} verified");
+        println!("job cid: {}", v.job_cid);
+        println!("result:  {}", v.result);
+        println!("attested by {} distinct node key(s), quorum {}:", v.attested_by.len(), v.quorum);
+        for k in &v.attested_by {
+            println!("  {k}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
