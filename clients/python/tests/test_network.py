@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -60,6 +61,10 @@ def test_wordcount_with_redundancy_2(client: Client, samples: Path, tmp_path: Pa
     assert len(agreed) >= 2 and len({e.node for e in agreed}) == len(agreed)
     assert all(e.result == job.result for e in agreed)
     assert done.result is not None
+    # A signed receipt, stored on the node as one raw JSON block.
+    assert job.receipt is not None
+    receipt = json.loads(client.cat(job.receipt))
+    assert receipt["result"] == job.result and receipt["quorum"] == 2
 
     counts = client.cat(done.result, "outputs/counts.tsv").decode()
     assert f"words.txt\t3\t12\t{len(TEXT)}" in counts.splitlines(), counts

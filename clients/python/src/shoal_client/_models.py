@@ -238,6 +238,8 @@ class Job:
     exit_code: Optional[int] = None
     failure: Optional[str] = None
     outcome: Optional[str] = None
+    #: The CID of a completed job's signed receipt (docs/receipts.md).
+    receipt: Optional[str] = None
     raw: Json = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -255,6 +257,7 @@ class Job:
             exit_code=d.get("exit_code"),
             failure=d.get("failure"),
             outcome=d.get("outcome"),
+            receipt=d.get("receipt"),
             raw=dict(d),
         )
 
