@@ -230,6 +230,18 @@ pub struct Node {
     pub dirty: Mutex<HashSet<shoal_scheduler::model::JobId>>,
     /// The next kick should plan every active job.
     pub full_pass: std::sync::atomic::AtomicBool,
+    /// The next kick should place waiting jobs, oldest first, while slots
+    /// are free (a slot freed or a node with room: see
+    /// [`Node::room_changed`]).
+    pub capacity_pass: std::sync::atomic::AtomicBool,
+    /// Slots this requester's executions took (negative: bids accepted)
+    /// or freed (positive: reports) on each peer since its last
+    /// announcement, and the slots its unanswered bids ask for: placement
+    /// sees the slots a node has now, not as it announced them up to a
+    /// second ago, so that a backlog drains as fast as slots free instead
+    /// of one wave per announcement. The first is reset by each
+    /// announcement; bids count until answered.
+    pub slot_delta: Mutex<HashMap<PeerId, (i64, i64)>>,
     /// Bumped whenever a job changes (long polls watch it).
     pub changed: watch::Sender<u64>,
     pub metrics: api::Metrics,
@@ -265,6 +277,30 @@ impl Node {
     /// Has the scheduling loop plan `job` again soon.
     pub fn mark(&self, job: &shoal_scheduler::model::JobId) {
         self.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(job.clone());
+        self.kick.notify_one();
+    }
+
+    /// Records what this requester did to `peer`'s slots: `taken`
+    /// (negative) or freed (positive) since its announcement, and bids
+    /// sent (positive) or answered (negative). Room freed asks for a
+    /// capacity pass.
+    pub fn room_changed(&self, peer: PeerId, taken_or_freed: i64, bids: i64) {
+        if peer != self.peer {
+            // Our own announcement is computed live.
+            let mut d = self.slot_delta.lock().unwrap_or_else(|p| p.into_inner());
+            let e = d.entry(peer).or_default();
+            e.0 += taken_or_freed;
+            e.1 = (e.1 + bids).max(0);
+        }
+        if taken_or_freed > 0 || bids < 0 {
+            self.plan_waiting();
+        }
+    }
+
+    /// Has the scheduling loop place waiting jobs soon, oldest first,
+    /// while any node has room.
+    pub fn plan_waiting(&self) {
+        self.capacity_pass.store(true, std::sync::atomic::Ordering::Relaxed);
         self.kick.notify_one();
     }
 
@@ -353,6 +389,9 @@ impl Node {
     /// restarted and lost its executions.
     fn on_announcement(self: &Arc<Self>, peer: PeerId, announcement: Announcement) {
         let now = self.now();
+        if let Some(d) = self.slot_delta.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&peer) {
+            d.0 = 0;
+        }
         let restarted = {
             let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
             // The filter changes every few seconds at most, and comes every
@@ -383,6 +422,14 @@ impl Node {
                     connected: true,
                 },
             );
+            if announcement.compute
+                && announcement.slots_free > 0
+                && old.as_ref().is_some_and(|v| announcement.slots_free > v.announcement.slots_free)
+            {
+                // Room freed by work that was not ours (ours is counted as
+                // its reports arrive): waiting jobs may fit now.
+                self.capacity_pass.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             match old {
                 // Back after a disconnection: it may take work again.
                 Some(v) if !v.connected => None,
@@ -396,7 +443,11 @@ impl Node {
             // process held (their boot id is not its own any more), marks
             // them lost and places them again.
             None | Some(true) => self.plan_everything(),
-            Some(false) => {}
+            Some(false) => {
+                if self.capacity_pass.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.kick.notify_one();
+                }
+            }
         }
     }
 }
@@ -589,6 +640,8 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         kick: Notify::new(),
         dirty: Mutex::new(HashSet::new()),
         full_pass: Default::default(),
+        capacity_pass: Default::default(),
+        slot_delta: Mutex::new(HashMap::new()),
         changed: watch::channel(0).0,
         metrics: api::Metrics::new(),
         labels: config.labels.clone(),

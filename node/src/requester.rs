@@ -32,19 +32,22 @@ pub async fn run(node: Arc<Node>) {
             _ = node.kick.notified() => node.full_pass.swap(false, std::sync::atomic::Ordering::Relaxed),
             _ = full.tick() => true,
         };
+        // A full pass places what fits too.
+        let waiting = node.capacity_pass.swap(false, std::sync::atomic::Ordering::Relaxed) && !everything;
         // A full pass reads and writes every active job (up to 100,000):
         // on a blocking thread, so that it never holds an async worker the
         // API and the network need meanwhile. A pass over the few jobs an
         // event touched stays here: a thread hand-off would cost each job
         // more than the pass itself.
-        let ran = if everything {
+        let ran = if everything || waiting {
             let n = node.clone();
-            tokio::task::spawn_blocking(move || tick(&n, true))
+            tokio::task::spawn_blocking(move || if everything { tick(&n, true) } else { place_waiting(&n) })
                 .await
                 .unwrap_or_else(|e| Err(anyhow::anyhow!("the scheduling pass panicked: {e}")))
         } else {
-            tick(&node, false)
+            Ok(())
         };
+        let ran = ran.and_then(|()| tick(&node, false));
         if let Err(e) = ran {
             tracing::warn!("scheduling pass failed: {e:#}");
         }
@@ -61,28 +64,74 @@ pub fn views(node: &Node) -> Vec<NodeView> {
         Default::default()
     });
     let mut out = Vec::new();
-    let mut push = |id: String, a: &shoal_scheduler::net::proto::Announcement, seen: u64, connected: bool| {
-        out.push(NodeView {
-            stats: stats.get(&id).cloned().unwrap_or_default(),
-            id,
-            labels: a.labels.clone(),
-            compute: a.compute,
-            slots_total: a.slots_total,
-            slots_free: a.slots_free,
-            memory_bytes: a.memory_bytes,
-            gpu: a.gpu.clone(),
-            version: a.version.clone(),
-            last_seen_ms: seen,
-            holds: Default::default(),
-            boot: Some(a.boot),
-            connected,
-        });
-    };
-    push(node.peer.to_string(), &node.announcement(), now, true);
-    for v in node.views.lock().unwrap_or_else(|p| p.into_inner()).values() {
-        push(v.id.clone(), &v.announcement, v.last_seen_ms, v.connected);
+    let mut push =
+        |id: String, a: &shoal_scheduler::net::proto::Announcement, seen: u64, connected: bool, delta: i64| {
+            out.push(NodeView {
+                stats: stats.get(&id).cloned().unwrap_or_default(),
+                id,
+                labels: a.labels.clone(),
+                compute: a.compute,
+                slots_total: a.slots_total,
+                // The slots it has now, as far as this requester knows.
+                slots_free: (i64::from(a.slots_free) + delta).clamp(0, i64::from(a.slots_total)) as u32,
+                memory_bytes: a.memory_bytes,
+                gpu: a.gpu.clone(),
+                version: a.version.clone(),
+                last_seen_ms: seen,
+                holds: Default::default(),
+                boot: Some(a.boot),
+                connected,
+            });
+        };
+    push(node.peer.to_string(), &node.announcement(), now, true, 0);
+    let delta = node.slot_delta.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for (peer, v) in node.views.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let (since, bids) = delta.get(peer).copied().unwrap_or_default();
+        push(v.id.clone(), &v.announcement, v.last_seen_ms, v.connected, since - bids);
     }
     out
+}
+
+/// Most active jobs one capacity pass looks at.
+pub const MAX_WAITING_PASS: usize = 4096;
+/// Active jobs read at once by a capacity pass.
+const WAITING_PAGE: usize = 32;
+
+/// Places waiting jobs, oldest first, while any node has room: after a
+/// slot frees, the backlog moves at once rather than at the next full
+/// pass. Jobs ahead that need nothing cost one look each; the pass stops
+/// when no live node has a free slot left.
+fn place_waiting(node: &Arc<Node>) -> anyhow::Result<()> {
+    let mut views = views(node);
+    let now = node.now();
+    let room = |views: &[NodeView]| {
+        views
+            .iter()
+            .filter(|v| v.compute && v.connected && now.saturating_sub(v.last_seen_ms) <= node.placement.node_ttl_ms)
+            .map(|v| u64::from(v.slots_free))
+            .sum::<u64>()
+    };
+    if room(&views) == 0 {
+        return Ok(());
+    }
+    let filters = holds_filters(node);
+    // A page at a time: the pass usually stops within the first.
+    let mut seen = 0;
+    while seen < MAX_WAITING_PASS {
+        let page = node.db().active_jobs_oldest(WAITING_PAGE, seen)?;
+        let n = page.len();
+        for job in page {
+            plan_one(node, job, &mut views, &filters, now)?;
+            if room(&views) == 0 {
+                return Ok(());
+            }
+        }
+        if n < WAITING_PAGE {
+            break;
+        }
+        seen += n;
+    }
+    Ok(())
 }
 
 fn tick(node: &Arc<Node>, everything: bool) -> anyhow::Result<()> {
@@ -110,28 +159,40 @@ fn tick(node: &Arc<Node>, everything: bool) -> anyhow::Result<()> {
     let filters = holds_filters(node);
     let now = node.now();
     for job in jobs {
-        let execs = node.db().executions(&job.id)?;
-        // Which of its inputs each node holds, as the nodes announce it.
-        for v in views.iter_mut() {
-            v.holds = match filters.get(&v.id) {
-                Some(h) => job.spec.task.inputs.iter().map(|i| i.cid).filter(|c| h.contains(c)).collect(),
-                None => Default::default(),
-            };
-        }
-        // Just after a restart we have heard from nobody yet: give the
-        // nodes running our executions one node ttl to announce themselves
-        // before placement counts them gone.
-        if now < node.started_ms + node.placement.node_ttl_ms {
-            for e in execs.iter().filter(|e| e.state.is_live()) {
-                if !views.iter().any(|v| v.id == e.node) {
-                    views.push(placeholder(&e.node, node.started_ms));
-                }
-            }
-        }
-        let plan = placement::plan(&job, &views, &execs, now, &node.placement);
-        carry_out(node, job, execs, plan, &mut views)?;
+        plan_one(node, job, &mut views, &filters, now)?;
     }
     Ok(())
+}
+
+/// Plans one job against `views` and carries the plan out (`views` are
+/// updated with the slots it takes).
+fn plan_one(
+    node: &Arc<Node>,
+    job: Job,
+    views: &mut Vec<NodeView>,
+    filters: &std::collections::HashMap<String, Arc<shoal_scheduler::holds::Holds>>,
+    now: u64,
+) -> anyhow::Result<()> {
+    let execs = node.db().executions(&job.id)?;
+    // Which of its inputs each node holds, as the nodes announce it.
+    for v in views.iter_mut() {
+        v.holds = match filters.get(&v.id) {
+            Some(h) => job.spec.task.inputs.iter().map(|i| i.cid).filter(|c| h.contains(c)).collect(),
+            None => Default::default(),
+        };
+    }
+    // Just after a restart we have heard from nobody yet: give the
+    // nodes running our executions one node ttl to announce themselves
+    // before placement counts them gone.
+    if now < node.started_ms + node.placement.node_ttl_ms {
+        for e in execs.iter().filter(|e| e.state.is_live()) {
+            if !views.iter().any(|v| v.id == e.node) {
+                views.push(placeholder(&e.node, node.started_ms));
+            }
+        }
+    }
+    let plan = placement::plan(&job, views, &execs, now, &node.placement);
+    carry_out(node, job, execs, plan, views)
 }
 
 /// Executions still live after their job ended (left to finish when the
@@ -296,6 +357,9 @@ fn carry_out(
         node.notify_changed();
         return Ok(());
     }
+    for (peer, _) in &bids {
+        node.room_changed(*peer, 0, i64::from(job.spec.resources.slots));
+    }
 
     // Written: now the messages and metrics that depend on it.
     let lost = step.ended.iter().filter(|(e, _)| e.state == ExecState::Lost).count();
@@ -379,6 +443,9 @@ async fn bid_and_run(node: Arc<Node>, peer: PeerId, e: Execution, job: String, s
     }
     e.updated_ms = node.now();
     let _ = node.db().update_execution_from(&e, ExecState::BidAsked);
+    // Answered: its slot is taken (accepted) or was never (declined).
+    let slots = i64::from(node.db().job(&e.job).ok().flatten().map_or(1, |j| j.spec.resources.slots));
+    node.room_changed(peer, if e.state == ExecState::Running { -slots } else { 0 }, -slots);
     tracing::debug!(job = %e.job, exec = %e.id, state = %e.state, "bid answered");
     node.notify_changed();
     // An accepted bid changes the plan only by making a queued job
@@ -782,6 +849,9 @@ pub async fn handle(node: &Arc<Node>, peer: PeerId, request: Request) -> Respons
             Err(err) => return Response::Error { message: format!("cannot record execution {id}: {err}") },
         }
         tracing::debug!(job = %e.job, exec = %id, state = %e.state, "report recorded");
+        // Its slot on the node is free again.
+        let slots = node.db().job(&e.job).ok().flatten().map_or(1, |j| j.spec.resources.slots);
+        node.room_changed(peer, i64::from(slots), 0);
         if e.state == ExecState::Committed && matches!(node.db().job_state(&e.job), Ok(Some(JobState::Completed))) {
             // Left running when its job completed: judge it now.
             if let Ok(Some(Job { result: Some(agreed), .. })) = node.db().job(&e.job) {

@@ -409,6 +409,23 @@ impl Db {
         rows.into_iter().map(|r| r.decode().map_err(|b| self.corrupt(b))).collect()
     }
 
+    /// Active jobs, oldest first: `limit` of them after the first `skip`
+    /// (a capacity pass places them in order, a page at a time).
+    pub fn active_jobs_oldest(&self, limit: usize, skip: usize) -> Result<Vec<Job>, Error> {
+        let conn = self.conn();
+        let rows = query(
+            &conn,
+            &format!(
+                "SELECT {JOB_COLS} FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_ms, id LIMIT ?1 \
+                 OFFSET ?2"
+            ),
+            [limit as i64, skip as i64],
+            raw_job,
+        )
+        .map_err(self.err("cannot list active jobs"))?;
+        rows.into_iter().map(|r| r.decode().map_err(|b| self.corrupt(b))).collect()
+    }
+
     /// A job's state alone (what a waiter checks on every change).
     pub fn job_state(&self, id: &JobId) -> Result<Option<JobState>, Error> {
         let state: Option<String> = self
