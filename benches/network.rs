@@ -446,15 +446,8 @@ fn burst(root: &Path, quick: bool) {
     }
 }
 
-/// Writes `bytes` pseudo-random bytes (xorshift64 from `seed`) to `path`,
-/// each below 24. Blocks travel between nodes as CBOR arrays of integers
-/// (`BlockResponse` holds `Vec<u8>`, without `serde_bytes`): a byte below
-/// 24 takes one byte on the wire, any other two, and a response filled to
-/// its 8 MiB budget with those exceeds the 9 MiB response limit. The
-/// receiver then reads a truncated response ("IO error on outbound stream:
-/// Eof") and no DAG with more than about 4.5 MiB of such bytes (random
-/// data, text) can be fetched from a peer: a bug of the node's block
-/// protocol (docs/network.md, Performance). Inputs of small bytes move.
+/// Writes `bytes` pseudo-random bytes (xorshift64 from `seed`) to `path`:
+/// nothing in them deduplicates or compresses.
 fn write_random(path: &Path, bytes: usize, seed: u64) {
     use std::io::Write;
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -465,9 +458,7 @@ fn write_random(path: &Path, bytes: usize, seed: u64) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            for (b, r) in c.iter_mut().zip(x.to_le_bytes()) {
-                *b = ((u32::from(r) * 24) >> 8) as u8;
-            }
+            c.copy_from_slice(&x.to_le_bytes());
         }
         f.write_all(&buf).unwrap();
     }
@@ -504,7 +495,7 @@ fn locality(root: &Path, quick: bool) {
     let a = agent();
     println!(
         "locality: a requester (--no-compute) and 2 compute nodes on loopback; sha256sum.wasm over a {} MiB \
-         input (pseudo-random bytes below 24) held by one compute node (local) or only by the requester \
+         input (pseudo-random bytes) held by one compute node (local) or only by the requester \
          (remote); {rounds} round(s), a fresh network and fresh inputs each",
         LOCALITY_INPUT >> 20
     );

@@ -1439,3 +1439,60 @@ fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
     let o = cli(n, &net.home("cli"), &["submit", "--wait", "--wait-timeout", "60", sample("hello").to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
 }
+
+/// A DAG of random bytes larger than one block answer (12 MiB, where 4.5
+/// MiB used to be the most a peer could send: bytes went on the wire as
+/// CBOR integers) reaches the node that runs the job, and the guest reads
+/// every byte of it.
+#[test]
+fn a_large_random_input_moves_between_nodes_whole() {
+    let mut net = Net::new();
+    net.add("requester", &["--no-compute"]);
+    net.add("worker", &[]);
+    wait_for_nodes(&net.nodes[0], 2);
+    let n = &net.nodes[0];
+    let mut x = 0x0123_4567_89ab_cdefu64;
+    let data: Vec<u8> = (0..12u32 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let file = net.home("data.bin");
+    std::fs::write(&file, &data).unwrap();
+    let upload = |bytes: &[u8], name: &str| -> String {
+        let mut r = agent()
+            .post(format!("{}/v1/files?name={name}", n.api))
+            .header("X-Shoal-Request", "1")
+            .header("Content-Type", "application/octet-stream")
+            .send(bytes)
+            .unwrap();
+        let v: Value = r.body_mut().read_json().unwrap();
+        v["cid"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned()
+    };
+    let input = upload(&data, "data.bin");
+    let module = upload(&std::fs::read(sample("sha256sum")).unwrap(), "sha256sum.wasm");
+    let spec = serde_json::json!({
+        "task": { "module": module, "inputs": [{ "cid": input, "mount": "/inputs/data.bin" }] },
+    });
+    let mut r = agent()
+        .post(format!("{}/v1/jobs", n.api))
+        .header("Content-Type", "application/json")
+        .send(spec.to_string())
+        .unwrap();
+    let v: Value = r.body_mut().read_json().unwrap();
+    let id = v["id"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned();
+    let j = eventually(120, "the job to end", || {
+        let j = job(n, &id);
+        matches!(j["job"]["state"].as_str(), Some("completed" | "failed")).then_some(j)
+    });
+    assert_eq!(j["job"]["state"], "completed", "{j}");
+    let worker = net.nodes[1].id();
+    let e = j["executions"].as_array().unwrap().iter().find(|e| e["state"] == "completed").unwrap().clone();
+    assert_eq!(e["node"], Value::String(worker), "ran on the worker, which had to fetch the input");
+    let out = Command::new("sha256sum").arg(&file).output().unwrap();
+    let digest = text(&out.stdout).split_whitespace().next().unwrap().to_owned();
+    assert!(e["stdout"].as_str().unwrap().starts_with(&format!("{digest}  data.bin")), "{e}");
+}

@@ -317,9 +317,9 @@ async fn submit(State(node): State<Shared>, body: String) -> Result<impl IntoRes
     Ok((StatusCode::CREATED, Json(Submitted { id: job.id, warnings })))
 }
 
-/// How long a submission looks for data this node lacks: past it, the job
-/// is accepted and its executions go on fetching (a large input that is
-/// found but slow to move is not refused).
+/// How long a submission looks for data this node lacks (the root block
+/// of each CID, on its peers): past it, the job is accepted and its
+/// executions go on looking.
 pub const LOCATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Makes sure every CID `spec` reads is on this node or reachable from a
@@ -338,9 +338,14 @@ async fn locate_data(node: &Shared, spec: &Spec) -> Result<(), ApiError> {
         if fetch::held(&*node.store, &cid) {
             continue;
         }
-        let peers = node.client.peers().await.unwrap_or_default();
-        let found =
-            tokio::time::timeout(LOCATE_TIMEOUT, fetch::fetch_dag(&node.client, &node.store, cid, &peers)).await;
+        // Peers that say they hold it are asked first; only its root block
+        // is fetched: the executions fetch the rest from where it is, so
+        // a job over a large input placed where the input is moves
+        // nothing.
+        let mut peers = node.client.peers().await.unwrap_or_default();
+        let filters = requester::holds_filters(node);
+        peers.sort_by_key(|p| !filters.get(&p.to_string()).is_some_and(|h| h.contains(&cid)));
+        let found = tokio::time::timeout(LOCATE_TIMEOUT, fetch::locate(&node.client, &node.store, cid, &peers)).await;
         match found {
             Ok(Ok(_)) | Err(_) => {}
             Ok(Err(e)) => {

@@ -125,6 +125,22 @@ fn add_links(root: &Cid, b: &Block, seen: &mut HashSet<Cid>, frontier: &mut VecD
     Ok(())
 }
 
+/// Finds `root` on a provider without fetching its DAG: asks for its
+/// root block alone (the first provider that has it answers), verifies
+/// it and stores it unpinned, so that its kind (file or directory) can be
+/// read here. The DAG stays where it is, for the executions to fetch.
+pub async fn locate(
+    client: &Client,
+    store: &Arc<dyn BlockStore>,
+    root: Cid,
+    providers: &[PeerId],
+) -> anyhow::Result<()> {
+    let blocks = fetch_blocks(client, &[root], providers).await?;
+    let st = store.clone();
+    tokio::task::spawn_blocking(move || st.put_many(&blocks)).await.context("the storing thread panicked")??;
+    Ok(())
+}
+
 /// Gets exactly `want` from the providers, verifying each block.
 async fn fetch_blocks(client: &Client, want: &[Cid], providers: &[PeerId]) -> anyhow::Result<Vec<Block>> {
     let mut missing: Vec<Cid> = want.to_vec();

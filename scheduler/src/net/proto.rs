@@ -119,6 +119,7 @@ pub enum Response {
 /// A request on [`BLOCKS_PROTOCOL`]: CIDs in binary form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockRequest {
+    #[serde(with = "byte_strings")]
     pub want: Vec<Vec<u8>>,
 }
 
@@ -127,9 +128,43 @@ pub struct BlockRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct BlockResponse {
     /// `(cid, data)` pairs; the receiver verifies each.
+    #[serde(with = "byte_string_pairs")]
     pub blocks: Vec<(Vec<u8>, Vec<u8>)>,
     /// CIDs the responder does not have.
+    #[serde(with = "byte_strings")]
     pub missing: Vec<Vec<u8>>,
+}
+
+// Bytes go on the wire as CBOR byte strings: serde's default for a
+// `Vec<u8>` is an array of integers, where every byte of 24 or more takes
+// two, so a block answer filled to its 8 MiB budget with random data came
+// to ~15 MiB, past MAX_BLOCK_RESPONSE, and could not be read.
+mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|b| serde_bytes::Bytes::new(b)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let v: Vec<serde_bytes::ByteBuf> = Deserialize::deserialize(d)?;
+        Ok(v.into_iter().map(serde_bytes::ByteBuf::into_vec).collect())
+    }
+}
+
+mod byte_string_pairs {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[allow(clippy::type_complexity)]
+    pub fn serialize<S: Serializer>(v: &[(Vec<u8>, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|(a, b)| (serde_bytes::Bytes::new(a), serde_bytes::Bytes::new(b))))
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Vec<u8>, Vec<u8>)>, D::Error> {
+        let v: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)> = Deserialize::deserialize(d)?;
+        Ok(v.into_iter().map(|(a, b)| (a.into_vec(), b.into_vec())).collect())
+    }
 }
 
 /// A node's GPU as announced: the model's own record (same fields on the
@@ -162,6 +197,37 @@ mod tests {
     use super::*;
     use libp2p::request_response::{cbor::codec::Codec, Codec as _};
     use libp2p::StreamProtocol;
+
+    /// A block answer filled to its budget with random bytes fits the
+    /// response limit and reads back whole.
+    #[tokio::test]
+    async fn a_full_block_answer_of_random_bytes_fits_the_limit() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let data: Vec<u8> = (0..BLOCK_RESPONSE_BUDGET)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let answer = BlockResponse { blocks: vec![(vec![1, 85, 18, 32], data)], missing: vec![vec![7; 36]] };
+        let p = StreamProtocol::new(BLOCKS_PROTOCOL);
+        let mut wire = Vec::new();
+        let mut c = Codec::<BlockRequest, BlockResponse>::default()
+            .set_response_size_maximum(MAX_BLOCK_RESPONSE)
+            .set_request_size_maximum(MAX_BLOCK_REQUEST);
+        c.write_response(&p, &mut futures::io::Cursor::new(&mut wire), answer.clone()).await.unwrap();
+        assert!((wire.len() as u64) < MAX_BLOCK_RESPONSE, "{} bytes on the wire", wire.len());
+        let back = c.read_response(&p, &mut futures::io::Cursor::new(&wire)).await.unwrap();
+        assert_eq!(back, answer);
+        // Requests too: 256 CIDs of 36 bytes.
+        let want = BlockRequest { want: vec![vec![200; 36]; MAX_WANT] };
+        let mut wire = Vec::new();
+        c.write_request(&p, &mut futures::io::Cursor::new(&mut wire), want.clone()).await.unwrap();
+        assert!((wire.len() as u64) < MAX_BLOCK_REQUEST, "{} bytes on the wire", wire.len());
+        assert_eq!(c.read_request(&p, &mut futures::io::Cursor::new(&wire)).await.unwrap(), want);
+    }
 
     /// `Revealed` as nodes sent it before execution metadata existed.
     #[derive(Serialize, Deserialize)]
