@@ -299,7 +299,7 @@ async fn a_burst_of_ten_times_the_slots_completes_with_redundancy_two_and_three(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bursts_with_losses_and_restarts_end_every_job_with_the_local_result() {
     let hello = sample("hello");
-    let seeds: u64 = std::env::var("SHOAL_INPROCESS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let seeds: u64 = std::env::var("SHOAL_INPROCESS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
     let mut cache = HashMap::new();
     for seed in 0..seeds {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
