@@ -300,7 +300,7 @@ impl Compute {
     }
 
     /// Answers a request from a requester.
-    pub async fn handle(&self, node: &Arc<Node>, peer: PeerId, request: Request) -> Response {
+    pub async fn handle(self: &Arc<Self>, node: &Arc<Node>, peer: PeerId, request: Request) -> Response {
         match request {
             Request::Bid { exec, spec, .. } => self.bid(node, peer, exec, &spec),
             Request::Reveal { exec } => self.reveal(node, peer, &exec),
@@ -330,7 +330,7 @@ impl Compute {
     }
 
     /// Accepts and starts an execution, or says why not.
-    fn bid(&self, node: &Arc<Node>, peer: PeerId, exec: String, spec: &str) -> Response {
+    fn bid(self: &Arc<Self>, node: &Arc<Node>, peer: PeerId, exec: String, spec: &str) -> Response {
         tracing::debug!(%exec, "bid received");
         let spec = match Spec::from_yaml_or_json(spec) {
             Ok(s) => s,
@@ -387,18 +387,16 @@ impl Compute {
     /// execution is then not run. Debug builds only: release builds carry
     /// no test misbehaviour.
     #[cfg(debug_assertions)]
-    fn misbehave_at_start(&self, node: &Arc<Node>, exec: &str, cancel: &shoal_runtime::Cancel) -> bool {
+    fn misbehave_at_start(self: &Arc<Self>, exec: &str, cancel: &shoal_runtime::Cancel) -> bool {
         match self.misbehave {
             Some(Misbehave::Silent) => {
                 // Never reports; gives its slot back once cancelled.
-                let (node, exec, cancel) = (node.clone(), exec.to_owned(), cancel.clone());
+                let (c, exec, cancel) = (self.clone(), exec.to_owned(), cancel.clone());
                 tokio::spawn(async move {
                     while !cancel.is_cancelled() {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    if let Some(c) = &node.compute {
-                        c.lock().remove(&exec);
-                    }
+                    c.lock().remove(&exec);
                 });
                 true
             }
@@ -415,18 +413,24 @@ impl Compute {
     }
 
     #[cfg(not(debug_assertions))]
-    fn misbehave_at_start(&self, _: &Arc<Node>, _: &str, _: &shoal_runtime::Cancel) -> bool {
+    fn misbehave_at_start(self: &Arc<Self>, _: &str, _: &shoal_runtime::Cancel) -> bool {
         false
     }
 
-    fn start(&self, node: &Arc<Node>, peer: PeerId, exec: String, spec: Spec, cancel: shoal_runtime::Cancel) {
-        if self.misbehave_at_start(node, &exec, &cancel) {
+    fn start(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        peer: PeerId,
+        exec: String,
+        spec: Spec,
+        cancel: shoal_runtime::Cancel,
+    ) {
+        if self.misbehave_at_start(&exec, &cancel) {
             return;
         }
-        let node = node.clone();
+        let (node, c) = (node.clone(), self.clone());
         tokio::spawn(async move {
-            let ran = run_execution(&node, peer, &exec, &spec, &cancel).await;
-            let Some(c) = &node.compute else { return };
+            let ran = run_execution(&node, &c, peer, &exec, &spec, &cancel).await;
             if cancel.is_cancelled() {
                 // Stopped: its slot is free now, and nobody waits for it.
                 c.lock().remove(&exec);
@@ -489,7 +493,7 @@ impl Compute {
             // not wait for the disk (a node that dies first cannot reveal;
             // the requester then counts the execution lost).
             let entry = JournalEntry { seq, job: job.to_string(), ..entry };
-            if let Err(e) = keep(&node, Keep { result, entry: Some(entry) }).await {
+            if let Err(e) = keep(&node, &c, Keep { result, entry: Some(entry) }).await {
                 tracing::warn!("{}", crate::message(&e));
             }
             let signature = sign(&node, &receipt::commit_statement(&job, &exec, &commitment, exit_code));
@@ -546,6 +550,7 @@ fn busy(execs: &HashMap<String, Slot>) -> u32 {
 /// Fetches what the job needs, runs it, and returns its result.
 async fn run_execution(
     node: &Arc<Node>,
+    c: &Compute,
     requester: PeerId,
     exec: &str,
     spec: &Spec,
@@ -559,7 +564,6 @@ async fn run_execution(
     let mut roots = vec![rt.module];
     roots.extend(rt.inputs.iter().map(|i| i.cid));
     roots.extend(rt.models.iter().map(|(_, c)| *c));
-    let Some(c) = &node.compute else { anyhow::bail!("this node does not compute") };
     let (runner, store, scratch) = (c.runner.clone(), node.store.clone(), c.scratch.clone());
     // Usually all here already (pinned by an earlier run): one look at the
     // pins and, when nothing is missing, the run itself, in one trip to a
@@ -662,20 +666,21 @@ pub struct Keep {
 
 /// Hands a result to the keeper, or keeps it here when the keeper is
 /// behind.
-async fn keep(node: &Arc<Node>, k: Keep) -> anyhow::Result<()> {
-    let Some(c) = &node.compute else { return Ok(()) };
+async fn keep(node: &Arc<Node>, c: &Arc<Compute>, k: Keep) -> anyhow::Result<()> {
     match c.keep.try_send(k) {
         Ok(()) => Ok(()),
         Err(tokio::sync::mpsc::error::TrySendError::Full(k) | tokio::sync::mpsc::error::TrySendError::Closed(k)) => {
-            let n = node.clone();
-            tokio::task::spawn_blocking(move || keep_now(&n, vec![k])).await.context("the pinning thread panicked")?
+            let (n, c) = (node.clone(), c.clone());
+            tokio::task::spawn_blocking(move || keep_now(&n, &c, vec![k]))
+                .await
+                .context("the pinning thread panicked")?
         }
     }
 }
 
 /// Makes results durable and pins them (one flush for all of them), then
 /// journals them as committed: a journalled result is always here.
-fn keep_now(node: &Node, batch: Vec<Keep>) -> anyhow::Result<()> {
+fn keep_now(node: &Node, c: &Compute, batch: Vec<Keep>) -> anyhow::Result<()> {
     node.store.flush().context("cannot store execution results")?;
     let mut entries = Vec::new();
     for k in batch {
@@ -687,7 +692,7 @@ fn keep_now(node: &Node, batch: Vec<Keep>) -> anyhow::Result<()> {
     }
     // Only those still tracked: one cancelled or evicted meanwhile stays
     // forgotten.
-    if let Some(c) = &node.compute {
+    {
         let execs = c.lock();
         entries.retain(|e| execs.contains_key(&e.exec));
     }
@@ -752,7 +757,7 @@ pub async fn recovered(node: Arc<Node>, recovery: Recovery) {
 /// until the requester has fetched and pinned the agreed one, and a node
 /// that dies before pinning loses its executions anyway (its restart marks
 /// them lost), so nothing waits for the disk on the way to the commitment.
-pub async fn keeper(node: Arc<Node>, mut results: tokio::sync::mpsc::Receiver<Keep>) {
+pub async fn keeper(node: Arc<Node>, c: Arc<Compute>, mut results: tokio::sync::mpsc::Receiver<Keep>) {
     while let Some(first) = results.recv().await {
         tokio::time::sleep(KEEP_BATCH).await;
         let mut batch = vec![first];
@@ -762,8 +767,8 @@ pub async fn keeper(node: Arc<Node>, mut results: tokio::sync::mpsc::Receiver<Ke
                 Err(_) => break,
             }
         }
-        let n = node.clone();
-        match tokio::task::spawn_blocking(move || keep_now(&n, batch)).await {
+        let (n, c) = (node.clone(), c.clone());
+        match tokio::task::spawn_blocking(move || keep_now(&n, &c, batch)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("{e:#}"),
             Err(e) => tracing::warn!("the pinning thread failed: {e}"),

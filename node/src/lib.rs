@@ -223,7 +223,7 @@ pub struct Node {
     /// another database call cannot deadlock.
     pub db: Db,
     pub views: Mutex<HashMap<PeerId, View>>,
-    pub compute: Option<compute::Compute>,
+    pub compute: Option<Arc<compute::Compute>>,
     /// Wakes the scheduling loop early.
     pub kick: Notify,
     /// Jobs that changed since the scheduling loop last ran.
@@ -621,7 +621,7 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         // at start, before the node serves anything).
         let journal = db.journal()?;
         let recovery = c.recover(journal, &*store);
-        (Some(c), Some(recovery))
+        (Some(Arc::new(c)), Some(recovery))
     } else {
         (None, None)
     };
@@ -679,8 +679,10 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         }
     }));
     // Execution results, pinned in the background.
-    if let Some(results) = node.compute.as_ref().and_then(|c| c.take_kept()) {
-        tasks.push(tokio::spawn(compute::keeper(node.clone(), results)));
+    if let Some(c) = &node.compute {
+        if let Some(results) = c.take_kept() {
+            tasks.push(tokio::spawn(compute::keeper(node.clone(), c.clone(), results)));
+        }
     }
     if let Some(recovery) = recovery {
         tokio::spawn(compute::recovered(node.clone(), recovery));
