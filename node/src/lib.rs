@@ -183,6 +183,11 @@ pub struct View {
     pub connected: bool,
 }
 
+/// How long an unanswered bid keeps its slots counted as taken (bids are
+/// answered in milliseconds; one whose answer is lost would otherwise make
+/// its node look full until the request times out, 30 s).
+pub const BID_ROOM_HOLD: Duration = Duration::from_secs(2);
+
 /// How a "busy" answer begins (the asker tries again later).
 pub const BUSY: &str = "node busy";
 
@@ -236,12 +241,16 @@ pub struct Node {
     pub capacity_pass: std::sync::atomic::AtomicBool,
     /// Slots this requester's executions took (negative: bids accepted)
     /// or freed (positive: reports) on each peer since its last
-    /// announcement, and the slots its unanswered bids ask for: placement
-    /// sees the slots a node has now, not as it announced them up to a
-    /// second ago, so that a backlog drains as fast as slots free instead
-    /// of one wave per announcement. The first is reset by each
-    /// announcement; bids count until answered.
-    pub slot_delta: Mutex<HashMap<PeerId, (i64, i64)>>,
+    /// announcement, reset by each: with [`Node::bids`], placement sees
+    /// the slots a node has now, not as it announced them up to a second
+    /// ago, so that a backlog drains as fast as slots free instead of one
+    /// wave per announcement.
+    pub slot_delta: Mutex<HashMap<PeerId, i64>>,
+    /// Bids sent and not yet answered: execution id to (peer, slots, when
+    /// sent). Each holds its slots for at most [`BID_ROOM_HOLD`]: a bid
+    /// whose answer is lost must not keep a node looking full until the
+    /// request times out.
+    pub bids: Mutex<HashMap<String, (PeerId, i64, u64)>>,
     /// Bumped whenever a job changes (long polls watch it).
     pub changed: watch::Sender<u64>,
     pub metrics: api::Metrics,
@@ -284,17 +293,46 @@ impl Node {
     /// (negative) or freed (positive) since its announcement, and bids
     /// sent (positive) or answered (negative). Room freed asks for a
     /// capacity pass.
-    pub fn room_changed(&self, peer: PeerId, taken_or_freed: i64, bids: i64) {
+    pub fn room_changed(&self, peer: PeerId, taken_or_freed: i64) {
         if peer != self.peer {
             // Our own announcement is computed live.
-            let mut d = self.slot_delta.lock().unwrap_or_else(|p| p.into_inner());
-            let e = d.entry(peer).or_default();
-            e.0 += taken_or_freed;
-            e.1 = (e.1 + bids).max(0);
+            *self.slot_delta.lock().unwrap_or_else(|p| p.into_inner()).entry(peer).or_default() += taken_or_freed;
         }
-        if taken_or_freed > 0 || bids < 0 {
+        if taken_or_freed > 0 {
             self.plan_waiting();
         }
+    }
+
+    /// A bid sent to `peer` for `slots`: they count as taken until it is
+    /// answered ([`Node::bid_answered`]), for [`BID_ROOM_HOLD`] at most.
+    pub fn bid_sent(&self, exec: &str, peer: PeerId, slots: i64) {
+        if peer != self.peer {
+            let now = self.now();
+            self.bids.lock().unwrap_or_else(|p| p.into_inner()).insert(exec.to_owned(), (peer, slots, now));
+        }
+    }
+
+    /// A bid answered (or given up): its slots no longer count; taken if
+    /// `accepted`. Either way waiting jobs may fit now.
+    pub fn bid_answered(&self, exec: &str, accepted: bool) {
+        let sent = self.bids.lock().unwrap_or_else(|p| p.into_inner()).remove(exec);
+        if let (Some((peer, slots, _)), true) = (sent, accepted) {
+            *self.slot_delta.lock().unwrap_or_else(|p| p.into_inner()).entry(peer).or_default() -= slots;
+        }
+        self.plan_waiting();
+    }
+
+    /// Slots per peer held by bids sent within [`BID_ROOM_HOLD`].
+    pub fn bids_in_flight(&self) -> HashMap<PeerId, i64> {
+        let now = self.now();
+        let hold = BID_ROOM_HOLD.as_millis() as u64;
+        let mut out = HashMap::new();
+        for (peer, slots, at) in self.bids.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            if now.saturating_sub(*at) < hold {
+                *out.entry(*peer).or_default() += slots;
+            }
+        }
+        out
     }
 
     /// Has the scheduling loop place waiting jobs soon, oldest first,
@@ -389,9 +427,7 @@ impl Node {
     /// restarted and lost its executions.
     fn on_announcement(self: &Arc<Self>, peer: PeerId, announcement: Announcement) {
         let now = self.now();
-        if let Some(d) = self.slot_delta.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&peer) {
-            d.0 = 0;
-        }
+        self.slot_delta.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
         let restarted = {
             let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
             // The filter changes every few seconds at most, and comes every
@@ -642,6 +678,7 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         full_pass: Default::default(),
         capacity_pass: Default::default(),
         slot_delta: Mutex::new(HashMap::new()),
+        bids: Mutex::new(HashMap::new()),
         changed: watch::channel(0).0,
         metrics: api::Metrics::new(),
         labels: config.labels.clone(),
@@ -778,8 +815,12 @@ impl Node {
                     let _ = n.client.respond_blocks(channel, response).await;
                 });
             }
-            Event::Announcement { peer, announcement } => self.on_announcement(peer, announcement),
+            Event::Announcement { peer, announcement } => {
+                tracing::trace!(%peer, free = announcement.slots_free, "announcement");
+                self.on_announcement(peer, announcement)
+            }
             Event::Disconnected { peer } => {
+                tracing::debug!(%peer, "disconnected");
                 // Offered nothing until it announces itself again:
                 // placement marks what it was running as lost at once and
                 // places it elsewhere; what it committed to waits for the

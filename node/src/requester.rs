@@ -26,6 +26,12 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// changed (so a busy requester does not rescan every job per event), and
 /// every [`TICK`] all active jobs (timeouts, nodes that went away).
 pub async fn run(node: Arc<Node>) {
+    let n = node.clone();
+    match tokio::task::spawn_blocking(move || resume_bids(&n)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("cannot resume the bids an earlier process sent: {e:#}"),
+        Err(e) => tracing::warn!("resuming bids failed: {e}"),
+    }
     let mut full = tokio::time::interval(TICK);
     loop {
         let everything = tokio::select! {
@@ -85,11 +91,36 @@ pub fn views(node: &Node) -> Vec<NodeView> {
         };
     push(node.peer.to_string(), &node.announcement(), now, true, 0);
     let delta = node.slot_delta.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let bids = node.bids_in_flight();
     for (peer, v) in node.views.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let (since, bids) = delta.get(peer).copied().unwrap_or_default();
-        push(v.id.clone(), &v.announcement, v.last_seen_ms, v.connected, since - bids);
+        let room = delta.get(peer).copied().unwrap_or(0) - bids.get(peer).copied().unwrap_or(0);
+        push(v.id.clone(), &v.announcement, v.last_seen_ms, v.connected, room);
     }
     out
+}
+
+/// Sends again the bids an earlier process of this requester sent and
+/// never heard answered: their answers went to a process that is gone, and
+/// the execution would otherwise wait out the bid timeout. A node answers
+/// a repeated bid as it did the first (an execution under way stays
+/// accepted), so nothing runs twice.
+fn resume_bids(node: &Arc<Node>) -> anyhow::Result<()> {
+    for job in node.db().active_jobs()? {
+        let asked: Vec<Execution> =
+            node.db().executions(&job.id)?.into_iter().filter(|e| e.state == ExecState::BidAsked).collect();
+        if asked.is_empty() {
+            continue;
+        }
+        let spec = serde_json::to_string(&job.spec)?;
+        for e in asked {
+            let Some(peer) = peer_of(&e) else { continue };
+            let (n, spec, job_id) = (node.clone(), spec.clone(), job.id.to_string());
+            tracing::debug!(job = %job.id, exec = %e.id, node = %e.node, "bid sent again after a restart");
+            node.bid_sent(e.id.as_str(), peer, i64::from(job.spec.resources.slots));
+            tokio::runtime::Handle::current().spawn(async move { bid_and_run(n, peer, e, job_id, spec).await });
+        }
+    }
+    Ok(())
 }
 
 /// Most active jobs one capacity pass looks at.
@@ -357,8 +388,8 @@ fn carry_out(
         node.notify_changed();
         return Ok(());
     }
-    for (peer, _) in &bids {
-        node.room_changed(*peer, 0, i64::from(job.spec.resources.slots));
+    for (peer, e) in &bids {
+        node.bid_sent(e.id.as_str(), *peer, i64::from(job.spec.resources.slots));
     }
 
     // Written: now the messages and metrics that depend on it.
@@ -444,8 +475,7 @@ async fn bid_and_run(node: Arc<Node>, peer: PeerId, e: Execution, job: String, s
     e.updated_ms = node.now();
     let _ = node.db().update_execution_from(&e, ExecState::BidAsked);
     // Answered: its slot is taken (accepted) or was never (declined).
-    let slots = i64::from(node.db().job(&e.job).ok().flatten().map_or(1, |j| j.spec.resources.slots));
-    node.room_changed(peer, if e.state == ExecState::Running { -slots } else { 0 }, -slots);
+    node.bid_answered(e.id.as_str(), e.state == ExecState::Running);
     tracing::debug!(job = %e.job, exec = %e.id, state = %e.state, "bid answered");
     node.notify_changed();
     // An accepted bid changes the plan only by making a queued job
@@ -851,7 +881,7 @@ pub async fn handle(node: &Arc<Node>, peer: PeerId, request: Request) -> Respons
         tracing::debug!(job = %e.job, exec = %id, state = %e.state, "report recorded");
         // Its slot on the node is free again.
         let slots = node.db().job(&e.job).ok().flatten().map_or(1, |j| j.spec.resources.slots);
-        node.room_changed(peer, i64::from(slots), 0);
+        node.room_changed(peer, i64::from(slots));
         if e.state == ExecState::Committed && matches!(node.db().job_state(&e.job), Ok(Some(JobState::Completed))) {
             // Left running when its job completed: judge it now.
             if let Ok(Some(Job { result: Some(agreed), .. })) = node.db().job(&e.job) {

@@ -79,6 +79,9 @@ fn config(slots: Option<u32>) -> Config {
         slots: slots.unwrap_or(0),
         gpu: false,
         announce_every: Duration::from_millis(200),
+        // Nodes announce five times as often as by default: they are
+        // counted gone five times sooner.
+        placement: shoal_scheduler::placement::Config { node_ttl_ms: 2_000, ..Default::default() },
         ..Config::default()
     }
 }
@@ -299,7 +302,12 @@ async fn a_burst_of_ten_times_the_slots_completes_with_redundancy_two_and_three(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bursts_with_losses_and_restarts_end_every_job_with_the_local_result() {
     let hello = sample("hello");
-    let seeds: u64 = std::env::var("SHOAL_INPROCESS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    // SHOAL_LOG=shoal_node=debug shows what the nodes did.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "off".into()))
+        .with_test_writer()
+        .try_init();
+    let seeds: u64 = std::env::var("SHOAL_INPROCESS_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
     let mut cache = HashMap::new();
     for seed in 0..seeds {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -307,7 +315,7 @@ async fn bursts_with_losses_and_restarts_end_every_job_with_the_local_result() {
         let total: u32 = slots.iter().sum();
         let mut net = Net::new(&slots).await;
         let module = net.add(&hello);
-        let n_jobs = (total * 4) as usize;
+        let n_jobs = (total * 10) as usize;
         let mut specs = Vec::new();
         let mut ids = Vec::new();
         // The fault strikes partway through the burst.
@@ -326,14 +334,17 @@ async fn bursts_with_losses_and_restarts_end_every_job_with_the_local_result() {
             ids.push(submit(net.node(0), &spec).await);
             specs.push(spec);
         }
+        let t = std::time::Instant::now();
         let jobs = until_ended(net.node(0), &ids, Duration::from_secs(180)).await;
+        let took = t.elapsed();
         check_results(&hello, &specs, &jobs, &mut cache);
         no_slot_leaked(&net).await;
         for i in 0..net.members.len() {
             net.stop(i).await;
         }
         eprintln!(
-            "seed {seed}: {n_jobs} jobs on slots {slots:?}, lost node {lose}, requester restarted: {restart_requester}"
+            "seed {seed}: {n_jobs} jobs on slots {slots:?}, lost node {lose}, requester restarted: \
+             {restart_requester}; all ended {took:?} after the last submission"
         );
     }
 }
