@@ -1346,13 +1346,15 @@ fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
         }
         let announcement = proto::Announcement {
             boot: 1,
-            version: "flood".into(),
-            compute: true,
-            slots_total: 1000,
-            slots_free: 1000,
-            memory_bytes: 1 << 40,
-            labels: Default::default(),
-            gpu: None,
+            capacity: shoal_scheduler::model::Capacity {
+                version: "flood".into(),
+                compute: true,
+                slots_total: 1000,
+                slots_free: 1000,
+                memory_bytes: 1 << 40,
+                labels: Default::default(),
+                gpu: None,
+            },
             api: None,
             holds: None,
         };

@@ -380,13 +380,15 @@ impl Node {
         };
         Announcement {
             boot: self.boot,
-            version: env!("CARGO_PKG_VERSION").into(),
-            compute,
-            slots_total,
-            slots_free,
-            memory_bytes: compute::memory_bytes(),
-            labels: self.labels.clone(),
-            gpu,
+            capacity: shoal_scheduler::model::Capacity {
+                version: env!("CARGO_PKG_VERSION").into(),
+                compute,
+                slots_total,
+                slots_free,
+                memory_bytes: compute::memory_bytes(),
+                labels: self.labels.clone(),
+                gpu,
+            },
             api: self.api_url.get().cloned(),
             holds: self.holds.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(hex, _)| hex.clone()),
         }

@@ -72,17 +72,13 @@ pub fn views(node: &Node) -> Vec<NodeView> {
     let mut out = Vec::new();
     let mut push =
         |id: String, a: &shoal_scheduler::net::proto::Announcement, seen: u64, connected: bool, delta: i64| {
+            let mut capacity = a.capacity.clone();
+            // The slots it has now, as far as this requester knows.
+            capacity.slots_free = (i64::from(a.slots_free) + delta).clamp(0, i64::from(a.slots_total)) as u32;
             out.push(NodeView {
                 stats: stats.get(&id).cloned().unwrap_or_default(),
                 id,
-                labels: a.labels.clone(),
-                compute: a.compute,
-                slots_total: a.slots_total,
-                // The slots it has now, as far as this requester knows.
-                slots_free: (i64::from(a.slots_free) + delta).clamp(0, i64::from(a.slots_total)) as u32,
-                memory_bytes: a.memory_bytes,
-                gpu: a.gpu.clone(),
-                version: a.version.clone(),
+                capacity,
                 last_seen_ms: seen,
                 holds: Default::default(),
                 boot: Some(a.boot),
@@ -284,13 +280,7 @@ pub fn holds_filters(node: &Node) -> std::collections::HashMap<String, Arc<shoal
 fn placeholder(id: &str, since_ms: u64) -> NodeView {
     NodeView {
         id: id.to_owned(),
-        labels: Default::default(),
-        compute: false,
-        slots_total: 0,
-        slots_free: 0,
-        memory_bytes: 0,
-        gpu: None,
-        version: String::new(),
+        capacity: Default::default(),
         last_seen_ms: since_ms,
         holds: Default::default(),
         stats: Default::default(),

@@ -529,13 +529,13 @@ pub struct NodeStats {
     pub failed: u64,
 }
 
-/// What the scheduler knows of a node (from its announcements).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct NodeView {
-    /// Its id.
-    pub id: NodeId,
-    /// Labels matched by job constraints (`zone=eu`...).
-    pub labels: BTreeMap<String, String>,
+/// What a node offers, as it announces it: the one definition the wire
+/// ([`crate::net::proto::Announcement`]) and the scheduler
+/// ([`NodeView`]) share.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Capacity {
+    /// Its Shoal version.
+    pub version: String,
     /// Whether it runs jobs at all.
     pub compute: bool,
     /// Job slots it has.
@@ -544,10 +544,21 @@ pub struct NodeView {
     pub slots_free: u32,
     /// Memory it offers to jobs.
     pub memory_bytes: u64,
+    /// Labels matched by job constraints (`zone=eu`...).
+    pub labels: BTreeMap<String, String>,
     /// Its GPU, if any.
     pub gpu: Option<Gpu>,
-    /// Its Shoal version.
-    pub version: String,
+}
+
+/// What the scheduler knows of a node (from its announcements). Its
+/// [`Capacity`] fields read through it (`view.slots_free`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeView {
+    /// Its id.
+    pub id: NodeId,
+    /// What it announced.
+    #[serde(flatten)]
+    pub capacity: Capacity,
     /// When it was last heard from (ms since the Unix epoch).
     pub last_seen_ms: u64,
     /// Inputs it told us it holds (may be empty: unknown).
@@ -570,6 +581,20 @@ pub struct NodeView {
 
 fn connected_default() -> bool {
     true
+}
+
+impl std::ops::Deref for NodeView {
+    type Target = Capacity;
+
+    fn deref(&self) -> &Capacity {
+        &self.capacity
+    }
+}
+
+impl std::ops::DerefMut for NodeView {
+    fn deref_mut(&mut self) -> &mut Capacity {
+        &mut self.capacity
+    }
 }
 
 #[cfg(test)]

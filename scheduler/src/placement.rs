@@ -704,13 +704,15 @@ mod tests {
     fn node(id: &str) -> NodeView {
         NodeView {
             id: id.into(),
-            labels: BTreeMap::new(),
-            compute: true,
-            slots_total: 4,
-            slots_free: 4,
-            memory_bytes: 8 << 30,
-            gpu: None,
-            version: "0.1.0".into(),
+            capacity: crate::model::Capacity {
+                labels: BTreeMap::new(),
+                compute: true,
+                slots_total: 4,
+                slots_free: 4,
+                memory_bytes: 8 << 30,
+                gpu: None,
+                version: "0.1.0".into(),
+            },
             last_seen_ms: NOW,
             holds: BTreeSet::new(),
             stats: NodeStats::default(),

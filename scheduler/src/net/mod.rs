@@ -583,13 +583,15 @@ mod tests {
         b.dial(a_addr).await.unwrap();
         let ann = Announcement {
             boot: 7,
-            version: "test".into(),
-            compute: true,
-            slots_total: 2,
-            slots_free: 1,
-            memory_bytes: 1 << 30,
-            labels: [("zone".to_string(), "eu".to_string())].into(),
-            gpu: None,
+            capacity: crate::model::Capacity {
+                version: "test".into(),
+                compute: true,
+                slots_total: 2,
+                slots_free: 1,
+                memory_bytes: 1 << 30,
+                labels: [("zone".to_string(), "eu".to_string())].into(),
+                gpu: None,
+            },
             api: None,
             // A full-size filter still fits the gossip size cap.
             holds: Some(crate::holds::Holds::of(&[]).to_hex()),

@@ -11,8 +11,6 @@
 //! - [`ANNOUNCE_TOPIC`]: gossipsub announcements ([`Announcement`]) of each
 //!   node's capacity, labels and GPU.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 /// The execution protocol's name (bumped on incompatible changes).
@@ -175,21 +173,25 @@ pub use crate::model::Gpu;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announcement {
     /// Random per process start: a new value tells requesters that the
-    /// node restarted and has forgotten its running executions.
+    /// node restarted and has forgotten what it was running.
     pub boot: u64,
-    pub version: String,
-    pub compute: bool,
-    pub slots_total: u32,
-    pub slots_free: u32,
-    pub memory_bytes: u64,
-    pub labels: BTreeMap<String, String>,
-    pub gpu: Option<Gpu>,
+    /// What it offers (fields at the top level on the wire).
+    #[serde(flatten)]
+    pub capacity: crate::model::Capacity,
     /// The node's HTTP API, if it serves one (for `shoal nodes`).
     pub api: Option<String>,
     /// The roots it holds whole, as a hex Bloom filter
     /// ([`crate::holds::Holds`]); absent from nodes that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holds: Option<String>,
+}
+
+impl std::ops::Deref for Announcement {
+    type Target = crate::model::Capacity;
+
+    fn deref(&self) -> &crate::model::Capacity {
+        &self.capacity
+    }
 }
 
 #[cfg(test)]
