@@ -193,6 +193,10 @@ pub struct SubmitArgs {
     /// With --wait: give up waiting after this long (the job goes on).
     #[arg(long, value_name = "DURATION", value_parser = crate::cmd_run::parse_timeout)]
     pub wait_timeout: Option<Duration>,
+    /// Run the job even if the node holds the receipt of an earlier run of
+    /// the same job (by default such a job completes at once from it).
+    #[arg(long)]
+    pub no_cache: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -444,17 +448,26 @@ pub fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     // Refused here, before anything is uploaded, as the node would.
     shoal_scheduler::spec::Spec::from_yaml_or_json(&body)?;
     upload(ctx, &api, &sources)?;
-    let r = api.post("/v1/jobs", body.as_bytes(), "application/json")?;
+    let path = if a.no_cache { "/v1/jobs?cache=false" } else { "/v1/jobs" };
+    let r = api.post(path, body.as_bytes(), "application/json")?;
     let id = r.get("id").and_then(Value::as_str).context("the node returned no job id")?.to_owned();
     let warnings = r.get("warnings").cloned().unwrap_or_else(|| json!([]));
+    let cached = r.get("cached").and_then(Value::as_str).map(str::to_owned);
     if !ctx.json {
         for w in warnings.as_array().into_iter().flatten().filter_map(Value::as_str) {
             eprintln!("warning: {w}");
         }
+        if let Some(c) = &cached {
+            if !a.run.quiet {
+                eprintln!(
+                    "job {id} completed from the cache: receipt {c} of an earlier run (--no-cache runs it again)"
+                );
+            }
+        }
     }
     if !a.wait {
         if ctx.json {
-            output::json(&json!({ "id": id, "warnings": warnings }))?;
+            output::json(&json!({ "id": id, "warnings": warnings, "cached": cached }))?;
         } else {
             println!("{id}");
         }
@@ -778,6 +791,9 @@ fn print_job(r: &Value) {
     }
     if !j["result"].is_null() {
         println!("result:  {}", s(j, "result"));
+    }
+    if !j["cached"].is_null() {
+        println!("cached:  {} (completed from an earlier run's receipt, run nowhere)", s(j, "cached"));
     }
     if !j["receipt"].is_null() {
         println!("receipt: {} (check it: shoal receipt verify {})", s(j, "receipt"), s(j, "receipt"));

@@ -1240,6 +1240,7 @@ fn a_job_runs_where_its_input_already_is() {
                 "submit",
                 "--wait",
                 "-q",
+                "--no-cache",
                 "--input",
                 &format!("{cid}:/inputs/data.txt"),
                 sample("hello").to_str().unwrap(),
@@ -1497,4 +1498,87 @@ fn a_large_random_input_moves_between_nodes_whole() {
     let out = Command::new("sha256sum").arg(&file).output().unwrap();
     let digest = text(&out.stdout).split_whitespace().next().unwrap().to_owned();
     assert!(e["stdout"].as_str().unwrap().starts_with(&format!("{digest}  data.bin")), "{e}");
+}
+
+/// A job submitted again completes at once from the receipt of its first
+/// run (same job CID), across a requester restart, with nothing run;
+/// `--no-cache` and nondeterministic jobs run; a receipt that does not
+/// verify is ignored and the job runs.
+#[test]
+fn an_identical_job_completes_from_the_cache_of_receipts() {
+    let mut net = Net::new();
+    net.add("n0", &[]);
+    let n = &net.nodes[0];
+    let hello = sample("hello");
+    let cli_home = net.home("cli");
+    let submit = |n: &NodeProc, extra: &[&str]| -> Value {
+        let mut args = vec!["--json", "submit", "--wait", "-q"];
+        args.extend_from_slice(extra);
+        args.push(hello.to_str().unwrap());
+        args.extend_from_slice(&["--", "cached?"]);
+        let o = cli(n, &cli_home, &args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let id = last_completed(n);
+        job(n, &id)
+    };
+    let first = submit(n, &[]);
+    assert!(first["job"]["cached"].is_null(), "{first}");
+    assert_eq!(first["executions"].as_array().unwrap().len(), 1, "{first}");
+    let receipt = first["job"]["receipt"].as_str().unwrap().to_owned();
+    let again = submit(n, &[]);
+    assert_ne!(again["job"]["id"], first["job"]["id"]);
+    assert_eq!(again["job"]["cached"].as_str(), Some(receipt.as_str()), "{again}");
+    assert_eq!(again["job"]["result"], first["job"]["result"]);
+    assert_eq!(again["job"]["outcome"], "succeeded");
+    assert!(again["executions"].as_array().unwrap().is_empty(), "run nowhere: {again}");
+    let described = cli(n, &cli_home, &["job", "describe", again["job"]["id"].as_str().unwrap()]);
+    assert!(text(&described.stdout).contains(&format!("cached:  {receipt}")), "{}", text(&described.stdout));
+    let forced = submit(n, &["--no-cache"]);
+    assert!(forced["job"]["cached"].is_null() && forced["executions"].as_array().unwrap().len() == 1, "{forced}");
+    let nondet = submit(n, &["--nondeterministic"]);
+    let nondet2 = submit(n, &["--nondeterministic"]);
+    assert!(nondet2["job"]["cached"].is_null(), "a nondeterministic job is never cached: {nondet2}");
+    assert!(!nondet["executions"].as_array().unwrap().is_empty());
+
+    // Across a restart: the receipts are the node's.
+    let home = net.nodes[0].home.clone();
+    net.nodes[0].kill();
+    net.nodes[0] = start_node(&home, &[]);
+    let n = &net.nodes[0];
+    let after = submit(n, &[]);
+    assert!(after["job"]["cached"].is_string(), "{after}");
+
+    // A forged receipt in the node's records is ignored: the job runs.
+    net.nodes[0].kill();
+    {
+        let db = shoal_scheduler::db::Db::open(home.join("scheduler.sqlite")).unwrap();
+        let store = shoal_storage::FsStore::open(&home).unwrap();
+        let genuine = {
+            use shoal_storage::BlockStore as _;
+            store.get(&receipt.parse().unwrap()).unwrap().data().to_vec()
+        };
+        let mut forged: Value = serde_json::from_slice(&genuine).unwrap();
+        forged["completed_ms"] = serde_json::json!(forged["completed_ms"].as_u64().unwrap() + 1);
+        let bytes = serde_json::to_vec(&forged).unwrap();
+        let block = shoal_storage::Block::new(shoal_storage::CidVersion::V1, shoal_storage::block::RAW, bytes.clone());
+        {
+            use shoal_storage::BlockStore as _;
+            store.put(&block).unwrap();
+            store.pin_add(block.cid(), shoal_storage::PinMode::Recursive).unwrap();
+            store.flush().unwrap();
+        }
+        for j in db.jobs(None, 10_000).unwrap() {
+            if j.receipt.is_some() {
+                let mut j = j;
+                j.receipt = Some(*block.cid());
+                db.update_job(&j).unwrap();
+            }
+        }
+    }
+    net.nodes[0] = start_node(&home, &[]);
+    let n = &net.nodes[0];
+    let ran = submit(n, &[]);
+    assert!(ran["job"]["cached"].is_null(), "a forged receipt was trusted: {ran}");
+    assert_eq!(ran["executions"].as_array().unwrap().len(), 1, "{ran}");
+    assert_eq!(ran["job"]["result"], first["job"]["result"]);
 }

@@ -283,9 +283,25 @@ fn parse_id(id: &str) -> Result<JobId, ApiError> {
 /// refuses the job at once (422), naming it, instead of failing its
 /// executions one node after another. The answer warns when fewer nodes
 /// than `redundancy.count` could run the job.
-#[utoipa::path(post, path = "/v1/jobs", request_body(content((Spec = "application/json"), (Spec = "application/yaml")), description = "a job spec (docs/job-spec.md), as JSON or YAML"), responses((status = 201, body = Submitted), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 415, description = "not a json/yaml/car content type and no X-Shoal-Request header", body = ErrorBody), (status = 422, description = "data found nowhere, or inputs that cannot be mounted", body = ErrorBody), (status = 503, description = "too many unfinished jobs", body = ErrorBody)))]
-async fn submit(State(node): State<Shared>, body: String) -> Result<impl IntoResponse, ApiError> {
+#[utoipa::path(post, path = "/v1/jobs", params(("cache" = Option<bool>, Query, description = "answer from the receipt of an earlier run of the same job, if this node has one (default true; deterministic jobs only)")), request_body(content((Spec = "application/json"), (Spec = "application/yaml")), description = "a job spec (docs/job-spec.md), as JSON or YAML"), responses((status = 201, body = Submitted), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 415, description = "not a json/yaml/car content type and no X-Shoal-Request header", body = ErrorBody), (status = 422, description = "data found nowhere, or inputs that cannot be mounted", body = ErrorBody), (status = 503, description = "too many unfinished jobs", body = ErrorBody)))]
+async fn submit(
+    State(node): State<Shared>,
+    Query(q): Query<SubmitQuery>,
+    body: String,
+) -> Result<impl IntoResponse, ApiError> {
     let spec = Spec::from_yaml_or_json(&body).map_err(|e| bad(format!("bad job spec: {e}")))?;
+    if q.cache.unwrap_or(true) && !spec.task.nondeterministic {
+        let n = node.clone();
+        let s = spec.clone();
+        if let Some(job) = tokio::task::spawn_blocking(move || from_cache(&n, s)).await.map_err(internal)? {
+            node.db().insert_job(&job).map_err(internal)?;
+            node.metrics.jobs_submitted.inc();
+            node.metrics.jobs_completed.inc();
+            node.notify_changed();
+            let receipt = job.receipt.map(|c| c.to_string());
+            return Ok((StatusCode::CREATED, Json(Submitted { id: job.id, warnings: Vec::new(), cached: receipt })));
+        }
+    }
     let active = {
         let db = node.db();
         db.count_jobs(JobState::Queued).map_err(internal)? + db.count_jobs(JobState::Running).map_err(internal)?
@@ -314,7 +330,62 @@ async fn submit(State(node): State<Shared>, body: String) -> Result<impl IntoRes
     node.metrics.jobs_submitted.inc();
     node.mark(&job.id);
     node.notify_changed();
-    Ok((StatusCode::CREATED, Json(Submitted { id: job.id, warnings })))
+    Ok((StatusCode::CREATED, Json(Submitted { id: job.id, warnings, cached: None })))
+}
+
+#[derive(Deserialize)]
+struct SubmitQuery {
+    cache: Option<bool>,
+}
+
+/// Receipts of earlier runs of a job looked at before it runs again.
+const CACHE_CANDIDATES: usize = 4;
+
+/// A new job completed at once from the receipt of an earlier run of the
+/// same job (same job CID, hence the same spec, quorum included), if this
+/// node holds one that verifies and whose result is still here. A receipt
+/// that does not verify is skipped (and said so in the log): the job runs.
+fn from_cache(node: &Node, spec: Spec) -> Option<Job> {
+    let job_cid = shoal_scheduler::receipt::job_cid(&spec);
+    let candidates = match node.db().receipts_for(&job_cid, CACHE_CANDIDATES) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("cannot look up the result cache: {e}");
+            return None;
+        }
+    };
+    for receipt in candidates {
+        let verified =
+            node.store.get(&receipt).map_err(|e| e.to_string()).and_then(|b| {
+                shoal_scheduler::receipt::verify(b.data(), Some(&receipt), None).map_err(|e| e.to_string())
+            });
+        let v = match verified {
+            Ok(v) if v.job_cid == job_cid => v,
+            Ok(v) => {
+                tracing::warn!("cached receipt {receipt} is for job cid {}, not {job_cid}; ignored", v.job_cid);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("cached receipt {receipt} does not verify, ignored: {e}");
+                continue;
+            }
+        };
+        if !fetch::held(&*node.store, &v.result) {
+            continue;
+        }
+        let (exit_code, failure) = requester::result_outcome(&*node.store, &v.result);
+        let now = node.now();
+        let mut job = Job::new(JobId::from_parts(now, rand::random()), spec, now);
+        job.state = JobState::Completed;
+        job.started_ms = Some(now);
+        job.result = Some(v.result);
+        job.exit_code = exit_code;
+        job.failure = failure;
+        job.receipt = Some(receipt);
+        job.cached = Some(receipt);
+        return Some(job);
+    }
+    None
 }
 
 /// How long a submission looks for data this node lacks (the root block

@@ -70,6 +70,10 @@ pub struct Submitted {
     /// Things the submitter should know (e.g. fewer capable nodes than
     /// `redundancy.count`).
     pub warnings: Vec<String>,
+    /// Completed at once from the cache: the receipt of the earlier run it
+    /// took its result from (`?cache=false` runs it again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached: Option<String>,
 }
 
 /// The output of one execution (null until the job has ended).

@@ -205,7 +205,8 @@ pub struct Committed {
 pub const MAX_LEFTOVERS: usize = 1000;
 
 const JOB_COLS: &str =
-    "id, state, spec, created_ms, updated_ms, started_ms, result, error, extra_used, exit_code, failure, receipt";
+    "id, state, spec, created_ms, updated_ms, started_ms, result, error, extra_used, exit_code, failure, \
+                        receipt, cached, job_cid";
 const EXEC_COLS: &str = "id, job, node, state, created_ms, updated_ms, started_ms, commitment, result, error, stdout, \
                          stderr, exit_code, extra, nonce, meta, boot, commit_signature, reveal_signature";
 
@@ -280,6 +281,13 @@ impl Db {
                 "the execution signature columns",
             ),
             ("jobs", "receipt", "ALTER TABLE jobs ADD COLUMN receipt TEXT", "the job receipt column"),
+            (
+                "jobs",
+                "job_cid",
+                "ALTER TABLE jobs ADD COLUMN job_cid TEXT; ALTER TABLE jobs ADD COLUMN cached TEXT; \
+                 CREATE INDEX IF NOT EXISTS jobs_job_cid ON jobs (job_cid)",
+                "the job cid and cache columns",
+            ),
             // A completed job's outcome: the agreed result's exit code and failure.
             (
                 "jobs",
@@ -424,6 +432,26 @@ impl Db {
         )
         .map_err(self.err("cannot list active jobs"))?;
         rows.into_iter().map(|r| r.decode().map_err(|b| self.corrupt(b))).collect()
+    }
+
+    /// Receipts of completed jobs with this job CID, newest first (at most
+    /// `limit`): a new submission of the same job can be answered from one.
+    pub fn receipts_for(&self, job_cid: &Cid, limit: usize) -> Result<Vec<Cid>, Error> {
+        let conn = self.conn();
+        let rows = query(
+            &conn,
+            "SELECT receipt FROM jobs WHERE job_cid = ?1 AND state = 'completed' AND receipt IS NOT NULL \
+             ORDER BY updated_ms DESC LIMIT ?2",
+            rusqlite::params![job_cid.to_string(), limit as i64],
+            |r| r.get::<_, String>(0),
+        )
+        .map_err(self.err("cannot look up cached receipts"))?;
+        rows.into_iter()
+            .map(|r| {
+                crate::serde_util::parse_cid(&r)
+                    .map_err(|m| self.corrupt(Bad { what: format!("a receipt of job cid {job_cid}"), message: m }))
+            })
+            .collect()
     }
 
     /// A job's state alone (what a waiter checks on every change).
@@ -856,7 +884,7 @@ fn query<T, P: rusqlite::Params>(
     rows.collect()
 }
 
-fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 12] {
+fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 14] {
     [
         Box::new(job.id.as_str()),
         Box::new(job.state.as_str()),
@@ -870,15 +898,19 @@ fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 12] {
         Box::new(job.exit_code),
         Box::new(job.failure.as_deref()),
         Box::new(job.receipt.map(|c| c.to_string())),
+        Box::new(job.cached.map(|c| c.to_string())),
+        // The job's content identity, for the result cache.
+        Box::new(crate::receipt::job_cid(&job.spec).to_string()),
     ]
 }
 
 fn write_job(conn: &Connection, job: &Job, insert: bool) -> rusqlite::Result<()> {
     let sql = if insert {
-        format!("INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)")
+        format!("INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)")
     } else {
         "UPDATE jobs SET state = ?2, spec = ?3, created_ms = ?4, updated_ms = ?5, started_ms = ?6, result = ?7, \
-         error = ?8, extra_used = ?9, exit_code = ?10, failure = ?11, receipt = ?12 WHERE id = ?1"
+         error = ?8, extra_used = ?9, exit_code = ?10, failure = ?11, receipt = ?12, cached = ?13, job_cid = ?14 \
+         WHERE id = ?1"
             .to_string()
     };
     let p = job_params(job);
@@ -891,9 +923,10 @@ fn write_job(conn: &Connection, job: &Job, insert: bool) -> rusqlite::Result<()>
 
 fn upsert_job(conn: &Connection, job: &Job) -> rusqlite::Result<()> {
     let sql = format!(
-        "INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (id) \
-         DO UPDATE SET state = ?2, spec = ?3, created_ms = ?4, updated_ms = ?5, started_ms = ?6, result = ?7, \
-         error = ?8, extra_used = ?9, exit_code = ?10, failure = ?11, receipt = ?12"
+        "INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) ON \
+         CONFLICT (id) DO UPDATE SET state = ?2, spec = ?3, created_ms = ?4, updated_ms = ?5, started_ms = ?6, \
+         result = ?7, error = ?8, extra_used = ?9, exit_code = ?10, failure = ?11, receipt = ?12, cached = ?13, \
+         job_cid = ?14"
     );
     let p = job_params(job);
     conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(p.iter()))?;
@@ -979,6 +1012,7 @@ struct RawJob {
     exit_code: Option<i32>,
     failure: Option<String>,
     receipt: Option<String>,
+    cached: Option<String>,
 }
 
 fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
@@ -995,6 +1029,7 @@ fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
         exit_code: r.get(9)?,
         failure: r.get(10)?,
         receipt: r.get(11)?,
+        cached: r.get(12)?,
     })
 }
 
@@ -1031,6 +1066,7 @@ impl RawJob {
             exit_code: self.exit_code,
             failure: self.failure,
             receipt: cid(what("receipt"), self.receipt)?,
+            cached: cid(what("cached"), self.cached)?,
             id,
         })
     }

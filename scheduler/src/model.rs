@@ -290,6 +290,12 @@ pub struct Job {
     #[schema(value_type = Option<String>)]
     #[serde(with = "crate::serde_util::opt_cid")]
     pub receipt: Option<Cid>,
+    /// Answered from the cache: the receipt of an earlier run of the same
+    /// job (same job CID) it completed with, run nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    #[serde(with = "crate::serde_util::opt_cid")]
+    pub cached: Option<Cid>,
 }
 
 /// How the guest of a completed job did: its agreed result holds a zero
@@ -336,6 +342,7 @@ impl Job {
             exit_code: None,
             failure: None,
             receipt: None,
+            cached: None,
         }
     }
 
