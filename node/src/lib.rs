@@ -239,6 +239,9 @@ pub struct Node {
     /// are free (a slot freed or a node with room: see
     /// [`Node::room_changed`]).
     pub capacity_pass: std::sync::atomic::AtomicBool,
+    /// Some job was left with fewer live executions than it wants (no
+    /// node had room): a freed slot is worth a capacity pass.
+    pub backlog: std::sync::atomic::AtomicBool,
     /// Slots this requester's executions took (negative: bids accepted)
     /// or freed (positive: reports) on each peer since its last
     /// announcement, reset by each: with [`Node::bids`], placement sees
@@ -338,8 +341,12 @@ impl Node {
     /// Has the scheduling loop place waiting jobs soon, oldest first,
     /// while any node has room.
     pub fn plan_waiting(&self) {
-        self.capacity_pass.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.kick.notify_one();
+        // Only when a job is waiting for room: otherwise every report
+        // would cost a pass that finds nothing to do.
+        if self.backlog.load(std::sync::atomic::Ordering::Relaxed) {
+            self.capacity_pass.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.kick.notify_one();
+        }
     }
 
     /// Has the scheduling loop plan every active job soon.
@@ -463,6 +470,7 @@ impl Node {
             if announcement.compute
                 && announcement.slots_free > 0
                 && old.as_ref().is_some_and(|v| announcement.slots_free > v.announcement.slots_free)
+                && self.backlog.load(std::sync::atomic::Ordering::Relaxed)
             {
                 // Room freed by work that was not ours (ours is counted as
                 // its reports arrive): waiting jobs may fit now.
@@ -679,6 +687,7 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         dirty: Mutex::new(HashSet::new()),
         full_pass: Default::default(),
         capacity_pass: Default::default(),
+        backlog: Default::default(),
         slot_delta: Mutex::new(HashMap::new()),
         bids: Mutex::new(HashMap::new()),
         changed: watch::channel(0).0,

@@ -141,6 +141,9 @@ fn place_waiting(node: &Arc<Node>) -> anyhow::Result<()> {
     if room(&views) == 0 {
         return Ok(());
     }
+    // Set again by any job this pass leaves wanting (and kept if it stops
+    // before the end of the queue).
+    node.backlog.store(false, std::sync::atomic::Ordering::Relaxed);
     let filters = holds_filters(node);
     // A page at a time: the pass usually stops within the first.
     let mut seen = 0;
@@ -150,14 +153,16 @@ fn place_waiting(node: &Arc<Node>) -> anyhow::Result<()> {
         for job in page {
             plan_one(node, job, &mut views, &filters, now)?;
             if room(&views) == 0 {
+                node.backlog.store(true, std::sync::atomic::Ordering::Relaxed);
                 return Ok(());
             }
         }
         if n < WAITING_PAGE {
-            break;
+            return Ok(());
         }
         seen += n;
     }
+    node.backlog.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 
@@ -219,6 +224,13 @@ fn plan_one(
         }
     }
     let plan = placement::plan(&job, views, &execs, now, &node.placement);
+    // Left wanting: a freed slot should plan it again at once.
+    let live = execs.iter().filter(|e| e.state.is_live() || e.state.has_result()).count();
+    if plan.job.as_ref().is_none_or(|u| !u.state.is_terminal())
+        && live + plan.place.len() < job.spec.redundancy.count as usize
+    {
+        node.backlog.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     carry_out(node, job, execs, plan, views)
 }
 
@@ -691,7 +703,6 @@ fn store_receipt(node: &Node, job: &Job, voted: &[Execution], now: u64) -> anyho
     let cid = *block.cid();
     node.store.put(&block).context("cannot store the receipt")?;
     node.store.pin_add(&cid, shoal_storage::PinMode::Recursive).context("cannot pin the receipt")?;
-    node.store.flush().context("cannot store the receipt")?;
     Ok(cid)
 }
 
