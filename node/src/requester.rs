@@ -572,6 +572,7 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
     }
     let node = node.clone();
     let job_id = job.id.clone();
+    let planned = job.clone();
     tokio::spawn(async move {
         tracing::debug!(job = %job_id, %result, "agreed; fetching the result");
         let outcome = async {
@@ -582,6 +583,13 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                 .filter_map(peer_of)
                 .filter(|p| *p != node.peer)
                 .collect();
+            // The receipt, from the executions that voted, is stored before
+            // the result is pinned: one flush makes both durable.
+            let voted: Vec<Execution> =
+                execs.iter().filter(|e| agreeing.contains(&e.id) || dissenting.contains(&e.id)).cloned().collect();
+            let n = node.clone();
+            let at = node.now();
+            let receipt = tokio::task::spawn_blocking(move || put_receipt(&n, &planned, result, &voted, at)).await?;
             fetch::fetch_dag(&node.client, &node.store, result, &providers).await?;
             // How the guest did, from the agreed result itself (what the
             // nodes said beside it is not bound by their commitments).
@@ -629,11 +637,17 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                 // judges each when it commits (see `leftovers` for those
                 // that never do).
             }
-            // The receipt, stored and pinned before the job that names it.
-            let n = node.clone();
-            let (j, voted) = (job.clone(), changed.clone());
-            match tokio::task::spawn_blocking(move || store_receipt(&n, &j, &voted, now)).await? {
-                Ok(cid) => job.receipt = Some(cid),
+            // The receipt, pinned before the job that names it.
+            match receipt {
+                Ok(cid) => {
+                    let st = node.store.clone();
+                    match tokio::task::spawn_blocking(move || st.pin_add(&cid, shoal_storage::PinMode::Recursive))
+                        .await?
+                    {
+                        Ok(()) => job.receipt = Some(cid),
+                        Err(e) => tracing::warn!("job {job_id} completes without a receipt: cannot pin {cid}: {e}"),
+                    }
+                }
                 Err(e) => tracing::warn!("job {job_id} completes without a receipt: {}", crate::message(&e)),
             }
             node.db().apply_with_stats(&job, &changed, &stats)?;
@@ -656,12 +670,11 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
     });
 }
 
-/// Builds the receipt of `job`, completed with the executions that voted
-/// (agreed or dissented), signs it with this node's key, and stores and
-/// pins it as one raw block; returns its CID.
-fn store_receipt(node: &Node, job: &Job, voted: &[Execution], now: u64) -> anyhow::Result<Cid> {
+/// Builds the receipt of `job`, completed with `result` by the executions
+/// that voted (agreed or dissented), signs it with this node's key and
+/// stores it as one raw block, not yet pinned; returns its CID.
+fn put_receipt(node: &Node, job: &Job, result: Cid, voted: &[Execution], now: u64) -> anyhow::Result<Cid> {
     use anyhow::Context as _;
-    let result = job.result.context("the job has no result")?;
     let job_cid = receipt::job_cid(&job.spec);
     let mut executions = Vec::new();
     for e in voted {
@@ -702,7 +715,6 @@ fn store_receipt(node: &Node, job: &Job, voted: &[Execution], now: u64) -> anyho
     let block = shoal_storage::Block::new(shoal_storage::CidVersion::V1, shoal_storage::block::RAW, bytes);
     let cid = *block.cid();
     node.store.put(&block).context("cannot store the receipt")?;
-    node.store.pin_add(&cid, shoal_storage::PinMode::Recursive).context("cannot pin the receipt")?;
     Ok(cid)
 }
 
