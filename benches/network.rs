@@ -212,6 +212,22 @@ fn latency(root: &Path, quick: bool) {
         wait(&a, &n0.api, &id);
         run.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    // Verifying a redundancy-3 receipt offline (per execution that voted:
+    // two node signatures and a commitment opened; and the requester's
+    // signature).
+    let v = wait(&a, &n0.api, &first);
+    let receipt = v["job"]["receipt"].as_str().unwrap().to_owned();
+    let mut r = a.get(format!("{}/v1/cat/{receipt}", n0.api)).call().unwrap();
+    let bytes = r.body_mut().read_to_vec().unwrap();
+    let cid: shoal_storage::Cid = receipt.parse().unwrap();
+    let n = if quick { 100 } else { 2000 };
+    let t = Instant::now();
+    for _ in 0..n {
+        shoal_scheduler::receipt::verify(&bytes, Some(&cid), None).unwrap();
+    }
+    let per = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let execs = serde_json::from_slice::<Value>(&bytes).unwrap()["executions"].as_array().map_or(0, Vec::len);
+    println!("  receipt verification ({execs} executions, {} bytes): {per:.0} us each", bytes.len());
     let (hit, run) = (median(hit), median(run));
     println!(
         "  result cache, median of {rounds}: a cache hit (receipt verified) {hit:.2} ms, the same redundancy-3 job run \
