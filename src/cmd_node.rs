@@ -46,6 +46,10 @@ pub struct NodeArgs {
     /// correct but slow; off by default.
     #[arg(long)]
     pub allow_software_gpu: bool,
+    /// Run executions only for this requester (its peer id). Repeatable, at
+    /// most 64; by default the node works for any requester.
+    #[arg(long = "allow-requester", value_name = "PEER")]
+    pub allow_requesters: Vec<libp2p::PeerId>,
     /// Discover peers on the local network with mDNS (off by default).
     #[arg(long)]
     pub mdns: bool,
@@ -85,6 +89,7 @@ impl NodeArgs {
             slots: self.slots,
             gpu: self.gpu == GpuUse::Auto,
             allow_software_gpu: self.allow_software_gpu,
+            allow_requesters: self.allow_requesters.clone(),
             api_token: if needs_token { Some(shoal_node::load_token(home)?) } else { None },
             api_hosts: self.api_hosts.clone(),
             network: shoal_scheduler::net::Config { mdns: self.mdns, ..Default::default() },

@@ -1357,6 +1357,7 @@ fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
                 gpu: None,
             },
             api: None,
+            allow: Vec::new(),
             holds: None,
         };
         let mut set = tokio::task::JoinSet::new();
@@ -1581,4 +1582,43 @@ fn an_identical_job_completes_from_the_cache_of_receipts() {
     assert!(ran["job"]["cached"].is_null(), "a forged receipt was trusted: {ran}");
     assert_eq!(ran["executions"].as_array().unwrap().len(), 1, "{ran}");
     assert_eq!(ran["job"]["result"], first["job"]["result"]);
+}
+
+/// A compute node started with `--allow-requester` works only for the
+/// requesters it names: it announces so, others never place work on it
+/// (their submissions say how many nodes could run the job), and it would
+/// decline their bids anyway.
+#[test]
+fn a_node_that_allows_other_requesters_only_is_never_asked() {
+    let mut net = Net::new();
+    net.add("requester", &["--no-compute", "--label", "name=requester"]);
+    let stranger = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+    net.add("closed", &["--allow-requester", stranger, "--label", "name=closed"]);
+    net.add("open", &["--label", "name=open"]);
+    wait_for_nodes(&net.nodes[0], 3);
+    let (closed, open) = (net.nodes[1].id(), net.nodes[2].id());
+    // Give the requester an announcement from each.
+    eventually(30, "the closed node's announcement", || {
+        let v = get(&format!("{}/v1/nodes", net.nodes[0].api)).1;
+        let n = v["nodes"].as_array()?.iter().find(|n| n["node"]["id"] == Value::String(closed.clone()))?.clone();
+        (n["node"]["compute"] == Value::Bool(false)).then_some(())
+    });
+    for i in 0..4 {
+        let o = cli(
+            &net.nodes[0],
+            &net.home("cli"),
+            &["submit", "--wait", "-q", sample("hello").to_str().unwrap(), "--", &format!("allow-{i}")],
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let j = job(&net.nodes[0], &last_completed(&net.nodes[0]));
+        assert!(j["executions"].as_array().unwrap().iter().all(|e| e["node"] == Value::String(open.clone())), "{j}");
+    }
+    // A job only the closed node could run: the submission says no node can.
+    let o = cli(
+        &net.nodes[0],
+        &net.home("cli"),
+        &["submit", "--constraint", "name=closed", sample("hello").to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("only 0 node(s)"), "{}", text(&o.stderr));
 }

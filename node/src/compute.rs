@@ -117,6 +117,8 @@ pub struct Compute {
     #[cfg_attr(not(debug_assertions), allow(dead_code))]
     misbehave: Option<Misbehave>,
     counter: std::sync::atomic::AtomicU64,
+    /// The requesters it works for; empty: any.
+    pub allow: Vec<PeerId>,
 }
 
 /// Total memory of this machine in bytes (0 if unknown). Read once: it is
@@ -215,6 +217,7 @@ impl Compute {
             scratch,
             misbehave,
             counter: Default::default(),
+            allow: Vec::new(),
         })
     }
 
@@ -337,6 +340,12 @@ impl Compute {
             Err(e) => return Response::Bid { accepted: false, reason: Some(format!("bad spec: {e}")) },
         };
         let reject = |reason: String| Response::Bid { accepted: false, reason: Some(reason) };
+        if !self.allow.is_empty() && !self.allow.contains(&peer) {
+            return reject(format!(
+                "this node runs executions only for the requesters its operator allows (--allow-requester), and {peer} \
+                 is not one of them"
+            ));
+        }
         if spec.resources.gpu && self.gpu.is_none() {
             return reject("this node has no gpu".into());
         }

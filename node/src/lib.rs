@@ -70,6 +70,10 @@ pub struct Config {
     pub gpu: bool,
     /// Count a software Vulkan device (lavapipe) as a GPU (default false).
     pub allow_software_gpu: bool,
+    /// The requesters this node runs executions for (at most
+    /// [`MAX_ALLOWED_REQUESTERS`]); empty (the default): any. Announced,
+    /// so that other requesters do not ask.
+    pub allow_requesters: Vec<PeerId>,
     /// How often the node announces itself (default 1 s). Peers count a
     /// node gone after the placement's node ttl without one.
     pub announce_every: Duration,
@@ -100,6 +104,7 @@ impl Default for Config {
             slots: 4,
             gpu: true,
             allow_software_gpu: false,
+            allow_requesters: Vec::new(),
             announce_every: Duration::from_secs(1),
             holds_refresh: HOLDS_REFRESH,
             api_token: None,
@@ -187,6 +192,9 @@ pub struct View {
 /// answered in milliseconds; one whose answer is lost would otherwise make
 /// its node look full until the request times out, 30 s).
 pub const BID_ROOM_HOLD: Duration = Duration::from_secs(2);
+
+/// Most requesters a node's allow-list names (each is announced).
+pub const MAX_ALLOWED_REQUESTERS: usize = 64;
 
 /// How a "busy" answer begins (the asker tries again later).
 pub const BUSY: &str = "node busy";
@@ -397,6 +405,7 @@ impl Node {
                 gpu,
             },
             api: self.api_url.get().cloned(),
+            allow: self.compute.as_ref().map(|c| c.allow.iter().map(PeerId::to_string).collect()).unwrap_or_default(),
             holds: self.holds.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(hex, _)| hex.clone()),
         }
     }
@@ -661,8 +670,16 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
     let listen = client.listen(config.listen.clone()).await?;
     let peer = client.local_peer_id();
     let (compute, recovery) = if config.compute {
-        let c = compute::Compute::new(&home, config.slots, config.misbehave(), config.gpu, config.allow_software_gpu)
-            .map_err(|e| Error::Compute(message(&e)))?;
+        if config.allow_requesters.len() > MAX_ALLOWED_REQUESTERS {
+            return Err(Error::Compute(format!(
+                "{} requesters allowed: at most {MAX_ALLOWED_REQUESTERS}",
+                config.allow_requesters.len()
+            )));
+        }
+        let mut c =
+            compute::Compute::new(&home, config.slots, config.misbehave(), config.gpu, config.allow_software_gpu)
+                .map_err(|e| Error::Compute(message(&e)))?;
+        c.allow = config.allow_requesters.clone();
         // What an earlier process on this home had taken on (read once,
         // at start, before the node serves anything).
         let journal = db.journal()?;

@@ -70,9 +70,15 @@ pub fn views(node: &Node) -> Vec<NodeView> {
         Default::default()
     });
     let mut out = Vec::new();
+    let me = node.peer.to_string();
     let mut push =
         |id: String, a: &shoal_scheduler::net::proto::Announcement, seen: u64, connected: bool, delta: i64| {
             let mut capacity = a.capacity.clone();
+            // A node that works only for other requesters computes
+            // nothing for this one.
+            if !a.allow.is_empty() && !a.allow.contains(&me) {
+                capacity.compute = false;
+            }
             // The slots it has now, as far as this requester knows.
             capacity.slots_free = (i64::from(a.slots_free) + delta).clamp(0, i64::from(a.slots_total)) as u32;
             out.push(NodeView {

@@ -593,6 +593,7 @@ mod tests {
                 gpu: None,
             },
             api: None,
+            allow: Vec::new(),
             // A full-size filter still fits the gossip size cap.
             holds: Some(crate::holds::Holds::of(&[]).to_hex()),
         };

@@ -180,6 +180,9 @@ pub struct Announcement {
     pub capacity: crate::model::Capacity,
     /// The node's HTTP API, if it serves one (for `shoal nodes`).
     pub api: Option<String>,
+    /// The only requesters it runs executions for (peer ids); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
     /// The roots it holds whole, as a hex Bloom filter
     /// ([`crate::holds::Holds`]); absent from nodes that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
