@@ -23,19 +23,9 @@ pub fn error(ctx: &Ctx, e: &anyhow::Error) {
 }
 
 /// The error and its causes in one line, `outer: inner: …`, leaving out a
-/// cause whose text the line already holds: library errors name their
-/// cause in their own message (so they read well alone) and also return
-/// it as their source, which would print the OS error twice.
+/// cause whose text the line already holds (see [`shoal_node::message`]).
 pub fn message(e: &anyhow::Error) -> String {
-    let mut msg = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !msg.to_lowercase().contains(&c.to_lowercase()) {
-            msg.push_str(": ");
-            msg.push_str(&c);
-        }
-    }
-    msg
+    shoal_node::message(e)
 }
 
 #[cfg(test)]

@@ -24,6 +24,20 @@ fn sample(name: &str) -> PathBuf {
     root().join("samples/build").join(format!("{name}.wasm"))
 }
 
+/// `n` pseudo-random bytes (xorshift64 from `seed`): data that neither
+/// deduplicates nor compresses.
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 fn texts() -> PathBuf {
     root().join("samples/data/texts")
 }
@@ -1035,15 +1049,7 @@ fn bodies_and_car_exports_are_bounded_per_route() {
     // A spec is at most 1 MiB; an upload may be far larger.
     // Random bytes (xorshift): no two chunks alike, so the dag is as big
     // as the file.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let big: Vec<u8> = (0..64u32 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = random_bytes(64 << 20, 0x9e37_79b9_7f4a_7c15);
     // Refused once the limit is read past: the server answers and closes
     // while the client may still be sending, so the body goes from its own
     // thread, whose write may fail, and the answer is read here.
@@ -1278,15 +1284,7 @@ fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
     let n = &net.nodes[0];
     let pid = n.child.id();
     // Data worth exporting: 16 MiB that does not deduplicate.
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let data: Vec<u8> = (0..16u32 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = random_bytes(16 << 20, 0x2545_f491_4f6c_dd1d);
     let mut r = agent()
         .post(format!("{}/v1/files?name=data.bin", n.api))
         .header("X-Shoal-Request", "1")
@@ -1455,15 +1453,7 @@ fn a_large_random_input_moves_between_nodes_whole() {
     net.add("worker", &[]);
     wait_for_nodes(&net.nodes[0], 2);
     let n = &net.nodes[0];
-    let mut x = 0x0123_4567_89ab_cdefu64;
-    let data: Vec<u8> = (0..12u32 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = random_bytes(12 << 20, 0x0123_4567_89ab_cdef);
     let file = net.home("data.bin");
     std::fs::write(&file, &data).unwrap();
     let upload = |bytes: &[u8], name: &str| -> String {

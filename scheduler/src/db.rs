@@ -534,17 +534,9 @@ impl Db {
     /// node's track record in the same transaction: a judgement is
     /// counted once, with the state it judges, or not at all.
     pub fn update_execution_judged(&self, e: &Execution, from: ExecState, delta: NodeStats) -> Result<bool, Error> {
-        let sql = format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1 AND state = ?20");
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(self.err("cannot begin"))?;
-        let p = exec_params(e);
-        let mut params: Vec<&dyn rusqlite::ToSql> = p.iter().map(|b| b.as_ref() as &dyn rusqlite::ToSql).collect();
-        let from = from.as_str();
-        params.push(&from);
-        let n = tx
-            .prepare_cached(&sql)
-            .and_then(|mut st| st.execute(params.as_slice()))
-            .map_err(self.err("cannot update execution"))?;
+        let n = update_exec_from(&tx, e, from).map_err(self.err("cannot update execution"))?;
         if n == 1 && delta != NodeStats::default() {
             *self.stats_cache() = None;
             bump(&tx, &e.node, delta).map_err(self.err("cannot update node stats"))?;
@@ -791,18 +783,10 @@ impl Db {
         if step.is_empty() {
             return Ok(true);
         }
-        let sql = format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1 AND state = ?20");
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(self.err("cannot begin"))?;
         for (e, from) in &step.ended {
-            let p = exec_params(e);
-            let mut params: Vec<&dyn rusqlite::ToSql> = p.iter().map(|b| b.as_ref() as &dyn rusqlite::ToSql).collect();
-            let from = from.as_str();
-            params.push(&from);
-            let n = tx
-                .prepare_cached(&sql)
-                .and_then(|mut st| st.execute(params.as_slice()))
-                .map_err(self.err("cannot update execution"))?;
+            let n = update_exec_from(&tx, e, *from).map_err(self.err("cannot update execution"))?;
             if n != 1 {
                 // Dropping the transaction rolls back what it wrote.
                 return Ok(false);
@@ -964,6 +948,17 @@ const EXEC_SET: &str = "job = ?2, node = ?3, state = ?4, created_ms = ?5, update
                         commitment = ?8, result = ?9, error = ?10, stdout = ?11, stderr = ?12, exit_code = ?13, \
                         extra = ?14, nonce = ?15, meta = ?16, boot = ?17, commit_signature = ?18, \
                         reveal_signature = ?19";
+
+/// Overwrites `e` only if its stored state is still `from`; the rows
+/// written (0 or 1).
+fn update_exec_from(conn: &Connection, e: &Execution, from: ExecState) -> rusqlite::Result<usize> {
+    let sql = format!("UPDATE executions SET {EXEC_SET} WHERE id = ?1 AND state = ?20");
+    let p = exec_params(e);
+    let mut params: Vec<&dyn rusqlite::ToSql> = p.iter().map(|b| b.as_ref() as &dyn rusqlite::ToSql).collect();
+    let from = from.as_str();
+    params.push(&from);
+    conn.prepare_cached(&sql).and_then(|mut st| st.execute(params.as_slice()))
+}
 
 fn write_exec(conn: &Connection, e: &Execution, insert: bool) -> rusqlite::Result<()> {
     let sql = if insert {
