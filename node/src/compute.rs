@@ -255,7 +255,10 @@ impl Compute {
                 Some(d) if fetch::held(store, &d.result) => {
                     let order = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let commitment = commit::commitment(&d.result, &d.nonce);
-                    out.committed.push((requester, entry.exec.clone(), job, commitment, d.exit_code));
+                    // Revealed ones were heard: answered for, not reported.
+                    if !entry.revealed {
+                        out.committed.push((requester, entry.exec.clone(), job, commitment, d.exit_code));
+                    }
                     execs.insert(
                         entry.exec,
                         Slot {
@@ -306,7 +309,18 @@ impl Compute {
     pub async fn handle(self: &Arc<Self>, node: &Arc<Node>, peer: PeerId, request: Request) -> Response {
         match request {
             Request::Bid { exec, spec, .. } => self.bid(node, peer, exec, &spec),
-            Request::Reveal { exec } => self.reveal(node, peer, &exec),
+            Request::Reveal { exec } => {
+                let answer = self.reveal(node, peer, &exec);
+                if matches!(answer, Response::Revealed { .. }) {
+                    let n = node.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = n.db().journal_revealed(&[exec]) {
+                            tracing::warn!("cannot update the execution journal: {e}");
+                        }
+                    });
+                }
+                answer
+            }
             Request::Cancel { exec } => {
                 let mut execs = self.lock();
                 match execs.get_mut(&exec) {
@@ -473,6 +487,7 @@ impl Compute {
                 requester: peer.to_string(),
                 job: String::new(),
                 seq: 0,
+                revealed: false,
                 done: Some(Committed {
                     result,
                     nonce,
@@ -579,7 +594,8 @@ async fn run_execution(
     // blocking thread, and no question to the network.
     let (st, sc, run) = (store.clone(), scratch.clone(), runner.clone());
     let (seq, job) = c.lock().get(exec).map_or((0, String::new()), |s| (s.order, s.job.to_string()));
-    let running = JournalEntry { exec: exec.to_owned(), requester: requester.to_string(), job, seq, done: None };
+    let running =
+        JournalEntry { exec: exec.to_owned(), requester: requester.to_string(), job, seq, done: None, revealed: false };
     let n = node.clone();
     let first = tokio::task::spawn_blocking(move || {
         // Journalled before anything runs, so that a restarted node tells

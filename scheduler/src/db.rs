@@ -143,7 +143,7 @@ CREATE TRIGGER IF NOT EXISTS exec_timeline_update AFTER UPDATE OF state ON execu
     INSERT INTO exec_events (exec, state, ms) VALUES (new.id, new.state, new.updated_ms);
 END;
 CREATE TABLE IF NOT EXISTS journal (exec TEXT PRIMARY KEY, requester TEXT NOT NULL, job TEXT NOT NULL, seq INTEGER NOT NULL,
-    result TEXT, nonce BLOB, exit_code INTEGER, stdout TEXT, stderr TEXT, meta TEXT);";
+    result TEXT, nonce BLOB, exit_code INTEGER, stdout TEXT, stderr TEXT, meta TEXT, revealed INTEGER NOT NULL DEFAULT 0);";
 
 /// Most executions a compute node's journal keeps: past it the oldest
 /// finished ones are forgotten (as the compute side forgets them).
@@ -182,6 +182,8 @@ pub struct JournalEntry {
     pub job: String,
     /// Order of acceptance (older first).
     pub seq: u64,
+    /// Its reveal was asked for (and answered) at least once.
+    pub revealed: bool,
     /// What it committed to: `None` while it runs.
     pub done: Option<Committed>,
 }
@@ -633,8 +635,9 @@ impl Db {
                 None => None,
             };
             tx.execute(
-                "INSERT OR REPLACE INTO journal (exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta, \
-                 job) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO journal (exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta, job) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (exec) DO UPDATE SET requester = ?2, seq = ?3, \
+                 result = ?4, nonce = ?5, exit_code = ?6, stdout = ?7, stderr = ?8, meta = ?9, job = ?10",
                 rusqlite::params![
                     e.exec,
                     e.requester,
@@ -660,6 +663,18 @@ impl Db {
         tx.commit().map_err(self.err("cannot commit a journal write"))
     }
 
+    /// Marks executions revealed: after a restart they are answered for
+    /// (reveals asked again) but not reported again.
+    pub fn journal_revealed(&self, execs: &[String]) -> Result<(), Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err("cannot begin a journal write"))?;
+        for e in execs {
+            tx.execute("UPDATE journal SET revealed = 1 WHERE exec = ?1", [e])
+                .map_err(self.err("cannot write the journal"))?;
+        }
+        tx.commit().map_err(self.err("cannot commit a journal write"))
+    }
+
     /// Forgets executions (cancelled, evicted, or cleaned up after a
     /// restart).
     pub fn journal_remove(&self, execs: &[String]) -> Result<(), Error> {
@@ -677,8 +692,8 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta, job FROM journal \
-                 ORDER BY seq",
+                "SELECT exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta, job, revealed FROM \
+                 journal ORDER BY seq",
             )
             .map_err(self.err("cannot read the journal"))?;
         type JRow = (
@@ -692,6 +707,7 @@ impl Db {
             Option<String>,
             Option<String>,
             String,
+            bool,
         );
         let rows: Vec<JRow> = stmt
             .query_map([], |r| {
@@ -706,6 +722,7 @@ impl Db {
                     r.get(7)?,
                     r.get(8)?,
                     r.get(9)?,
+                    r.get(10)?,
                 ))
             })
             .and_then(|rows| rows.collect())
@@ -717,7 +734,7 @@ impl Db {
         };
         Ok(rows
             .into_iter()
-            .map(|(exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta, job)| {
+            .map(|(exec, requester, seq, result, nonce, exit_code, stdout, stderr, meta, job, revealed)| {
                 let done = match result {
                     None => None,
                     Some(result) => {
@@ -743,7 +760,7 @@ impl Db {
                         }
                     }
                 };
-                Ok(JournalEntry { exec, requester, job, seq: seq as u64, done })
+                Ok(JournalEntry { exec, requester, job, seq: seq as u64, done, revealed })
             })
             .collect())
     }
@@ -1550,6 +1567,7 @@ mod tests {
             job: "bafkjob".into(),
             seq: n,
             done: None,
+            revealed: false,
         };
         let done = |n: u64| JournalEntry {
             done: Some(Committed {
@@ -1570,6 +1588,11 @@ mod tests {
         let db = Db::open(&path).unwrap();
         let all: Vec<JournalEntry> = db.journal().unwrap().into_iter().map(|r| r.unwrap()).collect();
         assert_eq!(all, vec![done(1), running(2)]);
+        // Revealed (even before its commitment was journalled) stays so.
+        db.journal_revealed(&["e-2".into()]).unwrap();
+        db.journal_put(&[done(2)]).unwrap();
+        let two = db.journal().unwrap().into_iter().map(|r| r.unwrap()).find(|e| e.exec == "e-2").unwrap();
+        assert!(two.revealed && two.done.is_some(), "{two:?}");
         db.journal_remove(&["e-2".into()]).unwrap();
         assert_eq!(db.journal().unwrap().len(), 1);
         // Past the bound the oldest finished entries go.
