@@ -2,6 +2,8 @@
 //! every kind of bad input: each must fail with a clear message and leave
 //! the store consistent.
 
+mod common;
+use common::random_bytes;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -35,18 +37,6 @@ fn fails(home: &Path, args: &[&str]) -> String {
     err
 }
 
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn add_cat_get_ls_roundtrip_and_json() {
     let t = tempfile::tempdir().unwrap();
@@ -54,7 +44,7 @@ fn add_cat_get_ls_roundtrip_and_json() {
     let data = t.path().join("data");
     fs::create_dir_all(data.join("sub")).unwrap();
     fs::write(data.join("a.txt"), b"hello world\n").unwrap();
-    fs::write(data.join("sub/b.bin"), random(600_000, 3)).unwrap();
+    fs::write(data.join("sub/b.bin"), random_bytes(600_000, 3)).unwrap();
     let out = ok(&home, &["add", data.to_str().unwrap()]);
     let root = out.lines().last().unwrap().split_whitespace().nth(1).unwrap().to_string();
     assert_eq!(
@@ -66,7 +56,7 @@ fn add_cat_get_ls_roundtrip_and_json() {
     assert!(ls.contains(" a.txt") && ls.contains(" sub"), "{ls}");
     let dest = t.path().join("out");
     ok(&home, &["get", &root, "-o", dest.to_str().unwrap()]);
-    assert_eq!(fs::read(dest.join("sub/b.bin")).unwrap(), random(600_000, 3));
+    assert_eq!(fs::read(dest.join("sub/b.bin")).unwrap(), random_bytes(600_000, 3));
     // get never overwrites.
     let err = fails(&home, &["get", &root, "-o", dest.to_str().unwrap()]);
     assert!(err.contains("already exists"), "{err}");
@@ -122,7 +112,7 @@ fn corrupt_blocks_are_detected_and_never_served() {
     let t = tempfile::tempdir().unwrap();
     let home = t.path().join("home");
     let f = t.path().join("f");
-    fs::write(&f, random(300_000, 5)).unwrap();
+    fs::write(&f, random_bytes(300_000, 5)).unwrap();
     let cid = ok(&home, &["add", "-q", "--cid-version", "1", f.to_str().unwrap()]).trim().to_string();
     // Damage one block in place: the middle of the only pack lies inside
     // the first chunk (262144 bytes of the 300 kB).
@@ -139,7 +129,7 @@ fn corrupt_blocks_are_detected_and_never_served() {
     // Nothing of the damaged chunk was served, neither around the flipped
     // byte nor elsewhere.
     let damaged = &bytes[middle - 32..middle + 32];
-    let chunk = &random(300_000, 5)[..262_144];
+    let chunk = &random_bytes(300_000, 5)[..262_144];
     assert!(
         !o.stdout.windows(64).any(|w| w == damaged || chunk.windows(64).any(|b| b == w)),
         "corrupt bytes were served"
@@ -162,14 +152,14 @@ fn car_files_roundtrip_and_bad_ones_are_refused() {
     let t = tempfile::tempdir().unwrap();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     let f = t.path().join("f");
-    fs::write(&f, random(900_000, 8)).unwrap();
+    fs::write(&f, random_bytes(900_000, 8)).unwrap();
     let cid = ok(&a, &["add", "-q", f.to_str().unwrap()]).trim().to_string();
     let car = t.path().join("x.car");
     ok(&a, &["car", "export", &cid, "-o", car.to_str().unwrap()]);
     let out = ok(&b, &["car", "import", car.to_str().unwrap()]);
     assert!(out.contains(&cid));
     assert!(ok(&b, &["pin", "ls"]).contains(&cid));
-    assert_eq!(shoal(&b).args(["cat", &cid]).output().unwrap().stdout, random(900_000, 8));
+    assert_eq!(shoal(&b).args(["cat", &cid]).output().unwrap().stdout, random_bytes(900_000, 8));
 
     let bytes = fs::read(&car).unwrap();
     let cut = t.path().join("cut.car");
@@ -196,7 +186,7 @@ fn concurrent_adds_of_the_same_data() {
     let t = tempfile::tempdir().unwrap();
     let home = t.path().join("home");
     let f = t.path().join("f");
-    fs::write(&f, random(3_000_000, 11)).unwrap();
+    fs::write(&f, random_bytes(3_000_000, 11)).unwrap();
     let children: Vec<_> = (0..4)
         .map(|_| shoal(&home).args(["add", "-q", f.to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap())
         .collect();
@@ -221,7 +211,7 @@ fn a_killed_import_leaves_no_pin_and_gc_cleans_up() {
     {
         let mut w = std::io::BufWriter::new(fs::File::create(&f).unwrap());
         for i in 0..768u64 {
-            std::io::Write::write_all(&mut w, &random(1 << 20, i + 1)).unwrap();
+            std::io::Write::write_all(&mut w, &random_bytes(1 << 20, i + 1)).unwrap();
         }
     }
     let mut child = shoal(&home).args(["add", "-q", f.to_str().unwrap()]).stdout(Stdio::null()).spawn().unwrap();
@@ -271,7 +261,7 @@ fn a_full_disk_fails_cleanly_and_loses_nothing() {
     let small = t.path().join("small");
     fs::write(&small, b"small file\n").unwrap();
     let big = t.path().join("big");
-    fs::write(&big, random(8 << 20, 2)).unwrap();
+    fs::write(&big, random_bytes(8 << 20, 2)).unwrap();
     let script = format!(
         r#"set -u
 mount -t tmpfs -o size=4m tmpfs {mnt} || exit 99

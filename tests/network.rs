@@ -3,6 +3,8 @@
 //! API. Includes misbehaving nodes (a liar, a crasher) and a requester
 //! killed and restarted mid-job.
 
+mod common;
+use common::random_bytes;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -22,20 +24,6 @@ fn sample(name: &str) -> PathBuf {
         assert!(st.success(), "building samples failed: run scripts/setup.sh --samples");
     });
     root().join("samples/build").join(format!("{name}.wasm"))
-}
-
-/// `n` pseudo-random bytes (xorshift64 from `seed`): data that neither
-/// deduplicates nor compresses.
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn texts() -> PathBuf {

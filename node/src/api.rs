@@ -290,10 +290,25 @@ async fn submit(
     body: String,
 ) -> Result<impl IntoResponse, ApiError> {
     let spec = Spec::from_yaml_or_json(&body).map_err(|e| bad(format!("bad job spec: {e}")))?;
-    if q.cache.unwrap_or(true) && !spec.task.nondeterministic {
+    // One indexed look; the receipts found (rarely any) are verified off
+    // the async threads.
+    let job_cid = shoal_scheduler::receipt::job_cid(&spec);
+    let candidates = match (q.cache.unwrap_or(true) && !spec.task.nondeterministic)
+        .then(|| node.db().receipts_for(&job_cid, CACHE_CANDIDATES))
+    {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            tracing::warn!("cannot look up the result cache: {e}");
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    if !candidates.is_empty() {
         let n = node.clone();
         let s = spec.clone();
-        if let Some(job) = tokio::task::spawn_blocking(move || from_cache(&n, s)).await.map_err(internal)? {
+        if let Some(job) =
+            tokio::task::spawn_blocking(move || from_cache(&n, s, job_cid, candidates)).await.map_err(internal)?
+        {
             node.db().insert_job(&job).map_err(internal)?;
             node.metrics.jobs_submitted.inc();
             node.metrics.jobs_completed.inc();
@@ -341,19 +356,11 @@ struct SubmitQuery {
 /// Receipts of earlier runs of a job looked at before it runs again.
 const CACHE_CANDIDATES: usize = 4;
 
-/// A new job completed at once from the receipt of an earlier run of the
-/// same job (same job CID, hence the same spec, quorum included), if this
-/// node holds one that verifies and whose result is still here. A receipt
+/// A new job completed at once from one of `candidates`, receipts of
+/// earlier runs of the same job (same job CID, hence the same spec, quorum
+/// included): the first that verifies and whose result is still here. A receipt
 /// that does not verify is skipped (and said so in the log): the job runs.
-fn from_cache(node: &Node, spec: Spec) -> Option<Job> {
-    let job_cid = shoal_scheduler::receipt::job_cid(&spec);
-    let candidates = match node.db().receipts_for(&job_cid, CACHE_CANDIDATES) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!("cannot look up the result cache: {e}");
-            return None;
-        }
-    };
+fn from_cache(node: &Node, spec: Spec, job_cid: Cid, candidates: Vec<Cid>) -> Option<Job> {
     for receipt in candidates {
         let verified =
             node.store.get(&receipt).map_err(|e| e.to_string()).and_then(|b| {

@@ -107,20 +107,18 @@ pub fn views(node: &Node) -> Vec<NodeView> {
 /// a repeated bid as it did the first (an execution under way stays
 /// accepted), so nothing runs twice.
 fn resume_bids(node: &Arc<Node>) -> anyhow::Result<()> {
-    for job in node.db().active_jobs()? {
-        let asked: Vec<Execution> =
-            node.db().executions(&job.id)?.into_iter().filter(|e| e.state == ExecState::BidAsked).collect();
-        if asked.is_empty() {
-            continue;
+    let mut specs: std::collections::HashMap<JobId, (String, u32)> = Default::default();
+    for e in node.db().bids_outstanding()? {
+        let Some(peer) = peer_of(&e) else { continue };
+        if !specs.contains_key(&e.job) {
+            let Some(job) = node.db().job(&e.job)? else { continue };
+            specs.insert(e.job.clone(), (serde_json::to_string(&job.spec)?, job.spec.resources.slots));
         }
-        let spec = serde_json::to_string(&job.spec)?;
-        for e in asked {
-            let Some(peer) = peer_of(&e) else { continue };
-            let (n, spec, job_id) = (node.clone(), spec.clone(), job.id.to_string());
-            tracing::debug!(job = %job.id, exec = %e.id, node = %e.node, "bid sent again after a restart");
-            node.bid_sent(e.id.as_str(), peer, i64::from(job.spec.resources.slots));
-            tokio::runtime::Handle::current().spawn(async move { bid_and_run(n, peer, e, job_id, spec).await });
-        }
+        let Some((spec, slots)) = specs.get(&e.job).cloned() else { continue };
+        tracing::debug!(job = %e.job, exec = %e.id, node = %e.node, "bid sent again after a restart");
+        node.bid_sent(e.id.as_str(), peer, i64::from(slots));
+        let (n, job_id) = (node.clone(), e.job.to_string());
+        tokio::runtime::Handle::current().spawn(async move { bid_and_run(n, peer, e, job_id, spec).await });
     }
     Ok(())
 }
@@ -898,14 +896,14 @@ pub async fn handle(node: &Arc<Node>, peer: PeerId, request: Request) -> Respons
             Err(err) => return Response::Error { message: format!("cannot record execution {id}: {err}") },
         }
         tracing::debug!(job = %e.job, exec = %id, state = %e.state, "report recorded");
+        let job = node.db().job(&e.job).ok().flatten();
         // Its slot on the node is free again.
-        let slots = node.db().job(&e.job).ok().flatten().map_or(1, |j| j.spec.resources.slots);
-        node.room_changed(peer, i64::from(slots));
-        if e.state == ExecState::Committed && matches!(node.db().job_state(&e.job), Ok(Some(JobState::Completed))) {
+        node.room_changed(peer, i64::from(job.as_ref().map_or(1, |j| j.spec.resources.slots)));
+        if let (ExecState::Committed, Some(Job { state: JobState::Completed, result: Some(agreed), .. })) =
+            (e.state, &job)
+        {
             // Left running when its job completed: judge it now.
-            if let Ok(Some(Job { result: Some(agreed), .. })) = node.db().job(&e.job) {
-                spawn_late_reveal(node, e.clone(), agreed, false);
-            }
+            spawn_late_reveal(node, e.clone(), *agreed, false);
         }
         node.notify_changed();
         node.mark(&e.job);

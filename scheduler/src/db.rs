@@ -589,6 +589,25 @@ impl Db {
     /// and revealed ones not yet judged whose job completed, oldest first,
     /// at most [`MAX_LEFTOVERS`]: those left to finish after their job
     /// completed, for the requester to judge or end.
+    /// Executions of active jobs whose bid was sent and never answered
+    /// (a restarted requester sends them again), oldest first: one query
+    /// on the executions' state index, not a walk over every job.
+    pub fn bids_outstanding(&self) -> Result<Vec<Execution>, Error> {
+        let conn = self.conn();
+        let rows = query(
+            &conn,
+            &format!(
+                "SELECT {EXEC_COLS} FROM executions WHERE state = 'bid_asked' \
+                 AND EXISTS (SELECT 1 FROM jobs WHERE jobs.id = executions.job AND jobs.state IN ('queued', 'running')) \
+                 ORDER BY created_ms, id"
+            ),
+            [],
+            raw_exec,
+        )
+        .map_err(self.err("cannot list outstanding bids"))?;
+        rows.into_iter().map(|r| r.decode().map_err(|b| self.corrupt(b))).collect()
+    }
+
     pub fn live_executions_of_ended_jobs(&self) -> Result<Vec<Execution>, Error> {
         let conn = self.conn();
         let rows = query(
@@ -886,10 +905,13 @@ fn query<T, P: rusqlite::Params>(
 }
 
 fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 14] {
+    // The job CID hashes the stored spec text: one serialisation for both.
+    let spec = job.spec.to_json();
+    let job_cid = crate::receipt::raw_cid(spec.as_bytes()).to_string();
     [
         Box::new(job.id.as_str()),
         Box::new(job.state.as_str()),
-        Box::new(job.spec.to_json()),
+        Box::new(spec),
         Box::new(job.created_ms),
         Box::new(job.updated_ms),
         Box::new(job.started_ms),
@@ -901,7 +923,7 @@ fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 14] {
         Box::new(job.receipt.map(|c| c.to_string())),
         Box::new(job.cached.map(|c| c.to_string())),
         // The job's content identity, for the result cache.
-        Box::new(crate::receipt::job_cid(&job.spec).to_string()),
+        Box::new(job_cid),
     ]
 }
 

@@ -434,8 +434,8 @@ impl Spec {
     /// sorted, every default written out: two specs that mean the same
     /// job encode the same, and parsing it back gives it again.
     pub fn canonical_json(&self) -> Vec<u8> {
-        // A tree of strings, numbers and sorted maps: cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        // The stored form ([`Spec::to_json`]) is already canonical.
+        self.to_json().into_bytes()
     }
 
     pub fn quorum(&self) -> u32 {
