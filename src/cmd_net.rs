@@ -92,7 +92,22 @@ impl Api {
     }
 
     pub fn post(&self, path: &str, body: &[u8], content_type: &str) -> anyhow::Result<Value> {
-        let req = self.authorized(self.agent.post(format!("{}{path}", self.base)).header("Content-Type", content_type));
+        self.post_signed(path, body, content_type, &[])
+    }
+
+    /// [`Api::post`] with extra headers (a submitter's signature).
+    pub fn post_signed(
+        &self,
+        path: &str,
+        body: &[u8],
+        content_type: &str,
+        headers: &[(&str, String)],
+    ) -> anyhow::Result<Value> {
+        let mut req =
+            self.authorized(self.agent.post(format!("{}{path}", self.base)).header("Content-Type", content_type));
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
         self.check(&format!("POST {path}"), req.send(body))
     }
 
@@ -446,10 +461,11 @@ pub fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let sources = resolve_sources(&mut spec, &base)?;
     let body = serde_json::to_string(&spec)?;
     // Refused here, before anything is uploaded, as the node would.
-    shoal_scheduler::spec::Spec::from_yaml_or_json(&body)?;
+    let parsed = shoal_scheduler::spec::Spec::from_yaml_or_json(&body)?;
     upload(ctx, &api, &sources)?;
     let path = if a.no_cache { "/v1/jobs?cache=false" } else { "/v1/jobs" };
-    let r = api.post(path, body.as_bytes(), "application/json")?;
+    let headers = sign(ctx, &shoal_scheduler::receipt::submit_statement, &shoal_scheduler::receipt::job_cid(&parsed))?;
+    let r = api.post_signed(path, body.as_bytes(), "application/json", &headers)?;
     let id = r.get("id").and_then(Value::as_str).context("the node returned no job id")?.to_owned();
     let warnings = r.get("warnings").cloned().unwrap_or_else(|| json!([]));
     let cached = r.get("cached").and_then(Value::as_str).map(str::to_owned);
@@ -477,6 +493,39 @@ pub fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         eprintln!("job {id} submitted; waiting");
     }
     wait_and_print(ctx, &api, &id, a.run.quiet, a.wait_timeout)
+}
+
+/// The headers of a submission signed with this client's key
+/// (`<home>/client.key`, created on first use): `statement` of `cid` now.
+pub fn sign(
+    ctx: &Ctx,
+    statement: &dyn Fn(&Cid, u64) -> Vec<u8>,
+    cid: &Cid,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let key = shoal_node::load_client_key(&ctx.home)?;
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let signature = key.sign(&statement(cid, at)).context("cannot sign the submission with the client key")?;
+    Ok(vec![
+        (shoal_node::api::SUBMITTER_HEADER, key.public().to_peer_id().to_string()),
+        (shoal_node::api::SUBMITTED_AT_HEADER, at.to_string()),
+        (shoal_node::api::SIGNATURE_HEADER, hex::encode(signature)),
+    ])
+}
+
+/// `shoal whoami`: this client's submitter key, what operators name in
+/// `--allow-submitter` and what receipts and quotas know it by.
+pub fn whoami(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let key = shoal_node::load_client_key(&ctx.home)?;
+    let id = key.public().to_peer_id().to_string();
+    if ctx.json {
+        output::json(&json!({ "submitter": id, "key_file": ctx.home.join("client.key") }))?;
+    } else {
+        println!("{id}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Put data on a node.
@@ -794,6 +843,9 @@ fn print_job(r: &Value) {
     }
     if !j["cached"].is_null() {
         println!("cached:  {} (completed from an earlier run's receipt, run nowhere)", s(j, "cached"));
+    }
+    if let Some(k) = j.pointer("/submitter/key").and_then(Value::as_str) {
+        println!("submitter: {k}");
     }
     if !j["receipt"].is_null() {
         println!("receipt: {} (check it: shoal receipt verify {})", s(j, "receipt"), s(j, "receipt"));

@@ -50,6 +50,21 @@ pub struct NodeArgs {
     /// most 64; by default the node works for any requester.
     #[arg(long = "allow-requester", value_name = "PEER")]
     pub allow_requesters: Vec<libp2p::PeerId>,
+    /// Run only jobs this submitter signed (its key, as `shoal whoami`
+    /// prints it). Repeatable, at most 64; by default the node runs
+    /// anyone's jobs, anonymous ones included.
+    #[arg(long = "allow-submitter", value_name = "KEY")]
+    pub allow_submitters: Vec<libp2p::PeerId>,
+    /// As a requester: the most unfinished jobs one submitter may hold
+    /// here (anonymous submissions count as one submitter); more are
+    /// refused with 429. Default: no limit.
+    #[arg(long, value_name = "N")]
+    pub quota_jobs: Option<u32>,
+    /// As a requester: the most executions one submitter's jobs may have
+    /// asking for or holding a slot at once; its other jobs wait. Default:
+    /// no limit.
+    #[arg(long, value_name = "N")]
+    pub quota_executions: Option<u32>,
     /// Discover peers on the local network with mDNS (off by default).
     #[arg(long)]
     pub mdns: bool,
@@ -90,6 +105,8 @@ impl NodeArgs {
             gpu: self.gpu == GpuUse::Auto,
             allow_software_gpu: self.allow_software_gpu,
             allow_requesters: self.allow_requesters.clone(),
+            allow_submitters: self.allow_submitters.clone(),
+            quotas: shoal_node::Quotas { jobs: self.quota_jobs, executions: self.quota_executions },
             api_token: if needs_token { Some(shoal_node::load_token(home)?) } else { None },
             api_hosts: self.api_hosts.clone(),
             network: shoal_scheduler::net::Config { mdns: self.mdns, ..Default::default() },

@@ -64,17 +64,27 @@ fn verify(ctx: &Ctx, cid: Cid, trust_keys: Option<PathBuf>) -> anyhow::Result<Ex
             "receipt": cid.to_string(),
             "verified": true,
             "job_cid": v.job_cid.to_string(),
-            "result": v.result.to_string(),
+            "result": v.result.map(|c| c.to_string()),
+            "failure": v.failure,
+            "submitter": v.submitter,
             "quorum": v.quorum,
             "attested_by": v.attested_by,
         }))?;
     } else {
         println!("receipt {cid} verified");
         println!("job cid: {}", v.job_cid);
-        println!("result:  {}", v.result);
-        println!("attested by {} distinct node key(s), quorum {}:", v.attested_by.len(), v.quorum);
-        for k in &v.attested_by {
-            println!("  {k}");
+        match (&v.result, &v.failure) {
+            (Some(r), _) => println!("result:  {r}"),
+            (None, f) => println!("failed:  {}", f.as_deref().unwrap_or_default()),
+        }
+        if let Some(s) = &v.submitter {
+            println!("submitted by {s}");
+        }
+        if v.result.is_some() {
+            println!("attested by {} distinct node key(s), quorum {}:", v.attested_by.len(), v.quorum);
+            for k in &v.attested_by {
+                println!("  {k}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -78,6 +78,10 @@ enum Command {
     /// Put a CID from the local store, or a local file or directory, on a
     /// node (--node), pinned there.
     Push(cmd_net::PushArgs),
+    /// Print this client's submitter key (created in <home>/client.key on
+    /// first use): what `shoal submit` signs with, and what an operator
+    /// names in `shoal node --allow-submitter`.
+    Whoami,
     /// Verify a completed job's signed receipt, offline.
     #[command(subcommand)]
     Receipt(cmd_receipt::ReceiptCmd),
@@ -142,6 +146,7 @@ fn main() -> ExitCode {
         Command::Nodes => cmd_net::nodes(&ctx),
         Command::Push(a) => cmd_net::push(&ctx, a),
         Command::Receipt(c) => cmd_receipt::receipt(&ctx, c),
+        Command::Whoami => cmd_net::whoami(&ctx),
     };
     match res {
         Ok(code) => code,

@@ -1341,6 +1341,7 @@ fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
                 memory_bytes: 1 << 40,
                 labels: Default::default(),
                 gpu: None,
+                submitters: Vec::new(),
             },
             api: None,
             allow: Vec::new(),
@@ -1369,7 +1370,12 @@ fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
                     let request = match i % 3 {
                         0 => proto::Request::Commit { exec, commitment: [7; 32], exit_code: 0, signature: "00".into() },
                         1 => proto::Request::Reveal { exec },
-                        _ => proto::Request::Bid { job: "j-flood".into(), exec, spec: "{not a spec".into() },
+                        _ => proto::Request::Bid {
+                            job: "j-flood".into(),
+                            exec,
+                            spec: "{not a spec".into(),
+                            submitter: None,
+                        },
                     };
                     match c.request(target_id, request).await {
                         Ok(proto::Response::Error { message }) if message.starts_with("node busy") => busy += 1,

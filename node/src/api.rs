@@ -283,38 +283,121 @@ fn parse_id(id: &str) -> Result<JobId, ApiError> {
 /// refuses the job at once (422), naming it, instead of failing its
 /// executions one node after another. The answer warns when fewer nodes
 /// than `redundancy.count` could run the job.
-#[utoipa::path(post, path = "/v1/jobs", params(("cache" = Option<bool>, Query, description = "answer from the receipt of an earlier run of the same job, if this node has one (default true; deterministic jobs only)")), request_body(content((Spec = "application/json"), (Spec = "application/yaml")), description = "a job spec (docs/job-spec.md), as JSON or YAML"), responses((status = 201, body = Submitted), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 415, description = "not a json/yaml/car content type and no X-Shoal-Request header", body = ErrorBody), (status = 422, description = "data found nowhere, or inputs that cannot be mounted", body = ErrorBody), (status = 503, description = "too many unfinished jobs", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/jobs", params(("cache" = Option<bool>, Query, description = "answer from the receipt of an earlier run of the same job, if this node has one (default true; deterministic jobs only)"), ("x-shoal-submitter" = Option<String>, Header, description = "the submitter's key (peer id); with the next two, a signed submission"), ("x-shoal-submitted-at" = Option<u64>, Header, description = "when it signed, ms since the Unix epoch (within 10 minutes of the node's clock)"), ("x-shoal-signature" = Option<String>, Header, description = "hex ed25519 signature of \"shoal-submit/1\\n<job cid>\\n<submitted-at>\"")), request_body(content((Spec = "application/json"), (Spec = "application/yaml")), description = "a job spec (docs/job-spec.md), as JSON or YAML"), responses((status = 201, body = Submitted), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused, or a submitter signature that does not verify or is too old", body = ErrorBody), (status = 413, description = "body too large", body = ErrorBody), (status = 415, description = "not a json/yaml/car content type and no X-Shoal-Request header", body = ErrorBody), (status = 422, description = "data found nowhere, or inputs that cannot be mounted", body = ErrorBody), (status = 429, description = "the submitter's quota of unfinished jobs is used up", body = ErrorBody), (status = 503, description = "too many unfinished jobs", body = ErrorBody)))]
 async fn submit(
     State(node): State<Shared>,
     Query(q): Query<SubmitQuery>,
+    headers: axum::http::HeaderMap,
     body: String,
 ) -> Result<impl IntoResponse, ApiError> {
     let spec = Spec::from_yaml_or_json(&body).map_err(|e| bad(format!("bad job spec: {e}")))?;
+    let job_cid = shoal_scheduler::receipt::job_cid(&spec);
+    let submitter = submitter_of(&node, &headers, &shoal_scheduler::receipt::submit_statement, &job_cid)?;
+    let submitted = enqueue(&node, spec, job_cid, q.cache.unwrap_or(true), submitter).await?;
+    Ok((StatusCode::CREATED, Json(submitted)))
+}
+
+/// The header naming the submitter's key (a peer id).
+pub const SUBMITTER_HEADER: &str = "x-shoal-submitter";
+/// The header with the time the submitter signed (ms since the Unix epoch).
+pub const SUBMITTED_AT_HEADER: &str = "x-shoal-submitted-at";
+/// The header with the submitter's signature (hex) of
+/// [`shoal_scheduler::receipt::submit_statement`].
+pub const SIGNATURE_HEADER: &str = "x-shoal-signature";
+/// How far a signed submission's time may be from this node's clock: a
+/// signature captured (from a receipt, say) cannot be replayed later.
+pub const MAX_SUBMIT_SKEW: Duration = Duration::from_secs(10 * 60);
+
+/// The submission's signed submitter, if it carries one: the three headers
+/// together, the signature checked over `statement(cid, at)`, the time
+/// within [`MAX_SUBMIT_SKEW`]. A submission without them is anonymous.
+fn submitter_of(
+    node: &Node,
+    headers: &axum::http::HeaderMap,
+    statement: &dyn Fn(&Cid, u64) -> Vec<u8>,
+    cid: &Cid,
+) -> Result<Option<shoal_scheduler::model::Submitter>, ApiError> {
+    let get = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or_default().trim().to_owned());
+    let (key, at, signature) = match (get(SUBMITTER_HEADER), get(SUBMITTED_AT_HEADER), get(SIGNATURE_HEADER)) {
+        (None, None, None) => return Ok(None),
+        (Some(k), Some(a), Some(s)) => (k, a, s),
+        _ => {
+            return Err(bad(format!(
+                "a signed submission needs all three headers {SUBMITTER_HEADER}, {SUBMITTED_AT_HEADER} and \
+                 {SIGNATURE_HEADER}; send all or none"
+            )))
+        }
+    };
+    let forbidden = |m: String| ApiError(StatusCode::FORBIDDEN, m);
+    let peer: libp2p::PeerId =
+        key.parse().map_err(|_| bad(format!("{SUBMITTER_HEADER}: {key:?} is not a key id (12D3KooW…)")))?;
+    let at_ms: u64 =
+        at.parse().map_err(|_| bad(format!("{SUBMITTED_AT_HEADER}: {at:?} is not a time in ms since the epoch")))?;
+    let now = node.now();
+    let skew = u64::try_from(MAX_SUBMIT_SKEW.as_millis()).unwrap_or(u64::MAX);
+    if now.abs_diff(at_ms) > skew {
+        return Err(forbidden(format!(
+            "the submission was signed at {at_ms} ms, {} s from this node's clock (at most {} s): check the clocks, \
+             and sign each submission when sending it",
+            now.abs_diff(at_ms) / 1000,
+            MAX_SUBMIT_SKEW.as_secs()
+        )));
+    }
+    if !shoal_scheduler::receipt::signed_by(&peer, &statement(cid, at_ms), &signature) {
+        return Err(forbidden(format!(
+            "the signature in {SIGNATURE_HEADER} is not {key}'s signature of {cid} at {at_ms}: refused"
+        )));
+    }
+    Ok(Some(shoal_scheduler::model::Submitter { key, at_ms, signature, pipeline: None }))
+}
+
+/// Queues a job (or completes it from the cache): what a submission does
+/// once its spec and submitter are known. Pipelines queue their steps
+/// through it too.
+pub(crate) async fn enqueue(
+    node: &Shared,
+    spec: Spec,
+    job_cid: Cid,
+    cache: bool,
+    submitter: Option<shoal_scheduler::model::Submitter>,
+) -> Result<Submitted, ApiError> {
+    if let Some(quota) = node.quotas.jobs {
+        let key = submitter.as_ref().map(|s| s.key.as_str());
+        let held = node.db().unfinished_jobs_of(key).map_err(internal)?;
+        if held >= u64::from(quota) {
+            return Err(ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{} already has {held} unfinished job(s) on this node, and its quota is {quota} (--quota-jobs): \
+                     wait for some to finish, or cancel some",
+                    key.map_or_else(|| "the anonymous submitter".to_owned(), |k| format!("submitter {k}"))
+                ),
+            ));
+        }
+    }
     // One indexed look; the receipts found (rarely any) are verified off
     // the async threads.
-    let job_cid = shoal_scheduler::receipt::job_cid(&spec);
-    let candidates = match (q.cache.unwrap_or(true) && !spec.task.nondeterministic)
-        .then(|| node.db().receipts_for(&job_cid, CACHE_CANDIDATES))
-    {
-        Some(Ok(c)) => c,
-        Some(Err(e)) => {
-            tracing::warn!("cannot look up the result cache: {e}");
-            Vec::new()
-        }
-        None => Vec::new(),
-    };
+    let candidates =
+        match (cache && !spec.task.nondeterministic).then(|| node.db().receipts_for(&job_cid, CACHE_CANDIDATES)) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                tracing::warn!("cannot look up the result cache: {e}");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
     if !candidates.is_empty() {
         let n = node.clone();
-        let s = spec.clone();
+        let (s, who) = (spec.clone(), submitter.clone());
         if let Some(job) =
-            tokio::task::spawn_blocking(move || from_cache(&n, s, job_cid, candidates)).await.map_err(internal)?
+            tokio::task::spawn_blocking(move || from_cache(&n, s, job_cid, candidates, who)).await.map_err(internal)?
         {
             node.db().insert_job(&job).map_err(internal)?;
             node.metrics.jobs_submitted.inc();
             node.metrics.jobs_completed.inc();
             node.notify_changed();
             let receipt = job.receipt.map(|c| c.to_string());
-            return Ok((StatusCode::CREATED, Json(Submitted { id: job.id, warnings: Vec::new(), cached: receipt })));
+            return Ok(Submitted { id: job.id, warnings: Vec::new(), cached: receipt });
         }
     }
     let active = {
@@ -327,11 +410,12 @@ async fn submit(
             format!("this node already holds {active} unfinished jobs; retry later"),
         ));
     }
-    locate_data(&node, &spec).await?;
+    locate_data(node, &spec).await?;
     let now = node.now();
-    let job = Job::new(JobId::from_parts(now, rand::random()), spec, now);
+    let mut job = Job::new(JobId::from_parts(now, rand::random()), spec, now);
+    job.submitter = submitter;
     let mut warnings = Vec::new();
-    let capable = shoal_scheduler::placement::capable_nodes(&job, &requester::views(&node), now, &node.placement);
+    let capable = shoal_scheduler::placement::capable_nodes(&job, &requester::views(node), now, &node.placement);
     let count = job.spec.redundancy.count as usize;
     if capable < count {
         warnings.push(format!(
@@ -345,7 +429,7 @@ async fn submit(
     node.metrics.jobs_submitted.inc();
     node.mark(&job.id);
     node.notify_changed();
-    Ok((StatusCode::CREATED, Json(Submitted { id: job.id, warnings, cached: None })))
+    Ok(Submitted { id: job.id, warnings, cached: None })
 }
 
 #[derive(Deserialize)]
@@ -360,36 +444,45 @@ const CACHE_CANDIDATES: usize = 4;
 /// earlier runs of the same job (same job CID, hence the same spec, quorum
 /// included): the first that verifies and whose result is still here. A receipt
 /// that does not verify is skipped (and said so in the log): the job runs.
-fn from_cache(node: &Node, spec: Spec, job_cid: Cid, candidates: Vec<Cid>) -> Option<Job> {
+fn from_cache(
+    node: &Node,
+    spec: Spec,
+    job_cid: Cid,
+    candidates: Vec<Cid>,
+    submitter: Option<shoal_scheduler::model::Submitter>,
+) -> Option<Job> {
     for receipt in candidates {
         let verified =
             node.store.get(&receipt).map_err(|e| e.to_string()).and_then(|b| {
                 shoal_scheduler::receipt::verify(b.data(), Some(&receipt), None).map_err(|e| e.to_string())
             });
         let v = match verified {
-            Ok(v) if v.job_cid == job_cid => v,
-            Ok(v) => {
+            Ok(v) if v.job_cid != job_cid => {
                 tracing::warn!("cached receipt {receipt} is for job cid {}, not {job_cid}; ignored", v.job_cid);
                 continue;
             }
+            Ok(v) => v,
             Err(e) => {
                 tracing::warn!("cached receipt {receipt} does not verify, ignored: {e}");
                 continue;
             }
         };
-        if !fetch::held(&*node.store, &v.result) {
+        // A failed job's receipt is no answer: the job runs again.
+        let Some(result) = v.result else { continue };
+        if !fetch::held(&*node.store, &result) {
             continue;
         }
-        let (exit_code, failure) = requester::result_outcome(&*node.store, &v.result);
+        let (exit_code, failure) = requester::result_outcome(&*node.store, &result);
         let now = node.now();
         let mut job = Job::new(JobId::from_parts(now, rand::random()), spec, now);
         job.state = JobState::Completed;
         job.started_ms = Some(now);
-        job.result = Some(v.result);
+        job.result = Some(result);
         job.exit_code = exit_code;
         job.failure = failure;
         job.receipt = Some(receipt);
         job.cached = Some(receipt);
+        job.submitter = submitter;
         return Some(job);
     }
     None

@@ -119,6 +119,8 @@ pub struct Compute {
     counter: std::sync::atomic::AtomicU64,
     /// The requesters it works for; empty: any.
     pub allow: Vec<PeerId>,
+    /// The submitters (keys, as peer ids) whose jobs it runs; empty: any.
+    pub submitters: Vec<String>,
 }
 
 /// Total memory of this machine in bytes (0 if unknown). Read once: it is
@@ -218,6 +220,7 @@ impl Compute {
             misbehave,
             counter: Default::default(),
             allow: Vec::new(),
+            submitters: Vec::new(),
         })
     }
 
@@ -308,7 +311,7 @@ impl Compute {
     /// Answers a request from a requester.
     pub async fn handle(self: &Arc<Self>, node: &Arc<Node>, peer: PeerId, request: Request) -> Response {
         match request {
-            Request::Bid { exec, spec, .. } => self.bid(node, peer, exec, &spec),
+            Request::Bid { exec, spec, submitter, .. } => self.bid(node, peer, exec, &spec, submitter.as_ref()),
             Request::Reveal { exec } => {
                 let answer = self.reveal(node, peer, &exec);
                 if matches!(answer, Response::Revealed { .. }) {
@@ -347,7 +350,14 @@ impl Compute {
     }
 
     /// Accepts and starts an execution, or says why not.
-    fn bid(self: &Arc<Self>, node: &Arc<Node>, peer: PeerId, exec: String, spec: &str) -> Response {
+    fn bid(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        peer: PeerId,
+        exec: String,
+        spec: &str,
+        submitter: Option<&shoal_scheduler::model::Submitter>,
+    ) -> Response {
         tracing::debug!(%exec, "bid received");
         let spec = match Spec::from_yaml_or_json(spec) {
             Ok(s) => s,
@@ -359,6 +369,37 @@ impl Compute {
                 "this node runs executions only for the requesters its operator allows (--allow-requester), and {peer} \
                  is not one of them"
             ));
+        }
+        let job = shoal_scheduler::receipt::job_cid(&spec);
+        if !self.submitters.is_empty() {
+            match submitter {
+                None => {
+                    return reject(
+                        "this node runs only jobs of the submitters its operator allows (--allow-submitter), and this \
+                         job was submitted without a signature"
+                            .into(),
+                    )
+                }
+                Some(s) if !self.submitters.contains(&s.key) => {
+                    return reject(format!(
+                        "this node runs only jobs of the submitters its operator allows (--allow-submitter), and {} \
+                         is not one of them",
+                        s.key
+                    ))
+                }
+                Some(s) if s.pipeline.is_some() => {
+                    return reject(format!(
+                        "this job is a step of pipeline {}: its submitter {} signed the pipeline, not this step's \
+                         spec, which this node (--allow-submitter) needs to check",
+                        s.pipeline.as_deref().unwrap_or_default(),
+                        s.key
+                    ))
+                }
+                Some(s) if !s.verify(&job) => {
+                    return reject(format!("the submitter's signature ({}) does not sign job {job}: refused", s.key))
+                }
+                Some(_) => {}
+            }
         }
         if spec.resources.gpu && self.gpu.is_none() {
             return reject("this node has no gpu".into());
@@ -399,7 +440,6 @@ impl Compute {
         }
         let order = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cancel = shoal_runtime::Cancel::new();
-        let job = shoal_scheduler::receipt::job_cid(&spec);
         execs.insert(exec.clone(), Slot { requester: peer, job, state: State::Running(cancel.clone()), order });
         drop(execs);
         self.start(node, peer, exec, spec, cancel);

@@ -74,6 +74,12 @@ pub struct Config {
     /// [`MAX_ALLOWED_REQUESTERS`]); empty (the default): any. Announced,
     /// so that other requesters do not ask.
     pub allow_requesters: Vec<PeerId>,
+    /// The submitters (keys, as peer ids) whose jobs this node runs (at
+    /// most [`MAX_ALLOWED_SUBMITTERS`]); empty (the default): anyone's,
+    /// anonymous jobs included. Announced, like `allow_requesters`.
+    pub allow_submitters: Vec<PeerId>,
+    /// Per-submitter limits of this node as a requester.
+    pub quotas: Quotas,
     /// How often the node announces itself (default 1 s). Peers count a
     /// node gone after the placement's node ttl without one.
     pub announce_every: Duration,
@@ -105,6 +111,8 @@ impl Default for Config {
             gpu: true,
             allow_software_gpu: false,
             allow_requesters: Vec::new(),
+            allow_submitters: Vec::new(),
+            quotas: Quotas::default(),
             announce_every: Duration::from_secs(1),
             holds_refresh: HOLDS_REFRESH,
             api_token: None,
@@ -193,6 +201,22 @@ pub struct View {
 /// its node look full until the request times out, 30 s).
 pub const BID_ROOM_HOLD: Duration = Duration::from_secs(2);
 
+/// What one submitter (a key; anonymous submissions count as one) may
+/// hold on this node as a requester. Open by default: an operator who
+/// opens the API to others sets them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quotas {
+    /// Unfinished (queued or running) jobs; past it a submission is
+    /// refused with 429 naming the limit.
+    pub jobs: Option<u32>,
+    /// Executions asking for or holding a slot (bids, accepted, running)
+    /// across its jobs; past it its other jobs wait.
+    pub executions: Option<u32>,
+}
+
+/// Most submitters a node's allow-list names (each is announced).
+pub const MAX_ALLOWED_SUBMITTERS: usize = 64;
+
 /// Most requesters a node's allow-list names (each is announced).
 pub const MAX_ALLOWED_REQUESTERS: usize = 64;
 
@@ -275,6 +299,8 @@ pub struct Node {
     /// the same work twice.
     pub inflight: Mutex<HashSet<String>>,
     pub placement: shoal_scheduler::placement::Config,
+    /// Per-submitter limits (see [`Quotas`]).
+    pub quotas: Quotas,
     /// Open job event streams (see [`api::MAX_EVENT_STREAMS`]).
     pub event_streams: Arc<tokio::sync::Semaphore>,
     /// Car exports being streamed (see [`api::MAX_CAR_EXPORTS`]).
@@ -403,6 +429,7 @@ impl Node {
                 memory_bytes: compute::memory_bytes(),
                 labels: self.labels.clone(),
                 gpu,
+                submitters: self.compute.as_ref().map(|c| c.submitters.clone()).unwrap_or_default(),
             },
             api: self.api_url.get().cloned(),
             allow: self.compute.as_ref().map(|c| c.allow.iter().map(PeerId::to_string).collect()).unwrap_or_default(),
@@ -510,19 +537,31 @@ impl Node {
 /// Loads the node's ed25519 identity from `<home>/node.key`, creating it on
 /// first start (mode 0600).
 pub fn load_key(home: &Path) -> Result<Keypair, Error> {
-    let path = home.join("node.key");
-    let key = match std::fs::read(&path) {
+    load_key_file(&home.join("node.key"), "node key")
+}
+
+/// Loads the client's ed25519 key from `<home>/client.key`, creating it on
+/// first use (mode 0600): `shoal submit` signs submissions with it, and
+/// its peer id is the submitter's identity (quotas, `--allow-submitter`,
+/// receipts). Separate from the node key, so that a user who submits
+/// never needs a node's identity, and a node's key never signs for a user.
+pub fn load_client_key(home: &Path) -> Result<Keypair, Error> {
+    load_key_file(&home.join("client.key"), "client key")
+}
+
+fn load_key_file(path: &Path, what: &str) -> Result<Keypair, Error> {
+    let key = match std::fs::read(path) {
         Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).with_context(|| {
-            format!("{} is not a valid node key; move it away to create a new identity", path.display())
+            format!("{} is not a valid {what}; move it away to create a new identity", path.display())
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();
             key.to_protobuf_encoding()
-                .context("cannot encode the new node key")
-                .and_then(|bytes| write_private(&path, &bytes))
+                .with_context(|| format!("cannot encode the new {what}"))
+                .and_then(|bytes| write_private(path, &bytes))
                 .map(|()| key)
         }
-        Err(e) => Err(e).with_context(|| format!("cannot read the node key {}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("cannot read the {what} {}", path.display())),
     };
     key.map_err(|e| Error::Identity(message(&e)))
 }
@@ -679,7 +718,14 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         let mut c =
             compute::Compute::new(&home, config.slots, config.misbehave(), config.gpu, config.allow_software_gpu)
                 .map_err(|e| Error::Compute(message(&e)))?;
+        if config.allow_submitters.len() > MAX_ALLOWED_SUBMITTERS {
+            return Err(Error::Compute(format!(
+                "{} submitters allowed: at most {MAX_ALLOWED_SUBMITTERS}",
+                config.allow_submitters.len()
+            )));
+        }
         c.allow = config.allow_requesters.clone();
+        c.submitters = config.allow_submitters.iter().map(PeerId::to_string).collect();
         // What an earlier process on this home had taken on (read once,
         // at start, before the node serves anything).
         let journal = db.journal()?;
@@ -716,6 +762,7 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         api_url: OnceLock::new(),
         inflight: Mutex::new(HashSet::new()),
         placement: config.placement.clone(),
+        quotas: config.quotas,
         event_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_EVENT_STREAMS)),
         car_exports: Arc::new(tokio::sync::Semaphore::new(api::MAX_CAR_EXPORTS)),
         holds: Mutex::new(None),

@@ -107,18 +107,19 @@ pub fn views(node: &Node) -> Vec<NodeView> {
 /// a repeated bid as it did the first (an execution under way stays
 /// accepted), so nothing runs twice.
 fn resume_bids(node: &Arc<Node>) -> anyhow::Result<()> {
-    let mut specs: std::collections::HashMap<JobId, (String, u32)> = Default::default();
+    type Sent = (String, u32, Option<shoal_scheduler::model::Submitter>);
+    let mut specs: std::collections::HashMap<JobId, Sent> = Default::default();
     for e in node.db().bids_outstanding()? {
         let Some(peer) = peer_of(&e) else { continue };
         if !specs.contains_key(&e.job) {
             let Some(job) = node.db().job(&e.job)? else { continue };
-            specs.insert(e.job.clone(), (serde_json::to_string(&job.spec)?, job.spec.resources.slots));
+            specs.insert(e.job.clone(), (serde_json::to_string(&job.spec)?, job.spec.resources.slots, job.submitter));
         }
-        let Some((spec, slots)) = specs.get(&e.job).cloned() else { continue };
+        let Some((spec, slots, submitter)) = specs.get(&e.job).cloned() else { continue };
         tracing::debug!(job = %e.job, exec = %e.id, node = %e.node, "bid sent again after a restart");
         node.bid_sent(e.id.as_str(), peer, i64::from(slots));
         let (n, job_id) = (node.clone(), e.job.to_string());
-        tokio::runtime::Handle::current().spawn(async move { bid_and_run(n, peer, e, job_id, spec).await });
+        tokio::runtime::Handle::current().spawn(async move { bid_and_run(n, peer, e, job_id, spec, submitter).await });
     }
     Ok(())
 }
@@ -227,7 +228,15 @@ fn plan_one(
             }
         }
     }
-    let plan = placement::plan(&job, views, &execs, now, &node.placement);
+    // What the submitter's quota of busy executions leaves this job.
+    let max_new = match node.quotas.executions {
+        None => usize::MAX,
+        Some(q) => {
+            let busy = node.db().busy_executions_of(job.submitter.as_ref().map(|s| s.key.as_str()))?;
+            usize::try_from(u64::from(q).saturating_sub(busy)).unwrap_or(usize::MAX)
+        }
+    };
+    let plan = placement::plan_within(&job, views, &execs, now, &node.placement, max_new);
     // Left wanting: a freed slot should plan it again at once.
     let live = execs.iter().filter(|e| e.state.is_live() || e.state.has_result()).count();
     if plan.job.as_ref().is_none_or(|u| !u.state.is_terminal())
@@ -405,6 +414,7 @@ fn carry_out(
     if job_failed {
         node.metrics.jobs_failed.inc();
         cancel_live(node, &execs);
+        failure_receipt(node, &job, execs.iter().filter(|e| e.commit_signature.is_some()).cloned().collect());
     }
     if let Some((result, agreeing, dissenting)) = completing {
         complete(node, &job, result, agreeing, dissenting);
@@ -414,9 +424,9 @@ fn carry_out(
             let spec = serde_json::to_string(&job.spec)?;
             for (peer, e) in bids {
                 let n = node.clone();
-                let (spec, job_id) = (spec.clone(), job.id.to_string());
+                let (spec, job_id, submitter) = (spec.clone(), job.id.to_string(), job.submitter.clone());
                 tracing::debug!(job = %job.id, exec = %e.id, node = %e.node, "placing");
-                tokio::spawn(async move { bid_and_run(n, peer, e, job_id, spec).await });
+                tokio::spawn(async move { bid_and_run(n, peer, e, job_id, spec, submitter).await });
             }
         }
         for id in &plan.reveal {
@@ -442,10 +452,17 @@ fn carry_out(
     Ok(())
 }
 
-async fn bid_and_run(node: Arc<Node>, peer: PeerId, e: Execution, job: String, spec: String) {
+async fn bid_and_run(
+    node: Arc<Node>,
+    peer: PeerId,
+    e: Execution,
+    job: String,
+    spec: String,
+    submitter: Option<shoal_scheduler::model::Submitter>,
+) {
     let exec = e.id.to_string();
     // An accepted bid is already running (see `Request::Bid`).
-    let outcome = match node.send(peer, Request::Bid { job, exec: exec.clone(), spec }).await {
+    let outcome = match node.send(peer, Request::Bid { job, exec: exec.clone(), spec, submitter }).await {
         Ok(Response::Bid { accepted: true, .. }) => Ok(()),
         Ok(Response::Bid { accepted: false, reason }) => {
             Err((ExecState::Rejected, reason.unwrap_or_else(|| "bid rejected".into())))
@@ -593,7 +610,8 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                 execs.iter().filter(|e| agreeing.contains(&e.id) || dissenting.contains(&e.id)).cloned().collect();
             let n = node.clone();
             let at = node.now();
-            let receipt = tokio::task::spawn_blocking(move || put_receipt(&n, &planned, result, &voted, at)).await?;
+            let receipt =
+                tokio::task::spawn_blocking(move || put_receipt(&n, &planned, Some(result), &voted, at)).await?;
             fetch::fetch_dag(&node.client, &node.store, result, &providers).await?;
             // How the guest did, from the agreed result itself (what the
             // nodes said beside it is not bound by their commitments).
@@ -674,10 +692,33 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
     });
 }
 
+/// Signs, stores and pins the receipt of a failed job: its failure, with
+/// the signed statements of every execution that committed (those that
+/// never did signed nothing), so that anyone can see what the nodes said.
+fn failure_receipt(node: &Arc<Node>, job: &Job, execs: Vec<Execution>) {
+    let (n, job) = (node.clone(), job.clone());
+    tokio::task::spawn_blocking(move || {
+        let signed: Vec<Execution> =
+            execs.into_iter().filter(|e| e.commitment.is_some() && e.commit_signature.is_some()).collect();
+        let made = put_receipt(&n, &job, None, &signed, n.now()).and_then(|cid| {
+            n.store.pin_add(&cid, shoal_storage::PinMode::Recursive)?;
+            n.db().set_receipt(&job.id, &cid)?;
+            Ok(cid)
+        });
+        match made {
+            Ok(cid) => {
+                tracing::debug!(job = %job.id, receipt = %cid, "failure receipt");
+                n.notify_changed();
+            }
+            Err(e) => tracing::warn!("job {} failed without a receipt: {}", job.id, crate::message(&e)),
+        }
+    });
+}
+
 /// Builds the receipt of `job`, completed with `result` by the executions
 /// that voted (agreed or dissented), signs it with this node's key and
 /// stores it as one raw block, not yet pinned; returns its CID.
-fn put_receipt(node: &Node, job: &Job, result: Cid, voted: &[Execution], now: u64) -> anyhow::Result<Cid> {
+fn put_receipt(node: &Node, job: &Job, result: Option<Cid>, voted: &[Execution], now: u64) -> anyhow::Result<Cid> {
     use anyhow::Context as _;
     let job_cid = receipt::job_cid(&job.spec);
     let mut executions = Vec::new();
@@ -697,7 +738,12 @@ fn put_receipt(node: &Node, job: &Job, result: Cid, voted: &[Execution], now: u6
             result: e.result.map(|c| c.to_string()),
             nonce: e.nonce.map(hex::encode),
             reveal_signature: e.reveal_signature.clone(),
-            verdict: if e.result == Some(result) { "agreed" } else { "dissented" }.into(),
+            verdict: match result {
+                Some(_) if e.result == result => "agreed",
+                Some(_) => "dissented",
+                None => "failed",
+            }
+            .into(),
         });
     }
     let unsigned = receipt::Receipt {
@@ -705,7 +751,12 @@ fn put_receipt(node: &Node, job: &Job, result: Cid, voted: &[Execution], now: u6
         job: job.id.to_string(),
         job_cid: job_cid.to_string(),
         spec: job.spec.clone(),
-        result: result.to_string(),
+        result: result.map(|c| c.to_string()),
+        failure: match result {
+            Some(_) => None,
+            None => Some(job.error.clone().unwrap_or_else(|| "failed".into())),
+        },
+        submitter: job.submitter.clone(),
         quorum: job.spec.quorum(),
         count: job.spec.redundancy.count,
         executions,

@@ -88,6 +88,11 @@ fn config(slots: Option<u32>) -> Config {
 
 impl Net {
     async fn new(slots: &[u32]) -> Net {
+        Net::with(slots, |_, _| {}).await
+    }
+
+    /// [`Net::new`], with member `i`'s config changed by `tweak(i, ..)`.
+    async fn with(slots: &[u32], tweak: impl Fn(usize, &mut Config)) -> Net {
         let mut net = Net { members: Vec::new(), clock: TestClock::default() };
         let base: u64 = rand::random::<u32>() as u64 * 64 + 1;
         let wanted: Vec<Option<u32>> = std::iter::once(None).chain(slots.iter().map(|s| Some(*s))).collect();
@@ -98,6 +103,7 @@ impl Net {
             let mut config = config(s);
             config.labels.insert("index".into(), i.to_string());
             config.listen = format!("/memory/{}", base + i as u64).parse().unwrap();
+            tweak(i, &mut config);
             net.members.push(Member {
                 home: tempfile::tempdir().unwrap(),
                 store: Arc::new(MemStore::new()),
@@ -170,18 +176,40 @@ impl Net {
 
 /// Submits `spec` through node `node`'s API (in-process, no socket).
 async fn submit(node: &Arc<Node>, spec: &serde_json::Value) -> JobId {
-    let app = shoal_node::api::router(node.clone(), Default::default());
-    let req = Request::post("/v1/jobs")
-        .header("host", "127.0.0.1")
-        .header("content-type", "application/json")
-        .body(Body::from(spec.to_string()))
-        .unwrap();
-    let resp = app.oneshot(req).await.unwrap();
-    let status = resp.status();
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
-    assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let (status, v) = post(node, "/v1/jobs", spec, &[]).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
     v["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// POSTs `body` (JSON) to `path` on `node`'s API with extra `headers`.
+async fn post(
+    node: &Arc<Node>,
+    path: &str,
+    body: &serde_json::Value,
+    headers: &[(&str, String)],
+) -> (StatusCode, serde_json::Value) {
+    let app = shoal_node::api::router(node.clone(), Default::default());
+    let mut req = Request::post(path).header("host", "127.0.0.1").header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = app.oneshot(req.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+/// The headers of `spec` signed by `key` at `at_ms`, as `shoal submit`
+/// sends them.
+fn signed_by(key: &Keypair, spec: &serde_json::Value, at_ms: u64) -> Vec<(&'static str, String)> {
+    let spec = shoal_scheduler::spec::Spec::from_yaml_or_json(&spec.to_string()).unwrap();
+    let cid = shoal_scheduler::receipt::job_cid(&spec);
+    let sig = key.sign(&shoal_scheduler::receipt::submit_statement(&cid, at_ms)).unwrap();
+    vec![
+        (shoal_node::api::SUBMITTER_HEADER, key.public().to_peer_id().to_string()),
+        (shoal_node::api::SUBMITTED_AT_HEADER, at_ms.to_string()),
+        (shoal_node::api::SIGNATURE_HEADER, hex::encode(sig)),
+    ]
 }
 
 /// Waits until every job in `ids` has ended, woken by each change.
@@ -423,4 +451,119 @@ async fn a_restarted_compute_node_reveals_what_it_had_committed() {
     assert_eq!(mine.result, jobs[0].result);
     let ran: Vec<_> = execs.iter().filter(|e| e.state != ExecState::Rejected).collect();
     assert_eq!(ran.len(), 2, "nothing ran again: {ran:?}");
+}
+
+/// Submitter keys end to end: signatures checked at submission, a quota
+/// of unfinished jobs (429) and one of busy executions (its jobs wait
+/// their turn), a compute node that works only for one submitter (placement
+/// never asks it for others' jobs, and it refuses their bids itself), and
+/// the submitter in the receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn submitters_are_signed_held_to_their_quotas_and_allowed_or_refused_by_nodes() {
+    let hello = sample("hello");
+    let alice = Keypair::generate_ed25519();
+    let bob = Keypair::generate_ed25519();
+    let alice_id = alice.public().to_peer_id();
+    let net = Net::with(&[4, 4], |i, c| match i {
+        0 => c.quotas = shoal_node::Quotas { jobs: Some(2), executions: Some(1) },
+        1 => c.allow_submitters = vec![alice_id],
+        _ => {}
+    })
+    .await;
+    let req = net.node(0).clone();
+    let module = net.add(&hello);
+    let spec = |i: usize, on: &str| {
+        let mut s = hello_spec(module, i, 1);
+        s["constraints"] = serde_json::json!([format!("index={on}")]);
+        s
+    };
+    let now = req.now();
+
+    // Signatures: a bad one, an old one, and half the headers are refused.
+    let mut forged = signed_by(&bob, &spec(0, "1"), now);
+    forged[0].1 = alice_id.to_string();
+    let (status, v) = post(&req, "/v1/jobs", &spec(0, "1"), &forged).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("signature"), "{v}");
+    let old = now - 11 * 60 * 1000;
+    let (status, v) = post(&req, "/v1/jobs", &spec(0, "1"), &signed_by(&alice, &spec(0, "1"), old)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("clock"), "{v}");
+    let (status, v) = post(&req, "/v1/jobs", &spec(0, "1"), &signed_by(&alice, &spec(0, "1"), now)[..2]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+
+    // Alice's two jobs on her node (4 slots): her quota of one busy
+    // execution runs them one after the other.
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let (status, v) = post(&req, "/v1/jobs", &spec(i, "1"), &signed_by(&alice, &spec(i, "1"), now)).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        assert!(v["warnings"].as_array().unwrap().is_empty(), "{v}");
+        ids.push(v["id"].as_str().unwrap().parse::<JobId>().unwrap());
+    }
+    let jobs = until_ended(&req, &ids, Duration::from_secs(60)).await;
+    let mut spans = Vec::new();
+    for job in &jobs {
+        assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+        assert_eq!(job.submitter.as_ref().map(|s| s.key.clone()), Some(alice_id.to_string()));
+        let execs = req.db().executions(&job.id).unwrap();
+        assert!(execs.iter().all(|e| e.node == net.node(1).peer.to_string()), "alice's node ran it");
+        for (_, events) in req.db().timeline(&job.id).unwrap() {
+            let start = events.first().unwrap().1;
+            let end = events.iter().find(|(s, _)| *s == ExecState::Committed).unwrap().1;
+            spans.push((start, end));
+        }
+        // The receipt names her, and her signature verifies offline.
+        let cid = job.receipt.unwrap();
+        let bytes = shoal_storage::BlockStore::get(&*net.members[0].store, &cid).unwrap();
+        let v = shoal_scheduler::receipt::verify(bytes.data(), Some(&cid), None).unwrap();
+        assert_eq!(v.submitter, Some(alice_id.to_string()));
+    }
+    spans.sort();
+    assert!(spans[0].1 <= spans[1].0, "two of alice's executions were busy at once: {spans:?}");
+
+    // Anonymous jobs: none can go to alice's node; two wait (no node has
+    // index 9), and a third is refused by the quota of unfinished jobs.
+    let (status, v) = post(&req, "/v1/jobs", &spec(5, "1"), &[]).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(v["warnings"][0].as_str().unwrap().contains("only 0 node(s)"), "{v}");
+    let (status, _) = post(&req, "/v1/jobs", &spec(6, "9"), &[]).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, v) = post(&req, "/v1/jobs", &spec(7, "9"), &[]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("quota is 2"), "{v}");
+    // Bob has his own quota.
+    let (status, v) = post(&req, "/v1/jobs", &spec(7, "2"), &signed_by(&bob, &spec(7, "2"), now)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+
+    // Alice's node refuses bids for anyone else's jobs itself.
+    use shoal_scheduler::net::proto::{Request as Rq, Response as Rs};
+    let text =
+        |s: &serde_json::Value| shoal_scheduler::spec::Spec::from_yaml_or_json(&s.to_string()).unwrap().to_json();
+    let bid =
+        |exec: &str, submitter| Rq::Bid { job: "j-x".into(), exec: exec.into(), spec: text(&spec(8, "1")), submitter };
+    let claim = |key: &Keypair, claimed: &libp2p::PeerId| {
+        let h = signed_by(key, &spec(8, "1"), now);
+        shoal_scheduler::model::Submitter {
+            key: claimed.to_string(),
+            at_ms: now,
+            signature: h[2].1.clone(),
+            pipeline: None,
+        }
+    };
+    let target = net.node(1).peer;
+    for (exec, submitter, why) in [
+        ("e-anon", None, "without a signature"),
+        ("e-bob", Some(claim(&bob, &bob.public().to_peer_id())), "is not one of them"),
+        ("e-forged", Some(claim(&bob, &alice_id)), "does not sign"),
+    ] {
+        match req.send(target, bid(exec, submitter)).await.unwrap() {
+            Rs::Bid { accepted: false, reason: Some(r) } => assert!(r.contains(why), "{exec}: {r}"),
+            other => panic!("{exec}: {other:?}"),
+        }
+    }
+    match req.send(target, bid("e-alice", Some(claim(&alice, &alice_id)))).await.unwrap() {
+        Rs::Bid { accepted: true, .. } => {}
+        other => panic!("alice's bid: {other:?}"),
+    }
 }

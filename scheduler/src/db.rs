@@ -208,7 +208,7 @@ pub const MAX_LEFTOVERS: usize = 1000;
 
 const JOB_COLS: &str =
     "id, state, spec, created_ms, updated_ms, started_ms, result, error, extra_used, exit_code, failure, \
-                        receipt, cached, job_cid";
+                        receipt, cached, job_cid, submitter, submitter_proof";
 const EXEC_COLS: &str = "id, job, node, state, created_ms, updated_ms, started_ms, commitment, result, error, stdout, \
                          stderr, exit_code, extra, nonce, meta, boot, commit_signature, reveal_signature";
 
@@ -289,6 +289,13 @@ impl Db {
                 "ALTER TABLE jobs ADD COLUMN job_cid TEXT; ALTER TABLE jobs ADD COLUMN cached TEXT; \
                  CREATE INDEX IF NOT EXISTS jobs_job_cid ON jobs (job_cid)",
                 "the job cid and cache columns",
+            ),
+            (
+                "jobs",
+                "submitter",
+                "ALTER TABLE jobs ADD COLUMN submitter TEXT; ALTER TABLE jobs ADD COLUMN submitter_proof TEXT; \
+                 CREATE INDEX IF NOT EXISTS jobs_submitter ON jobs (submitter, state)",
+                "the job submitter columns",
             ),
             // A completed job's outcome: the agreed result's exit code and failure.
             (
@@ -456,6 +463,16 @@ impl Db {
             .collect()
     }
 
+    /// Records the receipt of a job already ended (a failed job's, signed
+    /// after its failure was written).
+    pub fn set_receipt(&self, id: &JobId, receipt: &Cid) -> Result<(), Error> {
+        self.conn()
+            .prepare_cached("UPDATE jobs SET receipt = ?2 WHERE id = ?1")
+            .and_then(|mut st| st.execute([id.as_str(), &receipt.to_string()]))
+            .map(|_| ())
+            .map_err(self.err("cannot record a receipt"))
+    }
+
     /// A job's state alone (what a waiter checks on every change).
     pub fn job_state(&self, id: &JobId) -> Result<Option<JobState>, Error> {
         let state: Option<String> = self
@@ -492,6 +509,27 @@ impl Db {
         }
         specs.insert(id, (text, job.spec.clone()));
         Ok(job)
+    }
+
+    /// How many unfinished (queued or running) jobs `submitter` has; `None`
+    /// counts the anonymous ones.
+    pub fn unfinished_jobs_of(&self, submitter: Option<&str>) -> Result<u64, Error> {
+        self.conn()
+            .prepare_cached("SELECT COUNT(*) FROM jobs WHERE submitter IS ?1 AND state IN ('queued', 'running')")
+            .and_then(|mut st| st.query_row([submitter], |r| r.get(0)))
+            .map_err(self.err("cannot count a submitter's jobs"))
+    }
+
+    /// How many executions of `submitter`'s jobs hold (or are asking for)
+    /// a slot: bids asked, accepted and running ones.
+    pub fn busy_executions_of(&self, submitter: Option<&str>) -> Result<u64, Error> {
+        self.conn()
+            .prepare_cached(
+                "SELECT COUNT(*) FROM executions e JOIN jobs j ON j.id = e.job WHERE j.submitter IS ?1 \
+                 AND j.state IN ('queued', 'running') AND e.state IN ('bid_asked', 'accepted', 'running')",
+            )
+            .and_then(|mut st| st.query_row([submitter], |r| r.get(0)))
+            .map_err(self.err("cannot count a submitter's executions"))
     }
 
     /// How many jobs are in `state`.
@@ -904,7 +942,7 @@ fn query<T, P: rusqlite::Params>(
     rows.collect()
 }
 
-fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 14] {
+fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 16] {
     // The job CID hashes the stored spec text: one serialisation for both.
     let spec = job.spec.to_json();
     let job_cid = crate::receipt::raw_cid(spec.as_bytes()).to_string();
@@ -924,16 +962,22 @@ fn job_params(job: &Job) -> [Box<dyn rusqlite::ToSql + '_>; 14] {
         Box::new(job.cached.map(|c| c.to_string())),
         // The job's content identity, for the result cache.
         Box::new(job_cid),
+        // The key alone in its column, indexed, for per-submitter quotas.
+        Box::new(job.submitter.as_ref().map(|s| s.key.clone())),
+        Box::new(job.submitter.as_ref().map(|s| match &s.pipeline {
+            None => format!("{}:{}", s.at_ms, s.signature),
+            Some(p) => format!("{}:{}:{p}", s.at_ms, s.signature),
+        })),
     ]
 }
 
 fn write_job(conn: &Connection, job: &Job, insert: bool) -> rusqlite::Result<()> {
     let sql = if insert {
-        format!("INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)")
+        format!("INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)")
     } else {
         "UPDATE jobs SET state = ?2, spec = ?3, created_ms = ?4, updated_ms = ?5, started_ms = ?6, result = ?7, \
-         error = ?8, extra_used = ?9, exit_code = ?10, failure = ?11, receipt = ?12, cached = ?13, job_cid = ?14 \
-         WHERE id = ?1"
+         error = ?8, extra_used = ?9, exit_code = ?10, failure = ?11, receipt = ?12, cached = ?13, job_cid = ?14, \
+         submitter = ?15, submitter_proof = ?16 WHERE id = ?1"
             .to_string()
     };
     let p = job_params(job);
@@ -946,10 +990,10 @@ fn write_job(conn: &Connection, job: &Job, insert: bool) -> rusqlite::Result<()>
 
 fn upsert_job(conn: &Connection, job: &Job) -> rusqlite::Result<()> {
     let sql = format!(
-        "INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) ON \
-         CONFLICT (id) DO UPDATE SET state = ?2, spec = ?3, created_ms = ?4, updated_ms = ?5, started_ms = ?6, \
+        "INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+         ON CONFLICT (id) DO UPDATE SET state = ?2, spec = ?3, created_ms = ?4, updated_ms = ?5, started_ms = ?6, \
          result = ?7, error = ?8, extra_used = ?9, exit_code = ?10, failure = ?11, receipt = ?12, cached = ?13, \
-         job_cid = ?14"
+         job_cid = ?14, submitter = ?15, submitter_proof = ?16"
     );
     let p = job_params(job);
     conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(p.iter()))?;
@@ -1047,6 +1091,8 @@ struct RawJob {
     failure: Option<String>,
     receipt: Option<String>,
     cached: Option<String>,
+    submitter: Option<String>,
+    submitter_proof: Option<String>,
 }
 
 fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
@@ -1064,6 +1110,8 @@ fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
         failure: r.get(10)?,
         receipt: r.get(11)?,
         cached: r.get(12)?,
+        submitter: r.get(14)?,
+        submitter_proof: r.get(15)?,
     })
 }
 
@@ -1101,6 +1149,23 @@ impl RawJob {
             failure: self.failure,
             receipt: cid(what("receipt"), self.receipt)?,
             cached: cid(what("cached"), self.cached)?,
+            submitter: match (self.submitter, self.submitter_proof) {
+                (Some(key), Some(proof)) => {
+                    let mut parts = proof.splitn(3, ':');
+                    let (at, signature, pipeline) = (parts.next(), parts.next(), parts.next());
+                    let at = at
+                        .and_then(|a| a.parse().ok())
+                        .zip(signature)
+                        .ok_or_else(|| bad(what("submitter"))(format!("malformed proof {proof:?}")))?;
+                    Some(crate::model::Submitter {
+                        key,
+                        at_ms: at.0,
+                        signature: at.1.to_owned(),
+                        pipeline: pipeline.map(str::to_owned),
+                    })
+                }
+                _ => None,
+            },
             id,
         })
     }

@@ -296,6 +296,47 @@ pub struct Job {
     #[schema(value_type = Option<String>)]
     #[serde(with = "crate::serde_util::opt_cid")]
     pub cached: Option<Cid>,
+    /// Who submitted it, when the submission was signed (see
+    /// [`Submitter`]); absent: an anonymous submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitter: Option<Submitter>,
+}
+
+/// The signed claim of a submission: the submitter's key (as a peer id,
+/// which holds an ed25519 key inline) signed
+/// [`crate::receipt::submit_statement`] of the job's CID at `at_ms`.
+/// Requesters check it (and its age) when the job is submitted, compute
+/// nodes that work only for some submitters check it with each bid, and
+/// the job's receipt carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Submitter {
+    /// The submitter's key, as a peer id (`12D3KooW…`).
+    pub key: String,
+    /// When it signed (ms since the Unix epoch, its own clock).
+    pub at_ms: u64,
+    /// Its signature (hex).
+    pub signature: String,
+    /// Set on the jobs of a pipeline's steps: the pipeline's CID, which
+    /// the signature signs instead of the job's (a dependent step's spec
+    /// does not exist when its submitter signs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+}
+
+impl Submitter {
+    /// Whether the signature is `key`'s over this job CID at `at_ms`. A
+    /// pipeline step's claim signs its pipeline, not this job: false.
+    pub fn verify(&self, job_cid: &Cid) -> bool {
+        self.pipeline.is_none()
+            && self.key.parse::<libp2p::PeerId>().is_ok_and(|peer| {
+                crate::receipt::signed_by(
+                    &peer,
+                    &crate::receipt::submit_statement(job_cid, self.at_ms),
+                    &self.signature,
+                )
+            })
+    }
 }
 
 /// How the guest of a completed job did: its agreed result holds a zero
@@ -343,6 +384,7 @@ impl Job {
             failure: None,
             receipt: None,
             cached: None,
+            submitter: None,
         }
     }
 
@@ -555,6 +597,17 @@ pub struct Capacity {
     pub labels: BTreeMap<String, String>,
     /// Its GPU, if any.
     pub gpu: Option<Gpu>,
+    /// The only submitters (keys, as peer ids) whose jobs it runs; empty:
+    /// anyone's (`shoal node --allow-submitter`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub submitters: Vec<String>,
+}
+
+impl Capacity {
+    /// Whether it runs jobs from `submitter` (`None`: anonymous ones).
+    pub fn works_for(&self, submitter: Option<&Submitter>) -> bool {
+        self.submitters.is_empty() || submitter.is_some_and(|s| self.submitters.contains(&s.key))
+    }
 }
 
 /// What the scheduler knows of a node (from its announcements). Its

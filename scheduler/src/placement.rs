@@ -272,6 +272,21 @@ fn dur_ms(d: Duration) -> u64 {
 /// Plans the next step for `job` (see the module documentation).
 /// `executions` are the job's executions (others are ignored).
 pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64, cfg: &Config) -> Plan {
+    plan_within(job, nodes, executions, now_ms, cfg, usize::MAX)
+}
+
+/// [`plan`], asking at most `max_new` nodes: what the submitter's quota of
+/// busy executions leaves it (a requester's `--quota-executions`). A job
+/// held back by the quota waits as for a free node, and fails at its
+/// queue timeout saying so.
+pub fn plan_within(
+    job: &Job,
+    nodes: &[NodeView],
+    executions: &[Execution],
+    now_ms: u64,
+    cfg: &Config,
+    max_new: usize,
+) -> Plan {
     let mut plan = Plan::default();
     if job.state.is_terminal() {
         return plan;
@@ -483,7 +498,7 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
     };
 
     if want > 0 {
-        plan.place = eligible.iter().take(want).map(|r| r.id.to_string()).collect();
+        plan.place = eligible.iter().take(want.min(max_new)).map(|r| r.id.to_string()).collect();
         if matches!(verdict, Verdict::NeedMore(_)) {
             // Only what is placed is granted: with no node for it, the
             // extra budget stays for when one comes.
@@ -502,8 +517,15 @@ pub fn plan(job: &Job, nodes: &[NodeView], executions: &[Execution], now_ms: u64
             && job.started_ms.is_none()
             && now_ms.saturating_sub(job.created_ms) > queue
         {
-            let (needs, census) = unfit(job, nodes, &execs, now_ms, cfg);
-            let error = format!("{needs} after waiting {} (timeouts.queue) ({census})", human(queue));
+            let error = if max_new == 0 && !eligible.is_empty() {
+                format!(
+                    "its submitter's quota of busy executions was used up by its other jobs for {} (timeouts.queue)",
+                    human(queue)
+                )
+            } else {
+                let (needs, census) = unfit(job, nodes, &execs, now_ms, cfg);
+                format!("{needs} after waiting {} (timeouts.queue) ({census})", human(queue))
+            };
             finish(&mut plan, failed(error, extra_used));
             return plan;
         }
@@ -564,6 +586,7 @@ pub fn capable(job: &Job, node: &NodeView, now_ms: u64, cfg: &Config) -> bool {
     now_ms.saturating_sub(node.last_seen_ms) <= cfg.node_ttl_ms
         && node.connected
         && node.compute
+        && node.works_for(job.submitter.as_ref())
         && job.spec.constraints.iter().all(|c| c.matches(&node.labels))
         && node.slots_total.max(node.slots_free) >= r.slots
         && node.memory_bytes >= r.memory.0
@@ -574,6 +597,7 @@ pub fn capable(job: &Job, node: &NodeView, now_ms: u64, cfg: &Config) -> bool {
 fn fits(job: &Job, node: &NodeView) -> bool {
     let r = &job.spec.resources;
     node.compute
+        && node.works_for(job.submitter.as_ref())
         && job.spec.constraints.iter().all(|c| c.matches(&node.labels))
         && node.slots_free >= r.slots
         && node.memory_bytes >= r.memory.0
@@ -691,7 +715,7 @@ fn list_failures(failures: &[&Execution], reasons: &BTreeMap<ExecId, String>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Gpu;
+    use crate::model::{Gpu, Submitter};
     use crate::spec::{Bytes, Spec};
     use proptest::prelude::*;
 
@@ -711,6 +735,7 @@ mod tests {
                 slots_free: 4,
                 memory_bytes: 8 << 30,
                 gpu: None,
+                submitters: Vec::new(),
                 version: "0.1.0".into(),
             },
             last_seen_ms: NOW,
@@ -796,6 +821,37 @@ mod tests {
         let c = cfg();
         assert_eq!((c.decline_backoff(1), c.decline_backoff(2), c.decline_backoff(3)), (1000, 2000, 4000));
         assert_eq!(c.decline_backoff(40), c.max_decline_backoff_ms);
+    }
+
+    #[test]
+    fn a_quota_caps_new_executions_and_a_job_it_holds_back_fails_at_its_queue_timeout_saying_so() {
+        let j = job(3, |_| {});
+        let ns = nodes(&["a", "b", "c"]);
+        assert_eq!(plan_within(&j, &ns, &[], NOW, &cfg(), 1).place, ["a"]);
+        assert_eq!(plan_within(&j, &ns, &[], NOW, &cfg(), usize::MAX).place.len(), 3);
+        // Held back entirely: it waits, then fails naming the quota.
+        assert!(plan_within(&j, &ns, &[], NOW + 1, &cfg(), 0).job.is_none());
+        let late = NOW + 1 + j.spec.timeouts.queue.as_millis() as u64;
+        let mut ns = ns;
+        for n in &mut ns {
+            n.last_seen_ms = late;
+        }
+        let p = plan_within(&j, &ns, &[], late, &cfg(), 0);
+        let err = p.job.and_then(|u| u.error).unwrap_or_default();
+        assert!(err.contains("quota"), "{err}");
+    }
+
+    #[test]
+    fn nodes_that_work_only_for_other_submitters_are_not_asked() {
+        let mut ns = nodes(&["a", "b"]);
+        ns[0].capacity.submitters = vec!["alice".into()];
+        let mut j = job(2, |_| {});
+        assert_eq!(plan(&j, &ns, &[], NOW, &cfg()).place, ["b"], "anonymous jobs go to open nodes only");
+        assert_eq!(capable_nodes(&j, &ns, NOW, &cfg()), 1);
+        j.submitter = Some(Submitter { key: "alice".into(), at_ms: 0, signature: String::new(), pipeline: None });
+        assert_eq!(plan(&j, &ns, &[], NOW, &cfg()).place.len(), 2);
+        j.submitter = Some(Submitter { key: "bob".into(), at_ms: 0, signature: String::new(), pipeline: None });
+        assert_eq!(plan(&j, &ns, &[], NOW, &cfg()).place, ["b"]);
     }
 
     #[test]

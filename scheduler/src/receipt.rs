@@ -58,6 +58,12 @@ pub fn reveal_statement(job: &Cid, exec: &str, result: &Cid, nonce: &[u8; 32]) -
     format!("shoal-reveal/1\n{job}\n{exec}\n{result}\n{}", hex::encode(nonce)).into_bytes()
 }
 
+/// What a submitter signs when it submits a job (its CID) at `at_ms`:
+/// the time bounds how long a captured signature can be replayed.
+pub fn submit_statement(job: &Cid, at_ms: u64) -> Vec<u8> {
+    format!("shoal-submit/1\n{job}\n{at_ms}").into_bytes()
+}
+
 /// The public key a peer id holds inline (ed25519 ids do: their
 /// multihash is the identity of the encoded key).
 pub fn peer_key(peer: &PeerId) -> Option<PublicKey> {
@@ -111,8 +117,17 @@ pub struct Receipt {
     pub job_cid: String,
     /// The spec, whole (so the receipt alone proves what was run).
     pub spec: Spec,
-    /// The agreed result.
-    pub result: String,
+    /// The agreed result; absent from the receipt of a failed job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// Why the job failed (no consensus, out of retries, timed out);
+    /// present exactly when `result` is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// Who submitted the job, with the signature that shows it (absent:
+    /// an anonymous submission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitter: Option<crate::model::Submitter>,
     /// Results needed to agree (`spec.quorum()`) and executions asked
     /// (`redundancy.count`), as applied.
     pub quorum: u32,
@@ -178,7 +193,12 @@ pub enum Error {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     pub job_cid: Cid,
-    pub result: Cid,
+    /// The agreed result; `None` for a failed job (see `failure`).
+    pub result: Option<Cid>,
+    /// Why the job failed, as its requester signed it.
+    pub failure: Option<String>,
+    /// The submitter whose signature of the job CID the receipt carries.
+    pub submitter: Option<String>,
     /// The distinct node keys (peer ids) that revealed the result.
     pub attested_by: Vec<String>,
     pub quorum: u32,
@@ -247,7 +267,21 @@ pub fn verify(bytes: &[u8], cid: Option<&Cid>, trusted: Option<&BTreeSet<String>
     if r.quorum != r.spec.quorum() {
         return Err(Error::Malformed(format!("quorum {} is not the spec's ({})", r.quorum, r.spec.quorum())));
     }
-    let result = parse_cid("result", &r.result)?;
+    let result = match (&r.result, &r.failure) {
+        (Some(res), None) => Some(parse_cid("result", res)?),
+        (None, Some(_)) => None,
+        _ => return Err(Error::Malformed("a receipt has either a result or a failure, not both or neither".into())),
+    };
+    if let Some(s) = &r.submitter {
+        // A pipeline step's claim signs the pipeline: its pipeline
+        // receipt checks it.
+        if s.pipeline.is_none() && !s.verify(&actual) {
+            return Err(Error::Signature {
+                who: format!("the submitter {}", s.key),
+                why: format!("it does not sign job {actual} at {}", s.at_ms),
+            });
+        }
+    }
     let mut nodes = BTreeSet::new();
     let mut attested = BTreeSet::new();
     for a in &r.executions {
@@ -270,19 +304,31 @@ pub fn verify(bytes: &[u8], cid: Option<&Cid>, trusted: Option<&BTreeSet<String>
         if !commit::verify(&commitment, &res_cid, &nonce) {
             return Err(Error::RevealMismatch { exec: a.exec.clone(), node: a.node.clone(), result: res.clone() });
         }
-        if res_cid == result && trusted.is_none_or(|t| t.contains(&a.node)) {
+        if Some(res_cid) == result && trusted.is_none_or(|t| t.contains(&a.node)) {
             attested.insert(a.node.clone());
         }
     }
-    if (attested.len() as u32) < r.quorum {
-        return Err(Error::Quorum {
-            result: r.result.clone(),
-            found: attested.len(),
-            quorum: r.quorum,
-            trusted: if trusted.is_some() { " among the trusted keys" } else { "" },
-        });
+    // A failure is the requester's word (signed), with every execution's
+    // own signed statements beside it: there is no result to reach a
+    // quorum on.
+    if let Some(result) = result {
+        if (attested.len() as u32) < r.quorum {
+            return Err(Error::Quorum {
+                result: result.to_string(),
+                found: attested.len(),
+                quorum: r.quorum,
+                trusted: if trusted.is_some() { " among the trusted keys" } else { "" },
+            });
+        }
     }
-    Ok(Verified { job_cid: actual, result, attested_by: attested.into_iter().collect(), quorum: r.quorum })
+    Ok(Verified {
+        job_cid: actual,
+        result,
+        failure: r.failure.clone(),
+        submitter: r.submitter.as_ref().map(|s| s.key.clone()),
+        attested_by: attested.into_iter().collect(),
+        quorum: r.quorum,
+    })
 }
 
 #[cfg(test)]
@@ -330,7 +376,9 @@ mod tests {
             quorum: spec.quorum(),
             count: spec.redundancy.count,
             spec,
-            result: result.to_string(),
+            result: Some(result.to_string()),
+            failure: None,
+            submitter: None,
             executions,
             requester: String::new(),
             requester_key: String::new(),
@@ -384,7 +432,7 @@ mod tests {
         let k = &keys[1];
         let job: Cid = t.job_cid.parse().unwrap();
         let other = [77u8; 32];
-        let res: Cid = t.result.parse().unwrap();
+        let res: Cid = t.result.clone().unwrap().parse().unwrap();
         t.executions[1].nonce = Some(hex::encode(other));
         t.executions[1].reveal_signature =
             Some(hex::encode(k.sign(&reveal_statement(&job, "e-1", &res, &other)).unwrap()));
@@ -415,6 +463,42 @@ mod tests {
         assert!(e.to_string().contains("among the trusted keys"), "{e}");
         let both: BTreeSet<String> = keys[..2].iter().map(|k| k.public().to_peer_id().to_string()).collect();
         assert!(verify(&bytes, None, Some(&both)).is_ok());
+    }
+
+    #[test]
+    fn a_failed_jobs_receipt_verifies_and_names_its_failure() {
+        let (mut r, _, req) = receipt(1);
+        r.result = None;
+        r.failure = Some("no consensus: 2 results".into());
+        let bytes = signed(r.clone(), &req);
+        let v = verify(&bytes, None, None).unwrap();
+        assert_eq!((v.result, v.failure.as_deref()), (None, Some("no consensus: 2 results")));
+        // Both, or neither: malformed.
+        let mut t = r.clone();
+        t.failure = None;
+        assert!(matches!(verify(&signed(t, &req), None, None), Err(Error::Malformed(_))));
+        // The executions' signatures are still checked.
+        let mut t = r;
+        t.executions[0].commit_signature = t.executions[1].commit_signature.clone();
+        assert!(matches!(verify(&signed(t, &req), None, None), Err(Error::Signature { .. })));
+    }
+
+    #[test]
+    fn a_submitters_signature_must_sign_the_job() {
+        let (mut r, _, req) = receipt(2);
+        let alice = Keypair::generate_ed25519();
+        let job: Cid = r.job_cid.parse().unwrap();
+        let at = 1_700_000_000_000;
+        let sig = hex::encode(alice.sign(&submit_statement(&job, at)).unwrap());
+        let key = alice.public().to_peer_id().to_string();
+        r.submitter = Some(crate::model::Submitter { key: key.clone(), at_ms: at, signature: sig, pipeline: None });
+        let v = verify(&signed(r.clone(), &req), None, None).unwrap();
+        assert_eq!(v.submitter.as_deref(), Some(key.as_str()));
+        // Another time than the one signed.
+        let mut t = r;
+        t.submitter.as_mut().unwrap().at_ms += 1;
+        let e = verify(&signed(t, &req), None, None).unwrap_err();
+        assert!(e.to_string().contains("the submitter"), "{e}");
     }
 
     #[test]

@@ -555,8 +555,10 @@ mod tests {
             }
         });
         let peer_a = _sa_peer(&b).await;
-        let response =
-            b.request(peer_a, Request::Bid { job: "j-1".into(), exec: "e-1".into(), spec: "{}".into() }).await.unwrap();
+        let response = b
+            .request(peer_a, Request::Bid { job: "j-1".into(), exec: "e-1".into(), spec: "{}".into(), submitter: None })
+            .await
+            .unwrap();
         assert_eq!(response, Response::Bid { accepted: true, reason: None });
         let blocks = b.blocks(peer_a, BlockRequest { want: vec![vec![1, 2, 3]] }).await.unwrap();
         assert_eq!(blocks.missing, vec![vec![1, 2, 3]]);
@@ -591,6 +593,7 @@ mod tests {
                 memory_bytes: 1 << 30,
                 labels: [("zone".to_string(), "eu".to_string())].into(),
                 gpu: None,
+                submitters: Vec::new(),
             },
             api: None,
             allow: Vec::new(),

@@ -46,7 +46,15 @@ pub enum Request {
     /// already chosen this node, so a separate "run" message would only add
     /// a round trip to every execution (the latency of a redundant job is
     /// that of its slowest node).
-    Bid { job: String, exec: String, spec: String },
+    /// `submitter`: the submission's signed claim, checked by nodes that
+    /// work only for some submitters.
+    Bid {
+        job: String,
+        exec: String,
+        spec: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        submitter: Option<crate::model::Submitter>,
+    },
     /// Compute → requester: the execution finished; `commitment` binds its
     /// result CID without revealing it (see `commit`).
     /// `signature`: the node's signature (hex) of
