@@ -1346,6 +1346,7 @@ fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
             api: None,
             allow: Vec::new(),
             holds: None,
+            receipts: None,
         };
         let mut set = tokio::task::JoinSet::new();
         for (i, c) in flooders.iter().enumerate() {

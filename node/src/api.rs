@@ -386,19 +386,23 @@ pub(crate) async fn enqueue(
             }
             None => Vec::new(),
         };
+    let mut hit = None;
     if !candidates.is_empty() {
         let n = node.clone();
         let (s, who) = (spec.clone(), submitter.clone());
-        if let Some(job) =
-            tokio::task::spawn_blocking(move || from_cache(&n, s, job_cid, candidates, who)).await.map_err(internal)?
-        {
-            node.db().insert_job(&job).map_err(internal)?;
-            node.metrics.jobs_submitted.inc();
-            node.metrics.jobs_completed.inc();
-            node.notify_changed();
-            let receipt = job.receipt.map(|c| c.to_string());
-            return Ok(Submitted { id: job.id, warnings: Vec::new(), cached: receipt });
-        }
+        hit =
+            tokio::task::spawn_blocking(move || from_cache(&n, s, job_cid, candidates, who)).await.map_err(internal)?;
+    }
+    if hit.is_none() && cache && !spec.task.nondeterministic {
+        hit = from_peers_cache(node, &spec, job_cid, &submitter).await;
+    }
+    if let Some(job) = hit {
+        node.db().insert_job(&job).map_err(internal)?;
+        node.metrics.jobs_submitted.inc();
+        node.metrics.jobs_completed.inc();
+        node.notify_changed();
+        let receipt = job.receipt.map(|c| c.to_string());
+        return Ok(Submitted { id: job.id, warnings: Vec::new(), cached: receipt });
     }
     let active = {
         let db = node.db();
@@ -484,6 +488,86 @@ fn from_cache(
         job.cached = Some(receipt);
         job.submitter = submitter;
         return Some(job);
+    }
+    None
+}
+
+/// Peers asked for a receipt of a job at one submission: those whose
+/// announced receipts filter names its job CID, the first few.
+const CACHE_PEERS: usize = 4;
+/// How long a submission waits for peers' receipts (asking, fetching a
+/// receipt) before it runs the job after all.
+const PEER_CACHE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A cache hit from another requester: a peer whose announced filter names
+/// `job_cid` is asked for its receipts; the first that verifies (and whose
+/// result is a result, not a failure) is fetched with its result, both
+/// pinned here, and the job completes from it. Whatever goes wrong (no
+/// answer in time, a receipt that does not verify, a result the peer no
+/// longer serves) only means the job runs.
+async fn from_peers_cache(
+    node: &Shared,
+    spec: &Spec,
+    job_cid: Cid,
+    submitter: &Option<shoal_scheduler::model::Submitter>,
+) -> Option<Job> {
+    use shoal_scheduler::net::proto::{Request, Response};
+    let peers: Vec<libp2p::PeerId> = {
+        let views = node.views.lock().unwrap_or_else(|p| p.into_inner());
+        views
+            .iter()
+            .filter(|(_, v)| v.connected && v.receipts.as_ref().is_some_and(|r| r.contains(&job_cid)))
+            .map(|(p, _)| *p)
+            .take(CACHE_PEERS)
+            .collect()
+    };
+    for peer in peers {
+        let attempt = async {
+            let answer = node.send(peer, Request::Receipts { job_cid: job_cid.to_string() }).await.ok()?;
+            let Response::Receipts { receipts } = answer else { return None };
+            for r in receipts.iter().take(shoal_scheduler::net::proto::MAX_RECEIPTS_ANSWER) {
+                let Ok(receipt) = r.parse::<Cid>() else { continue };
+                if fetch::locate(&node.client, &node.store, receipt, &[peer]).await.is_err() {
+                    continue;
+                }
+                let st = node.store.clone();
+                let verified = tokio::task::spawn_blocking(move || {
+                    let block = st.get(&receipt).map_err(|e| e.to_string())?;
+                    shoal_scheduler::receipt::verify(block.data(), Some(&receipt), None).map_err(|e| e.to_string())
+                })
+                .await
+                .ok()?;
+                let result = match verified {
+                    Ok(v) if v.job_cid == job_cid => v.result,
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!("receipt {receipt} from {peer} does not verify, ignored: {e}");
+                        None
+                    }
+                };
+                let Some(result) = result else { continue };
+                if fetch::fetch_dag(&node.client, &node.store, result, &[peer]).await.is_err() {
+                    continue;
+                }
+                let st = node.store.clone();
+                let pinned =
+                    tokio::task::spawn_blocking(move || st.pin_add(&receipt, shoal_storage::PinMode::Recursive)).await;
+                if !matches!(pinned, Ok(Ok(()))) {
+                    continue;
+                }
+                let (n, s, who) = (node.clone(), spec.clone(), submitter.clone());
+                let job =
+                    tokio::task::spawn_blocking(move || from_cache(&n, s, job_cid, vec![receipt], who)).await.ok()?;
+                if job.is_some() {
+                    tracing::debug!(%job_cid, %receipt, %peer, "cache hit from a peer");
+                    return job;
+                }
+            }
+            None
+        };
+        if let Ok(Some(job)) = tokio::time::timeout(PEER_CACHE_TIMEOUT, attempt).await {
+            return Some(job);
+        }
     }
     None
 }

@@ -343,8 +343,9 @@ impl Compute {
                 }
                 Response::Ok
             }
-            Request::Commit { .. } | Request::Failed { .. } => {
-                Response::Error { message: "compute nodes do not take commitments".into() }
+            // Answered by the node itself (see `Node::handle`).
+            Request::Commit { .. } | Request::Failed { .. } | Request::Receipts { .. } => {
+                Response::Error { message: "the compute side does not answer this request".into() }
             }
         }
     }

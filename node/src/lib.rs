@@ -192,6 +192,8 @@ pub struct View {
     /// Its holds filter, decoded once when it arrives (none if absent or
     /// malformed).
     pub holds: Option<Arc<shoal_scheduler::holds::Holds>>,
+    /// Its filter of the job CIDs it holds receipts of, decoded likewise.
+    pub receipts: Option<Arc<shoal_scheduler::holds::Holds>>,
     /// False from its disconnection until it is heard from again.
     pub connected: bool,
 }
@@ -308,6 +310,10 @@ pub struct Node {
     /// The filter of roots this node holds, as announced (hex) and
     /// decoded, rebuilt every [`HOLDS_REFRESH`].
     pub holds: Mutex<Option<(String, Arc<shoal_scheduler::holds::Holds>)>>,
+    /// The filter of job CIDs this node holds receipts of, as announced
+    /// (hex), rebuilt when [`Node::receipt_added`] says so.
+    pub receipts: Mutex<Option<String>>,
+    pub receipts_dirty: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -406,6 +412,23 @@ impl Node {
     pub async fn handle(self: &Arc<Self>, peer: PeerId, request: Request) -> Response {
         match request {
             Request::Commit { .. } | Request::Failed { .. } => requester::handle(self, peer, request).await,
+            Request::Receipts { job_cid } => {
+                let Ok(cid) = job_cid.parse::<shoal_storage::Cid>() else {
+                    return Response::Error { message: format!("malformed job cid {job_cid:?}") };
+                };
+                let n = self.clone();
+                let found = tokio::task::spawn_blocking(move || {
+                    n.db().receipts_for(&cid, shoal_scheduler::net::proto::MAX_RECEIPTS_ANSWER)
+                })
+                .await;
+                match found {
+                    Ok(Ok(receipts)) => {
+                        Response::Receipts { receipts: receipts.iter().map(|c| c.to_string()).collect() }
+                    }
+                    Ok(Err(e)) => Response::Error { message: format!("cannot look up receipts: {e}") },
+                    Err(e) => Response::Error { message: format!("cannot look up receipts: {e}") },
+                }
+            }
             _ => match &self.compute {
                 Some(c) => c.handle(self, peer, request).await,
                 None => Response::Error { message: "this node does not compute (--no-compute)".into() },
@@ -434,7 +457,34 @@ impl Node {
             api: self.api_url.get().cloned(),
             allow: self.compute.as_ref().map(|c| c.allow.iter().map(PeerId::to_string).collect()).unwrap_or_default(),
             holds: self.holds.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(hex, _)| hex.clone()),
+            receipts: self.receipts.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
+    }
+
+    /// Rebuilds the filter of the jobs this node holds receipts of, when a
+    /// job completed since the last: at most once per announcement.
+    async fn refresh_receipts(self: &Arc<Self>) {
+        if !self.receipts_dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let n = self.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            n.db()
+                .recent_receipt_jobs(shoal_scheduler::holds::SIZED_FOR)
+                .map(|jobs| (!jobs.is_empty()).then(|| shoal_scheduler::holds::Holds::of(&jobs).to_hex()))
+        })
+        .await;
+        match built {
+            Ok(Ok(hex)) => *self.receipts.lock().unwrap_or_else(|p| p.into_inner()) = hex,
+            Ok(Err(e)) => tracing::warn!("cannot list the receipts to announce: {e}"),
+            Err(e) => tracing::warn!("the receipt listing failed: {e}"),
+        }
+    }
+
+    /// A job completed with a receipt: announce it with the next
+    /// announcement.
+    pub fn receipt_added(&self) {
+        self.receipts_dirty.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Rebuilds the filter of the roots this node holds whole (its
@@ -477,15 +527,29 @@ impl Node {
             let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
             // The filter changes every few seconds at most, and comes every
             // second: decoded only when it is new.
-            let holds = match views.get(&peer) {
-                Some(v) if v.announcement.holds == announcement.holds => v.holds.clone(),
-                _ => announcement.holds.as_deref().and_then(|hex| match shoal_scheduler::holds::Holds::from_hex(hex) {
+            let decode = |hex: Option<&str>| {
+                hex.and_then(|hex| match shoal_scheduler::holds::Holds::from_hex(hex) {
                     Ok(h) => Some(Arc::new(h)),
                     Err(e) => {
                         tracing::debug!("peer {peer}: {e}");
                         None
                     }
-                }),
+                })
+            };
+            let (holds, receipts) = match views.get(&peer) {
+                Some(v) => (
+                    if v.announcement.holds == announcement.holds {
+                        v.holds.clone()
+                    } else {
+                        decode(announcement.holds.as_deref())
+                    },
+                    if v.announcement.receipts == announcement.receipts {
+                        v.receipts.clone()
+                    } else {
+                        decode(announcement.receipts.as_deref())
+                    },
+                ),
+                None => (decode(announcement.holds.as_deref()), decode(announcement.receipts.as_deref())),
             };
             if views.len() >= MAX_VIEWS && !views.contains_key(&peer) {
                 // Full: the view heard from longest ago makes room.
@@ -500,6 +564,7 @@ impl Node {
                     announcement: announcement.clone(),
                     last_seen_ms: now,
                     holds,
+                    receipts,
                     connected: true,
                 },
             );
@@ -766,6 +831,9 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         event_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_EVENT_STREAMS)),
         car_exports: Arc::new(tokio::sync::Semaphore::new(api::MAX_CAR_EXPORTS)),
         holds: Mutex::new(None),
+        receipts: Mutex::new(None),
+        // Built from the database at the first announcement.
+        receipts_dirty: std::sync::atomic::AtomicBool::new(true),
     });
     if let Some(a) = api_addr {
         let _ = node.api_url.set(format!("http://{a}"));
@@ -812,6 +880,7 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
                 holds_due = tokio::time::Instant::now() + holds_every;
                 n.refresh_holds().await;
             }
+            n.refresh_receipts().await;
             let _ = n.client.announce(n.announcement()).await;
             n.forget_silent_views();
         }

@@ -673,6 +673,9 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
                 Err(e) => tracing::warn!("job {job_id} completes without a receipt: {}", crate::message(&e)),
             }
             node.db().apply_with_stats(&job, &changed, &stats)?;
+            if job.receipt.is_some() {
+                node.receipt_added();
+            }
             for e in late {
                 spawn_late_reveal(&node, e, result, true);
             }

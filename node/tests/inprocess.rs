@@ -567,3 +567,86 @@ async fn submitters_are_signed_held_to_their_quotas_and_allowed_or_refused_by_no
         other => panic!("alice's bid: {other:?}"),
     }
 }
+
+/// A job that fails has a receipt too: its failure, signed by the
+/// requester, with what every node that committed signed. Here two nodes
+/// disagree (one lies) on a job that needs both: no consensus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_job_has_a_signed_receipt_with_every_nodes_statements() {
+    let hello = sample("hello");
+    let net = Net::with(&[1, 1], |i, c| {
+        if i == 2 {
+            c.misbehave = Some(shoal_node::compute::Misbehave::WrongResult);
+        }
+    })
+    .await;
+    let module = net.add(&hello);
+    let mut spec = hello_spec(module, 0, 2);
+    spec["redundancy"]["quorum"] = serde_json::json!(2);
+    spec["retries"] = serde_json::json!(0);
+    let id = submit(net.node(0), &spec).await;
+    let jobs = until_ended(net.node(0), std::slice::from_ref(&id), Duration::from_secs(60)).await;
+    assert_eq!(jobs[0].state, JobState::Failed);
+    let req = net.node(0);
+    until(req, Duration::from_secs(20), "the failure receipt", |n| n.db().job(&id).unwrap().unwrap().receipt.is_some())
+        .await;
+    let cid = req.db().job(&id).unwrap().unwrap().receipt.unwrap();
+    let bytes = shoal_storage::BlockStore::get(&*net.members[0].store, &cid).unwrap();
+    let v = shoal_scheduler::receipt::verify(bytes.data(), Some(&cid), None).unwrap();
+    assert_eq!(v.result, None);
+    assert!(v.failure.as_deref().unwrap_or_default().contains("no consensus"), "{:?}", v.failure);
+    let r: shoal_scheduler::receipt::Receipt = serde_json::from_slice(bytes.data()).unwrap();
+    assert_eq!(r.executions.len(), 2, "both nodes' signed statements");
+    let results: std::collections::BTreeSet<_> = r.executions.iter().map(|a| a.result.clone()).collect();
+    assert_eq!(results.len(), 2, "the two differing results, each signed by its node");
+    // A failed job's receipt is never a cache answer: the job runs again.
+    let again = submit(req, &spec).await;
+    assert!(req.db().job(&again).unwrap().unwrap().cached.is_none());
+}
+
+/// A cache hit from another requester: node 1 runs a job as its requester;
+/// its announcement names the job's CID in its receipts filter; the same
+/// job submitted to node 0 then completes from node 1's receipt (fetched,
+/// verified and pinned with the result), with no execution anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cache_hit_can_come_from_another_requester() {
+    let hello = sample("hello");
+    let net = Net::new(&[1]).await;
+    let module = net.add(&hello);
+    let (other, req) = (net.node(1).clone(), net.node(0).clone());
+    // Node 1 needs the module to run the job as requester.
+    {
+        let added = Importer::new(&*net.members[1].store, Options::default()).add_bytes(&hello).unwrap();
+        shoal_storage::pin::add(&*net.members[1].store, &added.root, PinMode::Recursive).unwrap();
+    }
+    let spec = hello_spec(module, 42, 1);
+    let first = submit(&other, &spec).await;
+    let done = until_ended(&other, &[first], Duration::from_secs(30)).await.remove(0);
+    assert_eq!(done.state, JobState::Completed);
+    let receipt = done.receipt.unwrap();
+    let job_cid = shoal_scheduler::receipt::job_cid(&done.spec);
+    // Its next announcements name the job.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let named = req.views.lock().unwrap().get(&other.peer).and_then(|v| v.receipts.clone());
+        if named.is_some_and(|r| r.contains(&job_cid)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node 1 never announced its receipt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, v) = post(&req, "/v1/jobs", &spec, &[]).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["cached"], serde_json::json!(receipt.to_string()), "{v}");
+    let id: JobId = v["id"].as_str().unwrap().parse().unwrap();
+    let job = req.db().job(&id).unwrap().unwrap();
+    assert_eq!((job.state, job.result, job.cached), (JobState::Completed, done.result, Some(receipt)));
+    assert!(req.db().executions(&id).unwrap().is_empty(), "nothing ran");
+    // Both are kept here now: the result can be read and the receipt
+    // served without node 1.
+    assert!(shoal_node::fetch::held(&*net.members[0].store, &done.result.unwrap()));
+    assert!(shoal_node::fetch::held(&*net.members[0].store, &receipt));
+    // --no-cache runs it.
+    let (_, v) = post(&req, "/v1/jobs?cache=false", &spec, &[]).await;
+    assert!(v["cached"].is_null(), "{v}");
+}

@@ -473,6 +473,24 @@ impl Db {
             .map_err(self.err("cannot record a receipt"))
     }
 
+    /// The job CIDs of the most recent `limit` completed jobs with a
+    /// receipt (repeats removed): what this node announces it can answer
+    /// from its cache.
+    pub fn recent_receipt_jobs(&self, limit: usize) -> Result<Vec<Cid>, Error> {
+        let conn = self.conn();
+        let rows = query(
+            &conn,
+            "SELECT job_cid FROM jobs WHERE state = 'completed' AND receipt IS NOT NULL AND job_cid IS NOT NULL \
+             ORDER BY created_ms DESC LIMIT ?1",
+            [limit as i64],
+            |r| r.get::<_, String>(0),
+        )
+        .map_err(self.err("cannot list the receipts"))?;
+        drop(conn);
+        let mut seen = std::collections::HashSet::new();
+        Ok(rows.iter().filter_map(|r| crate::serde_util::parse_cid(r).ok()).filter(|c| seen.insert(*c)).collect())
+    }
+
     /// A job's state alone (what a waiter checks on every change).
     pub fn job_state(&self, id: &JobId) -> Result<Option<JobState>, Error> {
         let state: Option<String> = self

@@ -597,6 +597,7 @@ mod tests {
             },
             api: None,
             allow: Vec::new(),
+            receipts: None,
             // A full-size filter still fits the gossip size cap.
             holds: Some(crate::holds::Holds::of(&[]).to_hex()),
         };

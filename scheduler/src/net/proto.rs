@@ -80,6 +80,10 @@ pub enum Request {
     Reveal { exec: String },
     /// Requester → compute: stop and forget this execution.
     Cancel { exec: String },
+    /// Any node → any node: the receipts you hold of completed runs of the
+    /// job with this CID (a result cache hit from another requester). Asked
+    /// of peers whose announced receipts filter names the job.
+    Receipts { job_cid: String },
 }
 
 impl Request {
@@ -91,6 +95,7 @@ impl Request {
             | Request::Failed { exec, .. }
             | Request::Reveal { exec }
             | Request::Cancel { exec } => exec,
+            Request::Receipts { job_cid } => job_cid,
         }
     }
 }
@@ -118,9 +123,16 @@ pub enum Response {
         #[serde(default)]
         signature: String,
     },
+    /// The answer to `Receipts`: receipt CIDs, newest first (at most
+    /// [`MAX_RECEIPTS_ANSWER`]).
+    Receipts { receipts: Vec<String> },
     /// The request was refused; the message says why.
     Error { message: String },
 }
+
+/// Most receipts one answer to [`Request::Receipts`] names (each one the
+/// asker may fetch and verify).
+pub const MAX_RECEIPTS_ANSWER: usize = 4;
 
 /// A request on [`BLOCKS_PROTOCOL`]: CIDs in binary form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +207,11 @@ pub struct Announcement {
     /// ([`crate::holds::Holds`]); absent from nodes that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holds: Option<String>,
+    /// The job CIDs it holds completed receipts of (its most recent
+    /// [`crate::holds::SIZED_FOR`]), as a hex Bloom filter: other
+    /// requesters ask it ([`Request::Receipts`]) before running one again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<String>,
 }
 
 impl std::ops::Deref for Announcement {
