@@ -453,11 +453,14 @@ pub fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     if a.run.no_pin {
         bail!("--no-pin is for `shoal run`; a node keeps what its jobs need");
     }
-    let mut spec = spec_value(&a)?;
     let base = match &a.file {
         Some(f) => f.parent().map(std::path::Path::to_path_buf).unwrap_or_default(),
         None => PathBuf::new(),
     };
+    let mut spec = spec_value(&a)?;
+    if spec.get("steps").is_some() {
+        return submit_pipeline(ctx, &api, &a, spec, &base);
+    }
     let sources = resolve_sources(&mut spec, &base)?;
     let body = serde_json::to_string(&spec)?;
     // Refused here, before anything is uploaded, as the node would.
@@ -493,6 +496,171 @@ pub fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
         eprintln!("job {id} submitted; waiting");
     }
     wait_and_print(ctx, &api, &id, a.run.quiet, a.wait_timeout)
+}
+
+/// `shoal submit -f pipeline.yaml`: a file with `steps` is a pipeline.
+/// Each step's local paths are uploaded as a job's are; the pipeline is
+/// checked here as the node would, signed over its CID, and submitted.
+fn submit_pipeline(
+    ctx: &Ctx,
+    api: &Api,
+    a: &SubmitArgs,
+    mut doc: Value,
+    base: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    // The flags change one job's spec; a pipeline's steps each have theirs.
+    let mut probe = json!({ "task": {} });
+    apply_flags(&mut probe, a)?;
+    if probe != json!({ "task": {} }) {
+        bail!("flags that change a job spec apply to one job: set them in each step of the pipeline instead");
+    }
+    let Some(steps) = doc.get_mut("steps").and_then(Value::as_object_mut) else {
+        bail!("`steps` is not a mapping of step names to job specs; see docs/job-spec.md#pipelines");
+    };
+    let mut all = Vec::new();
+    for (name, step) in steps.iter_mut() {
+        // The spec's own `task` check names the problem otherwise.
+        if step.get("task").and_then(|t| t.get("module")).is_some() {
+            all.push(resolve_sources(step, base).with_context(|| format!("step {name:?}"))?);
+        }
+    }
+    let body = serde_json::to_string(&doc)?;
+    let pipeline = shoal_scheduler::pipeline::Pipeline::parse(&body)?;
+    for sources in &all {
+        upload(ctx, api, sources)?;
+    }
+    let headers = sign(ctx, &shoal_scheduler::receipt::submit_statement, &pipeline.cid())?;
+    let path = if a.no_cache { "/v1/pipelines?cache=false" } else { "/v1/pipelines" };
+    let r = api.post_signed(path, body.as_bytes(), "application/json", &headers)?;
+    let id = r.get("id").and_then(Value::as_str).context("the node returned no pipeline id")?.to_owned();
+    if !a.wait {
+        if ctx.json {
+            output::json(&r)?;
+        } else {
+            println!("{id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !a.run.quiet && !ctx.json {
+        eprintln!("pipeline {id} submitted; waiting");
+    }
+    wait_pipeline(ctx, api, &id, a.wait_timeout, a.run.quiet)
+}
+
+/// Waits for pipeline `id` to end (or `timeout`), prints its steps and
+/// receipt, and exits 0 only if it completed.
+fn wait_pipeline(ctx: &Ctx, api: &Api, id: &str, timeout: Option<Duration>, quiet: bool) -> anyhow::Result<ExitCode> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let run = loop {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let secs = left.map_or(60, |l| l.as_secs().clamp(1, 60));
+        let run = api.get(&format!("/v1/pipelines/{id}/wait?timeout={secs}"))?;
+        let state = run["state"].as_str().unwrap_or_default();
+        let done = is_terminal(state) && (state != "completed" || !run["receipt"].is_null());
+        if done || left.is_some_and(|l| l.is_zero()) {
+            break run;
+        }
+    };
+    print_pipeline(ctx, &run, quiet)?;
+    Ok(if run["state"] == "completed" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// A pipeline run: one line per step (in an order they can run in), then
+/// its receipt or why it failed.
+fn print_pipeline(ctx: &Ctx, run: &Value, quiet: bool) -> anyhow::Result<()> {
+    if ctx.json {
+        return output::json(run);
+    }
+    let id = run["id"].as_str().unwrap_or_default();
+    let state = run["state"].as_str().unwrap_or_default();
+    let order: Vec<String> = serde_json::from_value::<shoal_scheduler::pipeline::Pipeline>(run["pipeline"].clone())
+        .map(|p| p.order().into_iter().map(str::to_owned).collect())
+        .unwrap_or_default();
+    for name in &order {
+        let s = &run["steps"][name];
+        let what = match s["state"].as_str().unwrap_or("?") {
+            "completed" => s["result"].as_str().unwrap_or_default().to_owned(),
+            other => format!("{other}{}", s["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()),
+        };
+        let job = s["job"].as_str().map(|j| format!(" ({j})")).unwrap_or_default();
+        println!("{name}{job}\t{what}");
+    }
+    match (state, run["receipt"].as_str()) {
+        ("completed", Some(receipt)) => {
+            println!("receipt\t{receipt}");
+            if !quiet {
+                eprintln!("pipeline {id} completed; check it: shoal receipt verify {receipt}");
+            }
+        }
+        (s, _) if is_terminal(s) => eprintln!("pipeline {id} {s}: {}", run["error"].as_str().unwrap_or_default()),
+        _ => eprintln!("pipeline {id} still {state}; follow it with `shoal pipeline wait {id}`"),
+    }
+    Ok(())
+}
+
+/// Follow, describe, list or cancel pipelines on a node.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum PipelineCmd {
+    /// A pipeline's steps, their jobs and results, and its receipt.
+    Describe { id: String },
+    /// Wait for a pipeline to end; exit 0 if it completed.
+    Wait {
+        id: String,
+        /// Give up waiting after this long (the pipeline goes on).
+        #[arg(long, value_name = "DURATION", value_parser = crate::cmd_run::parse_timeout)]
+        timeout: Option<Duration>,
+    },
+    /// Cancel a pipeline: its running steps' jobs, and the steps not run.
+    Cancel { id: String },
+    /// Pipelines on the node, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+pub fn pipeline(ctx: &Ctx, c: PipelineCmd) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&ctx.node)?;
+    let check = |id: &str| -> anyhow::Result<()> {
+        id.parse::<shoal_scheduler::model::PipelineId>()
+            .map(|_| ())
+            .map_err(|_| anyhow::anyhow!("malformed pipeline id {id:?}; pipeline ids look like p-0190f…"))
+    };
+    match c {
+        PipelineCmd::Describe { id } => {
+            check(&id)?;
+            print_pipeline(ctx, &api.get(&format!("/v1/pipelines/{id}"))?, true)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        PipelineCmd::Wait { id, timeout } => {
+            check(&id)?;
+            wait_pipeline(ctx, &api, &id, timeout, false)
+        }
+        PipelineCmd::Cancel { id } => {
+            check(&id)?;
+            let run = api.post(&format!("/v1/pipelines/{id}/cancel"), b"{}", "application/json")?;
+            print_pipeline(ctx, &run, true)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        PipelineCmd::List { limit } => {
+            let v = api.get(&format!("/v1/pipelines?limit={limit}"))?;
+            if ctx.json {
+                output::json(&v)?;
+            } else {
+                for p in v["pipelines"].as_array().into_iter().flatten() {
+                    let done =
+                        p["steps"].as_object().map_or(0, |m| m.values().filter(|s| s["state"] == "completed").count());
+                    let all = p["steps"].as_object().map_or(0, |m| m.len());
+                    println!(
+                        "{}\t{}\t{done}/{all} steps",
+                        p["id"].as_str().unwrap_or_default(),
+                        p["state"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// The headers of a submission signed with this client's key

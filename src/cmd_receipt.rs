@@ -57,6 +57,9 @@ fn verify(ctx: &Ctx, cid: Cid, trust_keys: Option<PathBuf>) -> anyhow::Result<Ex
     let block = store.get().get(&cid).with_context(|| {
         format!("cannot read the receipt {cid}; fetch it with --node URL from the node that ran the job")
     })?;
+    if shoal_scheduler::pipeline::is_pipeline_receipt(block.data()) {
+        return verify_pipeline(ctx, &store, cid, block.data(), trusted.as_ref());
+    }
     let v = shoal_scheduler::receipt::verify(block.data(), Some(&cid), trusted.as_ref())
         .with_context(|| format!("receipt {cid} does not verify"))?;
     if ctx.json {
@@ -85,6 +88,57 @@ fn verify(ctx: &Ctx, cid: Cid, trust_keys: Option<PathBuf>) -> anyhow::Result<Ex
             for k in &v.attested_by {
                 println!("  {k}");
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A pipeline receipt: the blocks it links (the pipeline as submitted and
+/// each step's receipt) are fetched from `--node` when missing here, then
+/// everything is checked offline.
+fn verify_pipeline(
+    ctx: &Ctx,
+    store: &Store,
+    cid: Cid,
+    bytes: &[u8],
+    trusted: Option<&BTreeSet<String>>,
+) -> anyhow::Result<ExitCode> {
+    use shoal_scheduler::pipeline::PipelineReceipt;
+    if let Ok(r) = serde_json::from_slice::<PipelineReceipt>(bytes) {
+        for linked in std::iter::once(&r.document).chain(r.steps.iter().map(|s| &s.receipt)) {
+            // A block that cannot be fetched is named by verification.
+            let _ = crate::cmd_net::fetch_if_missing(ctx, store.get(), linked);
+        }
+    }
+    let get = |c: &Cid| store.get().get(c).ok().map(|b| b.data().to_vec());
+    let v = shoal_scheduler::pipeline::verify_pipeline(bytes, Some(&cid), trusted, &get)
+        .with_context(|| format!("pipeline receipt {cid} does not verify"))?;
+    if ctx.json {
+        let steps: Vec<serde_json::Value> = v
+            .steps
+            .iter()
+            .map(|(name, s)| {
+                serde_json::json!({
+                    "step": name,
+                    "job_cid": s.job_cid.to_string(),
+                    "result": s.result.map(|c| c.to_string()),
+                    "attested_by": s.attested_by,
+                })
+            })
+            .collect();
+        output::json(
+            &serde_json::json!({ "receipt": cid.to_string(), "verified": true, "pipeline": true, "steps": steps }),
+        )?;
+    } else {
+        println!("pipeline receipt {cid} verified: {} step(s), each chained to the results it read", v.steps.len());
+        for (name, s) in &v.steps {
+            println!(
+                "  {name}: job {} result {} ({} node key(s), quorum {})",
+                s.job_cid,
+                s.result.map(|c| c.to_string()).unwrap_or_default(),
+                s.attested_by.len(),
+                s.quorum
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -73,6 +73,10 @@ enum Command {
     /// Describe, list, follow or cancel jobs on a node.
     #[command(subcommand)]
     Job(cmd_net::JobCmd),
+    /// Follow, describe, list or cancel pipelines (`shoal submit -f` with
+    /// a file of `steps`).
+    #[command(subcommand)]
+    Pipeline(cmd_net::PipelineCmd),
     /// The nodes a node knows, with their capacity and record.
     Nodes,
     /// Put a CID from the local store, or a local file or directory, on a
@@ -144,6 +148,7 @@ fn main() -> ExitCode {
         Command::Submit(a) => cmd_net::submit(&ctx, a),
         Command::Job(c) => cmd_net::job(&ctx, c),
         Command::Nodes => cmd_net::nodes(&ctx),
+        Command::Pipeline(c) => cmd_net::pipeline(&ctx, c),
         Command::Push(a) => cmd_net::push(&ctx, a),
         Command::Receipt(c) => cmd_receipt::receipt(&ctx, c),
         Command::Whoami => cmd_net::whoami(&ctx),

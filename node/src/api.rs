@@ -88,10 +88,10 @@ impl Default for Metrics {
     }
 }
 
-type Shared = Arc<Node>;
+pub(crate) type Shared = Arc<Node>;
 
 /// An error as the API returns it: a status and `{"error": "..."}`.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -99,11 +99,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
+pub(crate) fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
@@ -132,7 +132,12 @@ fn not_found(id: &str) -> ApiError {
         ls_root,
         ls_path,
         cat_root,
-        cat_path
+        cat_path,
+        crate::pipelines::submit,
+        crate::pipelines::get,
+        crate::pipelines::list,
+        crate::pipelines::wait,
+        crate::pipelines::cancel
     )
 )]
 struct ApiDoc;
@@ -146,6 +151,10 @@ pub fn router(node: Shared, policy: guard::Policy) -> Router {
         .route("/v1/jobs/{id}/logs", get(job_logs))
         .route("/v1/jobs/{id}/wait", get(wait_job))
         .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/pipelines", post(crate::pipelines::submit).get(crate::pipelines::list))
+        .route("/v1/pipelines/{id}", get(crate::pipelines::get))
+        .route("/v1/pipelines/{id}/wait", get(crate::pipelines::wait))
+        .route("/v1/pipelines/{id}/cancel", post(crate::pipelines::cancel))
         .route("/v1/nodes", get(nodes))
         .route("/v1/health", get(health))
         .route("/v1/car", post(car_import).layer(DefaultBodyLimit::max(MAX_BODY)))
@@ -311,7 +320,7 @@ pub const MAX_SUBMIT_SKEW: Duration = Duration::from_secs(10 * 60);
 /// The submission's signed submitter, if it carries one: the three headers
 /// together, the signature checked over `statement(cid, at)`, the time
 /// within [`MAX_SUBMIT_SKEW`]. A submission without them is anonymous.
-fn submitter_of(
+pub(crate) fn submitter_of(
     node: &Node,
     headers: &axum::http::HeaderMap,
     statement: &dyn Fn(&Cid, u64) -> Vec<u8>,
@@ -582,7 +591,7 @@ pub const LOCATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// the inputs are here, checks that they can be mounted as the spec says
 /// (a file below a directory, not inside a mounted directory), which no
 /// node could do otherwise.
-async fn locate_data(node: &Shared, spec: &Spec) -> Result<(), ApiError> {
+pub(crate) async fn locate_data(node: &Shared, spec: &Spec) -> Result<(), ApiError> {
     let t = &spec.task;
     let mut wanted = vec![("task.module".to_owned(), t.module)];
     wanted.extend(t.inputs.iter().enumerate().map(|(i, input)| (format!("task.inputs[{i}].cid"), input.cid)));

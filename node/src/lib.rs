@@ -16,6 +16,9 @@
 //!   out (bids, runs, reveals, completion) through the network client.
 //! - `compute.rs`: the compute side: slots, bids, running executions with
 //!   the runtime, commit-reveal.
+//! - `pipelines.rs`: pipelines: their API, and the driver that submits
+//!   each step once the steps it reads have results (the pure rules are
+//!   [`shoal_scheduler::flow`]).
 //! - `fetch.rs`: block exchange (fetch a DAG from peers, serve ours).
 //! - `api.rs`: the HTTP API (axum), OpenAPI document and metrics.
 //! - `views.rs`: the API's answers as types, from which the OpenAPI
@@ -32,6 +35,7 @@ pub mod api;
 pub mod compute;
 pub mod fetch;
 pub mod guard;
+pub mod pipelines;
 pub mod requester;
 pub mod views;
 
@@ -886,6 +890,7 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         }
     }));
     tasks.push(tokio::spawn(requester::run(node.clone())));
+    tasks.push(tokio::spawn(pipelines::run(node.clone())));
     let api_task = match api {
         Some(listener) => {
             let policy = guard::Policy {

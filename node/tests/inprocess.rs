@@ -650,3 +650,158 @@ async fn a_cache_hit_can_come_from_another_requester() {
     let (_, v) = post(&req, "/v1/jobs?cache=false", &spec, &[]).await;
     assert!(v["cached"].is_null(), "{v}");
 }
+
+/// Submits a pipeline (JSON) through `node`'s API; returns its id.
+async fn submit_pipeline(node: &Arc<Node>, pipeline: &serde_json::Value) -> shoal_scheduler::model::PipelineId {
+    let (status, v) = post(node, "/v1/pipelines", pipeline, &[]).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    v["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// Waits until pipeline `id` has ended (with its receipt, if completed).
+async fn until_pipeline_ends(
+    node: &Arc<Node>,
+    id: &shoal_scheduler::model::PipelineId,
+) -> shoal_scheduler::flow::PipelineRun {
+    until(node, Duration::from_secs(60), "the pipeline's end", |n| {
+        let r = n.db().pipeline(id).unwrap().unwrap();
+        r.state.is_terminal() && (r.state != JobState::Completed || r.receipt.is_some())
+    })
+    .await;
+    node.db().pipeline(id).unwrap().unwrap()
+}
+
+/// A 4-step diamond of wordcount jobs (a counts the data; b and c count
+/// a's outputs; d counts b's and c's): each step runs once the results it
+/// reads exist, with its own redundancy, and the final result is the one
+/// the same chain of local runs gives. The pipeline's receipt verifies
+/// offline from the requester's store and links every step's receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_diamond_pipeline_completes_with_the_result_of_local_runs_and_one_receipt() {
+    let wc = sample("wordcount");
+    let net = Net::new(&[2, 2, 2]).await;
+    let module = net.add(&wc);
+    let data = {
+        let store = &net.members[0].store;
+        let added = Importer::new(&**store, Options::default()).add_bytes(b"one two three\nfour five\n").unwrap();
+        shoal_storage::pin::add(&**store, &added.root, PinMode::Recursive).unwrap();
+        added.root
+    };
+    let m = module.to_string();
+    let pipeline = serde_json::json!({ "steps": {
+        "a": { "task": { "module": m, "inputs": [{ "cid": data.to_string(), "mount": "/inputs/data.txt" }] } },
+        "b": { "task": { "module": m, "inputs": [{ "from": "a", "mount": "/inputs" }] }, "redundancy": { "count": 2 } },
+        "c": { "task": { "module": m, "env": { "STEP": "c" }, "inputs": [{ "from": "a", "path": "counts.tsv", "mount": "/inputs/c.tsv" }] }, "redundancy": { "count": 3 } },
+        "d": { "task": { "module": m, "inputs": [
+            { "from": "b", "path": "counts.tsv", "mount": "/inputs/b.tsv" },
+            { "from": "c", "path": "counts.tsv", "mount": "/inputs/c.tsv" } ] } },
+    }});
+    let req = net.node(0).clone();
+    let id = submit_pipeline(&req, &pipeline).await;
+    let run = until_pipeline_ends(&req, &id).await;
+    let logs: Vec<_> = run
+        .steps
+        .values()
+        .filter_map(|s| s.job.as_ref())
+        .flat_map(|j| req.db().executions(j).unwrap())
+        .map(|e| (e.stdout, e.stderr))
+        .collect();
+    assert_eq!(run.state, JobState::Completed, "{:?} {:?} {logs:?}", run.error, run.steps);
+
+    // The same chain, run locally step by step.
+    let parsed = shoal_scheduler::pipeline::Pipeline::parse(&pipeline.to_string()).unwrap();
+    let store = MemStore::new();
+    for root in [module, data] {
+        let car = {
+            let mut out = Vec::new();
+            shoal_storage::car::export(&*net.members[0].store, &root, &mut out).unwrap();
+            out
+        };
+        shoal_storage::car::import(&store, std::io::Cursor::new(car), "test").unwrap();
+    }
+    let exec = shoal_runtime::Executor::new(shoal_runtime::Config::default()).unwrap();
+    let mut local = std::collections::BTreeMap::new();
+    for name in parsed.order() {
+        let spec = parsed.steps[name].resolve(&local).unwrap();
+        let rt = shoal_node::compute::to_runtime(&spec);
+        let scratch = tempfile::tempdir().unwrap();
+        let result = std::thread::scope(|s| {
+            s.spawn(|| shoal_runtime::job::run(&exec, &store, &rt, scratch.path()).unwrap().result).join().unwrap()
+        });
+        local.insert(name.to_string(), result);
+    }
+    for (name, step) in &run.steps {
+        assert_eq!(step.result, Some(local[name]), "step {name} differs from its local run");
+        let job = req.db().job(step.job.as_ref().unwrap()).unwrap().unwrap();
+        let execs = req.db().executions(&job.id).unwrap();
+        // Each step ran with its own redundancy and quorum.
+        assert_eq!(job.spec.redundancy, parsed.steps[name].spec.redundancy);
+        let agreeing: std::collections::BTreeSet<_> =
+            execs.iter().filter(|e| e.result == job.result).map(|e| e.node.clone()).collect();
+        assert!(agreeing.len() >= job.spec.quorum() as usize, "step {name}: {} nodes agreed", agreeing.len());
+        // Dependents were submitted only after what they read completed.
+        for dep in parsed.deps(name) {
+            let dep_job = req.db().job(run.steps[dep].job.as_ref().unwrap()).unwrap().unwrap();
+            assert!(job.created_ms >= dep_job.updated_ms, "{name} was submitted before {dep} ended");
+        }
+    }
+    // One CID verifies the whole pipeline, from the requester's store alone.
+    let store0 = net.members[0].store.clone();
+    let get = |c: &Cid| shoal_storage::BlockStore::get(&*store0, c).ok().map(|b| b.data().to_vec());
+    let cid = run.receipt.unwrap();
+    let bytes = get(&cid).unwrap();
+    let v = shoal_scheduler::pipeline::verify_pipeline(&bytes, Some(&cid), None, &get).unwrap();
+    assert_eq!(v.steps.len(), 4);
+    assert_eq!(v.steps.iter().find(|(n, _)| n == "d").unwrap().1.result, Some(local["d"]));
+}
+
+/// A step whose guest fails fails its dependents, each saying why, while
+/// independent steps still run; a cycle, a missing step and a bad spec are
+/// refused before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_step_fails_its_dependents_and_bad_pipelines_are_refused() {
+    let (hello, exit) = (sample("hello"), sample("exitcode"));
+    let net = Net::new(&[2, 2]).await;
+    let (h, x) = (net.add(&hello).to_string(), net.add(&exit).to_string());
+    let req = net.node(0).clone();
+    let pipeline = serde_json::json!({ "steps": {
+        "bad": { "task": { "module": x, "args": ["3"] } },
+        "after": { "task": { "module": h, "inputs": [{ "from": "bad", "mount": "/in" }] } },
+        "last": { "task": { "module": h, "args": ["x"], "inputs": [{ "from": "after", "mount": "/in" }] } },
+        "alone": { "task": { "module": h, "args": ["alone"] } },
+    }});
+    let id = submit_pipeline(&req, &pipeline).await;
+    let run = until_pipeline_ends(&req, &id).await;
+    assert_eq!(run.state, JobState::Failed);
+    assert!(run.receipt.is_none());
+    let why = |n: &str| run.steps[n].error.clone().unwrap_or_default();
+    assert!(why("bad").contains("exited with code 3"), "{}", why("bad"));
+    assert!(why("after").contains("step \"bad\""), "{}", why("after"));
+    assert!(why("last").contains("step \"after\""), "{}", why("last"));
+    assert!(run.steps["after"].job.is_none() && run.steps["last"].job.is_none(), "dependents never ran");
+    assert_eq!(run.steps["alone"].state, shoal_scheduler::flow::StepState::Completed);
+    assert!(run.error.as_deref().unwrap_or_default().contains("first: step \"bad\""), "{:?}", run.error);
+
+    let before = req.db().jobs(None, 1000).unwrap().len();
+    for (p, expect) in [
+        (
+            serde_json::json!({ "steps": {
+                "a": { "task": { "module": h, "inputs": [{ "from": "b", "mount": "/b" }] } },
+                "b": { "task": { "module": h, "inputs": [{ "from": "a", "mount": "/a" }] } } } }),
+            "cycle",
+        ),
+        (
+            serde_json::json!({ "steps": { "a": { "task": { "module": h, "inputs": [{ "from": "z", "mount": "/z" }] } } } }),
+            "\"z\"",
+        ),
+        (
+            serde_json::json!({ "steps": { "a": { "task": { "module": h }, "redundancy": { "count": 99 } } } }),
+            "step \"a\"",
+        ),
+    ] {
+        let (status, v) = post(&req, "/v1/pipelines", &p, &[]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(expect), "{expect}: {v}");
+    }
+    assert_eq!(req.db().jobs(None, 1000).unwrap().len(), before, "nothing ran");
+}

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use shoal_storage::Cid;
 
-use crate::model::{ExecId, ExecState, Execution, Job, JobId, JobState, NodeId, NodeStats};
+use crate::flow::PipelineRun;
+use crate::model::{ExecId, ExecState, Execution, Job, JobId, JobState, NodeId, NodeStats, PipelineId};
 use crate::spec::Spec;
 
 /// The schema this code reads and writes.
@@ -143,7 +144,13 @@ CREATE TRIGGER IF NOT EXISTS exec_timeline_update AFTER UPDATE OF state ON execu
     INSERT INTO exec_events (exec, state, ms) VALUES (new.id, new.state, new.updated_ms);
 END;
 CREATE TABLE IF NOT EXISTS journal (exec TEXT PRIMARY KEY, requester TEXT NOT NULL, job TEXT NOT NULL, seq INTEGER NOT NULL,
-    result TEXT, nonce BLOB, exit_code INTEGER, stdout TEXT, stderr TEXT, meta TEXT, revealed INTEGER NOT NULL DEFAULT 0);";
+    result TEXT, nonce BLOB, exit_code INTEGER, stdout TEXT, stderr TEXT, meta TEXT, revealed INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS pipelines (id TEXT PRIMARY KEY, state TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS pipelines_state ON pipelines (state);";
+
+/// Most pipelines [`Db::pipelines`] lists at once.
+pub const MAX_PIPELINE_LIST: usize = 1000;
 
 /// Most executions a compute node's journal keeps: past it the oldest
 /// finished ones are forgotten (as the compute side forgets them).
@@ -489,6 +496,72 @@ impl Db {
         drop(conn);
         let mut seen = std::collections::HashSet::new();
         Ok(rows.iter().filter_map(|r| crate::serde_util::parse_cid(r).ok()).filter(|c| seen.insert(*c)).collect())
+    }
+
+    /// Stores a new pipeline run.
+    pub fn insert_pipeline(&self, run: &PipelineRun) -> Result<(), Error> {
+        let record = serde_json::to_string(run)
+            .map_err(|e| self.corrupt(Bad { what: format!("pipeline {}", run.id), message: e.to_string() }))?;
+        self.conn()
+            .prepare_cached("INSERT INTO pipelines (id, state, created_ms, record) VALUES (?1, ?2, ?3, ?4)")
+            .and_then(|mut st| st.execute(params![run.id.as_str(), run.state.as_str(), run.created_ms, record]))
+            .map(|_| ())
+            .map_err(self.err("cannot insert pipeline"))
+    }
+
+    /// Overwrites a stored pipeline run that is still running (returns
+    /// false, writing nothing, once it has ended: a cancel is not undone
+    /// by a pass that read the run before it).
+    pub fn update_pipeline(&self, run: &PipelineRun) -> Result<bool, Error> {
+        let record = serde_json::to_string(run)
+            .map_err(|e| self.corrupt(Bad { what: format!("pipeline {}", run.id), message: e.to_string() }))?;
+        self.conn()
+            .prepare_cached("UPDATE pipelines SET state = ?2, record = ?3 WHERE id = ?1 AND state = 'running'")
+            .and_then(|mut st| st.execute(params![run.id.as_str(), run.state.as_str(), record]))
+            .map(|n| n == 1)
+            .map_err(self.err("cannot update pipeline"))
+    }
+
+    /// A pipeline run by id.
+    pub fn pipeline(&self, id: &PipelineId) -> Result<Option<PipelineRun>, Error> {
+        let record: Option<String> = self
+            .conn()
+            .prepare_cached("SELECT record FROM pipelines WHERE id = ?1")
+            .and_then(|mut st| st.query_row([id.as_str()], |r| r.get(0)))
+            .optional()
+            .map_err(self.err("cannot read pipeline"))?;
+        record.map(|r| self.decode_pipeline(id.as_str(), &r)).transpose()
+    }
+
+    /// Pipelines still running, oldest first.
+    pub fn active_pipelines(&self) -> Result<Vec<PipelineRun>, Error> {
+        let conn = self.conn();
+        let rows =
+            query(&conn, "SELECT id, record FROM pipelines WHERE state = 'running' ORDER BY created_ms, id", [], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(self.err("cannot list pipelines"))?;
+        drop(conn);
+        rows.iter().map(|(id, r)| self.decode_pipeline(id, r)).collect()
+    }
+
+    /// Up to `limit` pipelines (at most [`MAX_PIPELINE_LIST`]), newest
+    /// first.
+    pub fn pipelines(&self, limit: usize) -> Result<Vec<PipelineRun>, Error> {
+        let limit = i64::try_from(limit.min(MAX_PIPELINE_LIST)).unwrap_or(0);
+        let conn = self.conn();
+        let rows =
+            query(&conn, "SELECT id, record FROM pipelines ORDER BY created_ms DESC, id DESC LIMIT ?1", [limit], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(self.err("cannot list pipelines"))?;
+        drop(conn);
+        rows.iter().map(|(id, r)| self.decode_pipeline(id, r)).collect()
+    }
+
+    fn decode_pipeline(&self, id: &str, record: &str) -> Result<PipelineRun, Error> {
+        serde_json::from_str(record)
+            .map_err(|e| self.corrupt(Bad { what: format!("pipeline {id}"), message: e.to_string() }))
     }
 
     /// A job's state alone (what a waiter checks on every change).

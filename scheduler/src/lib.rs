@@ -27,6 +27,12 @@
 //! - `db.rs`: jobs, executions and node stats in SQLite.
 //! - `receipt.rs`: signed receipts of completed jobs, the job CID, and
 //!   their offline verification.
+//! - `pipeline.rs`: pipelines, a few jobs submitted together as a DAG
+//!   where a step may read another's result: parsing, ordering, resolving
+//!   a step's spec, and the pipeline's signed receipt and its
+//!   verification.
+//! - `flow.rs`: a pipeline's progress: which steps run next, which can
+//!   no longer run, and when it is over (a pure function).
 //! - `holds.rs`: which roots a node holds, as a bounded Bloom filter it
 //!   announces (placement prefers nodes that hold a job's inputs).
 //! - `serde_util.rs`: CIDs and hashes as strings in JSON and YAML.
@@ -38,9 +44,11 @@ pub mod agreement;
 pub mod commit;
 pub mod constraint;
 pub mod db;
+pub mod flow;
 pub mod holds;
 pub mod model;
 pub mod net;
+pub mod pipeline;
 pub mod placement;
 pub mod receipt;
 mod serde_util;

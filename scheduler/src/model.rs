@@ -133,6 +133,7 @@ pub const ID_PATTERN: &str = "^[A-Za-z0-9._-]+$";
 
 id_type!(JobId, "job", "j");
 id_type!(ExecId, "execution", "e");
+id_type!(PipelineId, "pipeline", "p");
 
 macro_rules! state_names {
     ($name:ident, $kind:literal, $($variant:ident => $text:literal),+ $(,)?) => {
