@@ -232,13 +232,20 @@ fn spec_value(a: &SubmitArgs) -> anyhow::Result<Value> {
                     .with_context(|| format!("the job spec {} is not valid yaml", f.display()))?
             };
             if !v.is_object() {
-                bail!("the job spec {} is not a mapping with a `task`; see docs/job-spec.md", f.display());
+                bail!(
+                    "the job spec {} is not a mapping with a `task` (a job) or `steps` (a pipeline); see \
+                     docs/job-spec.md",
+                    f.display()
+                );
             }
             v
         }
         None => json!({ "task": {} }),
     };
-    apply_flags(&mut spec, a)?;
+    // A pipeline's steps each have their own spec: the flags apply to none.
+    if spec.get("steps").is_none() {
+        apply_flags(&mut spec, a)?;
+    }
     Ok(spec)
 }
 

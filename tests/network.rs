@@ -1607,3 +1607,84 @@ fn a_node_that_allows_other_requesters_only_is_never_asked() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("only 0 node(s)"), "{}", text(&o.stderr));
 }
+
+/// The CLI end to end for submitters and pipelines, with real processes:
+/// `shoal whoami`; a signed submission recorded with its submitter; a
+/// pipeline file with local paths (uploaded) run with `submit -f --wait`,
+/// under a requester quota of one unfinished job per submitter (its
+/// fan-out steps take turns); its receipt verified offline by `shoal
+/// receipt verify`; and the quota's refusal as the CLI prints it.
+#[test]
+fn the_cli_signs_submissions_runs_pipelines_and_verifies_their_receipts() {
+    let mut net = Net::new();
+    net.add("requester", &["--quota-jobs", "1"]);
+    net.add("c1", &[]);
+    wait_for_nodes(&net.nodes[0], 2);
+    let n = &net.nodes[0];
+    let home = net.home("cli");
+    let o = cli(n, &home, &["whoami"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let me = text(&o.stdout).trim().to_owned();
+    assert!(me.starts_with("12D3KooW"), "{me}");
+    assert_eq!(text(&cli(n, &home, &["whoami"]).stdout).trim(), me, "the client key is kept");
+
+    let o = cli(n, &home, &["submit", "--wait", "-q", sample("hello").to_str().unwrap(), "--", "signed"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let j = job(n, &last_completed(n));
+    assert_eq!(j["job"]["submitter"]["key"], Value::String(me.clone()), "{j}");
+
+    // A diamond over local files: a counts the texts, b and c count a's
+    // table, d counts b's and c's.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(sample("wordcount"), dir.path().join("wc.wasm")).unwrap();
+    let pipeline = format!(
+        "steps:
+  a:
+    task: {{module: wc.wasm, inputs: [{{cid: {texts}, mount: /inputs}}]}}
+  b:
+    task: {{module: wc.wasm, inputs: [{{from: a, mount: /inputs}}]}}
+    redundancy: {{count: 2}}
+  c:
+    task:
+      module: wc.wasm
+      env: {{STEP: c}}
+      inputs: [{{from: a, path: counts.tsv, mount: /inputs/a.tsv}}]
+  d:
+    task:
+      module: wc.wasm
+      inputs:
+        - {{from: b, path: counts.tsv, mount: /inputs/b.tsv}}
+        - {{from: c, path: counts.tsv, mount: /inputs/c.tsv}}
+",
+        texts = texts().display()
+    );
+    std::fs::write(dir.path().join("pipeline.yaml"), pipeline).unwrap();
+    let file = dir.path().join("pipeline.yaml");
+    let o = cli(n, &home, &["submit", "-f", file.to_str().unwrap(), "--wait", "--wait-timeout", "120s"]);
+    assert!(o.status.success(), "{}\n{}", text(&o.stdout), text(&o.stderr));
+    let out = text(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(lines[0].starts_with("a ") && lines[3].starts_with("d "), "steps in order: {out}");
+    let receipt = lines[4].strip_prefix("receipt\t").expect("a receipt line").to_owned();
+
+    // Verified offline in a fresh home, the blocks fetched from the node.
+    let o = cli(n, &net.home("verifier"), &["--json", "receipt", "verify", &receipt]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["pipeline"], Value::Bool(true), "{v}");
+    assert_eq!(v["steps"].as_array().unwrap().len(), 4, "{v}");
+    let d = v["steps"].as_array().unwrap().iter().find(|s| s["step"] == "d").unwrap().clone();
+    assert!(lines[3].ends_with(d["result"].as_str().unwrap()), "{out} / {v}");
+
+    // The quota: one job that cannot run holds the submitter's only place.
+    let hello = sample("hello");
+    let o = cli(n, &home, &["submit", "--constraint", "name=nowhere", hello.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = cli(n, &home, &["submit", hello.to_str().unwrap(), "--", "second"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("its quota is 1"), "{}", text(&o.stderr));
+    // Another submitter still has room.
+    let o = cli(n, &net.home("other"), &["submit", "--wait", "-q", hello.to_str().unwrap(), "--", "other"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}

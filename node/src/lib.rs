@@ -625,6 +625,16 @@ fn load_key_file(path: &Path, what: &str) -> Result<Keypair, Error> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();
+            // A first use may come before anything else made the home.
+            if let Some(dir) = path.parent() {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .with_context(|| format!("cannot create {} for the new {what}", dir.display()))
+                    .map_err(|e| Error::Identity(message(&e)))?;
+            }
             key.to_protobuf_encoding()
                 .with_context(|| format!("cannot encode the new {what}"))
                 .and_then(|bytes| write_private(path, &bytes))
