@@ -19,6 +19,12 @@
 //!   (`--no-compute`) requester, so that the compute node must fetch it:
 //!   wall times, their ratio and the node that ran each.
 //!
+//! - `pipeline`: on 3 nodes, a 10-step chain pipeline (each step counts
+//!   the words of the previous step's outputs): its submit-to-receipt time
+//!   against the sum of its steps' own times (each job's submission to
+//!   completion, as its requester records it), and against the same chain
+//!   driven by a client that submits each job once the previous one ended.
+//!
 //! `SHOAL_BENCH=burst,locality` runs only the scenarios named (default:
 //! all); `--quick` runs smaller samples. Every loop is bounded; nodes listen
 //! on loopback only.
@@ -110,7 +116,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// The scenarios `SHOAL_BENCH` can name.
-const SCENARIOS: [&str; 3] = ["latency", "burst", "locality"];
+const SCENARIOS: [&str; 4] = ["latency", "burst", "locality", "pipeline"];
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -127,6 +133,7 @@ fn main() {
             match s {
                 "latency" => latency(&root, quick),
                 "burst" => burst(&root, quick),
+                "pipeline" => pipeline(&root, quick),
                 _ => locality(&root, quick),
             }
         }
@@ -673,4 +680,89 @@ fn locality(root: &Path, quick: bool) {
         med(&remote, |p| p.total) / med(&local, |p| p.total),
         med(&remote, |p| p.exec) / med(&local, |p| p.exec)
     );
+}
+
+/// Steps of the chain pipeline.
+const CHAIN: usize = 10;
+
+/// A 10-step chain: its time, the sum of its steps' own times, and the
+/// same chain driven step by step by a client.
+fn pipeline(root: &Path, quick: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let n0 = start(&dir.path().join("n0"), &["--slots", "4"]);
+    let n1 = start(&dir.path().join("n1"), &["--slots", "4", "--peer", &n0.peer]);
+    let n2 = start(&dir.path().join("n2"), &["--slots", "4", "--peer", &n0.peer]);
+    let a = agent();
+    wait_nodes(&a, &n0.api, 3);
+    let module = upload(&a, &n0.api, &root.join("samples/build/wordcount.wasm"), "wc.wasm");
+    let data = upload(&a, &n0.api, &root.join("samples/data/texts/tides.txt"), "tides.txt");
+    let step = |i: usize| {
+        let input = if i == 0 {
+            json!({ "cid": data, "mount": "/inputs/tides.txt" })
+        } else {
+            json!({ "from": format!("s{}", i - 1), "path": "counts.tsv", "mount": "/inputs/counts.tsv" })
+        };
+        json!({ "task": { "module": module, "inputs": [input] } })
+    };
+    let steps: serde_json::Map<String, Value> = (0..CHAIN).map(|i| (format!("s{i}"), step(i))).collect();
+    let doc = json!({ "steps": steps });
+    let rounds = if quick { 3 } else { 15 };
+    let (mut total, mut own, mut client, mut gaps) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    println!("pipeline: {CHAIN}-step chain of word counts on 3 nodes (each step reads the previous step's outputs)");
+    for _ in 0..rounds {
+        // The pipeline, with no step answered from the cache.
+        let t = Instant::now();
+        let mut r = a.post(format!("{}/v1/pipelines?cache=false", n0.api)).send_json(&doc).unwrap();
+        let v: Value = r.body_mut().read_json().unwrap();
+        let id = v["id"].as_str().unwrap_or_else(|| panic!("pipeline refused: {v}")).to_owned();
+        let run = (0..10)
+            .find_map(|_| {
+                let mut r = a.get(format!("{}/v1/pipelines/{id}/wait?timeout=60", n0.api)).call().unwrap();
+                let run: Value = r.body_mut().read_json().unwrap();
+                (run["state"] != "running").then_some(run)
+            })
+            .expect("the pipeline did not end in 10 minutes");
+        total.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(run["state"], "completed", "{run}");
+        let mut sum = 0.0;
+        let mut ended_at: Option<f64> = None;
+        for i in 0..CHAIN {
+            let job = wait(&a, &n0.api, run["steps"][format!("s{i}")]["job"].as_str().unwrap());
+            let (c, u) = (job["job"]["created_ms"].as_f64().unwrap(), job["job"]["updated_ms"].as_f64().unwrap());
+            sum += u - c;
+            if let Some(prev) = ended_at {
+                gaps.push(c - prev);
+            }
+            ended_at = Some(u);
+        }
+        own.push(sum);
+        // The same chain, driven by a client: each job submitted once the
+        // previous one completed, with its result as input.
+        let t = Instant::now();
+        let mut prev: Option<String> = None;
+        for _ in 0..CHAIN {
+            let input = match &prev {
+                None => json!({ "cid": data, "mount": "/inputs/tides.txt" }),
+                Some(r) => json!({ "cid": r, "path": "outputs/counts.tsv", "mount": "/inputs/counts.tsv" }),
+            };
+            let id = submit(&a, &n0.api, &json!({ "task": { "module": module, "inputs": [input] } }));
+            let v = wait(&a, &n0.api, &id);
+            prev = Some(v["job"]["result"].as_str().unwrap().to_owned());
+        }
+        client.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (total, own, client, gap) = (median(total), median(own), median(client), median(gaps));
+    println!(
+        "  median of {rounds}: pipeline {total:.1} ms (submit to signed receipt); sum of its steps' own times \
+         {own:.1} ms; overhead {:.1} ms ({:.2} ms per step, {:.2}x the sum)",
+        total - own,
+        (total - own) / CHAIN as f64,
+        total / own
+    );
+    println!("  from a step's completion to the submission of the step that reads it: median {gap:.1} ms");
+    println!(
+        "  the same chain driven by a client, job after job: {client:.1} ms ({:.2}x the pipeline)",
+        client / total
+    );
+    drop((n0, n1, n2));
 }

@@ -563,8 +563,7 @@ fn wait_pipeline(ctx: &Ctx, api: &Api, id: &str, timeout: Option<Duration>, quie
         let secs = left.map_or(60, |l| l.as_secs().clamp(1, 60));
         let run = api.get(&format!("/v1/pipelines/{id}/wait?timeout={secs}"))?;
         let state = run["state"].as_str().unwrap_or_default();
-        let done = is_terminal(state) && (state != "completed" || !run["receipt"].is_null());
-        if done || left.is_some_and(|l| l.is_zero()) {
+        if is_terminal(state) || left.is_some_and(|l| l.is_zero()) {
             break run;
         }
     };

@@ -1315,7 +1315,7 @@ fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
         .collect();
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (answered, busy) = rt.block_on(async {
+    let (answered, busy, failed) = rt.block_on(async {
         let target: libp2p::Multiaddr = n.peer.parse().unwrap();
         let target_id: libp2p::PeerId = n.id().parse().unwrap();
         let cfg = net::Config::default();
@@ -1356,7 +1356,7 @@ fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
                 for boot in 0..50u64 {
                     let _ = c.announce(proto::Announcement { boot: boot * 100 + i as u64, ..a.clone() }).await;
                 }
-                (0usize, 0usize)
+                (0usize, 0usize, None::<String>)
             });
         }
         // Requests: 4,000 of the execution protocol and 1,000 block
@@ -1365,7 +1365,7 @@ fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
             let c = flooders[s % flooders.len()].clone();
             let cid = cid.clone();
             set.spawn(async move {
-                let (mut answered, mut busy) = (0, 0);
+                let (mut answered, mut busy, mut failed) = (0, 0, None);
                 for i in 0..80usize {
                     let exec = format!("e-flood-{s}-{i}");
                     let request = match i % 3 {
@@ -1381,7 +1381,9 @@ fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
                     match c.request(target_id, request).await {
                         Ok(proto::Response::Error { message }) if message.starts_with("node busy") => busy += 1,
                         Ok(_) => answered += 1,
-                        Err(_) => {}
+                        Err(e) => {
+                            failed.get_or_insert(format!("exec request {i}: {e}"));
+                        }
                     }
                     if i % 4 == 0 {
                         let root = cid.parse::<shoal_storage::Cid>().unwrap().to_bytes();
@@ -1395,21 +1397,25 @@ fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
                             .cid()
                             .to_bytes()
                         }));
-                        if c.blocks(target_id, proto::BlockRequest { want }).await.is_ok() {
-                            answered += 1;
+                        match c.blocks(target_id, proto::BlockRequest { want }).await {
+                            Ok(_) => answered += 1,
+                            Err(e) => {
+                                failed.get_or_insert(format!("block request {i}: {e}"));
+                            }
                         }
                     }
                 }
-                (answered, busy)
+                (answered, busy, failed)
             });
         }
-        let (mut answered, mut busy) = (0, 0);
+        let (mut answered, mut busy, mut failed) = (0, 0, None);
         while let Some(r) = set.join_next().await {
-            let (a, b) = r.unwrap();
+            let (a, b, f) = r.unwrap();
             answered += a;
             busy += b;
+            failed = failed.or(f);
         }
-        (answered, busy)
+        (answered, busy, failed)
     });
     let exports: Vec<(u16, usize)> = exports.into_iter().map(|t| t.join().unwrap()).collect();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1419,7 +1425,11 @@ fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
         "flood: {answered} answered, {busy} busy; exports {:?}; health answered {checks} times, slowest {slowest:?}; rss {before} -> {after} MiB",
         exports.iter().map(|e| e.0).collect::<Vec<_>>()
     );
-    assert_eq!(answered + busy, 64 * 80 + 64 * 20, "requests went unanswered: {answered} answered, {busy} busy");
+    assert_eq!(
+        answered + busy,
+        64 * 80 + 64 * 20,
+        "requests went unanswered: {answered} answered, {busy} busy; first failure: {failed:?}"
+    );
     for (status, len) in &exports {
         assert!(*status == 200 || *status == 503, "export answered {status}");
         if *status == 200 {

@@ -151,7 +151,12 @@ pub fn router(node: Shared, policy: guard::Policy) -> Router {
         .route("/v1/jobs/{id}/logs", get(job_logs))
         .route("/v1/jobs/{id}/wait", get(wait_job))
         .route("/v1/jobs/{id}/events", get(job_events))
-        .route("/v1/pipelines", post(crate::pipelines::submit).get(crate::pipelines::list))
+        .route(
+            "/v1/pipelines",
+            post(crate::pipelines::submit)
+                .layer(DefaultBodyLimit::max(shoal_scheduler::pipeline::MAX_PIPELINE_BYTES))
+                .get(crate::pipelines::list),
+        )
         .route("/v1/pipelines/{id}", get(crate::pipelines::get))
         .route("/v1/pipelines/{id}/wait", get(crate::pipelines::wait))
         .route("/v1/pipelines/{id}/cancel", post(crate::pipelines::cancel))
@@ -370,20 +375,6 @@ pub(crate) async fn enqueue(
     cache: bool,
     submitter: Option<shoal_scheduler::model::Submitter>,
 ) -> Result<Submitted, ApiError> {
-    if let Some(quota) = node.quotas.jobs {
-        let key = submitter.as_ref().map(|s| s.key.as_str());
-        let held = node.db().unfinished_jobs_of(key).map_err(internal)?;
-        if held >= u64::from(quota) {
-            return Err(ApiError(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "{} already has {held} unfinished job(s) on this node, and its quota is {quota} (--quota-jobs): \
-                     wait for some to finish, or cancel some",
-                    key.map_or_else(|| "the anonymous submitter".to_owned(), |k| format!("submitter {k}"))
-                ),
-            ));
-        }
-    }
     // One indexed look; the receipts found (rarely any) are verified off
     // the async threads.
     let candidates =
@@ -409,9 +400,26 @@ pub(crate) async fn enqueue(
         node.db().insert_job(&job).map_err(internal)?;
         node.metrics.jobs_submitted.inc();
         node.metrics.jobs_completed.inc();
+        // A receipt fetched from a peer is this node's to offer now.
+        node.receipt_added();
         node.notify_changed();
         let receipt = job.receipt.map(|c| c.to_string());
         return Ok(Submitted { id: job.id, warnings: Vec::new(), cached: receipt });
+    }
+    // A cache hit costs nothing to hold: the quota counts jobs that run.
+    if let Some(quota) = node.quotas.jobs {
+        let key = submitter.as_ref().map(|s| s.key.as_str());
+        let held = node.db().unfinished_jobs_of(key).map_err(internal)?;
+        if held >= u64::from(quota) {
+            return Err(ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{} already has {held} unfinished job(s) on this node, and its quota is {quota} (--quota-jobs): \
+                     wait for some to finish, or cancel some",
+                    key.map_or_else(|| "the anonymous submitter".to_owned(), |k| format!("submitter {k}"))
+                ),
+            ));
+        }
     }
     let active = {
         let db = node.db();
@@ -504,8 +512,9 @@ fn from_cache(
 /// Peers asked for a receipt of a job at one submission: those whose
 /// announced receipts filter names its job CID, the first few.
 const CACHE_PEERS: usize = 4;
-/// How long a submission waits for peers' receipts (asking, fetching a
-/// receipt) before it runs the job after all.
+/// How long a submission waits for peers' receipts in all (asking,
+/// fetching and verifying a receipt, fetching its result) before it runs
+/// the job after all.
 const PEER_CACHE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A cache hit from another requester: a peer whose announced filter names
@@ -530,6 +539,7 @@ async fn from_peers_cache(
             .take(CACHE_PEERS)
             .collect()
     };
+    let deadline = tokio::time::Instant::now() + PEER_CACHE_TIMEOUT;
     for peer in peers {
         let attempt = async {
             let answer = node.send(peer, Request::Receipts { job_cid: job_cid.to_string() }).await.ok()?;
@@ -574,8 +584,10 @@ async fn from_peers_cache(
             }
             None
         };
-        if let Ok(Some(job)) = tokio::time::timeout(PEER_CACHE_TIMEOUT, attempt).await {
-            return Some(job);
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Some(job)) => return Some(job),
+            Ok(None) => {}
+            Err(_) => return None,
         }
     }
     None

@@ -773,6 +773,14 @@ impl Running {
 /// loops and its API, and returns at once.
 pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
     let Deps { home, store, key, clock, transport, api } = deps;
+    let restricted = !config.allow_requesters.is_empty() || !config.allow_submitters.is_empty();
+    if !config.compute && restricted {
+        return Err(Error::Compute(
+            "--allow-requester and --allow-submitter choose whom this node computes for, and it does not compute \
+             (--no-compute): drop them, or let the node compute"
+                .into(),
+        ));
+    }
     std::fs::create_dir_all(&home).map_err(|source| Error::Home { path: home.clone(), source })?;
     let db = Db::open(home.join("scheduler.sqlite"))?;
     let net_cfg = net::Config { ..config.network.clone() };

@@ -93,7 +93,9 @@ async fn pass(node: &Arc<Node>) -> anyhow::Result<()> {
                 }
             }
         }
-        let (ready, mut changed) = flow::advance(&mut run, &ended, node.now());
+        let now = node.now();
+        let (ready, mut changed) = flow::advance(&mut run, &ended, now);
+        let mut submitted_now = Vec::new();
         let results: BTreeMap<String, Cid> =
             run.steps.iter().filter_map(|(n, s)| s.result.map(|r| (n.clone(), r))).collect();
         // The steps' jobs carry the pipeline's claim: it signs the
@@ -116,12 +118,26 @@ async fn pass(node: &Arc<Node>) -> anyhow::Result<()> {
                 Ok(sub) => {
                     tracing::debug!(pipeline = %run.id, step = %name, job = %sub.id, "step submitted");
                     s.state = StepState::Submitted;
+                    submitted_now.push(sub.id.clone());
                     s.job = Some(sub.id);
                     changed = true;
                 }
-                // For a while: tried again at the next pass.
+                // For a while (a quota, a full node): tried again at the
+                // next pass, up to the step's queue timeout.
                 Err(ApiError(StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE, why)) => {
-                    tracing::debug!(pipeline = %run.id, step = %name, "step waits: {why}");
+                    let since = *s.ready_ms.get_or_insert(now);
+                    changed |= since == now;
+                    let queue = u64::try_from(step.spec.timeouts.queue.as_millis()).unwrap_or(u64::MAX);
+                    if now.saturating_sub(since) > queue {
+                        s.state = StepState::Failed;
+                        s.error = Some(format!(
+                            "its job was refused for longer than its timeouts.queue ({} s): {why}",
+                            step.spec.timeouts.queue.as_secs()
+                        ));
+                        changed = true;
+                    } else {
+                        tracing::debug!(pipeline = %run.id, step = %name, "step waits: {why}");
+                    }
                 }
                 Err(ApiError(_, why)) => {
                     s.state = StepState::Failed;
@@ -138,7 +154,13 @@ async fn pass(node: &Arc<Node>) -> anyhow::Result<()> {
             }
         }
         if changed {
-            node.db().update_pipeline(&run)?;
+            if !node.db().update_pipeline(&run)? {
+                // Cancelled while this pass ran: what it submitted must
+                // not run on.
+                for job in &submitted_now {
+                    crate::requester::cancel(node, job)?;
+                }
+            }
             node.notify_changed();
         }
     }
@@ -168,6 +190,7 @@ fn put_receipt(node: &Node, run: &PipelineRun) -> anyhow::Result<Cid> {
         version: shoal_scheduler::pipeline::RECEIPT_VERSION,
         pipeline: run.id.to_string(),
         document: run.document.to_string(),
+        submitter: run.submitter.clone(),
         steps,
         requester: String::new(),
         requester_key: String::new(),
@@ -217,7 +240,7 @@ fn not_found(id: &str) -> ApiError {
 /// (cycles, missing steps, at most 64 steps), each step's spec, and the
 /// data steps name by CID (422 when it is nowhere). Signed like a job,
 /// over the pipeline's CID.
-#[utoipa::path(post, path = "/v1/pipelines", params(("cache" = Option<bool>, Query, description = "steps may complete from earlier runs' receipts (default true)"), ("x-shoal-submitter" = Option<String>, Header, description = "the submitter's key (peer id)"), ("x-shoal-submitted-at" = Option<u64>, Header, description = "when it signed, ms since the Unix epoch"), ("x-shoal-signature" = Option<String>, Header, description = "hex ed25519 signature of \"shoal-submit/1\\n<pipeline cid>\\n<submitted-at>\"")), request_body(content = String, description = "a pipeline (docs/job-spec.md#pipelines), as YAML or JSON"), responses((status = 201, body = PipelineSubmitted), (status = 400, description = "malformed pipeline: a cycle, a missing step, a bad spec", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused, or a bad submitter signature", body = ErrorBody), (status = 422, description = "data found nowhere", body = ErrorBody), (status = 503, description = "too many running pipelines", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/pipelines", params(("cache" = Option<bool>, Query, description = "steps may complete from earlier runs' receipts (default true)"), ("x-shoal-submitter" = Option<String>, Header, description = "the submitter's key (peer id)"), ("x-shoal-submitted-at" = Option<u64>, Header, description = "when it signed, ms since the Unix epoch"), ("x-shoal-signature" = Option<String>, Header, description = "hex ed25519 signature of \"shoal-submit/1\\n<pipeline cid>\\n<submitted-at>\"")), request_body(content = String, description = "a pipeline (docs/job-spec.md#pipelines), as YAML or JSON"), responses((status = 201, body = PipelineSubmitted), (status = 400, description = "malformed pipeline: a cycle, a missing step, a bad spec", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused, or a bad submitter signature", body = ErrorBody), (status = 413, description = "body too large (4 MiB at most)", body = ErrorBody), (status = 415, description = "not a json/yaml content type and no X-Shoal-Request header", body = ErrorBody), (status = 422, description = "data found nowhere", body = ErrorBody), (status = 503, description = "too many running pipelines", body = ErrorBody)))]
 pub(crate) async fn submit(
     State(node): State<Shared>,
     Query(q): Query<SubmitQuery>,
@@ -294,8 +317,7 @@ pub(crate) struct WaitQuery {
     timeout: Option<u64>,
 }
 
-/// Long poll: returns when the pipeline ends (its receipt made, if it
-/// completed) or after `timeout` seconds.
+/// Long poll: returns when the pipeline ends or after `timeout` seconds.
 #[utoipa::path(get, path = "/v1/pipelines/{id}/wait", params(("id" = String, Path, description = "a pipeline id"), ("timeout" = Option<u64>, Query, description = "seconds, at most 300")), responses((status = 200, body = PipelineRun), (status = 404, description = "not found", body = ErrorBody)))]
 pub(crate) async fn wait(
     State(node): State<Shared>,
@@ -307,8 +329,8 @@ pub(crate) async fn wait(
     let mut changes = node.changed.subscribe();
     loop {
         let run = node.db().pipeline(&pid).map_err(api::internal)?.ok_or_else(|| not_found(&id))?;
-        let over = run.state.is_terminal() && (run.state != JobState::Completed || run.receipt.is_some());
-        if over {
+        // A completed run is stored with its receipt, made in the same pass.
+        if run.state.is_terminal() {
             return Ok(Json(run));
         }
         match tokio::time::timeout_at(deadline, changes.changed()).await {

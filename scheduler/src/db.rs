@@ -456,8 +456,10 @@ impl Db {
         let conn = self.conn();
         let rows = query(
             &conn,
+            // Jobs answered from the cache name the receipt they reused:
+            // each receipt once.
             "SELECT receipt FROM jobs WHERE job_cid = ?1 AND state = 'completed' AND receipt IS NOT NULL \
-             ORDER BY updated_ms DESC LIMIT ?2",
+             GROUP BY receipt ORDER BY max(updated_ms) DESC LIMIT ?2",
             rusqlite::params![job_cid.to_string(), limit as i64],
             |r| r.get::<_, String>(0),
         )

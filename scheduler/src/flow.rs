@@ -64,6 +64,10 @@ pub struct StepRun {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When its job was first refused for a while (a quota, a full node):
+    /// it is tried again until its spec's queue timeout has passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_ms: Option<u64>,
 }
 
 /// A submitted pipeline and where it stands.
@@ -106,7 +110,9 @@ impl PipelineRun {
         let steps = pipeline
             .steps
             .keys()
-            .map(|k| (k.clone(), StepRun { state: StepState::Waiting, job: None, result: None, error: None }))
+            .map(|k| {
+                (k.clone(), StepRun { state: StepState::Waiting, job: None, result: None, error: None, ready_ms: None })
+            })
             .collect();
         PipelineRun {
             id,

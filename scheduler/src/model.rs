@@ -605,9 +605,12 @@ pub struct Capacity {
 }
 
 impl Capacity {
-    /// Whether it runs jobs from `submitter` (`None`: anonymous ones).
+    /// Whether it runs jobs from `submitter` (`None`: anonymous ones). A
+    /// pipeline step's claim signs the pipeline, which such a node cannot
+    /// check against the step: it runs only jobs signed themselves.
     pub fn works_for(&self, submitter: Option<&Submitter>) -> bool {
-        self.submitters.is_empty() || submitter.is_some_and(|s| self.submitters.contains(&s.key))
+        self.submitters.is_empty()
+            || submitter.is_some_and(|s| s.pipeline.is_none() && self.submitters.contains(&s.key))
     }
 }
 

@@ -52,10 +52,11 @@
 //! is signed by the requester. [`verify_pipeline`] checks it from its
 //! bytes and the step receipts' blocks alone: the requester's signature,
 //! every step receipt (quorum, signatures, commitments), that each step's
-//! claims match its receipt, the submitter's signature where a step's
-//! job was submitted as part of a pipeline (its claim signs the pipeline,
-//! so [`receipt::verify`] leaves it to this one), and that every `from`
-//! input of every step ran on exactly its dependency's verified result.
+//! claims match its receipt, the submitter's signature of the pipeline
+//! (when it was signed), that the steps are the submitted pipeline's
+//! (its stored form is a block the receipt names, `document`), and that
+//! every `from` input of every step ran on exactly its dependency's
+//! verified result.
 //! The result of the last step is thereby tied, step by step, to the
 //! data the first ones read.
 //!
@@ -627,6 +628,10 @@ pub struct PipelineReceipt {
     /// The pipeline as submitted: the CID of its stored form
     /// ([`Pipeline::cid`]), a raw block kept beside the receipt.
     pub document: String,
+    /// Who submitted it: a signature of `document`
+    /// ([`receipt::submit_statement`]); absent: anonymous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitter: Option<Submitter>,
     /// Every step.
     pub steps: Vec<StepReceipt>,
     /// The requester's peer id and public key (protobuf, hex).
@@ -666,6 +671,9 @@ impl PipelineReceipt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedPipeline {
     pub steps: Vec<(String, Verified)>,
+    /// The key whose signature of the pipeline's document the receipt
+    /// carries (absent: an anonymous pipeline).
+    pub submitter: Option<String>,
 }
 
 /// Whether `bytes` look like a pipeline receipt (a JSON object whose
@@ -695,49 +703,6 @@ fn requester_key(r: &PipelineReceipt) -> Result<PublicKey, Error> {
     Ok(key)
 }
 
-/// Checks a step's submitter claim that signs its pipeline rather than
-/// its job, which [`receipt::verify`] leaves to the pipeline receipt: the
-/// signature must be the key's over [`receipt::submit_statement`] of the
-/// pipeline's CID (in place of the job's), and every step's claim must
-/// name the same pipeline and submitter (`first` keeps the first claim
-/// seen, with its step). Claims of the job itself were checked by
-/// [`receipt::verify`].
-fn check_pipeline_claim(step: &str, sub: &Submitter, first: &mut Option<(String, Submitter)>) -> Result<(), Error> {
-    let Some(p) = &sub.pipeline else { return Ok(()) };
-    let pipeline = step_cid(step, "submitter.pipeline", p)?;
-    let signed = sub
-        .key
-        .parse::<PeerId>()
-        .is_ok_and(|peer| receipt::signed_by(&peer, &receipt::submit_statement(&pipeline, sub.at_ms), &sub.signature));
-    if !signed {
-        return Err(Error::StepReceipt {
-            step: step.to_owned(),
-            source: receipt::Error::Signature {
-                who: format!("the submitter {}", sub.key),
-                why: format!("it does not sign pipeline {p} at {}", sub.at_ms),
-            },
-        });
-    }
-    match first {
-        None => *first = Some((step.to_owned(), sub.clone())),
-        Some((other, f)) if f.pipeline != sub.pipeline || f.key != sub.key => {
-            return Err(invalid(
-                step,
-                "submitter",
-                format!(
-                    "claims pipeline {p} submitted by {}, but step {other:?} claims pipeline {} by {}: a \
-                     pipeline is submitted once, by one submitter",
-                    sub.key,
-                    f.pipeline.as_deref().unwrap_or_default(),
-                    f.key
-                ),
-            ))
-        }
-        Some(_) => {}
-    }
-    Ok(())
-}
-
 fn step_cid(step: &str, field: &str, s: &str) -> Result<Cid, Error> {
     s.parse().map_err(|e| invalid(step, field, format!("{s} is not a cid: {e}")))
 }
@@ -748,16 +713,17 @@ fn step_cid(step: &str, field: &str, s: &str) -> Result<Cid, Error> {
 /// [`receipt::verify`]); the requester's signature; each step receipt,
 /// verified by [`receipt::verify`] with `trusted`, with a result (a
 /// failed step has none); that each step's job cid and result are what
-/// its receipt proves; a submitter's claim that signs the pipeline
-/// rather than the step's job (see `check_pipeline_claim`); and that
-/// each `from` input of each step's spec is exactly the named step's
-/// verified result at `outputs[/path]`. Step names must be distinct,
+/// its receipt proves; that each `from` input of each step's spec is
+/// exactly the named step's verified result at `outputs[/path]`; that
+/// the steps are the submitted pipeline's (`document`), each run on the
+/// spec it resolves to; and the pipeline submitter's signature of that
+/// document, if the receipt names one. Step names must be distinct,
 /// every `from` must name a step of the receipt, and they may not form a
 /// cycle.
 ///
-/// The submitter's signature proves they signed the pipeline named, not
-/// that each step's spec is that pipeline's step: that needs the
-/// pipeline's document, which this receipt does not carry.
+/// A step's own receipt may be an earlier run's (a step answered from
+/// the result cache): its submitter is whoever submitted that run, and
+/// only its job CID, result and signatures matter here.
 pub fn verify_pipeline(
     bytes: &[u8],
     cid: Option<&Cid>,
@@ -822,7 +788,6 @@ pub fn verify_pipeline(
 
     // Each step's own receipt, and what the pipeline receipt says of it.
     let mut proven: BTreeMap<&str, (Cid, Spec)> = BTreeMap::new();
-    let mut claim: Option<(String, Submitter)> = None;
     let mut steps = Vec::with_capacity(r.steps.len());
     for s in &r.steps {
         let step = || s.name.clone();
@@ -853,9 +818,6 @@ pub fn verify_pipeline(
                 claimed: s.result.clone(),
                 actual: result.to_string(),
             });
-        }
-        if let Some(sub) = &job.submitter {
-            check_pipeline_claim(&s.name, sub, &mut claim)?;
         }
         proven.insert(&s.name, (result, job.spec));
         steps.push((s.name.clone(), v));
@@ -919,21 +881,16 @@ pub fn verify_pipeline(
             });
         }
     }
-    if let Some((_, sub)) = &claim {
-        if sub.pipeline.as_deref() != Some(r.document.as_str()) {
-            return Err(invalid(
-                "(the pipeline)",
-                "submitter",
-                format!(
-                    "signs pipeline {}, not this one ({})",
-                    sub.pipeline.as_deref().unwrap_or_default(),
-                    r.document
-                ),
-            ));
+    if let Some(sub) = &r.submitter {
+        if !sub.verify(&doc_cid) {
+            return Err(Error::Receipt(receipt::Error::Signature {
+                who: format!("the pipeline's submitter {}", sub.key),
+                why: format!("it does not sign pipeline {doc_cid} at {}", sub.at_ms),
+            }));
         }
     }
 
-    Ok(VerifiedPipeline { steps })
+    Ok(VerifiedPipeline { steps, submitter: r.submitter.as_ref().map(|s| s.key.clone()) })
 }
 
 #[cfg(test)]
@@ -1317,6 +1274,7 @@ mod tests {
             version: RECEIPT_VERSION,
             pipeline: "p-1".into(),
             document: pipeline.cid().to_string(),
+            submitter: None,
             steps,
             requester: String::new(),
             requester_key: String::new(),
@@ -1498,44 +1456,41 @@ mod tests {
     }
 
     #[test]
-    fn submitter_claims_that_sign_the_pipeline_are_checked_here() {
+    fn the_pipelines_submitter_is_checked_and_reused_steps_keep_their_own() {
         let c = chain();
         let alice = Keypair::generate_ed25519();
-        let pipeline = raw_cid(c.pipeline.to_json().as_bytes());
         let at = 1_700_000_000_000;
-        // A claim naming `names` whose signature signs `signs`.
-        let claim = |signs: &Cid, names: &Cid| Submitter {
+        let claim = |signs: &Cid, pipeline: Option<String>| Submitter {
             key: alice.public().to_peer_id().to_string(),
             at_ms: at,
             signature: hex::encode(alice.sign(&receipt::submit_statement(signs, at)).unwrap()),
-            pipeline: Some(names.to_string()),
+            pipeline,
         };
-        let both = |a: Submitter, b: Submitter| {
-            let (t, blocks) = with_step_receipt(&c, 0, |r| r.submitter = Some(a));
-            let c2 = Chain { pipeline: c.pipeline.clone(), receipt: t, blocks, key: c.key.clone() };
-            let (t, blocks) = with_step_receipt(&c2, 1, |r| r.submitter = Some(b));
-            check(&t, &c.key, &blocks)
-        };
+        // The pipeline's own claim signs its document.
+        let mut t = c.receipt.clone();
+        t.submitter = Some(claim(&c.pipeline.cid(), None));
+        let v = check(&t, &c.key, &c.blocks).unwrap();
+        assert_eq!(v.submitter, Some(alice.public().to_peer_id().to_string()));
+        // A claim over another pipeline is refused.
+        t.submitter = Some(claim(&raw_cid(b"another pipeline"), None));
+        let e = check(&t, &c.key, &c.blocks).unwrap_err();
+        assert!(e.to_string().contains("the pipeline's submitter"), "{e}");
 
-        let v = both(claim(&pipeline, &pipeline), claim(&pipeline, &pipeline)).unwrap();
-        let key = alice.public().to_peer_id().to_string();
-        assert!(v.steps.iter().all(|(_, s)| s.submitter.as_deref() == Some(key.as_str())));
-
-        // receipt::verify leaves such a claim alone; a forged one fails here.
+        // A step answered from the cache keeps the receipt of an earlier
+        // run, with that run's claim (here a step of another pipeline, by
+        // alice): it verifies, and the claim is that run's.
         let other = raw_cid(b"another pipeline");
-        let e = both(claim(&other, &pipeline), claim(&pipeline, &pipeline)).unwrap_err();
+        let (t, blocks) = with_step_receipt(&c, 0, |r| r.submitter = Some(claim(&other, Some(other.to_string()))));
+        let v = check(&t, &c.key, &blocks).unwrap();
+        assert_eq!(v.steps[0].1.submitter_pipeline, Some(other));
+        // Such a claim is still checked by the step's own receipt: forged,
+        // it fails.
+        let (t, blocks) =
+            with_step_receipt(&c, 0, |r| r.submitter = Some(claim(&other, Some(c.pipeline.cid().to_string()))));
+        let e = check(&t, &c.key, &blocks).unwrap_err();
         assert!(
             matches!(&e, Error::StepReceipt { step, source: receipt::Error::Signature { .. } } if step == "a"),
             "{e}"
         );
-        assert!(e.to_string().contains(&format!("does not sign pipeline {pipeline}")), "{e}");
-        let job: Cid = c.receipt.steps[1].job_cid.parse().unwrap();
-        let e = both(claim(&pipeline, &pipeline), claim(&job, &pipeline)).unwrap_err();
-        assert!(matches!(&e, Error::StepReceipt { step, .. } if step == "b"), "{e}");
-
-        // Each genuine, but of two pipelines.
-        let e = both(claim(&pipeline, &pipeline), claim(&other, &other)).unwrap_err();
-        assert!(matches!(&e, Error::Invalid { step, field, .. } if step == "b" && field == "submitter"), "{e}");
-        assert!(e.to_string().contains("submitted once, by one submitter"), "{e}");
     }
 }

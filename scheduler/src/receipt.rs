@@ -102,7 +102,8 @@ pub struct Attestation {
     pub nonce: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reveal_signature: Option<String>,
-    /// How the requester judged it: `agreed`, `dissented` or `late`.
+    /// How the requester judged it: `agreed` or `dissented` (against the
+    /// result), or `failed` in the receipt of a failed job.
     pub verdict: String,
 }
 
@@ -199,6 +200,10 @@ pub struct Verified {
     pub failure: Option<String>,
     /// The submitter whose signature of the job CID the receipt carries.
     pub submitter: Option<String>,
+    /// When the submitter signed a pipeline rather than this job: that
+    /// pipeline's CID (the job is one of its steps, as its pipeline
+    /// receipt proves).
+    pub submitter_pipeline: Option<Cid>,
     /// The distinct node keys (peer ids) that revealed the result.
     pub attested_by: Vec<String>,
     pub quorum: u32,
@@ -272,13 +277,24 @@ pub fn verify(bytes: &[u8], cid: Option<&Cid>, trusted: Option<&BTreeSet<String>
         (None, Some(_)) => None,
         _ => return Err(Error::Malformed("a receipt has either a result or a failure, not both or neither".into())),
     };
+    // A pipeline step's claim signs its pipeline's CID (the step's spec
+    // did not exist when its submitter signed): that the job is one of
+    // the pipeline's steps is the pipeline receipt's to prove.
+    let mut submitter_pipeline = None;
     if let Some(s) = &r.submitter {
-        // A pipeline step's claim signs the pipeline: its pipeline
-        // receipt checks it.
-        if s.pipeline.is_none() && !s.verify(&actual) {
+        let signed = match &s.pipeline {
+            None => actual,
+            Some(p) => {
+                let p = parse_cid("submitter.pipeline", p)?;
+                submitter_pipeline = Some(p);
+                p
+            }
+        };
+        let peer: Option<PeerId> = s.key.parse().ok();
+        if !peer.is_some_and(|peer| signed_by(&peer, &submit_statement(&signed, s.at_ms), &s.signature)) {
             return Err(Error::Signature {
                 who: format!("the submitter {}", s.key),
-                why: format!("it does not sign job {actual} at {}", s.at_ms),
+                why: format!("it does not sign {signed} at {}", s.at_ms),
             });
         }
     }
@@ -326,6 +342,7 @@ pub fn verify(bytes: &[u8], cid: Option<&Cid>, trusted: Option<&BTreeSet<String>
         result,
         failure: r.failure.clone(),
         submitter: r.submitter.as_ref().map(|s| s.key.clone()),
+        submitter_pipeline,
         attested_by: attested.into_iter().collect(),
         quorum: r.quorum,
     })

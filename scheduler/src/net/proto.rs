@@ -35,8 +35,10 @@ pub const BLOCK_RESPONSE_BUDGET: usize = 8 << 20;
 pub const MAX_WANT: usize = 256;
 /// How much of an execution's stdout and stderr travels with its reveal.
 pub const MAX_LOG_BYTES: usize = 64 << 10;
-/// Largest announcement accepted from gossip.
-pub const MAX_ANNOUNCEMENT: usize = 16 << 10;
+/// Largest announcement accepted from gossip: room for both filters at
+/// their largest (holds and receipts, 6 KiB of hex each), both allow
+/// lists full (64 peer ids each) and the rest (see the test below).
+pub const MAX_ANNOUNCEMENT: usize = 32 << 10;
 
 /// A request on [`EXEC_PROTOCOL`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +259,37 @@ mod tests {
         c.write_request(&p, &mut futures::io::Cursor::new(&mut wire), want.clone()).await.unwrap();
         assert!((wire.len() as u64) < MAX_BLOCK_REQUEST, "{} bytes on the wire", wire.len());
         assert_eq!(c.read_request(&p, &mut futures::io::Cursor::new(&wire)).await.unwrap(), want);
+    }
+
+    /// The largest announcement a node can make fits the limit: both
+    /// filters full, both allow lists at their 64 entries, 32 labels.
+    #[test]
+    fn the_largest_announcement_fits() {
+        let cids: Vec<shoal_storage::Cid> = (0..5000u32).map(|i| crate::receipt::raw_cid(&i.to_le_bytes())).collect();
+        let filter = crate::holds::Holds::of(&cids).to_hex();
+        let peer = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN".to_string();
+        let mut capacity = crate::model::Capacity {
+            version: "0.1.0".into(),
+            compute: true,
+            slots_total: 64,
+            slots_free: 64,
+            memory_bytes: u64::MAX,
+            submitters: vec![peer.clone(); 64],
+            ..Default::default()
+        };
+        for i in 0..32 {
+            capacity.labels.insert(format!("label-{i:02}-name"), format!("a-value-of-label-{i:02}"));
+        }
+        let a = Announcement {
+            boot: u64::MAX,
+            capacity,
+            api: Some("http://[2001:db8::1]:65535".into()),
+            allow: vec![peer; 64],
+            holds: Some(filter.clone()),
+            receipts: Some(filter),
+        };
+        let bytes = serde_json::to_vec(&a).unwrap();
+        assert!(bytes.len() < MAX_ANNOUNCEMENT, "{} bytes", bytes.len());
     }
 
     /// `Revealed` as nodes sent it before execution metadata existed.
