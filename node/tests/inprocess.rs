@@ -464,9 +464,11 @@ async fn submitters_are_signed_held_to_their_quotas_and_allowed_or_refused_by_no
     let alice = Keypair::generate_ed25519();
     let bob = Keypair::generate_ed25519();
     let alice_id = alice.public().to_peer_id();
-    let net = Net::with(&[4, 4], |i, c| match i {
+    let stranger = Keypair::generate_ed25519().public().to_peer_id();
+    let net = Net::with(&[4, 4, 1], |i, c| match i {
         0 => c.quotas = shoal_node::Quotas { jobs: Some(2), executions: Some(1) },
         1 => c.allow_submitters = vec![alice_id],
+        3 => c.allow_requesters = vec![stranger],
         _ => {}
     })
     .await;
@@ -566,6 +568,19 @@ async fn submitters_are_signed_held_to_their_quotas_and_allowed_or_refused_by_no
         Rs::Bid { accepted: true, .. } => {}
         other => panic!("alice's bid: {other:?}"),
     }
+    // A node that works for another requester refuses this one's bids
+    // (placement never sends them: it announces so).
+    match req.send(net.node(3).peer, bid("e-other", None)).await.unwrap() {
+        Rs::Bid { accepted: false, reason: Some(r) } => assert!(r.contains("--allow-requester"), "{r}"),
+        other => panic!("a bid to a node for another requester: {other:?}"),
+    }
+    assert!(
+        spans.len() == 2
+            && req.db().jobs(None, 100).unwrap().iter().all(|j| {
+                req.db().executions(&j.id).unwrap().iter().all(|e| e.node != net.node(3).peer.to_string())
+            }),
+        "nothing was placed on the node for another requester"
+    );
 }
 
 /// A job that fails has a receipt too: its failure, signed by the
