@@ -66,8 +66,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use libp2p::identity::{Keypair, PublicKey};
-use libp2p::PeerId;
+use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 use shoal_storage::Cid;
@@ -688,21 +687,6 @@ pub fn is_pipeline_receipt(bytes: &[u8]) -> bool {
     serde_json::from_slice::<Probe>(bytes).is_ok_and(|p| p.kind.as_deref() == Some(RECEIPT_KIND))
 }
 
-fn requester_key(r: &PipelineReceipt) -> Result<PublicKey, Error> {
-    let bytes = hex::decode(&r.requester_key).map_err(|e| Error::Malformed(format!("the requester's key: {e}")))?;
-    let key =
-        PublicKey::try_decode_protobuf(&bytes).map_err(|e| Error::Malformed(format!("the requester's key: {e}")))?;
-    let id: PeerId =
-        r.requester.parse().map_err(|e| Error::Malformed(format!("the requester's peer id {}: {e}", r.requester)))?;
-    if key.to_peer_id() != id {
-        return Err(Error::Receipt(receipt::Error::KeyMismatch {
-            who: "the requester".into(),
-            peer: r.requester.clone(),
-        }));
-    }
-    Ok(key)
-}
-
 fn step_cid(step: &str, field: &str, s: &str) -> Result<Cid, Error> {
     s.parse().map_err(|e| invalid(step, field, format!("{s} is not a cid: {e}")))
 }
@@ -730,19 +714,7 @@ pub fn verify_pipeline(
     trusted: Option<&BTreeSet<String>>,
     get: &dyn Fn(&Cid) -> Option<Vec<u8>>,
 ) -> Result<VerifiedPipeline, Error> {
-    if let Some(expected) = cid {
-        // Hashed the same way as the block was stored.
-        let found = raw_cid(bytes);
-        if expected.codec() != shoal_storage::block::RAW || found != *expected {
-            return Err(Error::Receipt(receipt::Error::WrongCid {
-                expected: expected.to_string(),
-                found: found.to_string(),
-            }));
-        }
-    }
-    if bytes.len() > receipt::MAX_RECEIPT {
-        return Err(Error::Malformed(format!("{} bytes, more than {}", bytes.len(), receipt::MAX_RECEIPT)));
-    }
+    receipt::check_block(bytes, cid).map_err(Error::Receipt)?;
     let r: PipelineReceipt = serde_json::from_slice(bytes).map_err(|e| Error::Malformed(e.to_string()))?;
     if r.kind != RECEIPT_KIND {
         return Err(Error::Malformed(format!("its kind is {:?}, not {RECEIPT_KIND:?}", r.kind)));
@@ -750,19 +722,9 @@ pub fn verify_pipeline(
     if r.version != RECEIPT_VERSION {
         return Err(Error::Version(r.version));
     }
-    let key = requester_key(&r)?;
-    let sig = hex::decode(&r.signature).map_err(|e| {
-        Error::Receipt(receipt::Error::Signature {
-            who: "the requester's signature of the pipeline receipt".into(),
-            why: format!("not hex: {e}"),
-        })
-    })?;
-    if !key.verify(&r.signed_bytes(), &sig) {
-        return Err(Error::Receipt(receipt::Error::Signature {
-            who: "the requester's signature of the pipeline receipt".into(),
-            why: "it does not match the signed statement".into(),
-        }));
-    }
+    let key = receipt::key_of("the requester", &r.requester, &r.requester_key).map_err(Error::Receipt)?;
+    receipt::check("the requester's signature of the pipeline receipt", &key, &r.signed_bytes(), &r.signature)
+        .map_err(Error::Receipt)?;
     if r.steps.is_empty() {
         return Err(Error::Malformed("it lists no steps".into()));
     }

@@ -209,7 +209,7 @@ pub struct Verified {
     pub quorum: u32,
 }
 
-fn key_of(who: &str, peer: &str, hex_key: &str) -> Result<PublicKey, Error> {
+pub(crate) fn key_of(who: &str, peer: &str, hex_key: &str) -> Result<PublicKey, Error> {
     let bytes = hex::decode(hex_key).map_err(|e| Error::Malformed(format!("{who}: public key: {e}")))?;
     let key =
         PublicKey::try_decode_protobuf(&bytes).map_err(|e| Error::Malformed(format!("{who}: public key: {e}")))?;
@@ -220,7 +220,7 @@ fn key_of(who: &str, peer: &str, hex_key: &str) -> Result<PublicKey, Error> {
     Ok(key)
 }
 
-fn check(who: &str, key: &PublicKey, msg: &[u8], hex_sig: &str) -> Result<(), Error> {
+pub(crate) fn check(who: &str, key: &PublicKey, msg: &[u8], hex_sig: &str) -> Result<(), Error> {
     let sig =
         hex::decode(hex_sig).map_err(|e| Error::Signature { who: who.to_owned(), why: format!("not hex: {e}") })?;
     if key.verify(msg, &sig) {
@@ -241,24 +241,27 @@ fn parse_cid(what: &str, s: &str) -> Result<Cid, Error> {
     s.parse().map_err(|e| Error::Malformed(format!("{what}: {s} is not a cid: {e}")))
 }
 
-/// Checks a receipt from its bytes alone (see the module documentation).
-/// `cid`, when given, must be the bytes' CID; `trusted`, when given, is
-/// the set of peer ids whose attestations count toward the quorum.
-pub fn verify(bytes: &[u8], cid: Option<&Cid>, trusted: Option<&BTreeSet<String>>) -> Result<Verified, Error> {
+/// Checks that receipt `bytes` are the raw block `cid` names (when given)
+/// and within [`MAX_RECEIPT`].
+pub(crate) fn check_block(bytes: &[u8], cid: Option<&Cid>) -> Result<(), Error> {
     if let Some(expected) = cid {
         // Hashed the same way as the block was stored.
         let found = raw_cid(bytes);
-        let same = match expected.codec() {
-            c if c == shoal_storage::block::RAW => found == *expected,
-            _ => false,
-        };
-        if !same {
+        if expected.codec() != shoal_storage::block::RAW || found != *expected {
             return Err(Error::WrongCid { expected: expected.to_string(), found: found.to_string() });
         }
     }
     if bytes.len() > MAX_RECEIPT {
         return Err(Error::Malformed(format!("{} bytes, more than {MAX_RECEIPT}", bytes.len())));
     }
+    Ok(())
+}
+
+/// Checks a receipt from its bytes alone (see the module documentation).
+/// `cid`, when given, must be the bytes' CID; `trusted`, when given, is
+/// the set of peer ids whose attestations count toward the quorum.
+pub fn verify(bytes: &[u8], cid: Option<&Cid>, trusted: Option<&BTreeSet<String>>) -> Result<Verified, Error> {
+    check_block(bytes, cid)?;
     let r: Receipt = serde_json::from_slice(bytes).map_err(|e| Error::Malformed(e.to_string()))?;
     if r.version != VERSION {
         return Err(Error::Version(r.version));
