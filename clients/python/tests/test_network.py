@@ -65,6 +65,8 @@ def test_wordcount_with_redundancy_2(client: Client, samples: Path, tmp_path: Pa
     assert job.receipt is not None
     receipt = json.loads(client.cat(job.receipt))
     assert receipt["result"] == job.result and receipt["quorum"] == 2
+    # The client does not sign: the job is anonymous, and it ran (not cached).
+    assert job.submitter is None and job.cached is None
 
     counts = client.cat(done.result, "outputs/counts.tsv").decode()
     assert f"words.txt\t3\t12\t{len(TEXT)}" in counts.splitlines(), counts

@@ -217,6 +217,13 @@ class Execution:
         )
 
 
+def _submitter_key(v: Any) -> Optional[str]:
+    """The key of a job's submitter claim (``{"key": ..., ...}``), if any."""
+    if isinstance(v, Mapping) and isinstance(v.get("key"), str):
+        return str(v["key"])
+    return None
+
+
 @dataclass(frozen=True)
 class Job:
     """A job as the API shows it.
@@ -238,8 +245,12 @@ class Job:
     exit_code: Optional[int] = None
     failure: Optional[str] = None
     outcome: Optional[str] = None
-    #: The CID of a completed job's signed receipt (docs/receipts.md).
+    #: The CID of the job's signed receipt (docs/receipts.md).
     receipt: Optional[str] = None
+    #: Answered from the result cache: the receipt of the earlier run.
+    cached: Optional[str] = None
+    #: The submitter's key (a peer id), when the submission was signed.
+    submitter: Optional[str] = None
     raw: Json = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -258,6 +269,8 @@ class Job:
             failure=d.get("failure"),
             outcome=d.get("outcome"),
             receipt=d.get("receipt"),
+            cached=d.get("cached"),
+            submitter=_submitter_key(d.get("submitter")),
             raw=dict(d),
         )
 
