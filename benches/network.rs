@@ -221,8 +221,11 @@ fn latency(root: &Path, quick: bool) {
     }
     // Verifying a redundancy-3 receipt offline (per execution that voted:
     // two node signatures and a commitment opened; and the requester's
-    // signature).
-    let v = wait(&a, &n0.api, &first);
+    // signature): a job whose quorum is all three, so that the three
+    // executions vote.
+    let all_three = json!({ "task": { "module": module }, "redundancy": { "count": 3, "quorum": 3 } });
+    let id = submit(&a, &n0.api, &all_three);
+    let v = wait(&a, &n0.api, &id);
     let receipt = v["job"]["receipt"].as_str().unwrap().to_owned();
     let mut r = a.get(format!("{}/v1/cat/{receipt}", n0.api)).call().unwrap();
     let bytes = r.body_mut().read_to_vec().unwrap();

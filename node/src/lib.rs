@@ -318,6 +318,10 @@ pub struct Node {
     /// (hex), rebuilt when [`Node::receipt_added`] says so.
     pub receipts: Mutex<Option<String>>,
     pub receipts_dirty: std::sync::atomic::AtomicBool,
+    /// Some pipeline may be running: set by a submission, kept by a pass
+    /// that finds one, so that the pipeline driver's pass after every job
+    /// change reads nothing when there are none.
+    pub pipelines_active: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -856,6 +860,8 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         receipts: Mutex::new(None),
         // Built from the database at the first announcement.
         receipts_dirty: std::sync::atomic::AtomicBool::new(true),
+        // A restarted requester looks once.
+        pipelines_active: std::sync::atomic::AtomicBool::new(true),
     });
     if let Some(a) = api_addr {
         let _ = node.api_url.set(format!("http://{a}"));

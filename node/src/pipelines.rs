@@ -47,6 +47,8 @@ pub async fn run(node: Arc<Node>) {
     let mut changes = node.changed.subscribe();
     loop {
         if let Err(e) = pass(&node).await {
+            // Looked at again at the next pass.
+            node.pipelines_active.store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::warn!("cannot move the pipelines on: {}", crate::message(&e));
         }
         tokio::select! {
@@ -78,7 +80,16 @@ fn job_end(job: &Job) -> JobEnd {
 
 /// One look at every running pipeline.
 async fn pass(node: &Arc<Node>) -> anyhow::Result<()> {
-    for mut run in node.db().active_pipelines()? {
+    use std::sync::atomic::Ordering::SeqCst;
+    // Cleared before the look: a submission after it sets it again.
+    if !node.pipelines_active.swap(false, SeqCst) {
+        return Ok(());
+    }
+    let runs = node.db().active_pipelines()?;
+    if !runs.is_empty() {
+        node.pipelines_active.store(true, SeqCst);
+    }
+    for mut run in runs {
         let mut ended = BTreeMap::new();
         for s in run.steps.values().filter(|s| s.state == StepState::Submitted) {
             let Some(id) = &s.job else { continue };
@@ -279,6 +290,7 @@ pub(crate) async fn submit(
         q.cache.unwrap_or(true),
     );
     node.db().insert_pipeline(&run).map_err(api::internal)?;
+    node.pipelines_active.store(true, std::sync::atomic::Ordering::SeqCst);
     node.notify_changed();
     let steps = run.pipeline.order().into_iter().map(str::to_owned).collect();
     Ok((StatusCode::CREATED, Json(PipelineSubmitted { id: run.id, document: document.to_string(), steps })))
