@@ -71,6 +71,7 @@ mod executor;
 pub mod job;
 mod limits;
 pub mod mounts;
+pub mod nan;
 pub mod nn;
 mod outcome;
 mod outputs;
@@ -78,7 +79,7 @@ mod shims;
 mod task;
 mod ticker;
 
-pub use config::{Config, TickSource};
+pub use config::{Config, FloatDeterminism, TickSource};
 pub use error::Error;
 pub use executor::Executor;
 pub use limits::Limits;
