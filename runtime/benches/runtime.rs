@@ -114,14 +114,17 @@ fn cpu_heavy_one(p: &Program, quick: bool) {
     let mut task = Task::new(ModuleSource::Bytes(Arc::from(wasm.clone())));
     task.args = p.args.clone();
 
-    // The rewrite, timed against compiling its output.
+    // The load-time transformations (NaN rewrite, loop unrolling), timed
+    // against compiling their output.
     let s = Instant::now();
     let rewritten = shoal_runtime::nan::canonicalize(wasm).unwrap();
+    let prepared = shoal_runtime::unroll::unroll_loops(&rewritten).unwrap();
     let rewrite_time = s.elapsed();
     let engine = Engine::new(&cfg.wasmtime_config()).unwrap();
     let s = Instant::now();
-    Module::new(&engine, &rewritten).unwrap();
+    Module::new(&engine, &prepared).unwrap();
     let compile_time = s.elapsed();
+    let unrolled = shoal_runtime::unroll::unroll_loops(wasm).unwrap();
 
     let mut old = cfg.clone();
     old.float_determinism = FloatDeterminism::Cranelift;
@@ -132,18 +135,20 @@ fn cpu_heavy_one(p: &Program, quick: bool) {
         w.consume_fuel(fuel).epoch_interruption(epoch);
         w
     };
-    // 0 executor; 1 raw, same settings and module as the executor;
-    // 2 raw, Cranelift canonicalisation (the old default); 3 raw, no
-    // canonicalisation; 4-6 metering: none, fuel only, epochs only;
-    // 7 no canonicalisation, no metering, Shoal's pool; 8 same without
-    // the pool; 9 bare wasmtime at its defaults.
+    // 0 executor; 1 raw, same settings and module as the executor; 2 raw,
+    // the old executor (Cranelift canonicalisation, no unrolling); 3 raw,
+    // no canonicalisation (unrolled, metered); 4-6 metering: none, fuel
+    // only, epochs only; 7 metered without unrolling; 8 no
+    // canonicalisation, no metering, Shoal's pool; 9 same without the
+    // pool; 10 bare wasmtime at its defaults.
     let runners = [
-        Raw::new(&cfg.wasmtime_config(), &rewritten, true, true),
+        Raw::new(&cfg.wasmtime_config(), &prepared, true, true),
         Raw::new(&old.wasmtime_config(), wasm, true, true),
-        Raw::new(&off.wasmtime_config(), wasm, true, true),
-        Raw::new(&with(&cfg, true, false, false), &rewritten, false, false),
-        Raw::new(&with(&cfg, true, true, false), &rewritten, true, false),
-        Raw::new(&with(&cfg, true, false, true), &rewritten, false, true),
+        Raw::new(&off.wasmtime_config(), &unrolled, true, true),
+        Raw::new(&with(&cfg, true, false, false), &prepared, false, false),
+        Raw::new(&with(&cfg, true, true, false), &prepared, true, false),
+        Raw::new(&with(&cfg, true, false, true), &prepared, false, true),
+        Raw::new(&cfg.wasmtime_config(), &rewritten, true, true),
         Raw::new(&with(&off, true, false, false), wasm, false, false),
         Raw::new(&with(&off, false, false, false), wasm, false, false),
         Raw::new(&shoal_runtime::wasmtime::Config::new(), wasm, false, false),
@@ -175,13 +180,14 @@ fn cpu_heavy_one(p: &Program, quick: bool) {
     let m: Vec<Duration> = t.iter().cloned().map(median).collect();
     println!("== 1. CPU-heavy: {} {}, median of {rounds} interleaved rounds", p.name, p.args.join(" "));
     let labels = [
-        "executor (deterministic: rewrite, fuel+epochs, pool)",
+        "executor (rewrite, unrolling, fuel+epochs, pool)",
         "raw wasmtime, identical settings and module",
-        "raw, Cranelift NaN canonicalisation (old default)",
+        "raw, old executor (Cranelift canonicalisation)",
         "raw, no NaN canonicalisation",
-        "raw, rewrite, no fuel, no epochs",
-        "raw, rewrite, fuel only",
-        "raw, rewrite, epochs only",
+        "raw, no fuel, no epochs",
+        "raw, fuel only",
+        "raw, epochs only",
+        "raw, fuel+epochs, loops not unrolled",
         "raw, no canonicalisation or metering, Shoal's pool",
         "raw, same, on-demand allocator",
         "bare wasmtime (Config::new() defaults)",
@@ -190,16 +196,18 @@ fn cpu_heavy_one(p: &Program, quick: bool) {
         println!("{l:<54} {d:>10.2?}");
     }
     show("TOTAL: Shoal job vs bare wasmtime", 0, 10, "  (goal <= x1.2)");
+    show("old executor vs bare wasmtime", 2, 10, "");
     show("executor overhead vs same settings", 0, 1, "  (goal <= x1.05)");
     show("cost of NaN rewrite (vs no canonicalisation)", 1, 3, "");
-    show("cost of Cranelift canonicalisation (old)", 2, 3, "");
+    show("Cranelift canonicalisation vs the rewrite", 2, 7, "  (both metered, not unrolled)");
     show("cost of metering (fuel + epochs)", 1, 4, "  (goal <= x1.15)");
     show("  fuel alone", 5, 4, "");
     show("  epochs alone", 6, 4, "");
-    show("memory config: Shoal's pool vs on-demand", 7, 8, "");
-    show("engine config left: on-demand vs bare defaults", 8, 9, "");
+    show("  metering without unrolling", 7, 4, "");
+    show("memory config: Shoal's pool vs on-demand", 8, 9, "");
+    show("engine config left: on-demand vs bare defaults", 9, 10, "");
     println!(
-        "rewrite {:.2?} vs compile {:.2?} ({:.1}% of compile; goal < 10%), module {:.0} KB",
+        "rewrite+unroll {:.2?} vs compile {:.2?} ({:.1}% of compile; goal < 10%), module {:.0} KB",
         rewrite_time,
         compile_time,
         100.0 * rewrite_time.as_secs_f64() / compile_time.as_secs_f64(),
@@ -278,12 +286,12 @@ fn cold_vs_cached() {
         cached.push(s.elapsed());
     }
     let s = Instant::now();
-    let rewritten = shoal_runtime::nan::canonicalize(&bytes);
+    let rewritten = shoal_runtime::nan::canonicalize(&bytes).and_then(|b| shoal_runtime::unroll::unroll_loops(&b));
     let rewrite = s.elapsed();
     println!("cold compile (+ serialize, write cache)   {:>10.2?}", cold);
     match rewritten {
         Ok(_) => println!(
-            "  of which the NaN rewrite                {:>10.2?} ({:.1}% of the cold compile; goal < 10%)",
+            "  of which NaN rewrite + unrolling        {:>10.2?} ({:.1}% of the cold compile; goal < 10%)",
             rewrite,
             100.0 * rewrite.as_secs_f64() / cold.as_secs_f64()
         ),

@@ -92,6 +92,11 @@ pub struct Config {
     /// nondeterministic jobs too unless turned off here. Default:
     /// [`FloatDeterminism::Rewrite`].
     pub float_determinism: FloatDeterminism,
+    /// Unroll small innermost loops twice at load time
+    /// ([`crate::unroll::unroll_loops`]), which halves the fuel and epoch
+    /// checks they execute (see `docs/runtime.md`, "Performance").
+    /// Default: `true`.
+    pub unroll_loops: bool,
     /// Epoch source. Default: a thread ticking every 10 ms.
     pub tick: TickSource,
     /// Let wasi-nn's `gpu` target use a software Vulkan device (lavapipe)
@@ -113,6 +118,7 @@ impl Default for Config {
             max_table_elements: 1_000_000,
             max_wasm_stack: 1 << 20,
             float_determinism: FloatDeterminism::default(),
+            unroll_loops: true,
             tick: TickSource::default(),
             allow_software_gpu: false,
             nn_cache_entries: 16,

@@ -193,10 +193,13 @@ impl Executor {
             ),
             TickSource::Manual { .. } => None,
         };
-        let transform = match config.float_determinism {
-            FloatDeterminism::Rewrite => format!("nan-rewrite v{}", crate::nan::REWRITE_VERSION),
+        let mut transform = match config.float_determinism {
+            FloatDeterminism::Rewrite => format!("nan-rewrite v{};", crate::nan::REWRITE_VERSION),
             _ => String::new(),
         };
+        if config.unroll_loops {
+            transform.push_str(&format!("unroll v{};", crate::unroll::UNROLL_VERSION));
+        }
         Ok(Executor {
             engine,
             linker,
@@ -454,18 +457,26 @@ impl Executor {
 }
 
 impl Executor {
-    /// Compiles `bytes`, after the NaN rewrite when the configuration asks
-    /// for it. The rewritten bytes are what the caches keep the code of.
+    /// Compiles `bytes`, after the NaN rewrite and the loop unrolling when
+    /// the configuration asks for them. The code of the transformed module
+    /// is what the caches keep.
     fn compile(&self, bytes: &[u8]) -> Result<Module, Failure> {
         let invalid = |e: wasmtime::Error| Failure::InvalidModule(format!("{e:#}"));
-        if self.config.float_determinism != FloatDeterminism::Rewrite {
-            return Module::new(&self.engine, bytes).map_err(invalid);
-        }
-        match crate::nan::canonicalize(bytes) {
-            Ok(rewritten) => Module::new(&self.engine, &rewritten).map_err(invalid),
+        let transformed = (|| {
+            let mut b = std::borrow::Cow::Borrowed(bytes);
+            if self.config.float_determinism == FloatDeterminism::Rewrite {
+                b = std::borrow::Cow::Owned(crate::nan::canonicalize(&b)?);
+            }
+            if self.config.unroll_loops {
+                b = std::borrow::Cow::Owned(crate::unroll::unroll_loops(&b)?);
+            }
+            Ok::<_, crate::nan::RewriteError>(b)
+        })();
+        match transformed {
+            Ok(b) => Module::new(&self.engine, &b).map_err(invalid),
             // Let wasmtime explain what is wrong with a module it rejects
-            // anyway; only a valid module that the rewrite cannot handle
-            // gets the rewrite's message.
+            // anyway; only a valid module that a transformation cannot
+            // handle gets the transformation's message.
             Err(e) => match Module::validate(&self.engine, bytes) {
                 Err(v) => Err(invalid(v)),
                 Ok(()) => Err(Failure::InvalidModule(e.to_string())),

@@ -78,6 +78,7 @@ mod outputs;
 mod shims;
 mod task;
 mod ticker;
+pub mod unroll;
 
 pub use config::{Config, FloatDeterminism, TickSource};
 pub use error::Error;

@@ -8,11 +8,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use shoal_runtime::nan;
 use shoal_runtime::wasmtime::{
     Engine, Extern, ExternRef, Func, Global, GlobalType, Instance, Linker, Memory, MemoryType, Module, Mutability, Ref,
     RefType, Store, Table, TableType, Val, ValType,
 };
+use shoal_runtime::{nan, unroll};
 use shoal_runtime::{Config, FloatDeterminism};
 use wast::core::{NanPattern, V128Pattern, WastArgCore, WastRetCore};
 use wast::parser::{self, ParseBuffer};
@@ -54,6 +54,8 @@ impl Runner {
     fn compile(&self, module: &mut QuoteWat<'_>) -> R<Module> {
         let bytes = module.encode().map_err(|e| format!("cannot encode: {e}"))?;
         let rewritten = nan::canonicalize(&bytes).map_err(|e| format!("rewrite failed: {e}"))?;
+        // Shoal also unrolls small loops: the suite checks that too.
+        let rewritten = unroll::unroll_loops(&rewritten).map_err(|e| format!("unrolling failed: {e}"))?;
         Module::new(&self.engine, &rewritten).map_err(|e| format!("rewritten module rejected: {e:#}"))
     }
 
@@ -221,7 +223,7 @@ impl Runner {
                     if Module::validate(&self.engine, &bytes).is_ok() {
                         return Err(format!("expected an invalid module ({message}), the engine accepts it"));
                     }
-                    if let Ok(rewritten) = nan::canonicalize(&bytes) {
+                    if let Ok(rewritten) = nan::canonicalize(&bytes).and_then(|b| unroll::unroll_loops(&b)) {
                         if Module::validate(&self.engine, &rewritten).is_ok() {
                             return Err(format!("the rewrite made an invalid module ({message}) valid"));
                         }
