@@ -431,7 +431,7 @@ impl Info {
 /// What a value on the stack or in a local may hold: `Clean` values have
 /// deterministic bits; `F32`/`F64` values may be an arithmetic NaN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum T {
+pub(crate) enum T {
     Clean,
     F32,
     F64,
@@ -461,7 +461,7 @@ fn kind(t: ValType) -> Option<T> {
 
 /// Scalar float instructions whose NaN results have unspecified bits, and
 /// the type they produce.
-fn scalar_arith(op: &Operator<'_>) -> Option<T> {
+pub(crate) fn scalar_arith(op: &Operator<'_>) -> Option<T> {
     use Operator::*;
     match op {
         F32Add | F32Sub | F32Mul | F32Div | F32Min | F32Max | F32Sqrt | F32Ceil | F32Floor | F32Trunc | F32Nearest
@@ -474,7 +474,7 @@ fn scalar_arith(op: &Operator<'_>) -> Option<T> {
 
 /// Vector float instructions whose NaN lanes have unspecified bits, and the
 /// lane type of their result.
-fn simd_arith(op: &Operator<'_>) -> Option<T> {
+pub(crate) fn simd_arith(op: &Operator<'_>) -> Option<T> {
     use Operator::*;
     match op {
         F32x4Add | F32x4Sub | F32x4Mul | F32x4Div | F32x4Min | F32x4Max | F32x4Sqrt | F32x4Ceil | F32x4Floor

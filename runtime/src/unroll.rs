@@ -22,9 +22,9 @@
 //!                             end
 //! ```
 //!
-//! Only innermost loops without parameters, of at most [`MAX_BODY`]
-//! instructions, using no branch other than `br`, `br_if`, `br_table` are
-//! unrolled; everything else is copied byte for byte. Fuel stays exactly
+//! Only innermost loops that do float arithmetic, without parameters, of at
+//! most [`MAX_BODY`] instructions, using no branch other than `br`, `br_if`,
+//! `br_table` are unrolled; everything else is copied byte for byte. Fuel stays exactly
 //! deterministic (it counts the instructions executed, and this is a fixed
 //! function of the module); it grows by one `br` per loop exit.
 
@@ -162,24 +162,31 @@ fn qualifies(ops: &[(Operator<'_>, Range<usize>)]) -> bool {
         // May have parameters; not worth a new type.
         return false;
     }
-    body.iter().all(|(op, _)| {
-        !matches!(
-            op,
-            Operator::TryTable { .. }
-                | Operator::Try { .. }
-                | Operator::Catch { .. }
-                | Operator::CatchAll
-                | Operator::Delegate { .. }
-                | Operator::Rethrow { .. }
-                | Operator::BrOnNull { .. }
-                | Operator::BrOnNonNull { .. }
-                | Operator::BrOnCast { .. }
-                | Operator::BrOnCastFail { .. }
-                | Operator::Resume { .. }
-                | Operator::ResumeThrow { .. }
-                | Operator::ResumeThrowRef { .. }
-        )
-    })
+    // Float arithmetic: where the checks hurt (every vector register is
+    // caller-saved, so the check's cold call spills the loop's floats).
+    // Integer loops keep their values in callee-saved registers, and
+    // unrolling every loop of a big module makes it much slower to compile.
+    let floats =
+        body.iter().any(|(op, _)| crate::nan::scalar_arith(op).is_some() || crate::nan::simd_arith(op).is_some());
+    floats
+        && body.iter().all(|(op, _)| {
+            !matches!(
+                op,
+                Operator::TryTable { .. }
+                    | Operator::Try { .. }
+                    | Operator::Catch { .. }
+                    | Operator::CatchAll
+                    | Operator::Delegate { .. }
+                    | Operator::Rethrow { .. }
+                    | Operator::BrOnNull { .. }
+                    | Operator::BrOnNonNull { .. }
+                    | Operator::BrOnCast { .. }
+                    | Operator::BrOnCastFail { .. }
+                    | Operator::Resume { .. }
+                    | Operator::ResumeThrow { .. }
+                    | Operator::ResumeThrowRef { .. }
+            )
+        })
 }
 
 /// Copies a loop body, adding `shift` to branch depths that leave the body
@@ -246,9 +253,10 @@ mod tests {
         // fall-through with a result, and a br_table choosing between the
         // loop and the exit; an inner block with its own branches.
         let wat = r#"(module
-          (func (export "f") (param i32) (result i32) (local i32 i32)
+          (func (export "f") (param i32) (result i32) (local i32 i32 f64)
             (block $out
               (loop $l (result i32)
+                (local.set 3 (f64.add (local.get 3) (f64.const 0.5)))
                 (local.set 1 (i32.add (local.get 1) (local.get 0)))
                 (block $skip
                   (br_if $skip (i32.and (local.get 1) (i32.const 1)))
@@ -275,9 +283,10 @@ mod tests {
         // A loop whose result leaves through the fall-through, counting
         // iterations; and a `br` out of the loop from inside an `if`.
         let wat = r#"(module
-          (func (export "f") (param i32) (result i32) (local i32)
+          (func (export "f") (param i32) (result i32) (local i32 f32)
             (block $done (result i32)
               (loop $l (result i32)
+                (local.set 2 (f32.mul (local.get 2) (f32.const 1.5)))
                 (local.set 1 (i32.add (local.get 1) (i32.const 3)))
                 (if (i32.eq (local.get 1) (i32.const 300)) (then (br $done (i32.const -1))))
                 (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
@@ -295,6 +304,14 @@ mod tests {
     }
 
     #[test]
+    fn integer_loops_are_kept() {
+        let wat = r#"(module (func (export "f") (param i32) (result i32)
+            (loop $l (br_if $l (local.tee 0 (i32.sub (local.get 0) (i32.const 1))))) (local.get 0)))"#;
+        let wasm = wat::parse_str(wat).unwrap();
+        assert_eq!(unroll_loops(&wasm).unwrap(), wasm);
+    }
+
+    #[test]
     fn big_or_nested_loops_are_kept() {
         let nested = wat::parse_str(
             r#"(module (func (export "f") (param i32) (result i32)
@@ -304,7 +321,7 @@ mod tests {
         let out = unroll_loops(&nested).unwrap();
         // Only the inner loop grows.
         assert_eq!(fuel_and_result(&out, 5).0, 5);
-        let body = "(drop (i32.const 1))".repeat(MAX_BODY);
+        let body = "(drop (f32.add (f32.const 1) (f32.const 1)))".repeat(MAX_BODY / 2);
         let big = wat::parse_str(format!(r#"(module (func (loop {body})))"#)).unwrap();
         assert_eq!(unroll_loops(&big).unwrap(), big);
     }
