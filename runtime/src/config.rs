@@ -92,10 +92,10 @@ pub struct Config {
     /// nondeterministic jobs too unless turned off here. Default:
     /// [`FloatDeterminism::Rewrite`].
     pub float_determinism: FloatDeterminism,
-    /// Unroll small innermost loops twice at load time
-    /// ([`crate::unroll::unroll_loops`]), which halves the fuel and epoch
-    /// checks they execute (see `docs/runtime.md`, "Performance").
-    /// Default: `true`.
+    /// Unroll small innermost loops that do float arithmetic at load time
+    /// ([`crate::unroll::unroll_loops`]), which divides the fuel and epoch
+    /// checks they execute by two or four (see `docs/runtime.md`,
+    /// "Performance"). Default: `true`.
     pub unroll_loops: bool,
     /// Epoch source. Default: a thread ticking every 10 ms.
     pub tick: TickSource,
