@@ -51,3 +51,27 @@ fn mandelbrot_output_is_the_same_under_every_setting() {
     assert!(fuel_rewrite >= fuel_off);
     assert!((fuel_rewrite - fuel_off) * 10_000 < fuel_off, "{fuel_rewrite} vs {fuel_off}");
 }
+
+#[test]
+fn compiled_code_is_cached_per_setting() {
+    // The disk cache key names the rewrite (and its version) and the
+    // unrolling: an executor with another setting never loads code
+    // compiled from differently transformed bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let exec = |fd: FloatDeterminism, unroll: bool| {
+        let mut cfg = Config::default();
+        cfg.float_determinism = fd;
+        cfg.unroll_loops = unroll;
+        cfg.max_concurrent_jobs = 1;
+        cfg.cache_dir = Some(dir.path().to_path_buf());
+        Executor::new(cfg).unwrap()
+    };
+    let t = task("nbody", &["10", "4"]);
+    let first = |e: &Executor| e.run(&t).unwrap().cached;
+    assert!(!first(&exec(FloatDeterminism::Rewrite, true)));
+    assert!(first(&exec(FloatDeterminism::Rewrite, true)), "same setting: from the disk cache");
+    assert!(!first(&exec(FloatDeterminism::Rewrite, false)));
+    assert!(!first(&exec(FloatDeterminism::Off, true)));
+    assert!(!first(&exec(FloatDeterminism::Cranelift, true)));
+    assert!(first(&exec(FloatDeterminism::Off, true)));
+}
