@@ -33,8 +33,10 @@
 //! Which values may hold an arithmetic NaN is a forward "taint" analysis over
 //! each function's structured control flow: values on the operand stack and
 //! locals, joined at block ends and iterated to a fixed point at loop
-//! headers; results of direct calls to functions that are not host-callable
-//! and parameters of functions that are called directly count as tainted.
+//! headers. Between functions, summaries say which parameters and results of
+//! directly called functions may be tainted (iterated over the whole module
+//! from "none" until they stop growing); host-callable functions return
+//! clean values, and the host and indirect calls pass clean arguments.
 //! The analysis over-approximates: a value it cannot prove clean is treated
 //! as tainted, so the guarantee holds; the price of imprecision is only that
 //! a NaN loaded from memory that is merged (same local at a join, same block
