@@ -36,7 +36,7 @@ use wasmparser::{BlockType, Operator, Parser, Payload};
 use crate::nan::RewriteError;
 
 /// Version of the transformation, part of the compiled-module cache key.
-pub const UNROLL_VERSION: u32 = 1;
+pub const UNROLL_VERSION: u32 = 2;
 
 /// Largest loop body (in instructions) that is unrolled (twice).
 pub const MAX_BODY: usize = 120;
