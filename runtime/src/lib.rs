@@ -49,6 +49,10 @@
 //! - `cache.rs`: the in-memory `InstancePre` cache and the on-disk compiled
 //!   module cache.
 //! - `determinism.rs`: fixed/stepping clocks and the seeded PRNG.
+//! - `nan.rs`: [`nan::canonicalize`], the load-time rewrite that makes
+//!   arithmetic NaNs canonical only where their bits can be observed.
+//! - `unroll.rs`: [`unroll::unroll_loops`], load-time unrolling of small
+//!   float loops, so that they run fewer fuel and epoch checks.
 //! - `capture.rs`: capped stdout/stderr pipes that record truncation.
 //! - `shims.rs`: WASI calls replaced by our own versions (sorted
 //!   `fd_readdir`, disabled `path_link`, deadline-aware `poll_oneoff`).
@@ -71,14 +75,16 @@ mod executor;
 pub mod job;
 mod limits;
 pub mod mounts;
+pub mod nan;
 pub mod nn;
 mod outcome;
 mod outputs;
 mod shims;
 mod task;
 mod ticker;
+pub mod unroll;
 
-pub use config::{Config, TickSource};
+pub use config::{Config, FloatDeterminism, TickSource};
 pub use error::Error;
 pub use executor::Executor;
 pub use limits::Limits;
