@@ -251,7 +251,7 @@ fn not_found(id: &str) -> ApiError {
 /// (cycles, missing steps, at most 64 steps), each step's spec, and the
 /// data steps name by CID (422 when it is nowhere). Signed like a job,
 /// over the pipeline's CID.
-#[utoipa::path(post, path = "/v1/pipelines", params(("cache" = Option<bool>, Query, description = "steps may complete from earlier runs' receipts (default true)"), ("x-shoal-submitter" = Option<String>, Header, description = "the submitter's key (peer id)"), ("x-shoal-submitted-at" = Option<u64>, Header, description = "when it signed, ms since the Unix epoch"), ("x-shoal-signature" = Option<String>, Header, description = "hex ed25519 signature of \"shoal-submit/1\\n<pipeline cid>\\n<submitted-at>\"")), request_body(content = String, description = "a pipeline (docs/job-spec.md#pipelines), as YAML or JSON"), responses((status = 201, body = PipelineSubmitted), (status = 400, description = "malformed pipeline: a cycle, a missing step, a bad spec", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused, or a bad submitter signature", body = ErrorBody), (status = 413, description = "body too large (4 MiB at most)", body = ErrorBody), (status = 415, description = "not a json/yaml content type and no X-Shoal-Request header", body = ErrorBody), (status = 422, description = "data found nowhere", body = ErrorBody), (status = 503, description = "too many running pipelines", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/pipelines", operation_id = "submit_pipeline", params(("cache" = Option<bool>, Query, description = "steps may complete from earlier runs' receipts (default true)"), ("x-shoal-submitter" = Option<String>, Header, description = "the submitter's key (peer id)"), ("x-shoal-submitted-at" = Option<u64>, Header, description = "when it signed, ms since the Unix epoch"), ("x-shoal-signature" = Option<String>, Header, description = "hex ed25519 signature of \"shoal-submit/1\\n<pipeline cid>\\n<submitted-at>\"")), request_body(content = String, description = "a pipeline (docs/job-spec.md#pipelines), as YAML or JSON"), responses((status = 201, body = PipelineSubmitted), (status = 400, description = "malformed pipeline: a cycle, a missing step, a bad spec", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused, or a bad submitter signature", body = ErrorBody), (status = 413, description = "body too large (4 MiB at most)", body = ErrorBody), (status = 415, description = "not a json/yaml content type and no X-Shoal-Request header", body = ErrorBody), (status = 422, description = "data found nowhere", body = ErrorBody), (status = 503, description = "too many running pipelines", body = ErrorBody)))]
 pub(crate) async fn submit(
     State(node): State<Shared>,
     Query(q): Query<SubmitQuery>,
@@ -297,7 +297,7 @@ pub(crate) async fn submit(
 }
 
 /// A pipeline and its steps.
-#[utoipa::path(get, path = "/v1/pipelines/{id}", params(("id" = String, Path, description = "a pipeline id")), responses((status = 200, body = PipelineRun), (status = 400, description = "malformed request", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/pipelines/{id}", operation_id = "get_pipeline", params(("id" = String, Path, description = "a pipeline id")), responses((status = 200, body = PipelineRun), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody)))]
 pub(crate) async fn get(State(node): State<Shared>, Path(id): Path<String>) -> Result<Json<PipelineRun>, ApiError> {
     let pid = parse_id(&id)?;
     node.db().pipeline(&pid).map_err(api::internal)?.map(Json).ok_or_else(|| not_found(&id))
@@ -315,7 +315,7 @@ pub struct PipelineList {
 }
 
 /// Pipelines, newest first (`limit`, default 50, at most 1000).
-#[utoipa::path(get, path = "/v1/pipelines", params(("limit" = Option<usize>, Query, description = "at most 1000")), responses((status = 200, body = PipelineList)))]
+#[utoipa::path(get, path = "/v1/pipelines", operation_id = "list_pipelines", params(("limit" = Option<usize>, Query, description = "at most 1000")), responses((status = 200, body = PipelineList), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody)))]
 pub(crate) async fn list(
     State(node): State<Shared>,
     Query(q): Query<ListQuery>,
@@ -330,7 +330,7 @@ pub(crate) struct WaitQuery {
 }
 
 /// Long poll: returns when the pipeline ends or after `timeout` seconds.
-#[utoipa::path(get, path = "/v1/pipelines/{id}/wait", params(("id" = String, Path, description = "a pipeline id"), ("timeout" = Option<u64>, Query, description = "seconds, at most 300")), responses((status = 200, body = PipelineRun), (status = 404, description = "not found", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/pipelines/{id}/wait", operation_id = "wait_pipeline", params(("id" = String, Path, description = "a pipeline id"), ("timeout" = Option<u64>, Query, description = "seconds, at most 300")), responses((status = 200, body = PipelineRun), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody)))]
 pub(crate) async fn wait(
     State(node): State<Shared>,
     Path(id): Path<String>,
@@ -354,7 +354,7 @@ pub(crate) async fn wait(
 
 /// Cancels a pipeline: its running steps' jobs are cancelled, and steps
 /// not yet run never will be.
-#[utoipa::path(post, path = "/v1/pipelines/{id}/cancel", params(("id" = String, Path, description = "a pipeline id")), responses((status = 200, body = PipelineRun), (status = 404, description = "not found", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/pipelines/{id}/cancel", operation_id = "cancel_pipeline", params(("id" = String, Path, description = "a pipeline id")), responses((status = 200, body = PipelineRun), (status = 400, description = "malformed request", body = ErrorBody), (status = 401, description = "token required", body = ErrorBody), (status = 403, description = "host or origin refused", body = ErrorBody), (status = 404, description = "not found", body = ErrorBody)))]
 pub(crate) async fn cancel(
     State(node): State<Shared>,
     Path(id): Path<String>,
