@@ -399,6 +399,22 @@ impl Compute {
                 Some(s) if !s.verify(&job) => {
                     return reject(format!("the submitter's signature ({}) does not sign job {job}: refused", s.key))
                 }
+                // A job is not bid for after its timeouts.total: a claim
+                // older than that (and the clocks' skew) was copied, from a
+                // receipt say, to run the job again.
+                Some(s)
+                    if node.now().saturating_sub(s.at_ms)
+                        > u64::try_from((spec.timeouts.total + crate::api::MAX_SUBMIT_SKEW).as_millis())
+                            .unwrap_or(u64::MAX) =>
+                {
+                    return reject(format!(
+                        "the submitter {} signed job {job} at {} ms, longer ago than its timeouts.total ({} s) \
+                         allows: a claim copied from an earlier submission is refused; submit the job again",
+                        s.key,
+                        s.at_ms,
+                        spec.timeouts.total.as_secs()
+                    ));
+                }
                 Some(_) => {}
             }
         }

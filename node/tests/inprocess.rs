@@ -554,7 +554,20 @@ async fn submitters_are_signed_held_to_their_quotas_and_allowed_or_refused_by_no
         }
     };
     let target = net.node(1).peer;
+    // A genuine claim, but signed longer ago than the job's total timeout
+    // (5 min) allows: copied from an earlier submission.
+    let stale = {
+        let at = now - 20 * 60 * 1000;
+        let h = signed_by(&alice, &spec(8, "1"), at);
+        shoal_scheduler::model::Submitter {
+            key: alice_id.to_string(),
+            at_ms: at,
+            signature: h[2].1.clone(),
+            pipeline: None,
+        }
+    };
     for (exec, submitter, why) in [
+        ("e-stale", Some(stale), "longer ago than its timeouts.total"),
         ("e-anon", None, "without a signature"),
         ("e-bob", Some(claim(&bob, &bob.public().to_peer_id())), "is not one of them"),
         ("e-forged", Some(claim(&bob, &alice_id)), "does not sign"),
