@@ -474,7 +474,7 @@ pub fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let parsed = shoal_scheduler::spec::Spec::from_yaml_or_json(&body)?;
     upload(ctx, &api, &sources)?;
     let path = if a.no_cache { "/v1/jobs?cache=false" } else { "/v1/jobs" };
-    let headers = sign(ctx, &shoal_scheduler::receipt::submit_statement, &shoal_scheduler::receipt::job_cid(&parsed))?;
+    let headers = sign(ctx, &shoal_scheduler::receipt::job_cid(&parsed))?;
     let r = api.post_signed(path, body.as_bytes(), "application/json", &headers)?;
     let id = r.get("id").and_then(Value::as_str).context("the node returned no job id")?.to_owned();
     let warnings = r.get("warnings").cloned().unwrap_or_else(|| json!([]));
@@ -536,7 +536,7 @@ fn submit_pipeline(
     for sources in &all {
         upload(ctx, api, sources)?;
     }
-    let headers = sign(ctx, &shoal_scheduler::receipt::submit_statement, &pipeline.cid())?;
+    let headers = sign(ctx, &pipeline.cid())?;
     let path = if a.no_cache { "/v1/pipelines?cache=false" } else { "/v1/pipelines" };
     let r = api.post_signed(path, body.as_bytes(), "application/json", &headers)?;
     let id = r.get("id").and_then(Value::as_str).context("the node returned no pipeline id")?.to_owned();
@@ -670,18 +670,17 @@ pub fn pipeline(ctx: &Ctx, c: PipelineCmd) -> anyhow::Result<ExitCode> {
 }
 
 /// The headers of a submission signed with this client's key
-/// (`<home>/client.key`, created on first use): `statement` of `cid` now.
-pub fn sign(
-    ctx: &Ctx,
-    statement: &dyn Fn(&Cid, u64) -> Vec<u8>,
-    cid: &Cid,
-) -> anyhow::Result<Vec<(&'static str, String)>> {
+/// (`<home>/client.key`, created on first use): the submit statement of
+/// `cid` (a job's or a pipeline's) now.
+pub fn sign(ctx: &Ctx, cid: &Cid) -> anyhow::Result<Vec<(&'static str, String)>> {
     let key = shoal_node::load_client_key(&ctx.home)?;
     let at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default();
-    let signature = key.sign(&statement(cid, at)).context("cannot sign the submission with the client key")?;
+    let signature = key
+        .sign(&shoal_scheduler::receipt::submit_statement(cid, at))
+        .context("cannot sign the submission with the client key")?;
     Ok(vec![
         (shoal_node::api::SUBMITTER_HEADER, key.public().to_peer_id().to_string()),
         (shoal_node::api::SUBMITTED_AT_HEADER, at.to_string()),

@@ -306,7 +306,7 @@ async fn submit(
 ) -> Result<impl IntoResponse, ApiError> {
     let spec = Spec::from_yaml_or_json(&body).map_err(|e| bad(format!("bad job spec: {e}")))?;
     let job_cid = shoal_scheduler::receipt::job_cid(&spec);
-    let submitter = submitter_of(&node, &headers, &shoal_scheduler::receipt::submit_statement, &job_cid)?;
+    let submitter = submitter_of(&node, &headers, &job_cid)?;
     let submitted = enqueue(&node, spec, job_cid, q.cache.unwrap_or(true), submitter).await?;
     Ok((StatusCode::CREATED, Json(submitted)))
 }
@@ -323,12 +323,12 @@ pub const SIGNATURE_HEADER: &str = "x-shoal-signature";
 pub const MAX_SUBMIT_SKEW: Duration = Duration::from_secs(10 * 60);
 
 /// The submission's signed submitter, if it carries one: the three headers
-/// together, the signature checked over `statement(cid, at)`, the time
+/// together, the signature checked over `cid` (a job's or a pipeline's;
+/// [`shoal_scheduler::receipt::submit_statement`]), the time
 /// within [`MAX_SUBMIT_SKEW`]. A submission without them is anonymous.
 pub(crate) fn submitter_of(
     node: &Node,
     headers: &axum::http::HeaderMap,
-    statement: &dyn Fn(&Cid, u64) -> Vec<u8>,
     cid: &Cid,
 ) -> Result<Option<shoal_scheduler::model::Submitter>, ApiError> {
     let get = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or_default().trim().to_owned());
@@ -343,8 +343,8 @@ pub(crate) fn submitter_of(
         }
     };
     let forbidden = |m: String| ApiError(StatusCode::FORBIDDEN, m);
-    let peer: libp2p::PeerId =
-        key.parse().map_err(|_| bad(format!("{SUBMITTER_HEADER}: {key:?} is not a key id (12D3KooW…)")))?;
+    key.parse::<libp2p::PeerId>()
+        .map_err(|_| bad(format!("{SUBMITTER_HEADER}: {key:?} is not a key id (12D3KooW…)")))?;
     let at_ms: u64 =
         at.parse().map_err(|_| bad(format!("{SUBMITTED_AT_HEADER}: {at:?} is not a time in ms since the epoch")))?;
     let now = node.now();
@@ -357,12 +357,14 @@ pub(crate) fn submitter_of(
             MAX_SUBMIT_SKEW.as_secs()
         )));
     }
-    if !shoal_scheduler::receipt::signed_by(&peer, &statement(cid, at_ms), &signature) {
+    let claim = shoal_scheduler::model::Submitter { key, at_ms, signature, pipeline: None };
+    if !claim.signs(cid) {
         return Err(forbidden(format!(
-            "the signature in {SIGNATURE_HEADER} is not {key}'s signature of {cid} at {at_ms}: refused"
+            "the signature in {SIGNATURE_HEADER} is not {}'s signature of {cid} at {at_ms}: refused",
+            claim.key
         )));
     }
-    Ok(Some(shoal_scheduler::model::Submitter { key, at_ms, signature, pipeline: None }))
+    Ok(Some(claim))
 }
 
 /// Queues a job (or completes it from the cache): what a submission does

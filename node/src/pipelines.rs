@@ -16,6 +16,7 @@
 //! pipeline's receipt, linking the steps' receipts and the pipeline as
 //! submitted, is signed, stored and pinned.
 
+use shoal_scheduler::receipt::Signed as _;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -260,7 +261,7 @@ pub(crate) async fn submit(
 ) -> Result<impl IntoResponse, ApiError> {
     let pipeline = Pipeline::parse(&body).map_err(|e| api::bad(format!("bad pipeline: {e}")))?;
     let document = pipeline.cid();
-    let submitter = api::submitter_of(&node, &headers, &shoal_scheduler::receipt::submit_statement, &document)?;
+    let submitter = api::submitter_of(&node, &headers, &document)?;
     let running = node.db().active_pipelines().map_err(api::internal)?.len();
     if running >= MAX_ACTIVE_PIPELINES {
         return Err(ApiError(

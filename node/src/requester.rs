@@ -5,6 +5,7 @@
 //! had asked for are found again through their commitments, lost ones time
 //! out and are placed elsewhere.
 
+use shoal_scheduler::receipt::Signed as _;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -239,10 +239,21 @@ pub fn canonicalize(wasm: &[u8]) -> Result<Vec<u8>> {
         };
     }
 
+    reassemble(wasm, sections, &code)
+}
+
+/// `wasm` again with its code section replaced by `code`, every other
+/// section copied byte for byte (`sections`: each section's id and range,
+/// in order). Shared by the load-time rewrites.
+pub(crate) fn reassemble(
+    wasm: &[u8],
+    sections: Vec<(u8, std::ops::Range<usize>)>,
+    code: &wasm_encoder::CodeSection,
+) -> Result<Vec<u8>> {
     let mut module = wasm_encoder::Module::new();
     for (id, range) in sections {
         if id == CODE_SECTION {
-            module.section(&code);
+            module.section(code);
         } else {
             let data = wasm.get(range).ok_or_else(|| RewriteError::Invalid("section out of bounds".into()))?;
             module.section(&wasm_encoder::RawSection { id, data });
@@ -888,6 +899,12 @@ impl<'a> FuncRewriter<'a> {
         }
         let n = self.frames[target].label_types().len();
         let e = Edge { locals: self.locals.clone(), values: self.peekn(n) };
+        self.join_into(target, e);
+    }
+
+    /// Joins `e` into what reaches frame `target`'s label: a loop's header
+    /// (a change there means another pass over the loop) or a block's end.
+    fn join_into(&mut self, target: usize, e: Edge) {
         let f = &mut self.frames[target];
         if f.kind == Kind::Loop {
             let id = f.loop_id;
@@ -929,15 +946,7 @@ impl<'a> FuncRewriter<'a> {
         for t in targets {
             let n = self.frames[t].label_types().len();
             let e = Edge { locals: self.locals.clone(), values: vec![T::Clean; n] };
-            let f = &mut self.frames[t];
-            if f.kind == Kind::Loop {
-                let id = f.loop_id;
-                if Edge::join(&mut self.loops[id], e) {
-                    self.changed = true;
-                }
-            } else {
-                Edge::join(&mut f.end, e);
-            }
+            self.join_into(t, e);
         }
     }
 

@@ -44,8 +44,6 @@ pub const MAX_BODY: usize = 120;
 /// Largest loop body (in instructions) that is unrolled four times.
 pub const MAX_BODY_4: usize = 40;
 
-const CODE_SECTION: u8 = 10;
-
 /// Unrolls the small innermost loops of every function of `wasm`.
 pub fn unroll_loops(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
     let mut sections = Vec::new();
@@ -62,16 +60,7 @@ pub fn unroll_loops(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
             };
         }
     }
-    let mut module = wasm_encoder::Module::new();
-    for (id, range) in sections {
-        if id == CODE_SECTION {
-            module.section(&code);
-        } else {
-            let data = wasm.get(range).ok_or_else(|| RewriteError::Invalid("section out of bounds".into()))?;
-            module.section(&wasm_encoder::RawSection { id, data });
-        }
-    }
-    Ok(module.finish())
+    crate::nan::reassemble(wasm, sections, &code)
 }
 
 /// The new body (locals and code), or `None` when no loop qualifies.

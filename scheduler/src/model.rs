@@ -329,14 +329,15 @@ impl Submitter {
     /// Whether the signature is `key`'s over this job CID at `at_ms`. A
     /// pipeline step's claim signs its pipeline, not this job: false.
     pub fn verify(&self, job_cid: &Cid) -> bool {
-        self.pipeline.is_none()
-            && self.key.parse::<libp2p::PeerId>().is_ok_and(|peer| {
-                crate::receipt::signed_by(
-                    &peer,
-                    &crate::receipt::submit_statement(job_cid, self.at_ms),
-                    &self.signature,
-                )
-            })
+        self.pipeline.is_none() && self.signs(job_cid)
+    }
+
+    /// Whether the signature is `key`'s over `cid` (a job's, or for a
+    /// pipeline step's claim its pipeline's) at `at_ms`.
+    pub fn signs(&self, cid: &Cid) -> bool {
+        self.key.parse::<libp2p::PeerId>().is_ok_and(|peer| {
+            crate::receipt::signed_by(&peer, &crate::receipt::submit_statement(cid, self.at_ms), &self.signature)
+        })
     }
 }
 

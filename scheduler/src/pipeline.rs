@@ -66,13 +66,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 use shoal_storage::Cid;
 
 use crate::model::Submitter;
-use crate::receipt::{self, raw_cid, Verified};
+use crate::receipt::{self, raw_cid, Signed, Verified};
 use crate::spec::{self, Spec};
 
 /// Most steps in one pipeline: a pipeline is a small graph a person wrote;
@@ -638,30 +637,15 @@ pub struct PipelineReceipt {
     pub requester_key: String,
     pub created_ms: u64,
     pub completed_ms: u64,
-    /// The requester's signature over [`PipelineReceipt::signed_bytes`]
+    /// The requester's signature over [`Signed::signed_bytes`]
     /// (hex).
     #[serde(default)]
     pub signature: String,
 }
 
-impl PipelineReceipt {
-    /// The bytes the requester signs: the receipt's JSON with an empty
-    /// signature.
-    pub fn signed_bytes(&self) -> Vec<u8> {
-        let unsigned = PipelineReceipt { signature: String::new(), ..self.clone() };
-        // Strings, numbers and lists of them: cannot fail.
-        serde_json::to_vec(&unsigned).unwrap_or_default()
-    }
-
-    /// Signs it with the requester's key (setting `requester` and
-    /// `requester_key`) and returns the block to store.
-    pub fn sign(mut self, key: &Keypair) -> Result<(PipelineReceipt, Vec<u8>), Error> {
-        self.requester = key.public().to_peer_id().to_string();
-        self.requester_key = hex::encode(key.public().encode_protobuf());
-        let sig = key.sign(&self.signed_bytes()).map_err(|e| Error::Receipt(receipt::Error::Sign(e.to_string())))?;
-        self.signature = hex::encode(sig);
-        let bytes = serde_json::to_vec(&self).map_err(|e| Error::Receipt(receipt::Error::Sign(e.to_string())))?;
-        Ok((self, bytes))
+impl receipt::Signed for PipelineReceipt {
+    fn requester_fields(&mut self) -> [&mut String; 3] {
+        [&mut self.requester, &mut self.requester_key, &mut self.signature]
     }
 }
 
@@ -860,6 +844,7 @@ mod tests {
     use super::*;
     use crate::commit;
     use crate::receipt::{commit_statement, job_cid, reveal_statement, Attestation, Receipt};
+    use libp2p::identity::Keypair;
     use proptest::prelude::*;
     use std::collections::HashMap;
 

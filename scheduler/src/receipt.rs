@@ -139,28 +139,43 @@ pub struct Receipt {
     pub requester_key: String,
     pub created_ms: u64,
     pub completed_ms: u64,
-    /// The requester's signature over [`Receipt::signed_bytes`] (hex).
+    /// The requester's signature over [`Signed::signed_bytes`] (hex).
     #[serde(default)]
     pub signature: String,
 }
 
-impl Receipt {
-    /// The bytes the requester signs: the receipt's JSON with an empty
-    /// signature.
-    pub fn signed_bytes(&self) -> Vec<u8> {
-        let unsigned = Receipt { signature: String::new(), ..self.clone() };
-        // A struct of strings, numbers and a spec: cannot fail.
+/// A document a requester signs (a job's receipt, a pipeline's): its
+/// identity fields and signature, and the signing both kinds share.
+pub trait Signed: Serialize + Clone {
+    /// The requester's peer id, its public key (protobuf, hex) and its
+    /// signature (hex).
+    fn requester_fields(&mut self) -> [&mut String; 3];
+
+    /// The bytes the requester signs: the JSON with an empty signature.
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut unsigned = self.clone();
+        let [_, _, signature] = unsigned.requester_fields();
+        signature.clear();
+        // Strings, numbers and a spec: serialising cannot fail.
         serde_json::to_vec(&unsigned).unwrap_or_default()
     }
 
-    /// Signs it with the requester's key and returns the block to store.
-    pub fn sign(mut self, key: &Keypair) -> Result<(Receipt, Vec<u8>), Error> {
-        self.requester = key.public().to_peer_id().to_string();
-        self.requester_key = hex::encode(key.public().encode_protobuf());
+    /// Signs it with the requester's key (setting its identity) and
+    /// returns it with the block to store.
+    fn sign(mut self, key: &Keypair) -> Result<(Self, Vec<u8>), Error> {
+        let [peer, public, _] = self.requester_fields();
+        *peer = key.public().to_peer_id().to_string();
+        *public = hex::encode(key.public().encode_protobuf());
         let sig = key.sign(&self.signed_bytes()).map_err(|e| Error::Sign(e.to_string()))?;
-        self.signature = hex::encode(sig);
+        *self.requester_fields()[2] = hex::encode(sig);
         let bytes = serde_json::to_vec(&self).map_err(|e| Error::Sign(e.to_string()))?;
         Ok((self, bytes))
+    }
+}
+
+impl Signed for Receipt {
+    fn requester_fields(&mut self) -> [&mut String; 3] {
+        [&mut self.requester, &mut self.requester_key, &mut self.signature]
     }
 }
 
@@ -293,8 +308,7 @@ pub fn verify(bytes: &[u8], cid: Option<&Cid>, trusted: Option<&BTreeSet<String>
                 p
             }
         };
-        let peer: Option<PeerId> = s.key.parse().ok();
-        if !peer.is_some_and(|peer| signed_by(&peer, &submit_statement(&signed, s.at_ms), &s.signature)) {
+        if !s.signs(&signed) {
             return Err(Error::Signature {
                 who: format!("the submitter {}", s.key),
                 why: format!("it does not sign {signed} at {}", s.at_ms),

@@ -252,6 +252,27 @@ struct SimJob {
     hint: Option<u32>,
 }
 
+impl SimJob {
+    /// A job just submitted: no executions, nothing pending.
+    fn new(job: Job, honest: Option<u32>, submitter: u32, truth: Cid, dataset: u32) -> SimJob {
+        SimJob {
+            job,
+            execs: Vec::new(),
+            sim: Vec::new(),
+            honest,
+            submitter,
+            truth,
+            dataset,
+            plan_pending: false,
+            timer_at: 0,
+            ended: false,
+            waits: 0,
+            queued: false,
+            hint: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Submit,
@@ -568,21 +589,7 @@ impl Sim {
         let now_ms = self.now_ms();
         let job = Job::new(JobId::from_parts(now_ms, u64::from(j)), spec, now_ms);
         let truth = cid_of(b"result", u64::from(j), 0);
-        self.jobs.push(Some(Box::new(SimJob {
-            job,
-            execs: Vec::new(),
-            sim: Vec::new(),
-            honest,
-            submitter,
-            truth,
-            dataset,
-            plan_pending: false,
-            timer_at: 0,
-            ended: false,
-            waits: 0,
-            queued: false,
-            hint: None,
-        })));
+        self.jobs.push(Some(Box::new(SimJob::new(job, honest, submitter, truth, dataset))));
         self.live_jobs += 1;
         self.mark(j);
     }
@@ -1269,21 +1276,7 @@ mod tests {
                 judged: false,
             })
             .collect();
-        SimJob {
-            job,
-            execs,
-            sim: sim_execs,
-            honest: Some(0),
-            submitter: 0,
-            truth: cid_of(b"result", 0, 0),
-            dataset: 0,
-            plan_pending: false,
-            timer_at: 0,
-            ended: false,
-            waits: 0,
-            queued: false,
-            hint: None,
-        }
+        SimJob { execs, sim: sim_execs, ..SimJob::new(job, Some(0), 0, cid_of(b"result", 0, 0), 0) }
     }
 
     #[test]
