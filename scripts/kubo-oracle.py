@@ -48,6 +48,9 @@ import signal
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kubo_lib import configure_offline  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(
@@ -99,34 +102,6 @@ def cid_to_multihash(cid):
         _codec, i = _varint(raw, i)
         return raw[i:]
     raise ValueError("only CIDv0 and base32 CIDv1 are supported")
-
-
-def configure_offline(repo):
-    """Rewrite the repo config so the node never dials anything."""
-    cfg_path = os.path.join(repo, "config")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    cfg["Bootstrap"] = []
-    cfg.setdefault("Routing", {})["Type"] = "none"
-    cfg.setdefault("Discovery", {}).setdefault("MDNS", {})["Enabled"] = False
-    addrs = cfg.setdefault("Addresses", {})
-    addrs["Swarm"] = ["/ip4/127.0.0.1/tcp/0"]
-    addrs["API"] = []
-    addrs["Gateway"] = []
-    addrs["Announce"] = []
-    addrs["AppendAnnounce"] = []
-    swarm = cfg.setdefault("Swarm", {})
-    swarm["DisableNatPortMap"] = True
-    swarm.setdefault("RelayClient", {})["Enabled"] = False
-    swarm.setdefault("RelayService", {})["Enabled"] = False
-    swarm.setdefault("Transports", {}).setdefault("Network", {}).update(
-        {"QUIC": False, "Websocket": False, "WebTransport": False, "WebRTCDirect": False}
-    )
-    cfg.setdefault("AutoNAT", {})["ServiceMode"] = "disabled"
-    cfg.setdefault("Peering", {})["Peers"] = None
-    cfg.setdefault("Reprovider", {})["Interval"] = "0"
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f, indent=2)
 
 
 class Oracle:

@@ -17,6 +17,17 @@ pub struct NodeArgs {
     /// A peer to connect to at start (ending in /p2p/<peer id>). Repeatable.
     #[arg(long = "peer", value_name = "MULTIADDR")]
     pub peers: Vec<Multiaddr>,
+    /// An IPFS peer (a Kubo node, ending in /p2p/<peer id>) to connect to
+    /// at start; blocks that no Shoal peer has are asked of it over
+    /// Bitswap. Repeatable. No public IPFS peer is dialed by default (see
+    /// docs/ipfs.md to join the public network).
+    #[arg(long = "ipfs-peer", value_name = "MULTIADDR")]
+    pub ipfs_peers: Vec<Multiaddr>,
+    /// Which blocks IPFS peers may get from this node over Bitswap and
+    /// the gateway: `pinned` (only pinned data: results, uploads, pins),
+    /// `all` (every block held, caches included), `off`.
+    #[arg(long, default_value = "pinned", value_name = "POLICY")]
+    pub ipfs_serve: shoal_node::serve::Policy,
     /// Address of the HTTP API. A non-loopback address requires the bearer
     /// token in <home>/api-token on every request.
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
@@ -99,6 +110,8 @@ impl NodeArgs {
         Ok(shoal_node::Config {
             listen: self.listen.clone(),
             peers: self.peers.clone(),
+            ipfs_peers: self.ipfs_peers.clone(),
+            ipfs_serve: self.ipfs_serve,
             labels: self.labels.iter().cloned().collect(),
             compute: !self.no_compute,
             slots: self.slots,
@@ -140,6 +153,10 @@ pub fn run(ctx: &Ctx, args: NodeArgs) -> anyhow::Result<std::process::ExitCode> 
         let mut running = shoal_node::start(config, deps).await?;
         let api = running.api.map(|a| format!("http://{a}")).unwrap_or_default();
         println!("ready api={api} peer={}", running.addr);
+        // The same libp2p address is what IPFS peers dial (Kubo's `ipfs
+        // swarm connect` takes it as it is). On stderr: scripts read the
+        // ready line alone from stdout and may close it.
+        eprintln!("ipfs: bitswap 1.2.0 at {}, serving {} blocks", running.addr, args.ipfs_serve);
         use std::io::Write;
         let _ = std::io::stdout().flush();
 

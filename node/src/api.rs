@@ -56,6 +56,8 @@ pub struct Metrics {
     pub executions_lost: Counter,
     pub active_jobs: Gauge,
     pub job_seconds: Histogram,
+    /// Bitswap's counters (shared with [`crate::bitswap::Bitswap`]).
+    pub bitswap: crate::bitswap::Stats,
 }
 
 impl Metrics {
@@ -70,6 +72,7 @@ impl Metrics {
             executions_lost: Counter::default(),
             active_jobs: Gauge::default(),
             job_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0]),
+            bitswap: Default::default(),
         };
         registry.register("jobs_submitted", "Jobs accepted on this node's API", m.jobs_submitted.clone());
         registry.register("jobs_completed", "Jobs completed with an agreed result", m.jobs_completed.clone());
@@ -78,6 +81,7 @@ impl Metrics {
         registry.register("executions_lost", "Executions marked lost", m.executions_lost.clone());
         registry.register("active_jobs", "Queued or running jobs", m.active_jobs.clone());
         registry.register("job_seconds", "Submit-to-result latency", m.job_seconds.clone());
+        m.bitswap.register(registry.sub_registry_with_prefix("bitswap"));
         Metrics { registry, ..m }
     }
 }
@@ -548,7 +552,7 @@ async fn from_peers_cache(
             let Response::Receipts { receipts } = answer else { return None };
             for r in receipts.iter().take(shoal_scheduler::net::proto::MAX_RECEIPTS_ANSWER) {
                 let Ok(receipt) = r.parse::<Cid>() else { continue };
-                if fetch::locate(&node.client, &node.store, receipt, &[peer]).await.is_err() {
+                if fetch::locate_on_peers(node, receipt, &[peer]).await.is_err() {
                     continue;
                 }
                 let st = node.store.clone();
@@ -567,7 +571,7 @@ async fn from_peers_cache(
                     }
                 };
                 let Some(result) = result else { continue };
-                if fetch::fetch_dag(&node.client, &node.store, result, &[peer]).await.is_err() {
+                if fetch::fetch_dag_from_peers(node, result, &[peer]).await.is_err() {
                     continue;
                 }
                 let st = node.store.clone();
@@ -623,7 +627,7 @@ pub(crate) async fn locate_data(node: &Shared, spec: &Spec) -> Result<(), ApiErr
         let mut peers = node.client.peers().await.unwrap_or_default();
         let filters = requester::holds_filters(node);
         peers.sort_by_key(|p| !filters.get(&p.to_string()).is_some_and(|h| h.contains(&cid)));
-        let found = tokio::time::timeout(LOCATE_TIMEOUT, fetch::locate(&node.client, &node.store, cid, &peers)).await;
+        let found = tokio::time::timeout(LOCATE_TIMEOUT, fetch::locate(node, cid, &peers)).await;
         match found {
             Ok(Ok(_)) | Err(_) => {}
             Ok(Err(e)) => {
@@ -891,9 +895,7 @@ async fn car_export(State(node): State<Shared>, Path(cid): Path<String>) -> Resu
         )
     })?;
     let providers = node.client.peers().await.unwrap_or_default();
-    fetch::fetch_dag(&node.client, &node.store, root, &providers)
-        .await
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, crate::message(&e)))?;
+    fetch::fetch_dag(&node, root, &providers).await.map_err(|e| ApiError(StatusCode::NOT_FOUND, crate::message(&e)))?;
     // Streamed from a blocking thread through a bounded channel: an
     // export holds at most CAR_CHUNKS chunks in memory, whatever its size,
     // and stops when the client goes away.
@@ -1010,9 +1012,7 @@ async fn local_path(node: &Shared, cid: &str, path: &str) -> Result<(Cid, Vec<St
         return Err(bad(format!("path {path:?} must not hold '.' or '..' segments")));
     }
     let providers = node.client.peers().await.unwrap_or_default();
-    fetch::fetch_dag(&node.client, &node.store, root, &providers)
-        .await
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, crate::message(&e)))?;
+    fetch::fetch_dag(node, root, &providers).await.map_err(|e| ApiError(StatusCode::NOT_FOUND, crate::message(&e)))?;
     let store = node.store.clone();
     let segs = segments.clone();
     let at = tokio::task::spawn_blocking(move || shoal_storage::exporter::resolve(&*store, &root, &segs))

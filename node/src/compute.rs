@@ -733,7 +733,7 @@ async fn fetch_all(node: &Arc<Node>, requester: PeerId, roots: &[Cid]) -> anyhow
     }
     providers.retain(|p| *p != node.peer);
     for root in roots {
-        fetch::fetch_dag(&node.client, &node.store, *root, &providers).await.context(MissingInput(*root))?;
+        fetch::fetch_dag(node, *root, &providers).await.context(MissingInput(*root))?;
     }
     Ok(())
 }

@@ -3,7 +3,6 @@
 //! for before it is stored; a peer that sends a wrong block is skipped.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use libp2p::PeerId;
@@ -12,6 +11,8 @@ use shoal_scheduler::net::Client;
 use shoal_storage::block::{DAG_PB, RAW};
 use shoal_storage::pb::PbNode;
 use shoal_storage::{Block, BlockStore, Cid, PinMode};
+
+use crate::Node;
 
 /// Most blocks one fetch may move; bounds a malicious DAG (about 1 TiB
 /// of 256 KiB chunks, far past any job's input limit).
@@ -38,12 +39,27 @@ pub fn held(store: &dyn BlockStore, root: &Cid) -> bool {
 /// Makes the whole DAG under `root` local, asking `providers` in order for
 /// what is missing, then pins it recursively. Returns the number of blocks
 /// fetched.
-pub async fn fetch_dag(
-    client: &Client,
-    store: &Arc<dyn BlockStore>,
-    root: Cid,
-    providers: &[PeerId],
-) -> anyhow::Result<usize> {
+pub async fn fetch_dag(node: &Node, root: Cid, providers: &[PeerId]) -> anyhow::Result<usize> {
+    fetch_dag_via(node, root, providers, Reach::Ipfs).await
+}
+
+/// [`fetch_dag`] from the Shoal `providers` only: for looks that must stay
+/// cheap and local to them (the result cache asking a peer).
+pub async fn fetch_dag_from_peers(node: &Node, root: Cid, providers: &[PeerId]) -> anyhow::Result<usize> {
+    fetch_dag_via(node, root, providers, Reach::ShoalPeers).await
+}
+
+/// How far a fetch looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// The given Shoal peers only.
+    ShoalPeers,
+    /// Then the IPFS network.
+    Ipfs,
+}
+
+async fn fetch_dag_via(node: &Node, root: Cid, providers: &[PeerId], reach: Reach) -> anyhow::Result<usize> {
+    let store = &node.store;
     let mut frontier = VecDeque::from([root]);
     let mut seen = HashSet::from([root]);
     let mut fetched = 0usize;
@@ -67,7 +83,7 @@ pub async fn fetch_dag(
             return Ok(fetched);
         }
         (frontier, seen) = (round.frontier, round.seen);
-        let blocks = fetch_blocks(client, &round.want, providers).await?;
+        let blocks = fetch_blocks(node, &round.want, providers, reach).await?;
         fetched += blocks.len();
         for b in &blocks {
             add_links(&root, b, &mut seen, &mut frontier)?;
@@ -129,29 +145,76 @@ fn add_links(root: &Cid, b: &Block, seen: &mut HashSet<Cid>, frontier: &mut VecD
 /// root block alone (the first provider that has it answers), verifies
 /// it and stores it unpinned, so that its kind (file or directory) can be
 /// read here. The DAG stays where it is, for the executions to fetch.
-pub async fn locate(
-    client: &Client,
-    store: &Arc<dyn BlockStore>,
-    root: Cid,
-    providers: &[PeerId],
-) -> anyhow::Result<()> {
-    let blocks = fetch_blocks(client, &[root], providers).await?;
-    let st = store.clone();
+pub async fn locate(node: &Node, root: Cid, providers: &[PeerId]) -> anyhow::Result<()> {
+    locate_via(node, root, providers, Reach::Ipfs).await
+}
+
+/// [`locate`] on the Shoal `providers` only.
+pub async fn locate_on_peers(node: &Node, root: Cid, providers: &[PeerId]) -> anyhow::Result<()> {
+    locate_via(node, root, providers, Reach::ShoalPeers).await
+}
+
+async fn locate_via(node: &Node, root: Cid, providers: &[PeerId], reach: Reach) -> anyhow::Result<()> {
+    let blocks = fetch_blocks(node, &[root], providers, reach).await?;
+    let st = node.store.clone();
     tokio::task::spawn_blocking(move || st.put_many(&blocks)).await.context("the storing thread panicked")??;
     Ok(())
 }
 
-/// Gets exactly `want` from the providers, verifying each block.
-async fn fetch_blocks(client: &Client, want: &[Cid], providers: &[PeerId]) -> anyhow::Result<Vec<Block>> {
+/// Gets exactly `want`, verifying each block, from the first of these
+/// sources that has them, each within its own deadline: the Shoal
+/// `providers` (the requester and peers, over `/shoal/blocks`), then the
+/// connected IPFS peers over Bitswap. The error names the first CID
+/// missing and every place asked.
+async fn fetch_blocks(node: &Node, want: &[Cid], providers: &[PeerId], reach: Reach) -> anyhow::Result<Vec<Block>> {
     let mut missing: Vec<Cid> = want.to_vec();
     let mut out = Vec::with_capacity(want.len());
     let mut errors = Vec::new();
+    let answered = from_shoal_peers(&node.client, providers, &mut missing, &mut out, &mut errors).await;
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    if reach == Reach::ShoalPeers {
+        let detail = if errors.is_empty() { String::new() } else { format!(" ({})", errors.join("; ")) };
+        bail!("block {} not found on {} shoal peer(s){detail}", missing[0], providers.len());
+    }
+    // The Shoal peers that answered said what they lack already.
+    match node.bitswap.fetch(&missing, &answered, node.ipfs_fetch_timeout).await {
+        Ok(blocks) => {
+            missing.retain(|c| !blocks.iter().any(|b| b.cid() == c));
+            out.extend(blocks);
+        }
+        Err(e) => errors.push(format!("bitswap: {}", crate::message(&e))),
+    }
+    if missing.is_empty() {
+        return Ok(out);
+    }
+    let detail = if errors.is_empty() { String::new() } else { format!(" ({})", errors.join("; ")) };
+    bail!(
+        "block {} not found on {} shoal peer(s) nor on the connected ipfs peers{detail}; upload the data to a \
+         node of the network with `shoal push`, or connect a node that has it (`--ipfs-peer`), and retry",
+        missing[0],
+        providers.len()
+    )
+}
+
+/// Asks each Shoal provider in turn for what is still `missing`; returns
+/// the providers that answered (the others may be IPFS peers, which do not
+/// speak `/shoal/blocks`).
+async fn from_shoal_peers(
+    client: &Client,
+    providers: &[PeerId],
+    missing: &mut Vec<Cid>,
+    out: &mut Vec<Block>,
+    errors: &mut Vec<String>,
+) -> Vec<PeerId> {
+    let mut answered = Vec::new();
     for peer in providers {
         // A provider may answer in several rounds (size budget); stop asking
         // it once it makes no progress.
         loop {
             if missing.is_empty() {
-                return Ok(out);
+                return answered;
             }
             let request = BlockRequest { want: missing.iter().map(|c| c.to_bytes()).collect() };
             let response = match client.blocks(*peer, request).await {
@@ -161,6 +224,9 @@ async fn fetch_blocks(client: &Client, want: &[Cid], providers: &[PeerId]) -> an
                     break;
                 }
             };
+            if !answered.contains(peer) {
+                answered.push(*peer);
+            }
             let before = missing.len();
             for (cid, data) in response.blocks {
                 let Ok(cid) = Cid::try_from(cid.as_slice()) else { continue };
@@ -184,15 +250,7 @@ async fn fetch_blocks(client: &Client, want: &[Cid], providers: &[PeerId]) -> an
             }
         }
     }
-    if missing.is_empty() {
-        return Ok(out);
-    }
-    let detail = if errors.is_empty() { String::new() } else { format!(" ({})", errors.join("; ")) };
-    bail!(
-        "block {} not found on {} peer(s){detail}; upload the data to a node of the network with `shoal push` and retry",
-        missing[0],
-        providers.len()
-    )
+    answered
 }
 
 /// Answers a block request from `store` within the response budget.

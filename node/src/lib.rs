@@ -32,11 +32,13 @@
 //! its client and its events.
 
 pub mod api;
+pub mod bitswap;
 pub mod compute;
 pub mod fetch;
 pub mod guard;
 pub mod pipelines;
 pub mod requester;
+pub mod serve;
 pub mod views;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -64,6 +66,15 @@ pub struct Config {
     pub listen: Multiaddr,
     /// Peers dialed at start (each ending in `/p2p/<peer id>`).
     pub peers: Vec<Multiaddr>,
+    /// IPFS peers (Kubo, another IPFS implementation) dialed at start and
+    /// asked over Bitswap for blocks no Shoal peer has (`--ipfs-peer`).
+    pub ipfs_peers: Vec<Multiaddr>,
+    /// Which blocks this node gives to IPFS peers over Bitswap and its
+    /// gateway (`--ipfs-serve`, default [`serve::Policy::Pinned`]).
+    pub ipfs_serve: serve::Policy,
+    /// How long one round of a fetch (up to 256 blocks) may ask the IPFS
+    /// peers over Bitswap before it fails (default 60 s).
+    pub ipfs_fetch_timeout: Duration,
     /// Labels that jobs' constraints select on.
     pub labels: BTreeMap<String, String>,
     /// Run executions (default true); false only schedules.
@@ -109,6 +120,9 @@ impl Default for Config {
         Config {
             listen: Multiaddr::from(std::net::Ipv4Addr::LOCALHOST).with(libp2p::multiaddr::Protocol::Tcp(0)),
             peers: Vec::new(),
+            ipfs_peers: Vec::new(),
+            ipfs_serve: serve::Policy::default(),
+            ipfs_fetch_timeout: Duration::from_secs(60),
             labels: BTreeMap::new(),
             compute: true,
             slots: 4,
@@ -262,6 +276,12 @@ pub struct Node {
     pub key: Keypair,
     pub client: Client,
     pub store: Arc<dyn BlockStore>,
+    /// Which blocks this node gives to IPFS peers.
+    pub servable: Arc<serve::Servable>,
+    /// Bitswap: serving IPFS peers and fetching from them.
+    pub bitswap: Arc<bitswap::Bitswap>,
+    /// The deadline of one Bitswap fetch round.
+    pub ipfs_fetch_timeout: Duration,
     /// Internally locked per call: no guard escapes, so holding one across
     /// another database call cannot deadlock.
     pub db: Db,
@@ -829,10 +849,20 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         Some(l) => Some(l.local_addr().map_err(Error::Api)?),
         None => None,
     };
+    let servable = Arc::new(serve::Servable::new(config.ipfs_serve));
+    let metrics = api::Metrics::new();
     let node = Arc::new(Node {
         peer,
         key,
         client: client.clone(),
+        bitswap: Arc::new(bitswap::Bitswap::new(
+            client.clone(),
+            store.clone(),
+            servable.clone(),
+            metrics.bitswap.clone(),
+        )),
+        servable,
+        ipfs_fetch_timeout: config.ipfs_fetch_timeout,
         store,
         db,
         views: Mutex::new(HashMap::new()),
@@ -845,7 +875,7 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         slot_delta: Mutex::new(HashMap::new()),
         bids: Mutex::new(HashMap::new()),
         changed: watch::channel(0).0,
-        metrics: api::Metrics::new(),
+        metrics,
         labels: config.labels.clone(),
         boot: rand::random(),
         started_ms: clock(),
@@ -870,6 +900,11 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
     for p in &config.peers {
         if let Err(e) = client.dial(p.clone()).await {
             tracing::warn!("cannot reach peer {p}: {e}");
+        }
+    }
+    for p in &config.ipfs_peers {
+        if let Err(e) = client.dial(p.clone()).await {
+            tracing::warn!("cannot reach ipfs peer {p}: {e}");
         }
     }
 
@@ -988,12 +1023,15 @@ impl Node {
                     let _ = n.client.respond_blocks(channel, response).await;
                 });
             }
+            Event::Bitswap { peer, message } => self.bitswap.accept(peer, message),
+            Event::BitswapInvalid { peer, reason } => self.bitswap.on_invalid(peer, &reason),
             Event::Announcement { peer, announcement } => {
                 tracing::trace!(%peer, free = announcement.slots_free, "announcement");
                 self.on_announcement(peer, announcement)
             }
             Event::Disconnected { peer } => {
                 tracing::debug!(%peer, "disconnected");
+                self.bitswap.on_disconnected(&peer);
                 // Offered nothing until it announces itself again:
                 // placement marks what it was running as lost at once and
                 // places it elsewhere; what it committed to waits for the

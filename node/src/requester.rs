@@ -613,7 +613,7 @@ fn complete(node: &Arc<Node>, job: &Job, result: Cid, agreeing: Vec<ExecId>, dis
             let at = node.now();
             let receipt =
                 tokio::task::spawn_blocking(move || put_receipt(&n, &planned, Some(result), &voted, at)).await?;
-            fetch::fetch_dag(&node.client, &node.store, result, &providers).await?;
+            fetch::fetch_dag(&node, result, &providers).await?;
             // How the guest did, from the agreed result itself (what the
             // nodes said beside it is not bound by their commitments).
             let st = node.store.clone();

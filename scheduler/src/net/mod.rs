@@ -12,6 +12,7 @@
 //! Kademlia, which then supplies addresses whenever a request must dial a
 //! peer by id. mDNS only runs when [`Config::mdns`] is set.
 
+pub mod bitswap;
 pub mod proto;
 
 use std::collections::{HashMap, HashSet};
@@ -91,6 +92,7 @@ pub struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     exec: cbor::Behaviour<Request, Response>,
     blocks: cbor::Behaviour<BlockRequest, BlockResponse>,
+    bitswap: bitswap::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -99,7 +101,7 @@ impl Behaviour {
     pub fn new(key: &Keypair, cfg: &Config) -> Result<Behaviour, Error> {
         let peer = key.public().to_peer_id();
         let identify = identify::Behaviour::new(identify::Config::new("/shoal/1".into(), key.public()));
-        let mut kad_cfg = kad::Config::new(StreamProtocol::new("/shoal/kad/1"));
+        let mut kad_cfg = kad::Config::new(StreamProtocol::new(proto::KAD_PROTOCOL));
         kad_cfg.set_query_timeout(Duration::from_secs(10));
         let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), kad_cfg);
         // Server mode from the start: on loopback or a LAN no external
@@ -142,7 +144,16 @@ impl Behaviour {
         } else {
             None
         };
-        Ok(Behaviour { identify, ping: ping::Behaviour::default(), kad, gossipsub, exec, blocks, mdns: mdns.into() })
+        Ok(Behaviour {
+            identify,
+            ping: ping::Behaviour::default(),
+            kad,
+            gossipsub,
+            exec,
+            blocks,
+            bitswap: bitswap::Behaviour::new(),
+            mdns: mdns.into(),
+        })
     }
 }
 
@@ -177,6 +188,10 @@ pub enum Event {
     Blocks { peer: PeerId, request: BlockRequest, channel: ResponseChannel<BlockResponse> },
     /// A node's announcement (signed by `peer`).
     Announcement { peer: PeerId, announcement: Announcement },
+    /// A Bitswap message from `peer`.
+    Bitswap { peer: PeerId, message: bitswap::Message },
+    /// `peer` sent a malformed Bitswap frame.
+    BitswapInvalid { peer: PeerId, reason: String },
     /// The last connection to `peer` closed.
     Disconnected { peer: PeerId },
 }
@@ -190,6 +205,8 @@ enum Command {
     RespondBlocks { channel: ResponseChannel<BlockResponse>, response: BlockResponse },
     Publish { announcement: Announcement },
     Peers { reply: oneshot::Sender<Vec<PeerId>> },
+    BitswapSend { peer: PeerId, message: bitswap::Message, reply: oneshot::Sender<Result<(), Error>> },
+    BitswapPeers { reply: oneshot::Sender<Vec<PeerId>> },
 }
 
 /// The handle async code uses to talk to the swarm. Cheap to clone.
@@ -255,6 +272,18 @@ impl Client {
     pub async fn peers(&self) -> Result<Vec<PeerId>, Error> {
         self.call(|reply| Command::Peers { reply }).await
     }
+
+    /// Sends a Bitswap message to `peer`; returns once it is written.
+    pub async fn bitswap_send(&self, peer: PeerId, message: bitswap::Message) -> Result<(), Error> {
+        self.call(|reply| Command::BitswapSend { peer, message, reply }).await?
+    }
+
+    /// The connected peers that may speak Bitswap: all but those whose
+    /// identify says they do not (one not identified yet is worth asking;
+    /// if it does not, the send fails at once).
+    pub async fn bitswap_peers(&self) -> Result<Vec<PeerId>, Error> {
+        self.call(|reply| Command::BitswapPeers { reply }).await
+    }
 }
 
 /// Owns the swarm; run it on its own task with [`EventLoop::run`].
@@ -267,7 +296,11 @@ pub struct EventLoop {
     pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<(), Error>>>>,
     pending_exec: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<Response, Error>>)>,
     pending_blocks: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<BlockResponse, Error>>)>,
+    pending_bitswap: HashMap<bitswap::SendId, oneshot::Sender<Result<(), Error>>>,
     connected: HashSet<PeerId>,
+    /// Connected peers whose identify does not list Bitswap: the others
+    /// (not identified yet included) are worth asking.
+    no_bitswap: HashSet<PeerId>,
     /// Every listener opened, closed when the loop ends: the memory
     /// transport frees a port only when its listener is removed, not when
     /// it is dropped, so a node restarted in the same process could not
@@ -290,7 +323,9 @@ pub fn new(swarm: Swarm<Behaviour>, cfg: &Config) -> (Client, EventLoop, mpsc::R
         pending_dial: HashMap::new(),
         pending_exec: HashMap::new(),
         pending_blocks: HashMap::new(),
+        pending_bitswap: HashMap::new(),
         connected: HashSet::new(),
+        no_bitswap: HashSet::new(),
         listeners: Vec::new(),
     };
     (client, event_loop, ev_rx)
@@ -375,6 +410,17 @@ impl EventLoop {
             Command::Peers { reply } => {
                 let _ = reply.send(self.connected.iter().copied().collect());
             }
+            Command::BitswapSend { peer, message, reply } => match b.bitswap.send(peer, message) {
+                Some(id) => {
+                    self.pending_bitswap.insert(id, reply);
+                }
+                None => {
+                    let _ = reply.send(Err(Error::Request { peer, reason: "not connected".into() }));
+                }
+            },
+            Command::BitswapPeers { reply } => {
+                let _ = reply.send(self.connected.difference(&self.no_bitswap).copied().collect());
+            }
         }
     }
 
@@ -431,6 +477,7 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.connected.remove(&peer_id);
+                self.no_bitswap.remove(&peer_id);
                 self.emit(Event::Disconnected { peer: peer_id });
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour(event),
@@ -441,9 +488,26 @@ impl EventLoop {
     fn on_behaviour(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                tracing::debug!(%peer_id, agent = %info.agent_version, protocols = ?info.protocols, "identified");
+                if info.protocols.iter().any(|p| bitswap::PROTOCOLS.contains(&p.as_ref())) {
+                    self.no_bitswap.remove(&peer_id);
+                } else {
+                    self.no_bitswap.insert(peer_id);
                 }
+                // Only Shoal peers go into Shoal's routing table: an IPFS
+                // peer (Kubo) there would be handed to every Shoal node
+                // that asks, and dialled by all of them.
+                // (A dialled IPFS peer was put there to be dialled; out.)
+                if info.protocols.iter().any(|p| p.as_ref() == proto::KAD_PROTOCOL) {
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                } else {
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
+                }
+            }
+            BehaviourEvent::Identify(identify::Event::Error { peer_id, error, .. }) => {
+                tracing::debug!(%peer_id, "identify failed: {error}");
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
@@ -487,6 +551,17 @@ impl EventLoop {
                 if let Some((_, reply)) = self.pending_blocks.remove(&request_id) {
                     let _ = reply.send(Err(Error::Request { peer, reason: error.to_string() }));
                 }
+            }
+            BehaviourEvent::Bitswap(bitswap::Event::Received { peer, message }) => {
+                self.emit(Event::Bitswap { peer, message });
+            }
+            BehaviourEvent::Bitswap(bitswap::Event::Sent { id, peer, result }) => {
+                if let Some(reply) = self.pending_bitswap.remove(&id) {
+                    let _ = reply.send(result.map_err(|reason| Error::Request { peer, reason }));
+                }
+            }
+            BehaviourEvent::Bitswap(bitswap::Event::Invalid { peer, reason }) => {
+                self.emit(Event::BitswapInvalid { peer, reason });
             }
             _ => {}
         }

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 pub const EXEC_PROTOCOL: &str = "/shoal/exec/1";
 /// The block exchange protocol's name.
 pub const BLOCKS_PROTOCOL: &str = "/shoal/blocks/1";
+/// Shoal's own Kademlia (peer routing between Shoal nodes).
+pub const KAD_PROTOCOL: &str = "/shoal/kad/1";
 /// The gossipsub topic node announcements travel on.
 pub const ANNOUNCE_TOPIC: &str = "shoal/nodes/1";
 

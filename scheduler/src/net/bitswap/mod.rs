@@ -1,0 +1,153 @@
+//! Bitswap, IPFS's block exchange (`/ipfs/bitswap/1.2.0`, answering 1.1.0
+//! and 1.0.0 too), so that any IPFS peer (Kubo, Helia, boxo) and a Shoal
+//! node trade blocks.
+//!
+//! This module is the wire: a [`Behaviour`] that sends [`Message`]s to
+//! peers and reports the ones that arrive. What to answer and what to ask
+//! for is the pure logic of [`ledger`] (the server's per-peer wantlists)
+//! and [`session`] (the client's wants, which peers to ask, when to give
+//! up), driven by the node, which owns the store.
+//!
+//! ## Why not `beetswap`
+//! `beetswap` 0.5 implements the protocol but is built on libp2p-swarm
+//! 0.47 (libp2p 0.56); Shoal is on 0.57, and two libp2p versions cannot
+//! share one swarm. Bitswap's wire is small (one protobuf message, varint
+//! framed), and owning it lets every limit be Shoal's: frame size, streams
+//! and queued messages per connection, wants and bytes per peer.
+//!
+//! ## Layout
+//! - `message.rs`: the protobuf message, framing, CID prefixes.
+//! - `handler.rs`: one connection's streams.
+//! - `ledger.rs`: the server side, pure.
+//! - `session.rs`: the client side, pure.
+
+pub mod handler;
+pub mod ledger;
+pub mod message;
+pub mod session;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::task::{Context, Poll};
+
+use libp2p::core::transport::PortUse;
+use libp2p::core::Endpoint;
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
+};
+use libp2p::{Multiaddr, PeerId};
+
+pub use message::Message;
+
+pub const PROTOCOL_1_2: &str = "/ipfs/bitswap/1.2.0";
+pub const PROTOCOL_1_1: &str = "/ipfs/bitswap/1.1.0";
+pub const PROTOCOL_1_0: &str = "/ipfs/bitswap/1.0.0";
+/// Offered in this order: the newest first.
+pub const PROTOCOLS: [&str; 3] = [PROTOCOL_1_2, PROTOCOL_1_1, PROTOCOL_1_0];
+
+/// Names one [`Behaviour::send`], for its [`Event::Sent`].
+pub type SendId = u64;
+
+/// What the behaviour reports.
+#[derive(Debug)]
+pub enum Event {
+    /// `peer` sent a message.
+    Received { peer: PeerId, message: Message },
+    /// The message `id` to `peer` was written (or could not be).
+    Sent { id: SendId, peer: PeerId, result: Result<(), String> },
+    /// `peer` sent a malformed or oversized frame (its stream was closed).
+    Invalid { peer: PeerId, reason: String },
+}
+
+/// The Bitswap wire for every connection.
+#[derive(Default)]
+pub struct Behaviour {
+    connections: HashMap<PeerId, Vec<ConnectionId>>,
+    pending: VecDeque<ToSwarm<Event, handler::In>>,
+    next_id: SendId,
+}
+
+impl Behaviour {
+    pub fn new() -> Behaviour {
+        Behaviour::default()
+    }
+
+    /// Queues `message` for `peer` on one of its connections; the outcome
+    /// comes back as [`Event::Sent`] with the returned id. `None`: `peer`
+    /// is not connected.
+    pub fn send(&mut self, peer: PeerId, message: Message) -> Option<SendId> {
+        let conn = *self.connections.get(&peer)?.first()?;
+        self.next_id += 1;
+        let id = self.next_id;
+        self.pending.push_back(ToSwarm::NotifyHandler {
+            peer_id: peer,
+            handler: NotifyHandler::One(conn),
+            event: handler::In::Send { id, message },
+        });
+        Some(id)
+    }
+
+    /// The peers with at least one connection.
+    pub fn connected(&self) -> HashSet<PeerId> {
+        self.connections.keys().copied().collect()
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = handler::Handler;
+    type ToSwarm = Event;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(handler::Handler::new())
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(handler::Handler::new())
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionEstablished(c) => {
+                self.connections.entry(c.peer_id).or_default().push(c.connection_id);
+            }
+            FromSwarm::ConnectionClosed(c) => {
+                if let Some(conns) = self.connections.get_mut(&c.peer_id) {
+                    conns.retain(|id| *id != c.connection_id);
+                    if conns.is_empty() {
+                        self.connections.remove(&c.peer_id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(&mut self, peer: PeerId, _: ConnectionId, event: THandlerOutEvent<Self>) {
+        let event = match event {
+            handler::Out::Received(message) => Event::Received { peer, message },
+            handler::Out::Sent { id, result } => Event::Sent { id, peer, result },
+            handler::Out::Invalid(reason) => Event::Invalid { peer, reason },
+        };
+        self.pending.push_back(ToSwarm::GenerateEvent(event));
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        match self.pending.pop_front() {
+            Some(e) => Poll::Ready(e),
+            None => Poll::Pending,
+        }
+    }
+}
