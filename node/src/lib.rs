@@ -34,6 +34,7 @@
 pub mod api;
 pub mod compute;
 pub mod fetch;
+pub mod gateway;
 pub mod guard;
 pub mod pipelines;
 pub mod requester;
