@@ -1,9 +1,11 @@
 //! The node's HTTP API (axum): jobs, nodes, data in and out as CAR files,
-//! health, Prometheus metrics and the OpenAPI document at `/openapi.json`.
+//! the IPFS trustless gateway under `/ipfs/` ([`crate::gateway`]), health,
+//! Prometheus metrics and the OpenAPI document at `/openapi.json`.
 //!
 //! On a loopback bind the API is open to local users; on any other bind
 //! every request must carry `Authorization: Bearer <token>` with the token
-//! from `<home>/api-token`.
+//! from `<home>/api-token`, but for the dashboard's files and the
+//! gateway's reads (see [`guard`]).
 
 use std::sync::Arc;
 use std::time::Duration;

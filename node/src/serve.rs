@@ -155,6 +155,8 @@ impl Servable {
         }
         let mut pins = store.pin_ls()?;
         pins.sort_unstable_by_key(|(c, m)| (*c, *m as u8));
+        // New pins are walked under the lock: a concurrent caller needs
+        // the same answer and would walk the same DAGs.
         let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
         if index.pins == pins {
             return Ok(());
