@@ -1,9 +1,11 @@
 //! The node's HTTP API (axum): jobs, nodes, data in and out as CAR files,
-//! health, Prometheus metrics and the OpenAPI document at `/openapi.json`.
+//! the IPFS trustless gateway under `/ipfs/` ([`crate::gateway`]), health,
+//! Prometheus metrics and the OpenAPI document at `/openapi.json`.
 //!
 //! On a loopback bind the API is open to local users; on any other bind
 //! every request must carry `Authorization: Bearer <token>` with the token
-//! from `<home>/api-token`.
+//! from `<home>/api-token`, but for the dashboard's files and the
+//! gateway's reads (see [`guard`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,7 +143,9 @@ fn not_found(id: &str) -> ApiError {
         crate::pipelines::get,
         crate::pipelines::list,
         crate::pipelines::wait,
-        crate::pipelines::cancel
+        crate::pipelines::cancel,
+        crate::gateway::get_root,
+        crate::gateway::get_path
     )
 )]
 struct ApiDoc;
@@ -180,7 +184,12 @@ pub fn router(node: Shared, policy: guard::Policy) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .layer(DefaultBodyLimit::max(MAX_SMALL_BODY))
-        .with_state(node)
+        .with_state(node.clone())
+        .merge(crate::gateway::router(crate::gateway::Gateway {
+            store: node.store.clone(),
+            servable: node.servable.clone(),
+            streams: node.car_exports.clone(),
+        }))
         .layer(middleware::from_fn_with_state(Arc::new(policy), guard::check))
         .layer(middleware::from_fn(json_errors))
 }
@@ -903,14 +912,13 @@ async fn car_export(State(node): State<Shared>, Path(cid): Path<String>) -> Resu
     let store = node.store.clone();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let mut w = ChannelWriter { tx, buf: Vec::with_capacity(CAR_CHUNK) };
+        let mut w = ChannelWriter::new(tx);
         let done = shoal_storage::car::export(&*store, &root, &mut w).map(drop).and_then(|()| {
             std::io::Write::flush(&mut w).map_err(|e| shoal_storage::Error::io("cannot send", "the car stream", e))
         });
         if let Err(e) = done {
             tracing::debug!("car export of {root} ended early: {e}");
-            // The client sees the stream break, not a short CAR that looks whole.
-            let _ = w.tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            w.fail(e.to_string());
         }
     });
     let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
@@ -925,12 +933,24 @@ pub const MAX_CAR_EXPORTS: usize = 8;
 /// Bytes of one chunk of a streamed CAR.
 const CAR_CHUNK: usize = 256 << 10;
 /// Chunks of one CAR in flight to its client (4 MiB).
-const CAR_CHUNKS: usize = 16;
+pub(crate) const CAR_CHUNKS: usize = 16;
 
 /// Sends what is written, in chunks, to an async body.
-struct ChannelWriter {
+pub(crate) struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
     buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    pub(crate) fn new(tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) -> ChannelWriter {
+        ChannelWriter { tx, buf: Vec::with_capacity(CAR_CHUNK) }
+    }
+
+    /// Breaks the stream: the client sees it fail, not a short body that
+    /// looks whole.
+    pub(crate) fn fail(&self, reason: String) {
+        let _ = self.tx.blocking_send(Err(std::io::Error::other(reason)));
+    }
 }
 
 impl std::io::Write for ChannelWriter {

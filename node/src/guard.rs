@@ -11,7 +11,9 @@
 //!    `localhost`, or a name the operator allowed (`--api-host`). A
 //!    rebinding page sends its own domain there.
 //! 2. **Token.** When the node requires one (any non-loopback bind, or
-//!    `--require-token`), `Authorization: Bearer <token>`.
+//!    `--require-token`), `Authorization: Bearer <token>`; except for the
+//!    dashboard's own files and reads of the IPFS gateway (`/ipfs/`),
+//!    which serves only what any IPFS peer may already have.
 //! 3. **State-changing requests** (anything but GET, HEAD and OPTIONS)
 //!    must carry a content type that a form cannot send and a page cannot
 //!    send without a CORS preflight (JSON, YAML, a CAR), or the
@@ -91,9 +93,18 @@ fn is_dashboard_file(req: &Request) -> bool {
     matches!(*req.method(), Method::GET | Method::HEAD) && (path == "/" || path.starts_with("/ui/"))
 }
 
+/// A read of the IPFS trustless gateway (`crate::gateway`): what it
+/// serves is what the serve policy already gives any IPFS peer over
+/// Bitswap, so a token would protect nothing, and IPFS tools (Kubo,
+/// Helia, Lassie) have no way to send Shoal's. Reads only: any other
+/// method on these paths still needs the token.
+fn is_gateway_read(req: &Request) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD) && req.uri().path().starts_with("/ipfs/")
+}
+
 fn check_token(policy: &Policy, req: &Request) -> Result<(), Response> {
     let Some(t) = &policy.token else { return Ok(()) };
-    if is_dashboard_file(req) {
+    if is_dashboard_file(req) || is_gateway_read(req) {
         return Ok(());
     }
     let ok = req
@@ -294,5 +305,34 @@ mod tests {
             let req = Request::builder().uri(path).header("host", "127.0.0.1").body(Body::empty()).unwrap();
             assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 200, "{path}");
         }
+    }
+
+    #[tokio::test]
+    async fn gateway_reads_need_no_token_but_pass_the_host_check() {
+        let policy = Policy { token: Some("s3cret".into()), ..Policy::default() };
+        let app = Router::new()
+            .route("/ipfs/{*rest}", axum::routing::get(|| async { "block" }).post(|| async { "posted" }))
+            .route("/v1/jobs", axum::routing::get(|| async { "list" }))
+            .route("/v1/ipfs/{x}", axum::routing::get(|| async { "other" }))
+            .layer(axum::middleware::from_fn_with_state(Arc::new(policy), check));
+        let send = |method: &str, path: &str, host: &str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", host)
+                .header("content-type", "application/json")
+                .body(Body::empty())
+                .unwrap();
+            let app = app.clone();
+            async move { app.oneshot(req).await.unwrap().status().as_u16() }
+        };
+        assert_eq!(send("GET", "/ipfs/bafy/a", "127.0.0.1").await, 200);
+        assert_eq!(send("HEAD", "/ipfs/bafy", "127.0.0.1").await, 200);
+        // Everything else still needs the token, writes under /ipfs/ too.
+        assert_eq!(send("POST", "/ipfs/bafy", "127.0.0.1").await, 401);
+        assert_eq!(send("GET", "/v1/jobs", "127.0.0.1").await, 401);
+        assert_eq!(send("GET", "/v1/ipfs/x", "127.0.0.1").await, 401);
+        // A rebinding page is refused before the token is looked at.
+        assert_eq!(send("GET", "/ipfs/bafy", "evil.example").await, 403);
     }
 }

@@ -35,6 +35,7 @@ pub mod api;
 pub mod bitswap;
 pub mod compute;
 pub mod fetch;
+pub mod gateway;
 pub mod guard;
 pub mod pipelines;
 pub mod requester;
@@ -331,6 +332,9 @@ pub struct Node {
     pub event_streams: Arc<tokio::sync::Semaphore>,
     /// Car exports being streamed (see [`api::MAX_CAR_EXPORTS`]).
     pub car_exports: Arc<tokio::sync::Semaphore>,
+    /// Which blocks this node gives to other IPFS peers (the gateway,
+    /// Bitswap): one servable set for all of them.
+    pub servable: Arc<serve::Servable>,
     /// The filter of roots this node holds, as announced (hex) and
     /// decoded, rebuilt every [`HOLDS_REFRESH`].
     pub holds: Mutex<Option<(String, Arc<shoal_scheduler::holds::Holds>)>>,
@@ -886,6 +890,7 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         quotas: config.quotas,
         event_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_EVENT_STREAMS)),
         car_exports: Arc::new(tokio::sync::Semaphore::new(api::MAX_CAR_EXPORTS)),
+        servable: Arc::new(serve::Servable::new(serve::Policy::default())),
         holds: Mutex::new(None),
         receipts: Mutex::new(None),
         // Built from the database at the first announcement.
