@@ -28,6 +28,11 @@ pub struct NodeArgs {
     /// `all` (every block held, caches included), `off`.
     #[arg(long, default_value = "pinned", value_name = "POLICY")]
     pub ipfs_serve: shoal_node::serve::Policy,
+    /// A trustless IPFS gateway (http(s)://host[:port]) asked, last, for
+    /// blocks that neither Shoal nor IPFS peers have; every block is
+    /// verified against its CID. Repeatable.
+    #[arg(long = "gateway", value_name = "URL", value_parser = parse_gateway)]
+    pub gateways: Vec<String>,
     /// Address of the HTTP API. A non-loopback address requires the bearer
     /// token in <home>/api-token on every request.
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
@@ -95,6 +100,14 @@ pub enum GpuUse {
     Off,
 }
 
+fn parse_gateway(s: &str) -> Result<String, String> {
+    let rest = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(['?', '#']) => Ok(s.trim_end_matches('/').to_owned()),
+        _ => Err(format!("expected an http:// or https:// gateway address without query, got {s:?}")),
+    }
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -112,6 +125,7 @@ impl NodeArgs {
             peers: self.peers.clone(),
             ipfs_peers: self.ipfs_peers.clone(),
             ipfs_serve: self.ipfs_serve,
+            gateways: self.gateways.clone(),
             labels: self.labels.iter().cloned().collect(),
             compute: !self.no_compute,
             slots: self.slots,

@@ -5,15 +5,12 @@
 //! `scripts/kubo-oracle.py`; `make deps-test` installs it.
 
 mod common;
+use common::procs::*;
 use common::random_bytes;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The Kubo oracle process (see `scripts/kubo-oracle.py`).
 struct Kubo {
@@ -64,44 +61,6 @@ impl Drop for Kubo {
     }
 }
 
-struct NodeProc(Child);
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `shoal node` (token required, so that the gateway is seen to
-/// need none); returns it and its API url.
-fn start_node(home: &Path) -> (NodeProc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("--home")
-        .arg(home)
-        .args(["node", "--no-compute", "--require-token"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn shoal node");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let node = NodeProc(child);
-    let line = rx.recv_timeout(Duration::from_secs(60)).expect("node did not print its ready line in 60 s");
-    let api = line
-        .split_whitespace()
-        .find_map(|p| p.strip_prefix("api="))
-        .unwrap_or_else(|| panic!("no api in {line:?}"))
-        .to_owned();
-    (node, api)
-}
-
 fn read_varint(r: &mut &[u8]) -> Option<u64> {
     let mut v = 0u64;
     for i in 0..10 {
@@ -139,7 +98,9 @@ fn the_gateway_serves_the_blocks_kubo_makes() {
     // Several 256 KiB chunks under one root: Kubo's default layout.
     let file = dir.path().join("data.bin");
     std::fs::write(&file, random_bytes(1_300_000, 11)).unwrap();
-    let (_node, api) = start_node(&home);
+    // Token required, so that the gateway is seen to need none.
+    let node = start_node(&home, &["--no-compute", "--require-token"]);
+    let api = node.api.clone();
     let added = Command::new(env!("CARGO_BIN_EXE_shoal"))
         .arg("--home")
         .arg(&home)
@@ -180,4 +141,40 @@ fn the_gateway_serves_the_blocks_kubo_makes() {
     // The rest of the api still wants the token.
     let r = agent.get(format!("{api}/v1/jobs")).call().unwrap();
     assert_eq!(r.status().as_u16(), 401);
+}
+
+#[test]
+fn a_node_fed_only_by_a_gateway_runs_a_job_over_data_it_never_saw() {
+    let mut net = Net::new();
+    // The data is on `holder` alone; `worker` is not its peer and knows
+    // only its gateway url.
+    let holder = net.add("holder", &["--no-compute"]);
+    let home = net.home("worker");
+    let worker = start_node(&home, &["--gateway", &net.nodes[holder].api]);
+    let o = cli(&net.nodes[holder], &net.nodes[holder].home, &["add", "-q", texts().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let cid = text(&o.stdout).trim().to_owned();
+    let wc = sample("wordcount");
+    let o = cli(
+        &worker,
+        &net.home("cli"),
+        &[
+            "submit",
+            "--wait",
+            "--wait-timeout",
+            "120s",
+            "-q",
+            "--input",
+            &format!("{cid}:/inputs"),
+            wc.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).lines().last().unwrap(), local_wordcount());
+    // A cid no gateway has: the error names it and every place asked.
+    let unknown = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+    let o = cli(&worker, &net.home("cli"), &["cat", unknown]);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains(unknown) && err.contains("gateway"), "{err}");
 }

@@ -189,13 +189,61 @@ async fn fetch_blocks(node: &Node, want: &[Cid], providers: &[PeerId], reach: Re
     if missing.is_empty() {
         return Ok(out);
     }
+    for base in &node.gateways {
+        from_gateway(base, node.ipfs_fetch_timeout, &mut missing, &mut out, &mut errors).await;
+        if missing.is_empty() {
+            return Ok(out);
+        }
+    }
     let detail = if errors.is_empty() { String::new() } else { format!(" ({})", errors.join("; ")) };
     bail!(
-        "block {} not found on {} shoal peer(s) nor on the connected ipfs peers{detail}; upload the data to a \
-         node of the network with `shoal push`, or connect a node that has it (`--ipfs-peer`), and retry",
+        "block {} not found on {} shoal peer(s), the connected ipfs peers nor {} gateway(s){detail}; upload the \
+         data to a node of the network with `shoal push`, or connect a node that has it (`--ipfs-peer`), and retry",
         missing[0],
-        providers.len()
+        providers.len(),
+        node.gateways.len()
     )
+}
+
+/// Requests to one gateway at once.
+const GATEWAY_CONCURRENCY: usize = 8;
+/// Largest answer read for one block (a CAR of one block: the block, its
+/// CID and the header).
+const GATEWAY_MAX_BYTES: u64 = 4 << 20;
+
+/// Asks the trustless gateway at `base` for each `missing` block (a CAR
+/// of `dag-scope=block`, verified by [`crate::gateway::fetch_car`]).
+async fn from_gateway(
+    base: &str,
+    timeout: std::time::Duration,
+    missing: &mut Vec<Cid>,
+    out: &mut Vec<Block>,
+    errors: &mut Vec<String>,
+) {
+    use futures::StreamExt;
+    let scope = crate::gateway::Scope::Block;
+    let answers: Vec<(Cid, anyhow::Result<Vec<Block>>)> = futures::stream::iter(missing.clone())
+        .map(|cid| async move { (cid, crate::gateway::fetch_car(base, &cid, scope, GATEWAY_MAX_BYTES, timeout).await) })
+        .buffer_unordered(GATEWAY_CONCURRENCY)
+        .collect()
+        .await;
+    let mut first_error = None;
+    for (cid, answer) in answers {
+        match answer {
+            Ok(blocks) => {
+                if let Some(b) = blocks.into_iter().find(|b| *b.cid() == cid) {
+                    missing.retain(|c| *c != cid);
+                    out.push(b);
+                }
+            }
+            Err(e) => {
+                first_error.get_or_insert_with(|| crate::message(&e));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        errors.push(format!("gateway {base}: {e}"));
+    }
 }
 
 /// Asks each Shoal provider in turn for what is still `missing`; returns

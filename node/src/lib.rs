@@ -76,6 +76,10 @@ pub struct Config {
     /// How long one round of a fetch (up to 256 blocks) may ask the IPFS
     /// peers over Bitswap before it fails (default 60 s).
     pub ipfs_fetch_timeout: Duration,
+    /// Trustless gateways (`http(s)://host[:port]`) asked, last, for blocks
+    /// neither Shoal nor IPFS peers gave (`--gateway`); every block is
+    /// verified against its CID.
+    pub gateways: Vec<String>,
     /// Labels that jobs' constraints select on.
     pub labels: BTreeMap<String, String>,
     /// Run executions (default true); false only schedules.
@@ -124,6 +128,7 @@ impl Default for Config {
             ipfs_peers: Vec::new(),
             ipfs_serve: serve::Policy::default(),
             ipfs_fetch_timeout: Duration::from_secs(60),
+            gateways: Vec::new(),
             labels: BTreeMap::new(),
             compute: true,
             slots: 4,
@@ -281,8 +286,10 @@ pub struct Node {
     pub servable: Arc<serve::Servable>,
     /// Bitswap: serving IPFS peers and fetching from them.
     pub bitswap: Arc<bitswap::Bitswap>,
-    /// The deadline of one Bitswap fetch round.
+    /// The deadline of one Bitswap fetch round, and of one gateway request.
     pub ipfs_fetch_timeout: Duration,
+    /// Trustless gateways asked last (see [`Config::gateways`]).
+    pub gateways: Vec<String>,
     /// Internally locked per call: no guard escapes, so holding one across
     /// another database call cannot deadlock.
     pub db: Db,
@@ -332,9 +339,6 @@ pub struct Node {
     pub event_streams: Arc<tokio::sync::Semaphore>,
     /// Car exports being streamed (see [`api::MAX_CAR_EXPORTS`]).
     pub car_exports: Arc<tokio::sync::Semaphore>,
-    /// Which blocks this node gives to other IPFS peers (the gateway,
-    /// Bitswap): one servable set for all of them.
-    pub servable: Arc<serve::Servable>,
     /// The filter of roots this node holds, as announced (hex) and
     /// decoded, rebuilt every [`HOLDS_REFRESH`].
     pub holds: Mutex<Option<(String, Arc<shoal_scheduler::holds::Holds>)>>,
@@ -867,6 +871,7 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         )),
         servable,
         ipfs_fetch_timeout: config.ipfs_fetch_timeout,
+        gateways: config.gateways.clone(),
         store,
         db,
         views: Mutex::new(HashMap::new()),
@@ -890,7 +895,6 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         quotas: config.quotas,
         event_streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_EVENT_STREAMS)),
         car_exports: Arc::new(tokio::sync::Semaphore::new(api::MAX_CAR_EXPORTS)),
-        servable: Arc::new(serve::Servable::new(serve::Policy::default())),
         holds: Mutex::new(None),
         receipts: Mutex::new(None),
         // Built from the database at the first announcement.
