@@ -61,26 +61,13 @@ impl Drop for Kubo {
     }
 }
 
-fn read_varint(r: &mut &[u8]) -> Option<u64> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let (&b, rest) = r.split_first()?;
-        *r = rest;
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
-
 /// The blocks of a CARv1, in order: (cid, bytes).
 fn car_sections(mut car: &[u8]) -> Vec<(shoal_storage::Cid, Vec<u8>)> {
-    let hlen = read_varint(&mut car).expect("car header length") as usize;
+    let hlen = shoal_storage::car::read_varint(&mut car).unwrap().expect("car header length") as usize;
     car = &car[hlen..];
     let mut out = Vec::new();
     while !car.is_empty() {
-        let len = read_varint(&mut car).expect("section length") as usize;
+        let len = shoal_storage::car::read_varint(&mut car).unwrap().expect("section length") as usize;
         let (section, rest) = car.split_at(len);
         car = rest;
         let mut cursor = std::io::Cursor::new(section);
@@ -154,21 +141,7 @@ fn a_node_fed_only_by_a_gateway_runs_a_job_over_data_it_never_saw() {
     let o = cli(&net.nodes[holder], &net.nodes[holder].home, &["add", "-q", texts().to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let cid = text(&o.stdout).trim().to_owned();
-    let wc = sample("wordcount");
-    let o = cli(
-        &worker,
-        &net.home("cli"),
-        &[
-            "submit",
-            "--wait",
-            "--wait-timeout",
-            "120s",
-            "-q",
-            "--input",
-            &format!("{cid}:/inputs"),
-            wc.to_str().unwrap(),
-        ],
-    );
+    let o = submit_wait(&worker, &net.home("cli"), &[format!("{cid}:/inputs")], &[], &sample("wordcount"));
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).lines().last().unwrap(), local_wordcount());
     // A cid no gateway has: the error names it and every place asked.

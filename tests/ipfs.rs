@@ -58,24 +58,8 @@ fn kubo_data_is_a_redundant_jobs_input_and_kubo_fetches_the_result() {
     }
     wait_for_nodes(&net.nodes[0], 3);
     let wc = sample("wordcount");
-    let o = cli(
-        &net.nodes[0],
-        &net.home("cli"),
-        &[
-            "submit",
-            "--wait",
-            "--wait-timeout",
-            "120s",
-            "-q",
-            "--redundancy",
-            "3",
-            "--input",
-            &format!("{texts_cid}:/inputs"),
-            "--input",
-            &format!("{blob_cid}:/data/blob.bin"),
-            wc.to_str().unwrap(),
-        ],
-    );
+    let inputs = [format!("{texts_cid}:/inputs"), format!("{blob_cid}:/data/blob.bin")];
+    let o = submit_wait(&net.nodes[0], &net.home("cli"), &inputs, &["--redundancy", "3"], &wc);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let result = text(&o.stdout).lines().last().unwrap().to_owned();
     // The same job run locally over the same files.

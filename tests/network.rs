@@ -7,20 +7,15 @@ mod common;
 use common::procs::*;
 use common::random_bytes;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 fn submit_wordcount(net: &Net, node: usize, extra: &[&str]) -> Output {
     let input = format!("{}:/inputs", texts().display());
-    let wc = sample("wordcount");
-    let mut args = vec!["submit", "--wait", "--wait-timeout", "120s", "-q", "--input", &input];
-    args.extend_from_slice(extra);
-    args.push(wc.to_str().unwrap());
-    cli(&net.nodes[node], &net.home("cli"), &args)
+    submit_wait(&net.nodes[node], &net.home("cli"), &[input], extra, &sample("wordcount"))
 }
 
 /// Two honest nodes and a third started with `--misbehave how`, all
@@ -274,21 +269,7 @@ fn an_input_pinned_only_on_the_submitters_node_reaches_the_executor() {
         text(&o.stdout).lines().any(|l| l.starts_with(c))
     };
     assert!(!has(&cid), "the worker must not have the input beforehand");
-    let wc = sample("wordcount");
-    let o = cli(
-        &net.nodes[0],
-        &net.home("cli"),
-        &[
-            "submit",
-            "--wait",
-            "--wait-timeout",
-            "120s",
-            "-q",
-            "--input",
-            &format!("{cid}:/inputs"),
-            wc.to_str().unwrap(),
-        ],
-    );
+    let o = submit_wait(&net.nodes[0], &net.home("cli"), &[format!("{cid}:/inputs")], &[], &sample("wordcount"));
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).lines().last().unwrap(), local_wordcount());
     assert!(has(&cid), "the worker fetched and pinned the input");

@@ -741,30 +741,11 @@ fn fetch_car_blocking(
     })
 }
 
-/// Reads a varint; `Ok(None)` at a clean end of input.
-fn read_varint(r: &mut impl Read) -> std::io::Result<Option<u64>> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let mut b = [0u8];
-        if r.read(&mut b)? == 0 {
-            if i == 0 {
-                return Ok(None);
-            }
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "truncated varint"));
-        }
-        v |= u64::from(b[0] & 0x7f) << (7 * i);
-        if b[0] & 0x80 == 0 {
-            return Ok(Some(v));
-        }
-    }
-    Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "varint too long"))
-}
-
 /// Reads and checks a gateway's CAR for `root` (see [`fetch_car`]).
 fn read_car(r: impl Read, root: &Cid, scope: Scope, base: &str) -> anyhow::Result<Vec<Block>> {
     let mut r = std::io::BufReader::with_capacity(1 << 16, r);
     let from = || format!("the car of {root} from gateway {base}");
-    let hlen = read_varint(&mut r)
+    let hlen = shoal_storage::car::read_varint(&mut r)
         .with_context(|| format!("cannot read {}", from()))?
         .with_context(|| format!("{} is empty", from()))?;
     if hlen == 0 || hlen > MAX_CAR_HEADER {
@@ -776,7 +757,7 @@ fn read_car(r: impl Read, root: &Cid, scope: Scope, base: &str) -> anyhow::Resul
     let mut blocks = Vec::new();
     let mut expected: HashSet<Vec<u8>> = HashSet::from([root.hash().to_bytes()]);
     let mut got: HashSet<Vec<u8>> = HashSet::new();
-    while let Some(len) = read_varint(&mut r).with_context(|| format!("{} is truncated", from()))? {
+    while let Some(len) = shoal_storage::car::read_varint(&mut r).with_context(|| format!("{} is truncated", from()))? {
         if len == 0 || len > shoal_storage::car::MAX_SECTION {
             bail!("{} has a block section of {len} bytes (1..={})", from(), shoal_storage::car::MAX_SECTION);
         }

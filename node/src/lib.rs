@@ -19,7 +19,13 @@
 //! - `pipelines.rs`: pipelines: their API, and the driver that submits
 //!   each step once the steps it reads have results (the pure rules are
 //!   [`shoal_scheduler::flow`]).
-//! - `fetch.rs`: block exchange (fetch a DAG from peers, serve ours).
+//! - `fetch.rs`: block exchange (fetch a DAG from Shoal peers, then IPFS
+//!   peers over Bitswap, then trustless gateways; serve ours to Shoal
+//!   peers).
+//! - `bitswap.rs`: IPFS's Bitswap as the node runs it (the wire and the
+//!   pure rules are [`shoal_scheduler::net::bitswap`]).
+//! - `serve.rs`: which blocks IPFS peers may get (`--ipfs-serve`).
+//! - `gateway.rs`: the IPFS trustless gateway (`/ipfs/…`) and its client.
 //! - `api.rs`: the HTTP API (axum), OpenAPI document and metrics.
 //! - `views.rs`: the API's answers as types, from which the OpenAPI
 //!   document is derived.

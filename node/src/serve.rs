@@ -200,22 +200,7 @@ impl Servable {
         match self.policy {
             Policy::Off => Ok(false),
             Policy::All => store.has(cid),
-            Policy::Pinned => {
-                let Some(k) = key(cid) else { return Ok(false) };
-                let unindexed = {
-                    let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-                    if index.direct.contains(&k) || index.blocks.contains_key(&k) {
-                        return Ok(true);
-                    }
-                    index.unindexed.clone()
-                };
-                for root in &unindexed {
-                    if dag_contains(store, root, &k)? {
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
-            }
+            Policy::Pinned => self.pinned(store, cid, true),
         }
     }
 
@@ -226,23 +211,28 @@ impl Servable {
         match self.policy {
             Policy::Off => Ok(false),
             Policy::All => Ok(true),
-            Policy::Pinned => {
-                let Some(k) = key(cid) else { return Ok(false) };
-                let unindexed = {
-                    let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-                    if index.blocks.contains_key(&k) {
-                        return Ok(true);
-                    }
-                    index.unindexed.clone()
-                };
-                for root in &unindexed {
-                    if dag_contains(store, root, &k)? {
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
+            Policy::Pinned => self.pinned(store, cid, false),
+        }
+    }
+
+    /// Whether `cid` is in a recursively pinned DAG, or (`direct`) pinned
+    /// directly: the servable set first, then a walk of each DAG too
+    /// large for it.
+    fn pinned(&self, store: &dyn BlockStore, cid: &Cid, direct: bool) -> shoal_storage::Result<bool> {
+        let Some(k) = key(cid) else { return Ok(false) };
+        let unindexed = {
+            let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            if (direct && index.direct.contains(&k)) || index.blocks.contains_key(&k) {
+                return Ok(true);
+            }
+            index.unindexed.clone()
+        };
+        for root in &unindexed {
+            if dag_contains(store, root, &k)? {
+                return Ok(true);
             }
         }
+        Ok(false)
     }
 }
 

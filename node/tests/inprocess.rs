@@ -832,3 +832,86 @@ async fn a_failing_step_fails_its_dependents_and_bad_pipelines_are_refused() {
     }
     assert_eq!(req.db().jobs(None, 1000).unwrap().len(), before, "nothing ran");
 }
+
+/// A bare libp2p peer (Shoal's network layer alone, no node behind it):
+/// a Bitswap peer as a test wants it to behave.
+async fn raw_peer(
+    dial: &Multiaddr,
+) -> (shoal_scheduler::net::Client, tokio::sync::mpsc::Receiver<shoal_scheduler::net::Event>) {
+    let cfg = shoal_scheduler::net::Config::default();
+    let swarm = shoal_scheduler::net::memory_swarm(Keypair::generate_ed25519(), &cfg).unwrap();
+    let (client, event_loop, events) = shoal_scheduler::net::new(swarm, &cfg);
+    tokio::spawn(event_loop.run(std::future::pending()));
+    client.dial(dial.clone()).await.unwrap();
+    (client, events)
+}
+
+/// Waits for a Bitswap message carrying a block, for at most `within`.
+async fn block_from(
+    events: &mut tokio::sync::mpsc::Receiver<shoal_scheduler::net::Event>,
+    within: Duration,
+) -> Vec<u8> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, events.recv()).await.expect("no block came").expect("events");
+        if let shoal_scheduler::net::Event::Bitswap { message, .. } = ev {
+            if let Some(b) = message.payload.into_iter().next() {
+                return b.data;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bitswap_peer_flooding_wants_is_bounded_and_others_are_still_served() {
+    use shoal_scheduler::net::bitswap::message::{Message, WantType};
+    let net = Net::new(&[]).await;
+    let node = net.node(0).clone();
+    let root = net.add(b"pinned and served");
+    let (flooder, mut flooder_events) = raw_peer(&net.members[0].addr).await;
+    let (honest, mut honest_events) = raw_peer(&net.members[0].addr).await;
+    let peer = node.peer;
+    // 40 wantlists of 50,000 wants each (2 MB frames, under the 4 MiB
+    // cap) for blocks nobody has: two million wants.
+    const MESSAGES: usize = 40;
+    const WANTS: usize = 50_000;
+    for m in 0..MESSAGES {
+        let mut msg = Message::default();
+        for i in 0..WANTS {
+            let junk = shoal_storage::Block::new(
+                shoal_storage::CidVersion::V1,
+                shoal_storage::block::RAW,
+                ((m * WANTS + i) as u64).to_le_bytes().to_vec(),
+            );
+            msg.push_want(junk.cid(), WantType::Have, false, 1);
+        }
+        flooder.bitswap_send(peer, msg).await.unwrap();
+    }
+    // Another peer's want is answered at once, whatever the flood.
+    let mut want = Message::default();
+    want.push_want(&root, WantType::Block, true, 1);
+    let started = tokio::time::Instant::now();
+    honest.bitswap_send(peer, want.clone()).await.unwrap();
+    let data = block_from(&mut honest_events, Duration::from_secs(10)).await;
+    let block = shoal_storage::Block::verified(root, data).expect("the block named by its cid");
+    assert_eq!(block.cid(), &root);
+    let honest_wait = started.elapsed();
+    // The flooder's own ledger held at most its bound: every message past
+    // it was dropped, counted.
+    // Messages are taken in concurrently: wait (bounded) for the last.
+    // One dropped whole under load counts as a dropped message instead.
+    let bound = shoal_scheduler::net::bitswap::ledger::Config::default().max_wants_per_peer;
+    let stats = &node.metrics.bitswap;
+    let least = || (MESSAGES as u64 - stats.dropped.get()) * (WANTS - bound) as u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stats.wants_dropped.get() < least() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dropped = stats.wants_dropped.get();
+    assert!(dropped >= least(), "{dropped} wants dropped, expected at least {}", least());
+    // And the flooder itself is still served once its junk is answered.
+    flooder.bitswap_send(peer, want).await.unwrap();
+    let data = block_from(&mut flooder_events, Duration::from_secs(20)).await;
+    assert_eq!(shoal_storage::Block::verified(root, data).unwrap().cid(), &root);
+    eprintln!("honest want answered in {honest_wait:?} during a flood of {} wants", MESSAGES * WANTS);
+}

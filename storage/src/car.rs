@@ -85,8 +85,9 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// Reads a varint; `Ok(None)` at a clean end of input.
-fn read_varint(r: &mut impl Read) -> io::Result<Option<u64>> {
+/// Reads a varint; `Ok(None)` at a clean end of input. Shared by every
+/// CAR reader (the gateway client too).
+pub fn read_varint(r: &mut impl Read) -> io::Result<Option<u64>> {
     let mut v = 0u64;
     for i in 0..10 {
         let mut b = [0u8];

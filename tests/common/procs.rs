@@ -179,3 +179,15 @@ pub fn local_wordcount() -> String {
     assert!(o.status.success(), "{}", text(&o.stderr));
     text(&o.stdout).lines().last().unwrap().to_owned()
 }
+
+/// `shoal submit --wait -q MODULE` on `node`, with an `--input` for each of
+/// `inputs` (`CID_OR_PATH:/mount`) and `extra` flags.
+pub fn submit_wait(node: &NodeProc, home: &Path, inputs: &[String], extra: &[&str], module: &Path) -> Output {
+    let mut args = vec!["submit", "--wait", "--wait-timeout", "120s", "-q"];
+    for i in inputs {
+        args.extend(["--input", i.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    args.push(module.to_str().unwrap());
+    cli(node, home, &args)
+}
