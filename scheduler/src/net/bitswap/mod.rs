@@ -151,3 +151,62 @@ impl NetworkBehaviour for Behaviour {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::message::WantType;
+    use super::*;
+    use crate::net::{self, Event as NetEvent};
+    use libp2p::identity::Keypair;
+    use libp2p::multiaddr::Protocol;
+    use shoal_storage::block::RAW;
+    use shoal_storage::{Block, CidVersion};
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+
+    async fn node() -> (net::Client, mpsc::Receiver<NetEvent>, Multiaddr) {
+        let cfg = net::Config::default();
+        let swarm = net::memory_swarm(Keypair::generate_ed25519(), &cfg).unwrap();
+        let (client, event_loop, events) = net::new(swarm, &cfg);
+        tokio::spawn(event_loop.run(std::future::pending()));
+        let addr = client.listen("/memory/0".parse().unwrap()).await.unwrap();
+        let addr = addr.with(Protocol::P2p(client.local_peer_id()));
+        (client, events, addr)
+    }
+
+    async fn next_bitswap(events: &mut mpsc::Receiver<NetEvent>) -> (PeerId, Message) {
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+            if let NetEvent::Bitswap { peer, message } = ev {
+                return (peer, message);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_cross_both_ways_and_an_unconnected_peer_fails_at_once() {
+        let (a, mut a_events, a_addr) = node().await;
+        let (b, mut b_events, _) = node().await;
+        b.dial(a_addr).await.unwrap();
+        let block = Block::new(CidVersion::V1, RAW, b"over bitswap".to_vec());
+        // b wants, a answers: several messages in a row on b's stream.
+        for i in 0..3 {
+            let mut want = Message::default();
+            want.push_want(block.cid(), WantType::Block, true, i);
+            b.bitswap_send(a.local_peer_id(), want.clone()).await.unwrap();
+            let (from, got) = next_bitswap(&mut a_events).await;
+            assert_eq!((from, got), (b.local_peer_id(), want));
+        }
+        let mut answer = Message::default();
+        answer.push_block(&block);
+        a.bitswap_send(b.local_peer_id(), answer).await.unwrap();
+        let (_, got) = next_bitswap(&mut b_events).await;
+        let blocks: Vec<Block> = got.received_blocks().map(Result::unwrap).collect();
+        assert_eq!(blocks, vec![block]);
+        // Both list each other as possible Bitswap peers.
+        assert_eq!(b.bitswap_peers().await.unwrap(), vec![a.local_peer_id()]);
+        // An unconnected peer is an error at once, not a hang.
+        let stranger = Keypair::generate_ed25519().public().to_peer_id();
+        assert!(b.bitswap_send(stranger, Message::default()).await.is_err());
+    }
+}
