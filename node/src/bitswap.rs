@@ -5,10 +5,10 @@
 //! The wire and the pure rules are [`shoal_scheduler::net::bitswap`]; this
 //! module gives them the store and the clock:
 //! - serving: a wantlist goes into the [`Ledger`]; one task per peer with
-//!   wants answers them a message at a time, waiting for each to be
-//!   written before building the next, so a peer has at most one answer
-//!   (at most 2 MiB of blocks) queued here, and
-//!   at most [`MAX_SERVING`] peers are served at once;
+//!   wants answers them a message at a time, reading the next from the
+//!   store while the previous is written, so a peer has at most two
+//!   answers (4 MiB of blocks) here at once, and at most [`MAX_SERVING`]
+//!   peers are served at once;
 //! - fetching: [`Bitswap::fetch`] runs a [`Session`] over the connected
 //!   Bitswap peers until it has every block, every peer said it lacks
 //!   one, or the deadline passes.
@@ -214,10 +214,13 @@ impl Bitswap {
     }
 
     async fn serve_peer(self: &Arc<Self>, peer: PeerId) {
+        // The next answer is read from the store while the previous one is
+        // written: at most two answers (4 MiB of blocks) per peer at once.
+        let mut writing: Option<tokio::task::JoinHandle<bool>> = None;
         loop {
             let wants = lock(&self.ledger).take(&peer, WANTS_PER_ANSWER);
             if wants.is_empty() {
-                return;
+                break;
             }
             let (store, servable) = (self.store.clone(), self.servable.clone());
             let answered = tokio::task::spawn_blocking(move || {
@@ -226,24 +229,40 @@ impl Bitswap {
                 ledger::answer(wants, |w: &Want| lookup(&*store, fresh.then_some(&*servable), w))
             })
             .await;
-            let Ok((message, rest)) = answered else { return };
+            let Ok((message, rest)) = answered else { break };
             if !rest.is_empty() {
                 lock(&self.ledger).put_back(peer, rest);
             }
             if message.is_empty() {
                 continue;
             }
-            let (blocks, bytes) = (message.payload.len() as u64, message.block_bytes() as u64);
-            match self.client.bitswap_send(peer, message).await {
-                Ok(()) => {
-                    self.stats.blocks_sent.inc_by(blocks);
-                    self.stats.bytes_sent.inc_by(bytes);
-                }
-                Err(e) => {
-                    tracing::debug!(%peer, "bitswap: answer not sent: {e}");
-                    lock(&self.ledger).remove(&peer);
+            if let Some(w) = writing.take() {
+                if !w.await.unwrap_or(false) {
                     return;
                 }
+            }
+            let me = self.clone();
+            writing = Some(tokio::spawn(async move { me.send_answer(peer, message).await }));
+        }
+        if let Some(w) = writing {
+            let _ = w.await;
+        }
+    }
+
+    /// Writes one answer; false (and the peer's wants forgotten) when it
+    /// cannot be.
+    async fn send_answer(&self, peer: PeerId, message: Message) -> bool {
+        let (blocks, bytes) = (message.payload.len() as u64, message.block_bytes() as u64);
+        match self.client.bitswap_send(peer, message).await {
+            Ok(()) => {
+                self.stats.blocks_sent.inc_by(blocks);
+                self.stats.bytes_sent.inc_by(bytes);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "bitswap: answer not sent: {e}");
+                lock(&self.ledger).remove(&peer);
+                false
             }
         }
     }
