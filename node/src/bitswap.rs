@@ -379,3 +379,42 @@ fn lookup(store: &dyn BlockStore, servable: Option<&Servable>, w: &Want) -> Look
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::Policy;
+    use shoal_storage::importer::{Importer, Options};
+    use shoal_storage::{MemStore, PinMode};
+
+    fn want(cid: Cid, kind: WantType) -> Want {
+        Want { cid, kind, send_dont_have: true }
+    }
+
+    #[test]
+    fn lookups_follow_the_policy_and_refuse_what_cannot_be_named() {
+        let store = MemStore::new();
+        let pinned = Importer::new(&store, Options::default()).add_bytes(b"pinned").unwrap().root;
+        shoal_storage::pin::add(&store, &pinned, PinMode::Recursive).unwrap();
+        let cached = Importer::new(&store, Options::default()).add_bytes(b"only cached").unwrap().root;
+        // A blake3 (0x1e) CID: valid, but not a hash any store here keeps.
+        let blake3 = Cid::try_from([&[0x01, 0x55, 0x1e, 0x20][..], &[7; 32]].concat().as_slice()).unwrap();
+        let on = Servable::new(Policy::Pinned);
+        on.refresh(&store).unwrap();
+        let have = |s: &Servable, w: Want| match lookup(&store, Some(s), &w) {
+            Lookup::Have(b) => Some(b.map(|b| *b.cid())),
+            Lookup::DontHave => None,
+        };
+        assert_eq!(have(&on, want(pinned, WantType::Block)), Some(Some(pinned)));
+        assert_eq!(have(&on, want(pinned, WantType::Have)), Some(None));
+        assert_eq!(have(&on, want(cached, WantType::Block)), None, "cached, not pinned");
+        assert_eq!(have(&on, want(blake3, WantType::Have)), None);
+        let all = Servable::new(Policy::All);
+        assert_eq!(have(&all, want(cached, WantType::Block)), Some(Some(cached)));
+        assert_eq!(have(&all, want(blake3, WantType::Block)), None);
+        let off = Servable::new(Policy::Off);
+        assert_eq!(have(&off, want(pinned, WantType::Block)), None);
+        // A policy that could not be brought up to date serves nothing.
+        assert!(matches!(lookup(&store, None, &want(pinned, WantType::Block)), Lookup::DontHave));
+    }
+}
