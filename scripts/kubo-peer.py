@@ -11,6 +11,9 @@ prints `ready` on stderr when it reads commands, and exits on EOF.
 
   {"op": "start", "name": N, "routing": "none"|"dht"|"dhtserver"}
         -> {"id": PEER_ID, "addrs": [MULTIADDR, ...]}  (with /p2p/ID)
+        (on loopback use "dhtserver": Kubo's dual DHT then serves its LAN
+        DHT, /ipfs/lan/kad/1.0.0, which is the one that takes loopback
+        peers, and it provides what it adds to the peers in its table)
   {"op": "add", "name": N, "path": ABS}           -> {"cid": CID}  (pins it)
   {"op": "connect", "name": N, "addr": MULTIADDR} -> {}
   {"op": "download", "name": N, "cid": CID, "dest": ABS, "timeout": S}

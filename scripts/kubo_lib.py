@@ -46,7 +46,9 @@ def configure_offline(repo, routing="none", swarm_port=0):
     )
     cfg.setdefault("AutoNAT", {})["ServiceMode"] = "disabled"
     cfg.setdefault("Peering", {})["Peers"] = None
-    cfg.setdefault("Reprovider", {})["Interval"] = "0"
+    # "0" turns the reprovider off, and with it (Kubo v0.22) the
+    # providing of what is added: a DHT node must announce its data.
+    cfg.setdefault("Reprovider", {})["Interval"] = "0" if routing == "none" else "12h"
     with open(cfg_path, "w") as f:
         json.dump(cfg, f, indent=2)
 

@@ -19,8 +19,9 @@ pub struct NodeArgs {
     pub peers: Vec<Multiaddr>,
     /// An IPFS peer (a Kubo node, ending in /p2p/<peer id>) to connect to
     /// at start; blocks that no Shoal peer has are asked of it over
-    /// Bitswap. Repeatable. No public IPFS peer is dialed by default (see
-    /// docs/ipfs.md to join the public network).
+    /// Bitswap, and it bootstraps the node's IPFS DHT. Repeatable. No
+    /// public IPFS peer is dialed by default (see docs/ipfs.md to join the
+    /// public network).
     #[arg(long = "ipfs-peer", value_name = "MULTIADDR")]
     pub ipfs_peers: Vec<Multiaddr>,
     /// Which blocks IPFS peers may get from this node over Bitswap and
@@ -28,6 +29,11 @@ pub struct NodeArgs {
     /// `all` (every block held, caches included), `off`.
     #[arg(long, default_value = "pinned", value_name = "POLICY")]
     pub ipfs_serve: shoal_node::serve::Policy,
+    /// How long a fetch waits for the IPFS DHT to find and connect a
+    /// provider of a block that no connected peer has (e.g. 20s; 0s skips
+    /// the DHT).
+    #[arg(long, default_value = "20s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub ipfs_dht_timeout: std::time::Duration,
     /// A trustless IPFS gateway (http(s)://host[:port]) asked, last, for
     /// blocks that neither Shoal nor IPFS peers have; every block is
     /// verified against its CID. Repeatable.
@@ -125,6 +131,7 @@ impl NodeArgs {
             peers: self.peers.clone(),
             ipfs_peers: self.ipfs_peers.clone(),
             ipfs_serve: self.ipfs_serve,
+            ipfs_dht_timeout: self.ipfs_dht_timeout,
             gateways: self.gateways.clone(),
             labels: self.labels.iter().cloned().collect(),
             compute: !self.no_compute,

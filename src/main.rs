@@ -106,9 +106,16 @@ fn default_home() -> PathBuf {
     std::env::home_dir().unwrap_or_else(|| PathBuf::from(".")).join(".shoal")
 }
 
+/// The log filter when `SHOAL_LOG` is unset: warnings, but not kad's
+/// "failed to trigger bootstrap: no known peers", which a node without
+/// `--ipfs-peer` would print for each IPFS DHT every 5 minutes.
+const DEFAULT_LOG: &str = "warn,libp2p_kad::behaviour=error";
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| DEFAULT_LOG.into()),
+        )
         .with_writer(std::io::stderr)
         // Colour codes only for a person's terminal, never into log files.
         .with_ansi(std::io::stderr().is_terminal())

@@ -60,6 +60,10 @@ pub struct Metrics {
     pub job_seconds: Histogram,
     /// Bitswap's counters (shared with [`crate::bitswap::Bitswap`]).
     pub bitswap: crate::bitswap::Stats,
+    /// Roots whose provider record reached at least one IPFS DHT peer
+    /// (`shoal_ipfs_provider_records_published_total`; kad's own
+    /// re-publications are not counted).
+    pub ipfs_provider_records_published: Counter,
 }
 
 impl Metrics {
@@ -75,6 +79,7 @@ impl Metrics {
             active_jobs: Gauge::default(),
             job_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0]),
             bitswap: Default::default(),
+            ipfs_provider_records_published: Counter::default(),
         };
         registry.register("jobs_submitted", "Jobs accepted on this node's API", m.jobs_submitted.clone());
         registry.register("jobs_completed", "Jobs completed with an agreed result", m.jobs_completed.clone());
@@ -84,6 +89,11 @@ impl Metrics {
         registry.register("active_jobs", "Queued or running jobs", m.active_jobs.clone());
         registry.register("job_seconds", "Submit-to-result latency", m.job_seconds.clone());
         m.bitswap.register(registry.sub_registry_with_prefix("bitswap"));
+        registry.register(
+            "ipfs_provider_records_published",
+            "Pinned roots whose provider record reached an IPFS DHT peer",
+            m.ipfs_provider_records_published.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

@@ -275,6 +275,15 @@ impl Bitswap {
         if peers.is_empty() {
             bail!("no ipfs (bitswap) peer is connected");
         }
+        self.fetch_from(want, peers, deadline).await
+    }
+
+    /// [`Bitswap::fetch`] from `peers` only (connected ones: providers the
+    /// DHT found, say).
+    pub async fn fetch_from(&self, want: &[Cid], peers: Vec<PeerId>, deadline: Duration) -> anyhow::Result<Vec<Block>> {
+        if peers.is_empty() {
+            bail!("no ipfs (bitswap) peer to ask");
+        }
         let Ok(_slot) = self.session_slots.clone().try_acquire_owned() else {
             bail!("{MAX_SESSIONS} bitswap fetches already run on this node; retry");
         };

@@ -164,7 +164,8 @@ async fn locate_via(node: &Node, root: Cid, providers: &[PeerId], reach: Reach) 
 /// Gets exactly `want`, verifying each block, from the first of these
 /// sources that has them, each within its own deadline: the Shoal
 /// `providers` (the requester and peers, over `/shoal/blocks`), then the
-/// connected IPFS peers over Bitswap. The error names the first CID
+/// connected IPFS peers over Bitswap, then the providers the IPFS DHT
+/// names (dialed, then asked over Bitswap), then the gateways. The error names the first CID
 /// missing and every place asked.
 async fn fetch_blocks(node: &Node, want: &[Cid], providers: &[PeerId], reach: Reach) -> anyhow::Result<Vec<Block>> {
     let mut missing: Vec<Cid> = want.to_vec();
@@ -189,6 +190,10 @@ async fn fetch_blocks(node: &Node, want: &[Cid], providers: &[PeerId], reach: Re
     if missing.is_empty() {
         return Ok(out);
     }
+    from_dht_providers(node, &mut missing, &mut out, &mut errors).await;
+    if missing.is_empty() {
+        return Ok(out);
+    }
     for base in &node.gateways {
         from_gateway(base, node.ipfs_fetch_timeout, &mut missing, &mut out, &mut errors).await;
         if missing.is_empty() {
@@ -197,12 +202,55 @@ async fn fetch_blocks(node: &Node, want: &[Cid], providers: &[PeerId], reach: Re
     }
     let detail = if errors.is_empty() { String::new() } else { format!(" ({})", errors.join("; ")) };
     bail!(
-        "block {} not found on {} shoal peer(s), the connected ipfs peers nor {} gateway(s){detail}; upload the \
-         data to a node of the network with `shoal push`, or connect a node that has it (`--ipfs-peer`), and retry",
+        "block {} not found on {} shoal peer(s), the connected ipfs peers, providers found through the ipfs dht nor {} \
+         gateway(s){detail}; upload the data to a node of the network with `shoal push`, or connect a node that has \
+         it (`--ipfs-peer`), and retry",
         missing[0],
         providers.len(),
         node.gateways.len()
     )
+}
+
+/// Providers of one CID dialed at most, per DHT lookup.
+const DHT_PROVIDERS: usize = 8;
+
+/// Looks up, on the IPFS DHT, providers of the first `missing` block
+/// (within [`Node::ipfs_dht_timeout`]; a zero timeout skips the DHT), and
+/// asks those connected for everything missing over Bitswap (within
+/// [`Node::ipfs_fetch_timeout`]). The providers of a DAG's root usually
+/// hold the rest of it: one lookup per round, not one per block.
+async fn from_dht_providers(node: &Node, missing: &mut Vec<Cid>, out: &mut Vec<Block>, errors: &mut Vec<String>) {
+    if node.ipfs_dht_timeout.is_zero() {
+        return;
+    }
+    let Some(first) = missing.first().copied() else { return };
+    let key = first.hash().to_bytes();
+    let found = match node.client.find_providers(key, DHT_PROVIDERS, node.ipfs_dht_timeout).await {
+        Ok(found) => found,
+        Err(e) => {
+            errors.push(format!("ipfs dht, asked for providers of {first}: {e}"));
+            return;
+        }
+    };
+    if found.is_empty() {
+        errors.push(format!(
+            "ipfs dht, asked for providers of {first}: none reachable within {:?}",
+            node.ipfs_dht_timeout
+        ));
+        return;
+    }
+    tracing::debug!(cid = %first, providers = ?found, "ipfs dht: providers found");
+    match node.bitswap.fetch_from(missing, found.clone(), node.ipfs_fetch_timeout).await {
+        Ok(blocks) => {
+            missing.retain(|c| !blocks.iter().any(|b| b.cid() == c));
+            out.extend(blocks);
+        }
+        Err(e) => errors.push(format!(
+            "ipfs dht: {} provider(s) of {first} found, but bitswap from them failed: {}",
+            found.len(),
+            crate::message(&e)
+        )),
+    }
 }
 
 /// Requests to one gateway at once.

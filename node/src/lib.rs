@@ -20,10 +20,11 @@
 //!   each step once the steps it reads have results (the pure rules are
 //!   [`shoal_scheduler::flow`]).
 //! - `fetch.rs`: block exchange (fetch a DAG from Shoal peers, then IPFS
-//!   peers over Bitswap, then trustless gateways; serve ours to Shoal
-//!   peers).
+//!   peers over Bitswap, then DHT providers, then trustless gateways;
+//!   serve ours to Shoal peers).
 //! - `bitswap.rs`: IPFS's Bitswap as the node runs it (the wire and the
 //!   pure rules are [`shoal_scheduler::net::bitswap`]).
+//! - `provide.rs`: provider records on the IPFS DHT for pinned roots.
 //! - `serve.rs`: which blocks IPFS peers may get (`--ipfs-serve`).
 //! - `gateway.rs`: the IPFS trustless gateway (`/ipfs/…`) and its client.
 //! - `api.rs`: the HTTP API (axum), OpenAPI document and metrics.
@@ -44,6 +45,7 @@ pub mod fetch;
 pub mod gateway;
 pub mod guard;
 pub mod pipelines;
+pub mod provide;
 pub mod requester;
 pub mod serve;
 pub mod views;
@@ -82,6 +84,14 @@ pub struct Config {
     /// How long one round of a fetch (up to 256 blocks) may ask the IPFS
     /// peers over Bitswap before it fails (default 60 s).
     pub ipfs_fetch_timeout: Duration,
+    /// How long a fetch waits for the IPFS DHT to name and connect a
+    /// provider of a block that neither Shoal peers nor the connected IPFS
+    /// peers have, before it goes on to the gateways (default 20 s: a
+    /// lookup on the public DHT takes a few seconds; zero skips the DHT).
+    pub ipfs_dht_timeout: Duration,
+    /// How often the node looks for newly pinned roots to provide on the
+    /// IPFS DHT (default 10 s; see [`provide`]).
+    pub ipfs_provide_every: Duration,
     /// Trustless gateways (`http(s)://host[:port]`) asked, last, for blocks
     /// neither Shoal nor IPFS peers gave (`--gateway`); every block is
     /// verified against its CID.
@@ -134,6 +144,8 @@ impl Default for Config {
             ipfs_peers: Vec::new(),
             ipfs_serve: serve::Policy::default(),
             ipfs_fetch_timeout: Duration::from_secs(60),
+            ipfs_dht_timeout: Duration::from_secs(20),
+            ipfs_provide_every: Duration::from_secs(10),
             gateways: Vec::new(),
             labels: BTreeMap::new(),
             compute: true,
@@ -294,6 +306,9 @@ pub struct Node {
     pub bitswap: Arc<bitswap::Bitswap>,
     /// The deadline of one Bitswap fetch round, and of one gateway request.
     pub ipfs_fetch_timeout: Duration,
+    /// The deadline of one IPFS DHT provider lookup (see
+    /// [`Config::ipfs_dht_timeout`]).
+    pub ipfs_dht_timeout: Duration,
     /// Trustless gateways asked last (see [`Config::gateways`]).
     pub gateways: Vec<String>,
     /// Internally locked per call: no guard escapes, so holding one across
@@ -877,6 +892,7 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         )),
         servable,
         ipfs_fetch_timeout: config.ipfs_fetch_timeout,
+        ipfs_dht_timeout: config.ipfs_dht_timeout,
         gateways: config.gateways.clone(),
         store,
         db,
@@ -965,6 +981,7 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
     }));
     tasks.push(tokio::spawn(requester::run(node.clone())));
     tasks.push(tokio::spawn(pipelines::run(node.clone())));
+    tasks.push(tokio::spawn(provide::run(node.clone(), config.ipfs_provide_every)));
     let api_task = match api {
         Some(listener) => {
             let policy = guard::Policy {

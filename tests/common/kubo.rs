@@ -56,7 +56,8 @@ impl Kubo {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("kubo-peer answered {line:?}: {e}"))
     }
 
-    /// Starts a Kubo node named `name` with `routing` ("none" or "dht").
+    /// Starts a Kubo node named `name` with `routing` ("none", "dht" or
+    /// "dhtserver": the DHT tests use the last).
     pub fn node(&mut self, name: &str, routing: &str) -> KuboNode {
         let v = self.call(json!({"op": "start", "name": name, "routing": routing}));
         KuboNode {

@@ -11,6 +11,11 @@
 //! learn each other's listen addresses through identify and keep them in
 //! Kademlia, which then supplies addresses whenever a request must dial a
 //! peer by id. mDNS only runs when [`Config::mdns`] is set.
+//!
+//! Beside Shoal's own Kademlia, the node takes part in the IPFS DHT (see
+//! [`IPFS_KAD_PROTOCOL`]): it stores and answers provider records, publishes
+//! its own ([`Client::provide`]) and looks up providers of a CID
+//! ([`Client::find_providers`]), dialing those it finds.
 
 pub mod bitswap;
 pub mod proto;
@@ -22,14 +27,79 @@ use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use libp2p::identity::Keypair;
-use libp2p::kad::{self, store::MemoryStore};
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+use libp2p::kad::{self, QueryId};
 use libp2p::request_response::{self, cbor, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
 use proto::{Announcement, BlockRequest, BlockResponse, Request, Response};
+
+/// The IPFS DHT's protocol, as the public network (Kubo's "WAN" DHT) speaks it.
+pub const IPFS_KAD_PROTOCOL: &str = "/ipfs/kad/1.0.0";
+/// The IPFS DHT of a local network: Kubo runs a dual DHT, and its WAN DHT
+/// ([`IPFS_KAD_PROTOCOL`]) keeps only peers with public addresses in its
+/// routing table and asks only those, while its LAN DHT, on this name,
+/// takes peers on private and loopback addresses. A Shoal node speaks both,
+/// as two Kademlia behaviours: libp2p-kad 0.49 gives one behaviour a single
+/// protocol name (`kad::Config::new`, no setter for more), and the two are
+/// separate networks anyway (a peer in one table is not in the other).
+pub const IPFS_LAN_KAD_PROTOCOL: &str = "/ipfs/lan/kad/1.0.0";
+/// Keys (CIDs' multihashes) the IPFS DHT store holds provider records for,
+/// ours and others' together (each key at most [`kad::K_VALUE`] = 20
+/// providers): past it, new keys are refused, so a peer flooding us with
+/// provider records costs a bounded amount of memory (at most about
+/// 8192 x 20 records of a few hundred bytes each).
+pub const IPFS_MAX_PROVIDER_KEYS: usize = 8192;
+/// Value records (IPNS and the like, up to 64 KiB each) the IPFS DHT store
+/// keeps for others: at most 16 MiB.
+pub const IPFS_MAX_RECORDS: usize = 256;
+/// How long one IPFS DHT query (a provide, a provider lookup) may run.
+pub const IPFS_QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often kad re-publishes this node's provider records on its own
+/// (kad's default, 12 h, under the 48 h the records live on other peers:
+/// [`IPFS_PROVIDER_RECORD_TTL`]). Re-providing is kad's job; the node only
+/// says once what to provide.
+pub const IPFS_REPROVIDE_INTERVAL: Duration = Duration::from_secs(12 * 60 * 60);
+/// How long a provider record lives (Kubo's and kad's default).
+pub const IPFS_PROVIDER_RECORD_TTL: Duration = Duration::from_secs(48 * 60 * 60);
+/// Provider lookups running at once; more are refused at once, so that
+/// lookups cannot pile up in the event loop.
+pub const MAX_FIND_PROVIDERS: usize = 64;
+
+/// Which of the two IPFS DHTs (see [`IPFS_LAN_KAD_PROTOCOL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Dht {
+    Wan,
+    Lan,
+}
+
+/// A Kademlia behaviour for the IPFS DHT on `protocol`, in server mode
+/// (answering queries and storing records) with its store bounded.
+fn ipfs_kad(peer: PeerId, protocol: &'static str) -> kad::Behaviour<MemoryStore> {
+    let mut cfg = kad::Config::new(StreamProtocol::new(protocol));
+    cfg.set_query_timeout(IPFS_QUERY_TIMEOUT)
+        .set_provider_publication_interval(Some(IPFS_REPROVIDE_INTERVAL))
+        .set_provider_record_ttl(Some(IPFS_PROVIDER_RECORD_TTL));
+    let store = MemoryStore::with_config(
+        peer,
+        MemoryStoreConfig {
+            max_records: IPFS_MAX_RECORDS,
+            max_value_bytes: 64 * 1024,
+            max_providers_per_key: kad::K_VALUE.get(),
+            max_provided_keys: IPFS_MAX_PROVIDER_KEYS,
+        },
+    );
+    let mut kad = kad::Behaviour::with_config(peer, store, cfg);
+    // Server mode, as for Shoal's own Kademlia: on loopback or a LAN no
+    // external address is ever confirmed, and a client-mode node would
+    // never enter Kubo's routing table nor hold the records it is sent.
+    kad.set_mode(Some(kad::Mode::Server));
+    kad
+}
 
 /// Settings of the network layer; each has a documented default.
 #[derive(Debug, Clone)]
@@ -78,6 +148,9 @@ pub enum Error {
     /// Dialing an address failed.
     #[error("cannot dial {addr}: {reason}")]
     Dial { addr: Multiaddr, reason: String },
+    /// The IPFS DHT refused or failed an operation.
+    #[error("ipfs dht: {0}")]
+    Dht(String),
     /// Building the transport or a behaviour failed.
     #[error("cannot set up the network: {0}")]
     Setup(String),
@@ -89,6 +162,10 @@ pub struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
+    /// The public IPFS DHT ([`IPFS_KAD_PROTOCOL`]).
+    ipfs_kad: kad::Behaviour<MemoryStore>,
+    /// The IPFS DHT of local networks ([`IPFS_LAN_KAD_PROTOCOL`]).
+    ipfs_lan_kad: kad::Behaviour<MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     exec: cbor::Behaviour<Request, Response>,
     blocks: cbor::Behaviour<BlockRequest, BlockResponse>,
@@ -148,6 +225,8 @@ impl Behaviour {
             identify,
             ping: ping::Behaviour::default(),
             kad,
+            ipfs_kad: ipfs_kad(peer, IPFS_KAD_PROTOCOL),
+            ipfs_lan_kad: ipfs_kad(peer, IPFS_LAN_KAD_PROTOCOL),
             gossipsub,
             exec,
             blocks,
@@ -207,6 +286,41 @@ enum Command {
     Peers { reply: oneshot::Sender<Vec<PeerId>> },
     BitswapSend { peer: PeerId, message: bitswap::Message, reply: oneshot::Sender<Result<(), Error>> },
     BitswapPeers { reply: oneshot::Sender<Vec<PeerId>> },
+    Provide { key: Vec<u8>, reply: oneshot::Sender<Result<u32, Error>> },
+    StopProviding { key: Vec<u8> },
+    FindProviders { key: Vec<u8>, limit: usize, deadline: Duration, reply: oneshot::Sender<Result<Vec<PeerId>, Error>> },
+}
+
+/// A provide in flight on both IPFS DHTs.
+struct Providing {
+    /// Queries not finished yet.
+    left: usize,
+    /// Peers that took the record, over the finished queries.
+    peers: u32,
+    errors: Vec<String>,
+    reply: oneshot::Sender<Result<u32, Error>>,
+}
+
+/// A provider lookup in flight on both IPFS DHTs.
+struct Finding {
+    /// Its queries still running.
+    queries: Vec<(Dht, QueryId)>,
+    limit: usize,
+    deadline: tokio::time::Instant,
+    /// Providers found (at most `limit`), dialed or connected.
+    found: HashSet<PeerId>,
+    /// Providers being dialed.
+    dialing: HashSet<PeerId>,
+    /// Providers connected, in the order they connected.
+    connected: Vec<PeerId>,
+    reply: oneshot::Sender<Result<Vec<PeerId>, Error>>,
+}
+
+/// What a query of the IPFS DHTs belongs to.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Provide(u64),
+    Find(u64),
 }
 
 /// The handle async code uses to talk to the swarm. Cheap to clone.
@@ -284,6 +398,30 @@ impl Client {
     pub async fn bitswap_peers(&self) -> Result<Vec<PeerId>, Error> {
         self.call(|reply| Command::BitswapPeers { reply }).await
     }
+
+    /// Publishes a provider record for `key` (a CID's multihash bytes, as
+    /// IPFS keys them) on both IPFS DHTs, and keeps it (kad re-publishes it
+    /// every [`IPFS_REPROVIDE_INTERVAL`]). Returns, once both queries end,
+    /// how many peers took the record; an error when no DHT could start
+    /// (the store is full) or every query failed.
+    pub async fn provide(&self, key: Vec<u8>) -> Result<u32, Error> {
+        self.call(|reply| Command::Provide { key, reply }).await?
+    }
+
+    /// Stops re-publishing this node's provider record for `key` (the
+    /// records already on other peers expire on their own).
+    pub async fn stop_providing(&self, key: Vec<u8>) -> Result<(), Error> {
+        self.commands.send(Command::StopProviding { key }).await.map_err(|_| Error::Stopped)
+    }
+
+    /// Looks up providers of `key` (a multihash) on both IPFS DHTs and
+    /// dials them as they are found (their addresses are known only while
+    /// the lookup runs). Returns the providers connected, at most `limit`
+    /// of them, as soon as one is; or an empty list when the lookups end or
+    /// `deadline` passes without one.
+    pub async fn find_providers(&self, key: Vec<u8>, limit: usize, deadline: Duration) -> Result<Vec<PeerId>, Error> {
+        self.call(|reply| Command::FindProviders { key, limit, deadline, reply }).await?
+    }
 }
 
 /// Owns the swarm; run it on its own task with [`EventLoop::run`].
@@ -301,6 +439,11 @@ pub struct EventLoop {
     /// Connected peers whose identify does not list Bitswap: the others
     /// (not identified yet included) are worth asking.
     no_bitswap: HashSet<PeerId>,
+    /// Queries of the IPFS DHTs and what they belong to.
+    dht_queries: HashMap<(Dht, QueryId), Op>,
+    provides: HashMap<u64, Providing>,
+    finds: HashMap<u64, Finding>,
+    next_op: u64,
     /// Every listener opened, closed when the loop ends: the memory
     /// transport frees a port only when its listener is removed, not when
     /// it is dropped, so a node restarted in the same process could not
@@ -326,6 +469,10 @@ pub fn new(swarm: Swarm<Behaviour>, cfg: &Config) -> (Client, EventLoop, mpsc::R
         pending_bitswap: HashMap::new(),
         connected: HashSet::new(),
         no_bitswap: HashSet::new(),
+        dht_queries: HashMap::new(),
+        provides: HashMap::new(),
+        finds: HashMap::new(),
+        next_op: 0,
         listeners: Vec::new(),
     };
     (client, event_loop, ev_rx)
@@ -336,9 +483,18 @@ impl EventLoop {
     /// resolves.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // Provider lookups past their deadline are answered on this tick.
+        let mut sweep = tokio::time::interval(Duration::from_millis(250));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm(event),
+                _ = sweep.tick(), if !self.finds.is_empty() => {
+                    let ids: Vec<u64> = self.finds.keys().copied().collect();
+                    for id in ids {
+                        self.settle_find(id);
+                    }
+                }
                 command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c),
                     None => break,
@@ -421,6 +577,185 @@ impl EventLoop {
             Command::BitswapPeers { reply } => {
                 let _ = reply.send(self.connected.difference(&self.no_bitswap).copied().collect());
             }
+            Command::Provide { key, reply } => self.start_provide(key, reply),
+            Command::StopProviding { key } => {
+                let key = kad::RecordKey::new(&key);
+                b.ipfs_kad.stop_providing(&key);
+                b.ipfs_lan_kad.stop_providing(&key);
+            }
+            Command::FindProviders { key, limit, deadline, reply } => self.start_find(key, limit, deadline, reply),
+        }
+    }
+
+    fn dht(&mut self, which: Dht) -> &mut kad::Behaviour<MemoryStore> {
+        match which {
+            Dht::Wan => &mut self.swarm.behaviour_mut().ipfs_kad,
+            Dht::Lan => &mut self.swarm.behaviour_mut().ipfs_lan_kad,
+        }
+    }
+
+    fn start_provide(&mut self, key: Vec<u8>, reply: oneshot::Sender<Result<u32, Error>>) {
+        let id = self.next_op;
+        self.next_op += 1;
+        let key = kad::RecordKey::new(&key);
+        let mut errors = Vec::new();
+        let mut left = 0;
+        for which in [Dht::Wan, Dht::Lan] {
+            match self.dht(which).start_providing(key.clone()) {
+                Ok(q) => {
+                    self.dht_queries.insert((which, q), Op::Provide(id));
+                    left += 1;
+                }
+                Err(e) => errors.push(format!("{which:?}: {e}")),
+            }
+        }
+        if left == 0 {
+            let _ = reply.send(Err(Error::Dht(format!("cannot provide: {}", errors.join("; ")))));
+            return;
+        }
+        self.provides.insert(id, Providing { left, peers: 0, errors, reply });
+    }
+
+    fn start_find(
+        &mut self,
+        key: Vec<u8>,
+        limit: usize,
+        deadline: Duration,
+        reply: oneshot::Sender<Result<Vec<PeerId>, Error>>,
+    ) {
+        if self.finds.len() >= MAX_FIND_PROVIDERS {
+            let _ = reply.send(Err(Error::Dht(format!(
+                "{MAX_FIND_PROVIDERS} provider lookups are running already; retry later"
+            ))));
+            return;
+        }
+        let id = self.next_op;
+        self.next_op += 1;
+        let key = kad::RecordKey::new(&key);
+        let mut queries = Vec::new();
+        for which in [Dht::Wan, Dht::Lan] {
+            let q = self.dht(which).get_providers(key.clone());
+            self.dht_queries.insert((which, q), Op::Find(id));
+            queries.push((which, q));
+        }
+        self.finds.insert(
+            id,
+            Finding {
+                queries,
+                limit: limit.max(1),
+                deadline: tokio::time::Instant::now() + deadline,
+                found: HashSet::new(),
+                dialing: HashSet::new(),
+                connected: Vec::new(),
+                reply,
+            },
+        );
+    }
+
+    /// Answers the lookup `id` if it is done: a provider is connected, or
+    /// nothing is left to wait for, or its deadline passed. Its queries
+    /// still running are then stopped.
+    fn settle_find(&mut self, id: u64) {
+        let Some(f) = self.finds.get(&id) else { return };
+        let idle = f.queries.is_empty() && f.dialing.is_empty();
+        if f.connected.is_empty() && !idle && tokio::time::Instant::now() < f.deadline {
+            return;
+        }
+        let Some(f) = self.finds.remove(&id) else { return };
+        for (which, q) in &f.queries {
+            if let Some(mut query) = self.dht(*which).query_mut(q) {
+                query.finish();
+            }
+        }
+        let _ = f.reply.send(Ok(f.connected));
+    }
+
+    /// Providers found by a lookup: dialed at once, while the query that
+    /// found them runs, because kad knows their addresses only from that
+    /// query's answers (it hands them to the swarm in
+    /// `handle_pending_outbound_connection`, from the running queries'
+    /// peer address maps).
+    fn on_providers_found(&mut self, id: u64, providers: HashSet<PeerId>) {
+        let local = *self.swarm.local_peer_id();
+        let Some(f) = self.finds.get_mut(&id) else { return };
+        let mut dial = Vec::new();
+        for p in providers {
+            if p == local || f.found.len() >= f.limit || !f.found.insert(p) {
+                continue;
+            }
+            if self.connected.contains(&p) {
+                f.connected.push(p);
+            } else {
+                f.dialing.insert(p);
+                dial.push(p);
+            }
+        }
+        for p in dial {
+            let opts = DialOpts::peer_id(p).condition(PeerCondition::Disconnected).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(peer = %p, "cannot dial a provider: {e}");
+                if let Some(f) = self.finds.get_mut(&id) {
+                    f.dialing.remove(&p);
+                }
+            }
+        }
+        self.settle_find(id);
+    }
+
+    /// `peer` connected (`ok`) or could not be reached: the lookups that
+    /// were dialing it learn it.
+    fn on_provider_dialed(&mut self, peer: PeerId, ok: bool) {
+        let mut touched = Vec::new();
+        for (id, f) in &mut self.finds {
+            if f.dialing.remove(&peer) || (ok && f.found.contains(&peer) && !f.connected.contains(&peer)) {
+                if ok && !f.connected.contains(&peer) {
+                    f.connected.push(peer);
+                }
+                touched.push(*id);
+            }
+        }
+        for id in touched {
+            self.settle_find(id);
+        }
+    }
+
+    fn on_ipfs_kad(&mut self, which: Dht, event: kad::Event) {
+        let kad::Event::OutboundQueryProgressed { id: q, result, step, stats } = event else { return };
+        let Some(op) = self.dht_queries.get(&(which, q)).copied() else { return };
+        if step.last {
+            self.dht_queries.remove(&(which, q));
+        }
+        match (op, result) {
+            (Op::Provide(id), kad::QueryResult::StartProviding(result)) => {
+                let Some(p) = self.provides.get_mut(&id) else { return };
+                match result {
+                    Ok(_) => p.peers += stats.num_successes(),
+                    Err(e) => p.errors.push(format!("{which:?}: {e:?}")),
+                }
+                p.left = p.left.saturating_sub(1);
+                if p.left == 0 {
+                    if let Some(p) = self.provides.remove(&id) {
+                        let answer = if p.peers == 0 && !p.errors.is_empty() {
+                            Err(Error::Dht(format!("provide failed: {}", p.errors.join("; "))))
+                        } else {
+                            Ok(p.peers)
+                        };
+                        let _ = p.reply.send(answer);
+                    }
+                }
+            }
+            (Op::Find(id), kad::QueryResult::GetProviders(result)) => {
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                    self.on_providers_found(id, providers);
+                }
+                if step.last {
+                    if let Some(f) = self.finds.get_mut(&id) {
+                        f.queries.retain(|x| *x != (which, q));
+                    }
+                    self.settle_find(id);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -469,10 +804,16 @@ impl EventLoop {
                 for reply in self.pending_dial.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
+                if !self.finds.is_empty() {
+                    self.on_provider_dialed(peer_id, true);
+                }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 for reply in self.pending_dial.remove(&peer).unwrap_or_default() {
                     let _ = reply.send(Err(Error::Dial { addr: Multiaddr::empty(), reason: error.to_string() }));
+                }
+                if !self.finds.is_empty() && !self.connected.contains(&peer) {
+                    self.on_provider_dialed(peer, false);
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
@@ -499,13 +840,26 @@ impl EventLoop {
                 // that asks, and dialled by all of them.
                 // (A dialled IPFS peer was put there to be dialled; out.)
                 if info.protocols.iter().any(|p| p.as_ref() == proto::KAD_PROTOCOL) {
-                    for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    for addr in &info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
                     }
                 } else {
                     self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
                 }
+                // The IPFS DHTs take any peer that speaks them, Shoal's
+                // and IPFS's alike (`--ipfs-peer` addresses join them this
+                // way once identify confirms the protocol); kad bootstraps
+                // on its own when its routing table gains peers.
+                for (which, name) in [(Dht::Wan, IPFS_KAD_PROTOCOL), (Dht::Lan, IPFS_LAN_KAD_PROTOCOL)] {
+                    if info.protocols.iter().any(|p| p.as_ref() == name) {
+                        for addr in &info.listen_addrs {
+                            self.dht(which).add_address(&peer_id, addr.clone());
+                        }
+                    }
+                }
             }
+            BehaviourEvent::IpfsKad(event) => self.on_ipfs_kad(Dht::Wan, event),
+            BehaviourEvent::IpfsLanKad(event) => self.on_ipfs_kad(Dht::Lan, event),
             BehaviourEvent::Identify(identify::Event::Error { peer_id, error, .. }) => {
                 tracing::debug!(%peer_id, "identify failed: {error}");
             }
@@ -693,6 +1047,51 @@ mod tests {
             }
         }
         panic!("no announcement arrived in 100 tries");
+    }
+
+    #[tokio::test]
+    async fn ipfs_dht_finds_a_provider_through_a_peer_and_dials_it() {
+        // A - B - C in a line. C provides before A joins, so only B (and C)
+        // hold the record: A learns it through the DHT, from B.
+        let (a, _ae, _a_addr, _sa) = node().await;
+        let (b, _be, b_addr, _sb) = node().await;
+        let (c, _ce, _c_addr, _sc) = node().await;
+        c.dial(b_addr.clone()).await.unwrap();
+        let key = b"a multihash, as IPFS keys providers".to_vec();
+        // C's tables fill once identify has run: provide until B takes it.
+        let mut took = 0;
+        for _ in 0..100 {
+            took = c.provide(key.clone()).await.unwrap();
+            if took > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(took > 0, "no peer took C's provider record");
+        a.dial(b_addr).await.unwrap();
+        // (In a network this small, kad's own queries may connect A to C
+        // too: C is among the closest peers to everything. On a larger one
+        // the provider's addresses come only with the lookup's answer, and
+        // `find_providers` dials it.)
+        // A's tables fill once identify has run (a lookup with empty tables
+        // ends at once, empty): ask until the answer comes.
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = a.find_providers(key.clone(), 4, Duration::from_secs(10)).await.unwrap();
+            if !found.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(found, vec![c.local_peer_id()], "A finds C and connects to it");
+        assert!(a.peers().await.unwrap().contains(&c.local_peer_id()));
+        // A key nobody provides: an empty answer, well before the deadline
+        // (the lookups end).
+        let t0 = std::time::Instant::now();
+        let none = a.find_providers(b"nobody has this".to_vec(), 4, Duration::from_secs(30)).await.unwrap();
+        assert!(none.is_empty(), "{none:?}");
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+        let _ = b;
     }
 
     #[tokio::test]
