@@ -424,6 +424,64 @@ impl Client {
     }
 }
 
+/// Callers waiting for the answers to their requests, by request.
+type Pending<R> = HashMap<OutboundRequestId, oneshot::Sender<Result<R, Error>>>;
+
+/// One of the node's request-response protocols: its messages, where its
+/// behaviour and its waiting callers live, how an inbound request reaches
+/// the node and what it is answered when the node is too busy to take it.
+/// The event loop sends, answers and routes every such protocol through
+/// one generic path.
+trait RequestResponse {
+    type Request: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static;
+    type Response: serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static;
+    fn rr(b: &mut Behaviour) -> &mut cbor::Behaviour<Self::Request, Self::Response>;
+    fn pending(l: &mut EventLoop) -> &mut Pending<Self::Response>;
+    fn inbound(peer: PeerId, request: Self::Request, channel: ResponseChannel<Self::Response>) -> Event;
+    fn busy() -> Self::Response;
+}
+
+/// The execution protocol ([`proto::EXEC_PROTOCOL`]).
+struct Exec;
+
+impl RequestResponse for Exec {
+    type Request = Request;
+    type Response = Response;
+    fn rr(b: &mut Behaviour) -> &mut cbor::Behaviour<Request, Response> {
+        &mut b.exec
+    }
+    fn pending(l: &mut EventLoop) -> &mut Pending<Response> {
+        &mut l.pending_exec
+    }
+    fn inbound(peer: PeerId, request: Request, channel: ResponseChannel<Response>) -> Event {
+        Event::Request { peer, request, channel }
+    }
+    fn busy() -> Response {
+        Response::Error { message: "node busy; try again later".into() }
+    }
+}
+
+/// The block protocol ([`proto::BLOCKS_PROTOCOL`]).
+struct Blocks;
+
+impl RequestResponse for Blocks {
+    type Request = BlockRequest;
+    type Response = BlockResponse;
+    fn rr(b: &mut Behaviour) -> &mut cbor::Behaviour<BlockRequest, BlockResponse> {
+        &mut b.blocks
+    }
+    fn pending(l: &mut EventLoop) -> &mut Pending<BlockResponse> {
+        &mut l.pending_blocks
+    }
+    fn inbound(peer: PeerId, request: BlockRequest, channel: ResponseChannel<BlockResponse>) -> Event {
+        Event::Blocks { peer, request, channel }
+    }
+    // Nothing now: the asker tries its other providers, and this one later.
+    fn busy() -> BlockResponse {
+        BlockResponse::default()
+    }
+}
+
 /// Owns the swarm; run it on its own task with [`EventLoop::run`].
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -432,8 +490,8 @@ pub struct EventLoop {
     topic: IdentTopic,
     pending_listen: HashMap<ListenerId, (Multiaddr, oneshot::Sender<Result<Multiaddr, Error>>)>,
     pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<(), Error>>>>,
-    pending_exec: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<Response, Error>>)>,
-    pending_blocks: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<BlockResponse, Error>>)>,
+    pending_exec: Pending<Response>,
+    pending_blocks: Pending<BlockResponse>,
     pending_bitswap: HashMap<bitswap::SendId, oneshot::Sender<Result<(), Error>>>,
     connected: HashSet<PeerId>,
     /// Connected peers whose identify does not list Bitswap: the others
@@ -540,20 +598,14 @@ impl EventLoop {
                     }
                 }
             }
-            Command::Request { peer, request, reply } => {
-                let id = b.exec.send_request(&peer, request);
-                self.pending_exec.insert(id, (peer, reply));
-            }
-            Command::Blocks { peer, request, reply } => {
-                let id = b.blocks.send_request(&peer, request);
-                self.pending_blocks.insert(id, (peer, reply));
-            }
+            Command::Request { peer, request, reply } => self.send_request::<Exec>(peer, request, reply),
+            Command::Blocks { peer, request, reply } => self.send_request::<Blocks>(peer, request, reply),
+            // The requester may have gone away; nothing to do then.
             Command::Respond { channel, response } => {
-                // The requester may have gone away; nothing to do then.
-                let _ = b.exec.send_response(channel, response);
+                let _ = Exec::rr(b).send_response(channel, response);
             }
             Command::RespondBlocks { channel, response } => {
-                let _ = b.blocks.send_response(channel, response);
+                let _ = Blocks::rr(b).send_response(channel, response);
             }
             Command::Publish { announcement } => {
                 if let Ok(bytes) = serde_json::to_vec(&announcement) {
@@ -759,22 +811,54 @@ impl EventLoop {
         }
     }
 
+    /// Sends `request` on protocol `P`; the answer (or the failure) goes
+    /// to `reply` when it comes.
+    fn send_request<P: RequestResponse>(
+        &mut self,
+        peer: PeerId,
+        request: P::Request,
+        reply: oneshot::Sender<Result<P::Response, Error>>,
+    ) {
+        let id = P::rr(self.swarm.behaviour_mut()).send_request(&peer, request);
+        P::pending(self).insert(id, reply);
+    }
+
+    /// One event of protocol `P`: a request goes to the node, an answer or
+    /// a failure to the caller waiting for it.
+    fn on_request_response<P: RequestResponse>(&mut self, event: request_response::Event<P::Request, P::Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.emit(P::inbound(peer, request, channel))
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = P::pending(self).remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
+                if let Some(reply) = P::pending(self).remove(&request_id) {
+                    let _ = reply.send(Err(Error::Request { peer, reason: error.to_string() }));
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn emit(&mut self, event: Event) {
         match self.events.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(event)) => {
                 // The node is overloaded: refuse instead of queueing.
                 tracing::warn!("node busy: dropping a network event");
+                let b = self.swarm.behaviour_mut();
                 match event {
                     Event::Request { channel, .. } => {
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .exec
-                            .send_response(channel, Response::Error { message: "node busy; try again later".into() });
+                        let _ = Exec::rr(b).send_response(channel, Exec::busy());
                     }
                     Event::Blocks { channel, .. } => {
-                        let _ = self.swarm.behaviour_mut().blocks.send_response(channel, BlockResponse::default());
+                        let _ = Blocks::rr(b).send_response(channel, Blocks::busy());
                     }
                     _ => {}
                 }
@@ -876,36 +960,8 @@ impl EventLoop {
                     Err(e) => tracing::debug!("malformed announcement from {peer}: {e}"),
                 }
             }
-            BehaviourEvent::Exec(request_response::Event::Message { peer, message, .. }) => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    self.emit(Event::Request { peer, request, channel })
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some((_, reply)) = self.pending_exec.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            BehaviourEvent::Exec(request_response::Event::OutboundFailure { request_id, error, peer, .. }) => {
-                if let Some((_, reply)) = self.pending_exec.remove(&request_id) {
-                    let _ = reply.send(Err(Error::Request { peer, reason: error.to_string() }));
-                }
-            }
-            BehaviourEvent::Blocks(request_response::Event::Message { peer, message, .. }) => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    self.emit(Event::Blocks { peer, request, channel })
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some((_, reply)) = self.pending_blocks.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            BehaviourEvent::Blocks(request_response::Event::OutboundFailure { request_id, error, peer, .. }) => {
-                if let Some((_, reply)) = self.pending_blocks.remove(&request_id) {
-                    let _ = reply.send(Err(Error::Request { peer, reason: error.to_string() }));
-                }
-            }
+            BehaviourEvent::Exec(event) => self.on_request_response::<Exec>(event),
+            BehaviourEvent::Blocks(event) => self.on_request_response::<Blocks>(event),
             BehaviourEvent::Bitswap(bitswap::Event::Received { peer, message }) => {
                 self.emit(Event::Bitswap { peer, message });
             }
