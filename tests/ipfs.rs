@@ -80,6 +80,9 @@ fn kubo_data_is_a_redundant_jobs_input_and_kubo_fetches_the_result() {
     // Shoal node that got them from it.
     let received = counter(&net, "shoal_bitswap_bytes_received_total");
     assert!(received >= 1_500_000, "bitswap brought {received} bytes");
+    eventually(30, "every bitswap fetch to end", || {
+        (counter(&net, "shoal_bitswap_wants_in_flight") == 0).then_some(())
+    });
 
     // Kubo, connected to one Shoal node only, downloads the result.
     let list = get(&format!("{}/v1/jobs?state=completed", net.nodes[0].api)).1;

@@ -61,7 +61,7 @@ pub struct Stats {
     pub wants_dropped: Counter,
     /// Messages dropped because too many were being taken in.
     pub dropped: Counter,
-    /// Want-blocks and want-haves this node is waiting on.
+    /// Blocks the running fetches still wait on.
     pub wants_in_flight: Gauge,
 }
 
@@ -74,7 +74,7 @@ impl Stats {
         r.register("invalid", "Malformed frames and blocks refused", self.invalid.clone());
         r.register("wants_dropped", "Wants over the per-peer limits", self.wants_dropped.clone());
         r.register("dropped", "Messages dropped under load", self.dropped.clone());
-        r.register("wants_in_flight", "Wants this node waits on", self.wants_in_flight.clone());
+        r.register("wants_in_flight", "Blocks the running bitswap fetches still wait on", self.wants_in_flight.clone());
     }
 }
 
@@ -297,15 +297,13 @@ impl Bitswap {
         let start = tokio::time::Instant::now();
         let ms = || start.elapsed().as_millis() as u64;
         let mut out = Vec::with_capacity(want.len());
-        let mut in_flight = 0i64;
+        let wanted = want.len() as i64;
+        self.stats.wants_in_flight.inc_by(wanted);
         let result = loop {
             let (sends, failed) = session.poll(ms());
             if let Some(f) = failed.first() {
                 break Err(anyhow::anyhow!("block {} is on none of the {} ipfs peers asked", f.cid, f.asked));
             }
-            let asked: i64 = sends.iter().map(|(_, m)| wants(m)).sum();
-            in_flight += asked;
-            self.stats.wants_in_flight.inc_by(asked);
             self.send_all(sends).await;
             if session.is_done() {
                 break Ok(());
@@ -320,6 +318,7 @@ impl Bitswap {
             match tokio::time::timeout(TICK, rx.recv()).await {
                 Ok(Some(inbound)) => {
                     let got = session.on_message(inbound.peer, inbound.blocks.clone(), &inbound.message);
+                    self.stats.wants_in_flight.dec_by(got.blocks.len() as i64);
                     out.extend(got.blocks);
                     let mut cancels: HashMap<PeerId, Message> = HashMap::new();
                     for (peer, cid) in got.cancel {
@@ -331,7 +330,7 @@ impl Bitswap {
                 Err(_) => {}
             }
         };
-        self.stats.wants_in_flight.dec_by(in_flight);
+        self.stats.wants_in_flight.dec_by(wanted - out.len() as i64);
         let cancels = session.cancel_all();
         self.send_all(cancels).await;
         result.map(|()| out)
@@ -345,11 +344,6 @@ impl Bitswap {
         });
         futures::future::join_all(sends).await;
     }
-}
-
-/// Want entries in a message (cancels included: they end waits).
-fn wants(m: &Message) -> i64 {
-    m.wantlist.as_ref().map_or(0, |w| w.entries.iter().filter(|e| !e.cancel).count() as i64)
 }
 
 /// Unregisters a fetch however it ends.
