@@ -16,6 +16,8 @@ pub const MAX_BYTES: usize = 3 << 10;
 /// Roots a filter is sized for; a node holding more fills it past its
 /// 1% false-positive rate (the ranking hint gets coarser, nothing breaks).
 pub const SIZED_FOR: usize = 2_500;
+/// The fewest roots a filter is sized for (77 bytes of bitmap).
+pub const SIZED_FOR_LEAST: usize = 64;
 /// Most hash functions accepted in a peer's filter (each costs a hash per
 /// lookup).
 pub const MAX_HASHES: u32 = 16;
@@ -44,15 +46,23 @@ impl std::fmt::Debug for Holds {
 impl Holds {
     /// A filter of `roots` (by multihash: a CIDv0 and a CIDv1 of the same
     /// data are the same root).
+    ///
+    /// Sized to what it holds: for the next power of two of roots from
+    /// [`SIZED_FOR_LEAST`] up to [`SIZED_FOR`], so that a node holding a
+    /// few roots announces a few hundred bytes, not the 3 KiB of a full
+    /// filter, in every announcement (at 1,000 nodes that was most of the
+    /// gossip).
     pub fn of<'a>(roots: impl IntoIterator<Item = &'a Cid>) -> Holds {
-        let bytes = Bloom::<[u8]>::compute_bitmap_size(SIZED_FOR, 0.01).clamp(1, MAX_BYTES);
-        // Both sizes are non-zero constants: the constructor cannot fail.
-        let mut bloom = match Bloom::new_with_seed(bytes, SIZED_FOR, &SEED) {
+        let keys: Vec<Vec<u8>> = roots.into_iter().map(|r| r.hash().to_bytes()).collect();
+        let items = keys.len().max(SIZED_FOR_LEAST).next_power_of_two().min(SIZED_FOR);
+        let bytes = Bloom::<[u8]>::compute_bitmap_size(items, 0.01).clamp(1, MAX_BYTES);
+        // Both sizes are non-zero: the constructor cannot fail.
+        let mut bloom = match Bloom::new_with_seed(bytes, items, &SEED) {
             Ok(b) => b,
             Err(_) => unreachable!("non-zero sizes"),
         };
-        for r in roots {
-            bloom.set(r.hash().to_bytes().as_slice());
+        for k in &keys {
+            bloom.set(k.as_slice());
         }
         Holds(bloom)
     }
@@ -109,6 +119,26 @@ mod tests {
         assert!(held.iter().all(|c| h.contains(c)), "no false negatives");
         let others = (5000..6000).filter(|n| h.contains(&cid(*n, CidVersion::V1))).count();
         assert!(others < 50, "{others} false positives in 1000 at a 1% design rate");
+    }
+
+    /// A filter grows with what it holds: a few roots cost a few hundred
+    /// hex digits, and every size keeps its design rate.
+    #[test]
+    fn a_filter_is_sized_to_what_it_holds() {
+        let mut last = 0;
+        for n in [0u32, 10, 64, 65, 500, 2_500, 5_000] {
+            let held: Vec<Cid> = (0..n).map(|i| cid(i, CidVersion::V1)).collect();
+            let text = Holds::of(&held).to_hex();
+            assert!(text.len() >= last && text.len() <= 2 * (MAX_BYTES + 64), "{n} roots: {} digits", text.len());
+            last = text.len();
+            let h = Holds::from_hex(&text).unwrap();
+            assert!(held.iter().all(|c| h.contains(c)), "{n} roots: no false negatives");
+            if n <= SIZED_FOR as u32 {
+                let others = (10_000..12_000).filter(|i| h.contains(&cid(*i, CidVersion::V1))).count();
+                assert!(others < 60, "{n} roots: {others} false positives in 2000 at a 1% design rate");
+            }
+        }
+        assert!(Holds::of(&[cid(1, CidVersion::V1)]).to_hex().len() < 300);
     }
 
     #[test]
