@@ -1160,6 +1160,8 @@ fn a_flooding_peer_leaves_the_node_bounded_and_answering() {
             allow: Vec::new(),
             holds: None,
             receipts: None,
+            every_ms: 0,
+            addrs: Vec::new(),
         };
         let mut set = tokio::task::JoinSet::new();
         for (i, c) in flooders.iter().enumerate() {

@@ -224,6 +224,13 @@ impl Compute {
         })
     }
 
+    /// The requesters it runs executions for now: they watch it (see
+    /// [`crate::Node::watchers`]).
+    pub fn requesters(&self) -> std::collections::HashSet<PeerId> {
+        let execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+        execs.values().filter(|s| !matches!(s.state, State::Done { .. })).map(|s| s.requester).collect()
+    }
+
     /// The keeper's end of the results queue (taken once, by [`keeper`]).
     pub fn take_kept(&self) -> Option<tokio::sync::mpsc::Receiver<Keep>> {
         self.kept.lock().unwrap_or_else(|p| p.into_inner()).take()
@@ -344,7 +351,7 @@ impl Compute {
                 Response::Ok
             }
             // Answered by the node itself (see `Node::handle`).
-            Request::Commit { .. } | Request::Failed { .. } | Request::Receipts { .. } => {
+            Request::Commit { .. } | Request::Failed { .. } | Request::Receipts { .. } | Request::Announce { .. } => {
                 Response::Error { message: "the compute side does not answer this request".into() }
             }
         }

@@ -116,9 +116,16 @@ pub struct Config {
     pub allow_submitters: Vec<PeerId>,
     /// Per-submitter limits of this node as a requester.
     pub quotas: Quotas,
-    /// How often the node announces itself (default 1 s). Peers count a
-    /// node gone after the placement's node ttl without one.
+    /// How often the node announces itself directly to the requesters it
+    /// works with (default 1 s); they count it gone after the placement's
+    /// node ttl without one. Everyone else hears from it by gossip, less
+    /// often as the network grows (see `gossip_rate`).
     pub announce_every: Duration,
+    /// Announcements per second the whole network spends on gossip
+    /// (default [`GOSSIP_RATE`]): each node gossips once per `nodes it
+    /// knows / gossip_rate` seconds, never more often than
+    /// `announce_every`.
+    pub gossip_rate: u64,
     /// How often a compute node rebuilds the filter of the roots it holds
     /// (default [`HOLDS_REFRESH`]).
     pub holds_refresh: Duration,
@@ -156,6 +163,7 @@ impl Default for Config {
             allow_submitters: Vec::new(),
             quotas: Quotas::default(),
             announce_every: Duration::from_secs(1),
+            gossip_rate: GOSSIP_RATE,
             holds_refresh: HOLDS_REFRESH,
             api_token: None,
             api_hosts: Vec::new(),
@@ -238,6 +246,13 @@ pub struct View {
     pub receipts: Option<Arc<shoal_scheduler::holds::Holds>>,
     /// False from its disconnection until it is heard from again.
     pub connected: bool,
+    /// How long after `last_seen_ms` it counts as alive (three of its
+    /// announcement periods, see [`proto::Announcement::every_ms`]);
+    /// `None`: the node ttl.
+    pub ttl_ms: Option<u64>,
+    /// It announces itself to this node directly, often (it runs work for
+    /// it): a disconnection means that work is lost.
+    pub watched: bool,
 }
 
 /// How long an unanswered bid keeps its slots counted as taken (bids are
@@ -282,6 +297,23 @@ pub const VIEW_TTL: Duration = Duration::from_secs(60);
 /// How often a compute node rebuilds the filter of the roots it holds
 /// (a listing of its pins).
 pub const HOLDS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Announcements per second the whole network spends on gossip: each node
+/// gossips once per `nodes it knows / GOSSIP_RATE` seconds (never more
+/// often than [`Config::announce_every`]), so what one node receives stays
+/// the same however large the network grows. The requesters a node works
+/// with hear from it directly instead (see [`Node::watchers`]).
+pub const GOSSIP_RATE: u64 = 4;
+/// The longest gossip period (a network of 14,400 nodes reaches it).
+pub const MAX_GOSSIP_EVERY: Duration = Duration::from_secs(60 * 60);
+/// How long after its last exchange with a requester (a bid, a reveal, a
+/// cancel) a compute node keeps announcing itself to it directly; also
+/// while it runs executions for it.
+pub const WATCH_TTL: Duration = Duration::from_secs(30);
+/// Most requesters a compute node announces itself to directly.
+pub const MAX_WATCHERS: usize = 1024;
+/// Direct announcements sent at once.
+const ANNOUNCE_CONCURRENCY: usize = 64;
 
 /// The time source (injected so tests can drive it).
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -371,6 +403,16 @@ pub struct Node {
     /// that finds one, so that the pipeline driver's pass after every job
     /// change reads nothing when there are none.
     pub pipelines_active: std::sync::atomic::AtomicBool,
+    /// The requesters this compute node announces itself to directly,
+    /// every [`Config::announce_every`], with when it last exchanged with
+    /// each (at most [`MAX_WATCHERS`]): those it ran work for within
+    /// [`WATCH_TTL`] or runs work for now. Everyone else hears of it by
+    /// gossip, once per [`Node::gossip_every`].
+    pub watchers: Mutex<HashMap<PeerId, u64>>,
+    /// The current gossip period, ms (see [`GOSSIP_RATE`]).
+    pub gossip_every_ms: std::sync::atomic::AtomicU64,
+    /// The addresses it announces (its listen address unless unspecified).
+    pub addrs: Vec<String>,
 }
 
 impl Node {
@@ -467,7 +509,16 @@ impl Node {
 
     /// Answers an execution-protocol request from `peer`.
     pub async fn handle(self: &Arc<Self>, peer: PeerId, request: Request) -> Response {
+        if matches!(request, Request::Bid { .. } | Request::Reveal { .. } | Request::Cancel { .. }) {
+            self.watched_by(peer);
+        }
         match request {
+            Request::Announce { announcement, watching } => {
+                if peer != self.peer {
+                    self.on_announcement(peer, announcement, Some(watching));
+                }
+                Response::Ok
+            }
             Request::Commit { .. } | Request::Failed { .. } => requester::handle(self, peer, request).await,
             Request::Receipts { job_cid } => {
                 let Ok(cid) = job_cid.parse::<shoal_storage::Cid>() else {
@@ -515,7 +566,48 @@ impl Node {
             allow: self.compute.as_ref().map(|c| c.allow.iter().map(PeerId::to_string).collect()).unwrap_or_default(),
             holds: self.holds.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(hex, _)| hex.clone()),
             receipts: self.receipts.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            every_ms: 0,
+            addrs: self.addrs.clone(),
         }
+    }
+
+    /// The gossip period for a node that knows `known` others: the
+    /// network's gossip budget ([`GOSSIP_RATE`]) shared among them.
+    pub fn gossip_every(announce_every: Duration, rate: u64, known: usize) -> Duration {
+        Duration::from_millis(known as u64 * 1000 / rate.max(1)).clamp(announce_every, MAX_GOSSIP_EVERY)
+    }
+
+    /// Records an exchange with requester `peer`: this node announces
+    /// itself to it directly for [`WATCH_TTL`] more.
+    pub fn watched_by(&self, peer: PeerId) {
+        if self.compute.is_none() || peer == self.peer {
+            return;
+        }
+        let now = self.now();
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() >= MAX_WATCHERS && !w.contains_key(&peer) {
+            if let Some(oldest) = w.iter().min_by_key(|(_, t)| **t).map(|(p, _)| *p) {
+                w.remove(&oldest);
+            }
+        }
+        w.insert(peer, now);
+    }
+
+    /// The watchers to announce to now (`true`) and those whose watch
+    /// just ended (`false`, told once, then forgotten).
+    fn due_watchers(&self) -> Vec<(PeerId, bool)> {
+        let now = self.now();
+        let ttl = WATCH_TTL.as_millis() as u64;
+        let busy = self.compute.as_ref().map(|c| c.requesters()).unwrap_or_default();
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        for p in &busy {
+            if *p != self.peer && (w.len() < MAX_WATCHERS || w.contains_key(p)) {
+                w.insert(*p, now);
+            }
+        }
+        let out: Vec<(PeerId, bool)> = w.iter().map(|(p, t)| (*p, now.saturating_sub(*t) <= ttl)).collect();
+        w.retain(|_, t| now.saturating_sub(*t) <= ttl);
+        out
     }
 
     /// Rebuilds the filter of the jobs this node holds receipts of, when a
@@ -567,18 +659,23 @@ impl Node {
         }
     }
 
-    /// Forgets the views of peers not heard from for [`VIEW_TTL`]
-    /// (placement already ignores them after the node ttl).
+    /// Forgets the views of peers not heard from for [`VIEW_TTL`] past
+    /// their ttl (placement already ignores them after it).
     fn forget_silent_views(&self) {
         let now = self.now();
-        let ttl = VIEW_TTL.as_millis() as u64;
-        self.views.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, v| now.saturating_sub(v.last_seen_ms) <= ttl);
+        let keep = VIEW_TTL.as_millis() as u64;
+        self.views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, v| now.saturating_sub(v.last_seen_ms) <= v.ttl_ms.unwrap_or(0) + keep);
     }
 
-    /// Records what a peer announced; a new boot id means the peer
+    /// Records what a peer announced, by gossip (`watching: None`) or
+    /// directly (`Some(still watched)`); a new boot id means the peer
     /// restarted and lost its executions.
-    fn on_announcement(self: &Arc<Self>, peer: PeerId, announcement: Announcement) {
+    fn on_announcement(self: &Arc<Self>, peer: PeerId, announcement: Announcement, watching: Option<bool>) {
         let now = self.now();
+        let node_ttl = self.placement.node_ttl_ms;
         self.slot_delta.lock().unwrap_or_else(|p| p.into_inner()).remove(&peer);
         let restarted = {
             let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
@@ -614,6 +711,19 @@ impl Node {
                     views.remove(&oldest);
                 }
             }
+            // Three periods missed and it is gone. A node that works for
+            // us announces itself to us every second: its gossip, which
+            // says minutes at scale, must not stretch that.
+            // A period past the longest any node uses is a lie: capped.
+            let every = announcement.every_ms.min(MAX_GOSSIP_EVERY.as_millis() as u64);
+            let said = (every > 0).then(|| every.saturating_mul(3).max(node_ttl));
+            let (ttl_ms, watched) = match (watching, views.get(&peer)) {
+                (Some(w), _) => (said, w),
+                (None, Some(v)) if v.watched && now.saturating_sub(v.last_seen_ms) <= v.ttl_ms.unwrap_or(node_ttl) => {
+                    (v.ttl_ms, true)
+                }
+                (None, _) => (said, false),
+            };
             let old = views.insert(
                 peer,
                 View {
@@ -623,6 +733,8 @@ impl Node {
                     holds,
                     receipts,
                     connected: true,
+                    ttl_ms,
+                    watched,
                 },
             );
             if announcement.compute
@@ -653,6 +765,51 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+/// The addresses a node announces: where it listens, unless that is an
+/// unspecified address (`0.0.0.0`), which no peer can dial.
+fn announced_addrs(listen: &Multiaddr, peer: PeerId) -> Vec<String> {
+    use libp2p::multiaddr::Protocol;
+    let unspecified = listen.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    });
+    if unspecified {
+        return Vec::new();
+    }
+    vec![listen.clone().with(Protocol::P2p(peer)).to_string()]
+}
+
+impl Node {
+    /// Announces this node directly to its watchers (`a` with its period
+    /// set: `every` while watched, `gossip_every` in the last one), at
+    /// most [`ANNOUNCE_CONCURRENCY`] at once.
+    async fn announce_to_watchers(self: &Arc<Self>, a: Announcement, every: Duration, gossip_every: Duration) {
+        let due = self.due_watchers();
+        if due.is_empty() {
+            return;
+        }
+        use futures::StreamExt as _;
+        futures::stream::iter(due)
+            .for_each_concurrent(ANNOUNCE_CONCURRENCY, |(peer, watching)| {
+                let mut a = a.clone();
+                a.every_ms = if watching { every } else { gossip_every }.as_millis() as u64;
+                let n = self.clone();
+                async move {
+                    // One period at most: an unreachable watcher must not
+                    // hold up the next round (or the gossip).
+                    let sent = n.client.request(peer, Request::Announce { announcement: a, watching });
+                    match tokio::time::timeout(every, sent).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::debug!(%peer, "direct announcement failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "direct announcement unanswered"),
+                    }
+                }
+            })
+            .await;
     }
 }
 
@@ -923,6 +1080,9 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         receipts_dirty: std::sync::atomic::AtomicBool::new(true),
         // A restarted requester looks once.
         pipelines_active: std::sync::atomic::AtomicBool::new(true),
+        watchers: Mutex::new(HashMap::new()),
+        gossip_every_ms: std::sync::atomic::AtomicU64::new(config.announce_every.as_millis() as u64),
+        addrs: announced_addrs(&listen, peer),
     });
     if let Some(a) = api_addr {
         let _ = node.api_url.set(format!("http://{a}"));
@@ -961,13 +1121,17 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
     if let Some(recovery) = recovery {
         tokio::spawn(compute::recovered(node.clone(), recovery));
     }
-    // Announcements, every `announce_every` and whenever the scheduler
-    // asks; views of peers silent for VIEW_TTL are forgotten.
+    // Announcements: by gossip at once and then once per gossip period
+    // (which grows with the network), directly to watchers every
+    // `announce_every`; views of peers silent past their ttl are forgotten.
     let n = node.clone();
-    let (every, holds_every) = (config.announce_every, config.holds_refresh);
+    let (every, holds_every, rate) = (config.announce_every, config.holds_refresh, config.gossip_rate);
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
+        // A round slowed by unanswered watchers is not made up in a burst.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut holds_due = tokio::time::Instant::now();
+        let mut gossip_due = tokio::time::Instant::now();
         loop {
             tick.tick().await;
             if tokio::time::Instant::now() >= holds_due {
@@ -975,7 +1139,19 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
                 n.refresh_holds().await;
             }
             n.refresh_receipts().await;
-            let _ = n.client.announce(n.announcement()).await;
+            let known = n.views.lock().unwrap_or_else(|p| p.into_inner()).len();
+            let gossip_every = Node::gossip_every(every, rate, known);
+            n.gossip_every_ms.store(gossip_every.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+            let mut a = n.announcement();
+            if tokio::time::Instant::now() >= gossip_due {
+                // Up to a tenth early, at random: nodes that started
+                // together do not gossip together for ever.
+                let jitter = gossip_every.mul_f64(rand::random::<f64>() / 10.0);
+                gossip_due = tokio::time::Instant::now() + gossip_every - jitter;
+                a.every_ms = gossip_every.as_millis() as u64;
+                let _ = n.client.announce(a.clone()).await;
+            }
+            n.announce_to_watchers(a, every, gossip_every).await;
             n.forget_silent_views();
         }
     }));
@@ -1059,19 +1235,28 @@ impl Node {
             Event::BitswapInvalid { peer, reason } => self.bitswap.on_invalid(peer, &reason),
             Event::Announcement { peer, announcement } => {
                 tracing::trace!(%peer, free = announcement.slots_free, "announcement");
-                self.on_announcement(peer, announcement)
+                self.on_announcement(peer, announcement, None)
             }
             Event::Disconnected { peer } => {
                 tracing::debug!(%peer, "disconnected");
                 self.bitswap.on_disconnected(&peer);
-                // Offered nothing until it announces itself again:
-                // placement marks what it was running as lost at once and
-                // places it elsewhere; what it committed to waits for the
-                // node ttl (a restarted node reveals it from its journal).
-                if let Some(v) = self.views.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&peer) {
-                    v.connected = false;
+                // A node that works for us (it watches us) is offered
+                // nothing until it announces itself again: placement marks
+                // what it was running as lost at once and places it
+                // elsewhere; what it committed to waits for the node ttl
+                // (a restarted node reveals it from its journal). Any other
+                // peer's connection closing (idle, or a gossip link) says
+                // nothing about work: its next bid dials it again.
+                let ours = match self.views.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&peer) {
+                    Some(v) if v.watched => {
+                        v.connected = false;
+                        true
+                    }
+                    _ => false,
+                };
+                if ours {
+                    self.plan_everything();
                 }
-                self.plan_everything();
             }
         }
     }
@@ -1101,7 +1286,7 @@ mod tests {
         let peers: Vec<PeerId> = (0..MAX_VIEWS + 50).map(|_| PeerId::random()).collect();
         for p in &peers {
             now.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            node.on_announcement(*p, a.clone());
+            node.on_announcement(*p, a.clone(), None);
         }
         {
             let views = node.views.lock().unwrap();

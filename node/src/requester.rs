@@ -72,32 +72,37 @@ pub fn views(node: &Node) -> Vec<NodeView> {
     });
     let mut out = Vec::new();
     let me = node.peer.to_string();
-    let mut push =
-        |id: String, a: &shoal_scheduler::net::proto::Announcement, seen: u64, connected: bool, delta: i64| {
-            let mut capacity = a.capacity.clone();
-            // A node that works only for other requesters computes
-            // nothing for this one.
-            if !a.allow.is_empty() && !a.allow.contains(&me) {
-                capacity.compute = false;
-            }
-            // The slots it has now, as far as this requester knows.
-            capacity.slots_free = (i64::from(a.slots_free) + delta).clamp(0, i64::from(a.slots_total)) as u32;
-            out.push(NodeView {
-                stats: stats.get(&id).cloned().unwrap_or_default(),
-                id,
-                capacity,
-                last_seen_ms: seen,
-                holds: Default::default(),
-                boot: Some(a.boot),
-                connected,
-            });
-        };
-    push(node.peer.to_string(), &node.announcement(), now, true, 0);
+    let mut push = |id: String,
+                    a: &shoal_scheduler::net::proto::Announcement,
+                    seen: u64,
+                    ttl_ms: Option<u64>,
+                    connected: bool,
+                    delta: i64| {
+        let mut capacity = a.capacity.clone();
+        // A node that works only for other requesters computes
+        // nothing for this one.
+        if !a.allow.is_empty() && !a.allow.contains(&me) {
+            capacity.compute = false;
+        }
+        // The slots it has now, as far as this requester knows.
+        capacity.slots_free = (i64::from(a.slots_free) + delta).clamp(0, i64::from(a.slots_total)) as u32;
+        out.push(NodeView {
+            stats: stats.get(&id).cloned().unwrap_or_default(),
+            id,
+            capacity,
+            last_seen_ms: seen,
+            holds: Default::default(),
+            boot: Some(a.boot),
+            connected,
+            ttl_ms,
+        });
+    };
+    push(node.peer.to_string(), &node.announcement(), now, None, true, 0);
     let delta = node.slot_delta.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let bids = node.bids_in_flight();
     for (peer, v) in node.views.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         let room = delta.get(peer).copied().unwrap_or(0) - bids.get(peer).copied().unwrap_or(0);
-        push(v.id.clone(), &v.announcement, v.last_seen_ms, v.connected, room);
+        push(v.id.clone(), &v.announcement, v.last_seen_ms, v.ttl_ms, v.connected, room);
     }
     out
 }
@@ -140,7 +145,7 @@ fn place_waiting(node: &Arc<Node>) -> anyhow::Result<()> {
     let room = |views: &[NodeView]| {
         views
             .iter()
-            .filter(|v| v.compute && v.connected && now.saturating_sub(v.last_seen_ms) <= node.placement.node_ttl_ms)
+            .filter(|v| v.compute && v.connected && v.alive(now, node.placement.node_ttl_ms))
             .map(|v| u64::from(v.slots_free))
             .sum::<u64>()
     };
@@ -312,6 +317,7 @@ fn placeholder(id: &str, since_ms: u64) -> NodeView {
         stats: Default::default(),
         boot: None,
         connected: true,
+        ttl_ms: None,
     }
 }
 

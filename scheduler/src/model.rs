@@ -642,6 +642,19 @@ pub struct NodeView {
     /// reveals it from its journal.
     #[serde(default = "connected_default")]
     pub connected: bool,
+    /// How long after `last_seen_ms` it still counts as alive, when it said
+    /// (its announcements' period, see
+    /// [`Announcement::every_ms`](crate::net::proto::Announcement::every_ms));
+    /// `None`: the planner's node ttl. Never less than the node ttl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+}
+
+impl NodeView {
+    /// Whether it is alive at `now_ms` (heard from within its ttl).
+    pub fn alive(&self, now_ms: u64, node_ttl_ms: u64) -> bool {
+        now_ms.saturating_sub(self.last_seen_ms) <= self.ttl_ms.unwrap_or(0).max(node_ttl_ms)
+    }
 }
 
 fn connected_default() -> bool {

@@ -300,7 +300,7 @@ pub fn plan_within(
             *e = n;
         }
     }
-    let alive = |id: &str| node_map.get(id).is_some_and(|n| now_ms.saturating_sub(n.last_seen_ms) <= cfg.node_ttl_ms);
+    let alive = |id: &str| node_map.get(id).is_some_and(|n| n.alive(now_ms, cfg.node_ttl_ms));
     let mut execs: Vec<&Execution> = executions.iter().filter(|e| e.job == job.id).collect();
     execs.sort_by(|a, b| a.id.cmp(&b.id));
 
@@ -583,7 +583,7 @@ pub fn capable_nodes(job: &Job, nodes: &[NodeView], now_ms: u64, cfg: &Config) -
 /// Whether `node` is alive and could run `job` when it has a free slot.
 pub fn capable(job: &Job, node: &NodeView, now_ms: u64, cfg: &Config) -> bool {
     let r = &job.spec.resources;
-    now_ms.saturating_sub(node.last_seen_ms) <= cfg.node_ttl_ms
+    node.alive(now_ms, cfg.node_ttl_ms)
         && node.connected
         && node.compute
         && node.works_for(job.submitter.as_ref())
@@ -668,7 +668,7 @@ fn unfit(job: &Job, nodes: &[NodeView], execs: &[&Execution], now_ms: u64, cfg: 
     let taken: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
     let (mut gone, mut no_compute, mut constrained, mut small, mut ran) = (0, 0, 0, 0, 0);
     for n in nodes {
-        if now_ms.saturating_sub(n.last_seen_ms) > cfg.node_ttl_ms {
+        if !n.alive(now_ms, cfg.node_ttl_ms) {
             gone += 1;
         } else if !n.compute {
             no_compute += 1;
@@ -743,6 +743,7 @@ mod tests {
             stats: NodeStats::default(),
             boot: None,
             connected: true,
+            ttl_ms: None,
         }
     }
 

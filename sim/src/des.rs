@@ -640,6 +640,7 @@ impl Sim {
             stats: if self.cfg.reputation { n.stats } else { NodeStats::default() },
             boot: Some(n.boot),
             connected: n.alive,
+            ttl_ms: None,
         }
     }
 

@@ -110,10 +110,12 @@ pub(super) enum Op {
 }
 
 impl EventLoop {
-    pub(super) fn dht(&mut self, which: Dht) -> &mut kad::Behaviour<MemoryStore> {
+    /// One of the IPFS DHTs; `None` when the node is not in them
+    /// ([`super::Config::ipfs_dht`] off).
+    pub(super) fn dht(&mut self, which: Dht) -> Option<&mut kad::Behaviour<MemoryStore>> {
         match which {
-            Dht::Wan => &mut self.swarm.behaviour_mut().ipfs_kad,
-            Dht::Lan => &mut self.swarm.behaviour_mut().ipfs_lan_kad,
+            Dht::Wan => self.swarm.behaviour_mut().ipfs_kad.as_mut(),
+            Dht::Lan => self.swarm.behaviour_mut().ipfs_lan_kad.as_mut(),
         }
     }
 
@@ -124,12 +126,13 @@ impl EventLoop {
         let mut errors = Vec::new();
         let mut left = 0;
         for which in [Dht::Wan, Dht::Lan] {
-            match self.dht(which).start_providing(key.clone()) {
-                Ok(q) => {
+            match self.dht(which).map(|k| k.start_providing(key.clone())) {
+                Some(Ok(q)) => {
                     self.dht_queries.insert((which, q), Op::Provide(id));
                     left += 1;
                 }
-                Err(e) => errors.push(format!("{which:?}: {e}")),
+                Some(Err(e)) => errors.push(format!("{which:?}: {e}")),
+                None => errors.push(format!("{which:?}: this node is not in the IPFS DHT")),
             }
         }
         if left == 0 {
@@ -157,9 +160,13 @@ impl EventLoop {
         let key = kad::RecordKey::new(&key);
         let mut queries = Vec::new();
         for which in [Dht::Wan, Dht::Lan] {
-            let q = self.dht(which).get_providers(key.clone());
+            let Some(q) = self.dht(which).map(|k| k.get_providers(key.clone())) else { continue };
             self.dht_queries.insert((which, q), Op::Find(id));
             queries.push((which, q));
+        }
+        if queries.is_empty() {
+            let _ = reply.send(Ok(Vec::new()));
+            return;
         }
         self.finds.insert(
             id,
@@ -186,7 +193,7 @@ impl EventLoop {
         }
         let Some(f) = self.finds.remove(&id) else { return };
         for (which, q) in &f.queries {
-            if let Some(mut query) = self.dht(*which).query_mut(q) {
+            if let Some(mut query) = self.dht(*which).and_then(|k| k.query_mut(q)) {
                 query.finish();
             }
         }

@@ -25,11 +25,13 @@
 //!   one generic path.
 //! - `dht.rs`: the IPFS DHT (provides, provider lookups).
 //! - `bitswap/`: IPFS's Bitswap.
+//! - `wire.rs`: byte counters on the memory transport (scale runs).
 
 pub mod bitswap;
 mod dht;
 pub mod proto;
 mod rr;
+pub mod wire;
 
 use dht::{ipfs_kad, Dht, Finding, Op, Providing};
 pub use dht::{
@@ -72,6 +74,36 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Concurrent streams per connection per protocol (default 256).
     pub max_streams: usize,
+    /// Counts the bytes of every connection of a [`memory_swarm`] (default
+    /// none: the in-process scale runs set it).
+    pub wire: Option<std::sync::Arc<wire::Wire>>,
+    /// The connection manager (Kubo's, in shape): past `high` connected
+    /// peers, the node closes the connections of peers it has exchanged
+    /// nothing with for `grace` (oldest first) until `low` are left.
+    /// Peers it was told to dial and gossip mesh peers are kept. Every
+    /// open stream keeps a libp2p connection alive, and gossipsub keeps
+    /// one open to every peer: without this, each peer a DHT query ever
+    /// reached stayed connected, and a node of a 100-node network held
+    /// 100 connections (~170 KiB each). Defaults: 16, 48, 20 s.
+    pub connections: Connections,
+    /// Take part in the IPFS DHTs (default true: every node is an IPFS
+    /// peer). The in-process scale runs may leave them out (see
+    /// `shoal-sim net --ipfs-dht`).
+    pub ipfs_dht: bool,
+}
+
+/// See [`Config::connections`].
+#[derive(Debug, Clone, Copy)]
+pub struct Connections {
+    pub low: usize,
+    pub high: usize,
+    pub grace: Duration,
+}
+
+impl Default for Connections {
+    fn default() -> Connections {
+        Connections { low: 16, high: 48, grace: Duration::from_secs(20) }
+    }
 }
 
 impl Default for Config {
@@ -82,6 +114,9 @@ impl Default for Config {
             channel_capacity: 1024,
             idle_timeout: Duration::from_secs(60),
             max_streams: 256,
+            wire: None,
+            connections: Connections::default(),
+            ipfs_dht: true,
         }
     }
 }
@@ -117,9 +152,9 @@ pub struct Behaviour {
     ping: ping::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
     /// The public IPFS DHT ([`IPFS_KAD_PROTOCOL`]).
-    ipfs_kad: kad::Behaviour<MemoryStore>,
+    ipfs_kad: Toggle<kad::Behaviour<MemoryStore>>,
     /// The IPFS DHT of local networks ([`IPFS_LAN_KAD_PROTOCOL`]).
-    ipfs_lan_kad: kad::Behaviour<MemoryStore>,
+    ipfs_lan_kad: Toggle<kad::Behaviour<MemoryStore>>,
     gossipsub: gossipsub::Behaviour,
     exec: cbor::Behaviour<Request, Response>,
     blocks: cbor::Behaviour<BlockRequest, BlockResponse>,
@@ -143,6 +178,15 @@ impl Behaviour {
             .max_transmit_size(proto::MAX_ANNOUNCEMENT)
             .validation_mode(gossipsub::ValidationMode::Strict)
             .heartbeat_interval(Duration::from_millis(500))
+            // A smaller mesh than the default 6: every copy of a message a
+            // node receives is signature-checked before duplicates are
+            // dropped, and at scale those checks were a third of an idle
+            // node's CPU. Four still leaves three other paths per hop.
+            .mesh_n(4)
+            .mesh_n_low(3)
+            .mesh_n_high(6)
+            .mesh_outbound_min(2)
+            .gossip_lazy(4)
             .build()
             .map_err(|e| Error::Setup(format!("gossipsub config: {e}")))?;
         let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)
@@ -179,8 +223,8 @@ impl Behaviour {
             identify,
             ping: ping::Behaviour::default(),
             kad,
-            ipfs_kad: ipfs_kad(peer, IPFS_KAD_PROTOCOL),
-            ipfs_lan_kad: ipfs_kad(peer, IPFS_LAN_KAD_PROTOCOL),
+            ipfs_kad: cfg.ipfs_dht.then(|| ipfs_kad(peer, IPFS_KAD_PROTOCOL)).into(),
+            ipfs_lan_kad: cfg.ipfs_dht.then(|| ipfs_kad(peer, IPFS_LAN_KAD_PROTOCOL)).into(),
             gossipsub,
             exec,
             blocks,
@@ -371,7 +415,25 @@ pub struct EventLoop {
     /// it is dropped, so a node restarted in the same process could not
     /// listen on its address again.
     listeners: Vec<ListenerId>,
+    /// Where peers said (in their announcements) they can be dialed:
+    /// a requester that learned of a node through gossip has no other
+    /// address for it. At most [`MAX_ADDRESS_BOOK`] peers, the oldest
+    /// entry making room.
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    address_order: std::collections::VecDeque<PeerId>,
+    /// When each connected peer last exchanged a request, an answer or a
+    /// Bitswap message with this node (or connected), for the connection
+    /// manager.
+    activity: HashMap<PeerId, tokio::time::Instant>,
+    /// Peers this node was told to dial: never trimmed.
+    protected: HashSet<PeerId>,
+    connections: Connections,
 }
+
+/// Peers whose announced addresses a node keeps.
+pub const MAX_ADDRESS_BOOK: usize = 10_000;
+/// How often the connection manager looks (when past its high mark).
+const TRIM_EVERY: Duration = Duration::from_secs(5);
 
 /// Wraps `swarm` into a client, its event loop and the stream of events.
 pub fn new(swarm: Swarm<Behaviour>, cfg: &Config) -> (Client, EventLoop, mpsc::Receiver<Event>) {
@@ -396,6 +458,11 @@ pub fn new(swarm: Swarm<Behaviour>, cfg: &Config) -> (Client, EventLoop, mpsc::R
         finds: HashMap::new(),
         next_op: 0,
         listeners: Vec::new(),
+        addresses: HashMap::new(),
+        address_order: Default::default(),
+        activity: HashMap::new(),
+        protected: HashSet::new(),
+        connections: cfg.connections,
     };
     (client, event_loop, ev_rx)
 }
@@ -408,9 +475,12 @@ impl EventLoop {
         // Provider lookups past their deadline are answered on this tick.
         let mut sweep = tokio::time::interval(Duration::from_millis(250));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut trim = tokio::time::interval(TRIM_EVERY);
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm(event),
+                _ = trim.tick(), if self.connected.len() > self.connections.high => self.trim(),
                 _ = sweep.tick(), if !self.finds.is_empty() => {
                     let ids: Vec<u64> = self.finds.keys().copied().collect();
                     for id in ids {
@@ -429,7 +499,70 @@ impl EventLoop {
         }
     }
 
+    /// Keeps the addresses `peer` announced (those that parse, end in its
+    /// own id if they name one, and at most [`proto::MAX_ANNOUNCED_ADDRS`]).
+    fn remember_addresses(&mut self, peer: PeerId, addrs: &[String]) {
+        let parsed: Vec<Multiaddr> = addrs
+            .iter()
+            .take(proto::MAX_ANNOUNCED_ADDRS)
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .filter(|a| {
+                a.iter().all(|p| match p {
+                    libp2p::multiaddr::Protocol::P2p(id) => id == peer,
+                    _ => true,
+                })
+            })
+            .collect();
+        if parsed.is_empty() || self.addresses.get(&peer) == Some(&parsed) {
+            return;
+        }
+        if self.addresses.insert(peer, parsed).is_none() {
+            self.address_order.push_back(peer);
+            while self.addresses.len() > MAX_ADDRESS_BOOK {
+                match self.address_order.pop_front() {
+                    Some(old) => {
+                        self.addresses.remove(&old);
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// Closes the connections of the peers idle longest, past the grace
+    /// period, until `low` are left (see [`Config::connections`]).
+    fn trim(&mut self) {
+        let now = tokio::time::Instant::now();
+        let Connections { low, grace, .. } = self.connections;
+        let mesh: HashSet<PeerId> = self.swarm.behaviour().gossipsub.all_mesh_peers().copied().collect();
+        let mut idle: Vec<(tokio::time::Instant, PeerId)> = self
+            .connected
+            .iter()
+            .filter(|p| !self.protected.contains(p) && !mesh.contains(p))
+            .map(|p| (self.activity.get(p).copied().unwrap_or(now), *p))
+            .filter(|(t, _)| now.saturating_duration_since(*t) >= grace)
+            .collect();
+        idle.sort();
+        let excess = self.connected.len().saturating_sub(low);
+        for (_, peer) in idle.into_iter().take(excess) {
+            tracing::trace!(%peer, "connection trimmed");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// Something was exchanged with `peer`: its connection is in use.
+    pub(super) fn active(&mut self, peer: PeerId) {
+        if let Some(t) = self.activity.get_mut(&peer) {
+            *t = tokio::time::Instant::now();
+        }
+    }
+
     fn on_command(&mut self, command: Command) {
+        if let Command::Request { peer, .. } | Command::Blocks { peer, .. } | Command::BitswapSend { peer, .. } =
+            &command
+        {
+            self.active(*peer);
+        }
         let b = self.swarm.behaviour_mut();
         match command {
             Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
@@ -450,10 +583,12 @@ impl EventLoop {
                     let _ = reply.send(Err(Error::Dial { addr, reason: "the address has no /p2p/<peer id>".into() }));
                     return;
                 };
+                self.protected.insert(peer);
                 if self.connected.contains(&peer) {
                     let _ = reply.send(Ok(()));
                     return;
                 }
+                let b = self.swarm.behaviour_mut();
                 b.kad.add_address(&peer, addr.clone());
                 match self.swarm.dial(addr.clone()) {
                     Ok(()) => self.pending_dial.entry(peer).or_default().push(reply),
@@ -496,8 +631,9 @@ impl EventLoop {
             Command::Provide { key, reply } => self.start_provide(key, reply),
             Command::StopProviding { key } => {
                 let key = kad::RecordKey::new(&key);
-                b.ipfs_kad.stop_providing(&key);
-                b.ipfs_lan_kad.stop_providing(&key);
+                for k in [b.ipfs_kad.as_mut(), b.ipfs_lan_kad.as_mut()].into_iter().flatten() {
+                    k.stop_providing(&key);
+                }
             }
             Command::FindProviders { key, limit, deadline, reply } => self.start_find(key, limit, deadline, reply),
         }
@@ -542,6 +678,7 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 self.connected.insert(peer_id);
+                self.activity.insert(peer_id, tokio::time::Instant::now());
                 for reply in self.pending_dial.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
@@ -559,6 +696,7 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.connected.remove(&peer_id);
+                self.activity.remove(&peer_id);
                 self.no_bitswap.remove(&peer_id);
                 self.emit(Event::Disconnected { peer: peer_id });
             }
@@ -594,7 +732,9 @@ impl EventLoop {
                 for (which, name) in [(Dht::Wan, IPFS_KAD_PROTOCOL), (Dht::Lan, IPFS_LAN_KAD_PROTOCOL)] {
                     if info.protocols.iter().any(|p| p.as_ref() == name) {
                         for addr in &info.listen_addrs {
-                            self.dht(which).add_address(&peer_id, addr.clone());
+                            if let Some(k) = self.dht(which) {
+                                k.add_address(&peer_id, addr.clone());
+                            }
                         }
                     }
                 }
@@ -613,13 +753,17 @@ impl EventLoop {
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
                 let Some(peer) = message.source else { return };
                 match serde_json::from_slice::<Announcement>(&message.data) {
-                    Ok(announcement) => self.emit(Event::Announcement { peer, announcement }),
+                    Ok(announcement) => {
+                        self.remember_addresses(peer, &announcement.addrs);
+                        self.emit(Event::Announcement { peer, announcement })
+                    }
                     Err(e) => tracing::debug!("malformed announcement from {peer}: {e}"),
                 }
             }
             BehaviourEvent::Exec(event) => self.on_request_response::<Exec>(event),
             BehaviourEvent::Blocks(event) => self.on_request_response::<Blocks>(event),
             BehaviourEvent::Bitswap(bitswap::Event::Received { peer, message }) => {
+                self.active(peer);
                 self.emit(Event::Bitswap { peer, message });
             }
             BehaviourEvent::Bitswap(bitswap::Event::Sent { id, peer, result }) => {
@@ -641,10 +785,12 @@ pub fn memory_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, Erro
     use libp2p::core::transport::{MemoryTransport, Transport};
     use libp2p::core::upgrade::Version;
     let behaviour = Behaviour::new(&key, cfg)?;
+    let counters = cfg.wire.clone();
     Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
             Ok(MemoryTransport::default()
+                .map(move |conn, _| wire::Counted::new(conn, counters.clone().unwrap_or_default()))
                 .upgrade(Version::V1)
                 .authenticate(noise::Config::new(key)?)
                 .multiplex(yamux::Config::default()))
@@ -652,7 +798,7 @@ pub fn memory_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, Erro
         .map_err(|e| Error::Setup(format!("memory transport: {e}")))?
         .with_behaviour(|_| behaviour)
         .map_err(|e| Error::Setup(format!("behaviour: {e}")))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
         .build())
 }
 
@@ -741,7 +887,13 @@ mod tests {
             allow: Vec::new(),
             receipts: None,
             // A full-size filter still fits the gossip size cap.
-            holds: Some(crate::holds::Holds::of(&[]).to_hex()),
+            holds: Some({
+                let roots: Vec<shoal_storage::Cid> =
+                    (0..2_500u32).map(|i| crate::receipt::raw_cid(&i.to_le_bytes())).collect();
+                crate::holds::Holds::of(&roots).to_hex()
+            }),
+            every_ms: 1_000,
+            addrs: vec!["/memory/1234".into()],
         };
         // Subscriptions are exchanged just after connecting: publish until
         // one arrives (bounded).

@@ -9,7 +9,9 @@
 //! - [`BLOCKS_PROTOCOL`]: block exchange ([`BlockRequest`] /
 //!   [`BlockResponse`]); the receiver hash-checks every block.
 //! - [`ANNOUNCE_TOPIC`]: gossipsub announcements ([`Announcement`]) of each
-//!   node's capacity, labels and GPU.
+//!   node's capacity, labels and GPU, at a period that grows with the
+//!   network; the requesters a node works with get them directly and
+//!   often ([`Request::Announce`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +90,12 @@ pub enum Request {
     /// job with this CID (a result cache hit from another requester). Asked
     /// of peers whose announced receipts filter names the job.
     Receipts { job_cid: String },
+    /// Compute → requester: this node's announcement, sent directly to the
+    /// requesters it works with (its watchers) every
+    /// [`Announcement::every_ms`], while gossip carries it to everyone
+    /// else far less often. `watching: false` is the last one of a watch:
+    /// the next comes by gossip.
+    Announce { announcement: Announcement, watching: bool },
 }
 
 impl Request {
@@ -100,6 +108,7 @@ impl Request {
             | Request::Reveal { exec }
             | Request::Cancel { exec } => exec,
             Request::Receipts { job_cid } => job_cid,
+            Request::Announce { .. } => "",
         }
     }
 }
@@ -216,7 +225,25 @@ pub struct Announcement {
     /// requesters ask it ([`Request::Receipts`]) before running one again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipts: Option<String>,
+    /// The longest the receiver waits for this node's next announcement
+    /// (ms): its period by gossip, which grows with the network, or the
+    /// period of its direct announcements to a watcher. The receiver
+    /// counts the node gone after three of them missed (never sooner than
+    /// the node ttl). Zero (nodes that predate it): the node ttl.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub every_ms: u64,
+    /// Where to dial it (at most [`MAX_ANNOUNCED_ADDRS`]): a requester that
+    /// heard of it through gossip has no other way to reach it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs: Vec<String>,
 }
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Most addresses an announcement carries (more are ignored).
+pub const MAX_ANNOUNCED_ADDRS: usize = 4;
 
 impl std::ops::Deref for Announcement {
     type Target = crate::model::Capacity;
@@ -289,6 +316,8 @@ mod tests {
             allow: vec![peer; 64],
             holds: Some(filter.clone()),
             receipts: Some(filter),
+            every_ms: u64::MAX,
+            addrs: vec![format!("/ip6/2001:db8::1/tcp/65535/p2p/{}", "x".repeat(52)); MAX_ANNOUNCED_ADDRS],
         };
         let bytes = serde_json::to_vec(&a).unwrap();
         assert!(bytes.len() < MAX_ANNOUNCEMENT, "{} bytes", bytes.len());

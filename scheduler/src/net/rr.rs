@@ -76,7 +76,10 @@ impl EventLoop {
         request: P::Request,
         reply: oneshot::Sender<Result<P::Response, Error>>,
     ) {
-        let id = P::rr(self.swarm.behaviour_mut()).send_request(&peer, request);
+        // A peer heard of only through gossip is dialed at the addresses
+        // it announced (besides those the behaviours know).
+        let addresses = self.addresses.get(&peer).cloned().unwrap_or_default();
+        let id = P::rr(self.swarm.behaviour_mut()).send_request_with_addresses(&peer, request, addresses);
         P::pending(self).insert(id, reply);
     }
 
@@ -87,16 +90,19 @@ impl EventLoop {
         event: request_response::Event<P::Request, P::Response>,
     ) {
         match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    self.emit(P::inbound(peer, request, channel))
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = P::pending(self).remove(&request_id) {
-                        let _ = reply.send(Ok(response));
+            request_response::Event::Message { peer, message, .. } => {
+                self.active(peer);
+                match message {
+                    request_response::Message::Request { request, channel, .. } => {
+                        self.emit(P::inbound(peer, request, channel))
+                    }
+                    request_response::Message::Response { request_id, response } => {
+                        if let Some(reply) = P::pending(self).remove(&request_id) {
+                            let _ = reply.send(Ok(response));
+                        }
                     }
                 }
-            },
+            }
             request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
                 if let Some(reply) = P::pending(self).remove(&request_id) {
                     let _ = reply.send(Err(Error::Request { peer, reason: error.to_string() }));
