@@ -1,5 +1,11 @@
 //! # shoal-sim
 //!
+//! Two ways to see a Shoal network at scale. [`net`] runs real nodes
+//! (`shoal-node` instances, their behaviours, planner, agreement and
+//! databases) in one process over libp2p's memory transport and measures
+//! them (`shoal-sim net`, the default command). The rest of this crate,
+//! described below, is the discrete-event simulation (`shoal-sim des`).
+//!
 //! A discrete-event simulation of a Shoal network in virtual time (issue
 //! 17, items 3 and 4): up to 100,000 nodes and 1,000,000 jobs, run through
 //! the real planner ([`shoal_scheduler::placement::plan_within`], which
@@ -166,10 +172,14 @@
 //!   requester's side around the real planner, the invariants.
 //! - `report.rs`: [`Report`], its figures and how it prints.
 //! - `analytic.rs`: the predicted wrong-acceptance and no-majority rates.
-//! - `main.rs`: the `shoal-sim` binary (`des`, `--sweep`).
+//! - `net.rs`: the in-process network of real nodes (`shoal-sim net`,
+//!   the default command): `shoal-node` instances over libp2p's memory
+//!   transport, measured.
+//! - `main.rs`: the `shoal-sim` binary (`net`, `des`, `--sweep`).
 
 pub mod analytic;
 mod des;
+pub mod net;
 mod report;
 
 pub use des::{run, Config, Error};

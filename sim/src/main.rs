@@ -8,16 +8,101 @@ use clap::{Args, Parser, Subcommand};
 use shoal_sim::{analytic, run, Config, Report};
 
 #[derive(Parser)]
-#[command(name = "shoal-sim", about = "Simulate a Shoal network in virtual time with the real planner")]
+#[command(
+    name = "shoal-sim",
+    about = "Run a Shoal network of real nodes in one process (the default), or simulate one in virtual time",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    net: NetArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Real nodes in one process over libp2p's memory transport (the default).
+    Net(NetArgs),
     /// The discrete-event simulation.
     Des(Des),
+}
+
+#[derive(Args, Clone)]
+struct NetArgs {
+    /// Compute nodes.
+    #[arg(long, default_value_t = 1_000)]
+    nodes: usize,
+    /// Requester nodes (they take the jobs, in turn, and compute nothing).
+    #[arg(long, default_value_t = 1)]
+    requesters: usize,
+    /// Jobs.
+    #[arg(long, default_value_t = 5_000)]
+    jobs: usize,
+    /// Executions per job.
+    #[arg(long, default_value_t = 3)]
+    redundancy: u32,
+    /// Slots per compute node.
+    #[arg(long, default_value_t = 4)]
+    slots: u32,
+    /// Jobs submitted per second (0: all at once).
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Peers each node dials at start.
+    #[arg(long, default_value_t = 4)]
+    degree: usize,
+    /// Seconds the idle network is watched before the jobs.
+    #[arg(long, default_value_t = 10)]
+    idle: u64,
+    /// Share of compute nodes stopped and restarted during the jobs.
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Announcements per second the whole network gossips.
+    #[arg(long, default_value_t = shoal_node::GOSSIP_RATE)]
+    gossip_rate: u64,
+    /// The nodes join the IPFS DHTs too (as `shoal node` does by default).
+    #[arg(long)]
+    ipfs_dht: bool,
+    /// Worker threads of the compute nodes' runtime (the requesters have one of their own).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+impl NetArgs {
+    fn config(&self) -> shoal_sim::net::Config {
+        let mut c = shoal_sim::net::Config::new(self.nodes, self.jobs, self.redundancy);
+        c.requesters = self.requesters;
+        c.slots = self.slots;
+        c.rate = self.rate;
+        c.degree = self.degree;
+        c.idle = std::time::Duration::from_secs(self.idle);
+        c.churn = self.churn;
+        c.seed = self.seed;
+        c.node.gossip_rate = self.gossip_rate;
+        c.node.network.ipfs_dht = self.ipfs_dht;
+        c
+    }
+}
+
+fn run_net(args: &NetArgs) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "off".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .thread_name("shoal-compute")
+        .enable_all()
+        .build()?;
+    let cfg = args.config();
+    let t = Instant::now();
+    let report = rt.block_on(shoal_sim::net::run(&cfg))?;
+    println!("{report}");
+    println!("wall time {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
 }
 
 #[derive(Args)]
@@ -199,7 +284,12 @@ fn sweep(base: &Config) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let Command::Des(des) = Cli::parse().command;
+    let cli = Cli::parse();
+    let des = match cli.command {
+        None => return run_net(&cli.net),
+        Some(Command::Net(net)) => return run_net(&net),
+        Some(Command::Des(des)) => des,
+    };
     let cfg = des.config();
     if des.sweep {
         let t = Instant::now();
