@@ -460,6 +460,11 @@ impl Node {
         let sent = self.bids.lock().unwrap_or_else(|p| p.into_inner()).remove(exec);
         if let (Some((peer, slots, _)), true) = (sent, accepted) {
             *self.slot_delta.lock().unwrap_or_else(|p| p.into_inner()).entry(peer).or_default() -= slots;
+            // It works for us from now: a disconnection loses that work
+            // at once, also before its first direct announcement arrives.
+            if let Some(v) = self.views.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&peer) {
+                v.watched = true;
+            }
         }
         self.plan_waiting();
     }
@@ -1298,6 +1303,67 @@ mod tests {
         now.fetch_add(VIEW_TTL.as_millis() as u64 + 1, std::sync::atomic::Ordering::SeqCst);
         node.forget_silent_views();
         assert!(node.views.lock().unwrap().is_empty());
+        drop(node);
+        running.stop().await.unwrap();
+    }
+
+    /// The network's gossip budget is shared among the nodes a node knows:
+    /// the period grows with the network, between its floor and cap.
+    #[test]
+    fn the_gossip_period_grows_with_the_network_within_its_bounds() {
+        let every = Duration::from_secs(1);
+        assert_eq!(Node::gossip_every(every, 4, 0), every);
+        assert_eq!(Node::gossip_every(every, 4, 3), every);
+        assert_eq!(Node::gossip_every(every, 4, 100), Duration::from_secs(25));
+        assert_eq!(Node::gossip_every(every, 4, 10_000), Duration::from_secs(2_500));
+        assert_eq!(Node::gossip_every(every, 4, 100_000), MAX_GOSSIP_EVERY);
+        // A rate of zero is taken as one, not a division by zero.
+        assert_eq!(Node::gossip_every(every, 0, 100), Duration::from_secs(100));
+    }
+
+    /// A view lives three of the periods its node announced (never less
+    /// than the node ttl, a lie capped); a watched node's gossip does not
+    /// stretch the short ttl its direct announcements keep; the last
+    /// direct announcement of a watch hands it back to gossip's.
+    #[tokio::test]
+    async fn a_views_ttl_follows_how_its_node_announces_itself() {
+        let home = tempfile::tempdir().unwrap();
+        let deps = Deps {
+            home: home.path().to_owned(),
+            store: Arc::new(shoal_storage::MemStore::new()),
+            key: Keypair::generate_ed25519(),
+            clock: Arc::new(|| 1_000_000),
+            transport: Transport::Memory,
+            api: None,
+        };
+        let config = Config { compute: false, listen: "/memory/0".parse().unwrap(), ..Config::default() };
+        let running = start(config, deps).await.unwrap();
+        let node = running.node.clone();
+        let ttl = node.placement.node_ttl_ms;
+        let peer = PeerId::random();
+        let view = |node: &Node| {
+            let v = node.views.lock().unwrap();
+            let v = v.get(&peer).unwrap();
+            (v.ttl_ms, v.watched)
+        };
+        let mut a = node.announcement();
+        a.every_ms = 100_000;
+        node.on_announcement(peer, a.clone(), None);
+        assert_eq!(view(&node), (Some(300_000), false));
+        a.every_ms = 1_000;
+        node.on_announcement(peer, a.clone(), Some(true));
+        assert_eq!(view(&node), (Some(ttl), true), "direct: the node ttl");
+        a.every_ms = 100_000;
+        node.on_announcement(peer, a.clone(), None);
+        assert_eq!(view(&node), (Some(ttl), true), "gossip does not stretch a watched view");
+        node.on_announcement(peer, a.clone(), Some(false));
+        assert_eq!(view(&node), (Some(300_000), false), "the watch ended");
+        a.every_ms = u64::MAX;
+        node.on_announcement(peer, a.clone(), None);
+        assert_eq!(view(&node), (Some(3 * MAX_GOSSIP_EVERY.as_millis() as u64), false), "a lie is capped");
+        a.every_ms = 0;
+        node.on_announcement(peer, a, None);
+        assert_eq!(view(&node), (None, false), "a node that predates it: the node ttl");
         drop(node);
         running.stop().await.unwrap();
     }

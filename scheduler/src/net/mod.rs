@@ -808,7 +808,10 @@ mod tests {
     use libp2p::multiaddr::Protocol;
 
     async fn node() -> (Client, mpsc::Receiver<Event>, Multiaddr, oneshot::Sender<()>) {
-        let cfg = Config::default();
+        node_with(Config::default()).await
+    }
+
+    async fn node_with(cfg: Config) -> (Client, mpsc::Receiver<Event>, Multiaddr, oneshot::Sender<()>) {
         let swarm = memory_swarm(Keypair::generate_ed25519(), &cfg).unwrap();
         let (client, event_loop, events) = new(swarm, &cfg);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -818,6 +821,49 @@ mod tests {
         let addr = client.listen("/memory/0".parse().unwrap()).await.unwrap();
         let addr = addr.with(Protocol::P2p(client.local_peer_id()));
         (client, events, addr, stop)
+    }
+
+    /// Past its high mark, a node closes the connections of peers it has
+    /// exchanged nothing with, down to its low mark, keeping its gossip
+    /// mesh and the peers it dialed itself; a peer it works with stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_connection_manager_trims_idle_peers_and_keeps_busy_ones() {
+        let cfg =
+            Config { connections: Connections { low: 2, high: 4, grace: Duration::from_secs(2) }, ..Config::default() };
+        let (a, mut a_events, a_addr, _sa) = node_with(cfg).await;
+        // Answers every request, so that one peer keeps working with it.
+        tokio::spawn({
+            let a = a.clone();
+            async move {
+                while let Some(event) = a_events.recv().await {
+                    if let Event::Request { channel, .. } = event {
+                        let _ = a.respond(channel, Response::Ok).await;
+                    }
+                }
+            }
+        });
+        let mut peers = Vec::new();
+        for _ in 0..12 {
+            let p = node().await;
+            p.0.dial(a_addr.clone()).await.unwrap();
+            peers.push(p);
+        }
+        let busy = peers[0].0.clone();
+        let busy_id = busy.local_peer_id();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            // A request a second from the busy peer keeps it active.
+            let answer = busy.request(a.local_peer_id(), Request::Cancel { exec: "x".into() }).await;
+            assert!(answer.is_ok(), "{answer:?}");
+            let connected = a.peers().await.unwrap();
+            // The gossip mesh (at most 6) and the busy peer are kept.
+            if connected.len() <= 7 {
+                assert!(connected.contains(&busy_id), "the busy peer was trimmed");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{} peers still connected", connected.len());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     #[tokio::test]
