@@ -469,6 +469,19 @@ impl Node {
         self.plan_waiting();
     }
 
+    /// A bid could not reach `peer`: a node this requester knows only by
+    /// gossip (whose view may be many minutes old at scale) is forgotten
+    /// until it announces itself again, instead of drawing more bids while
+    /// its view lives. One that works for us is left to the disconnection
+    /// and ttl rules.
+    pub fn unreachable(&self, peer: PeerId) {
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        if views.get(&peer).is_some_and(|v| !v.watched) {
+            tracing::debug!(%peer, "unreachable: forgotten until it announces itself again");
+            views.remove(&peer);
+        }
+    }
+
     /// Slots per peer held by bids sent within [`BID_ROOM_HOLD`].
     pub fn bids_in_flight(&self) -> HashMap<PeerId, i64> {
         let now = self.now();
@@ -1303,6 +1316,60 @@ mod tests {
         now.fetch_add(VIEW_TTL.as_millis() as u64 + 1, std::sync::atomic::Ordering::SeqCst);
         node.forget_silent_views();
         assert!(node.views.lock().unwrap().is_empty());
+        drop(node);
+        running.stop().await.unwrap();
+    }
+
+    /// A node heard of only by gossip that a bid cannot reach is forgotten
+    /// (its view may be minutes old at scale), and the job waits for
+    /// another instead of bidding there again.
+    #[tokio::test]
+    async fn a_gossiped_node_a_bid_cannot_reach_is_forgotten() {
+        use tower::ServiceExt as _;
+        let home = tempfile::tempdir().unwrap();
+        let store = Arc::new(shoal_storage::MemStore::new());
+        let module = shoal_storage::importer::Importer::new(&*store, Default::default())
+            .add_bytes(b"not run: the bid never arrives")
+            .unwrap()
+            .root;
+        shoal_storage::pin::add(&*store, &module, shoal_storage::PinMode::Recursive).unwrap();
+        let deps = Deps {
+            home: home.path().to_owned(),
+            store,
+            key: Keypair::generate_ed25519(),
+            clock: system_clock(),
+            transport: Transport::Memory,
+            api: None,
+        };
+        let config = Config { compute: false, listen: "/memory/0".parse().unwrap(), ..Config::default() };
+        let running = start(config, deps).await.unwrap();
+        let node = running.node.clone();
+        // A compute node that gossiped once and is gone (no address of it
+        // is known: no dial can succeed).
+        let gone = PeerId::random();
+        let mut a = node.announcement();
+        a.capacity.compute = true;
+        a.capacity.slots_total = 4;
+        a.capacity.slots_free = 4;
+        a.capacity.labels.insert("only".into(), "here".into());
+        a.every_ms = 600_000;
+        node.on_announcement(gone, a, None);
+        let spec = serde_json::json!({ "task": { "module": module.to_string() }, "constraints": ["only=here"] });
+        let app = api::router(node.clone(), Default::default());
+        let req = axum::http::Request::post("/v1/jobs")
+            .header("host", "127.0.0.1")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(spec.to_string()))
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        assert_eq!(status, axum::http::StatusCode::CREATED, "{}", String::from_utf8_lossy(&body));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while node.views.lock().unwrap().contains_key(&gone) {
+            assert!(tokio::time::Instant::now() < deadline, "the unreachable node is still in the views");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         drop(node);
         running.stop().await.unwrap();
     }

@@ -480,6 +480,9 @@ async fn bid_and_run(
         // the node and started it: tell it to stop (best effort; a later
         // commitment for a rejected execution is refused anyway).
         Err(err) => {
+            if matches!(err, shoal_scheduler::net::Error::Unreachable { .. }) {
+                node.unreachable(peer);
+            }
             let n = node.clone();
             let exec = exec.clone();
             tokio::spawn(async move {

@@ -128,9 +128,13 @@ pub enum Error {
     /// The event loop has stopped (the node is shutting down).
     #[error("the network event loop has stopped; is the node shutting down?")]
     Stopped,
-    /// A request to a peer failed (unreachable, timed out, protocol error).
+    /// A request to a peer failed (timed out, protocol error).
     #[error("request to peer {peer} failed: {reason}")]
     Request { peer: PeerId, reason: String },
+    /// A request to a peer failed because no connection to it could be
+    /// made (no address known, or none answered).
+    #[error("cannot reach peer {peer}: {reason}")]
+    Unreachable { peer: PeerId, reason: String },
     /// Listening on an address failed.
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: Multiaddr, reason: String },
@@ -909,7 +913,7 @@ mod tests {
         let (a, _events, _addr, _s) = node().await;
         let stranger = Keypair::generate_ed25519().public().to_peer_id();
         let err = a.request(stranger, Request::Cancel { exec: "e".into() }).await.unwrap_err();
-        assert!(matches!(err, Error::Request { .. }), "{err}");
+        assert!(matches!(err, Error::Unreachable { .. }), "an unknown peer cannot be reached: {err}");
     }
 
     #[tokio::test]

@@ -105,7 +105,11 @@ impl EventLoop {
             }
             request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
                 if let Some(reply) = P::pending(self).remove(&request_id) {
-                    let _ = reply.send(Err(Error::Request { peer, reason: error.to_string() }));
+                    let reason = error.to_string();
+                    let _ = reply.send(Err(match error {
+                        request_response::OutboundFailure::DialFailure => Error::Unreachable { peer, reason },
+                        _ => Error::Request { peer, reason },
+                    }));
                 }
             }
             _ => {}
