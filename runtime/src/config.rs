@@ -12,7 +12,8 @@ use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TickSource {
-    /// A background [`Ticker`](crate::Ticker) thread ticks every `interval`.
+    /// A background [`Ticker`](crate::Ticker) thread ticks every `interval`
+    /// while a guest runs (an idle executor costs no wakeups).
     Thread {
         /// Time between ticks. Default: 10 ms, which bounds how late a
         /// timeout fires.
@@ -97,7 +98,8 @@ pub struct Config {
     /// checks they execute by two or four (see `docs/runtime.md`,
     /// "Performance"). Default: `true`.
     pub unroll_loops: bool,
-    /// Epoch source. Default: a thread ticking every 10 ms.
+    /// Epoch source. Default: a thread ticking every 10 ms while a guest
+    /// runs.
     pub tick: TickSource,
     /// Let wasi-nn's `gpu` target use a software Vulkan device (lavapipe)
     /// when the node has no hardware GPU: correct but slow, so a node must

@@ -254,6 +254,8 @@ impl Executor {
     /// Runs one job to completion. Guest failures are in the outcome;
     /// `Err` means the job could not be run.
     pub fn run(&self, task: &Task) -> Result<Outcome, Error> {
+        // The epoch advances only while some guest runs (see `ticker`).
+        let _ticking = self.ticker.as_ref().map(Ticker::busy);
         // wasmtime and wasmtime-wasi may panic on internal bugs; a panic
         // must not take the node down with it.
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.run_inner(task))) {

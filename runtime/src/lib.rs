@@ -60,7 +60,8 @@
 //!   job's mount layout (public, so callers can check before importing
 //!   data), and staging of single-file mounts.
 //! - `outputs.rs`: measuring `/outputs` (bytes, files) without following links.
-//! - `ticker.rs`: [`Ticker`], the epoch thread that drives timeouts.
+//! - `ticker.rs`: [`Ticker`], the epoch thread that drives timeouts
+//!   (it ticks only while a guest runs).
 //! - `nn/`: [`nn`], wasi-nn inference (CPU: tract, GPU: Vulkan); see
 //!   `docs/wasi-nn.md`.
 //! - `job.rs`: [`job::run`], jobs over content-addressed data: inputs

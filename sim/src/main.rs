@@ -51,6 +51,10 @@ struct NetArgs {
     /// Peers each node dials at start.
     #[arg(long, default_value_t = 4)]
     degree: usize,
+    /// Seconds the network is left to settle after the last node started,
+    /// before it is watched idle.
+    #[arg(long, default_value_t = 30)]
+    settle: u64,
     /// Seconds the idle network is watched before the jobs.
     #[arg(long, default_value_t = 10)]
     idle: u64,
@@ -63,6 +67,9 @@ struct NetArgs {
     /// Announcements per second the whole network gossips.
     #[arg(long, default_value_t = shoal_node::GOSSIP_RATE)]
     gossip_rate: u64,
+    /// The connection manager's low and high marks (see `net::Connections`).
+    #[arg(long, num_args = 2, value_names = ["LOW", "HIGH"])]
+    connections: Option<Vec<usize>>,
     /// The nodes join the IPFS DHTs too (as `shoal node` does by default).
     #[arg(long)]
     ipfs_dht: bool,
@@ -79,10 +86,15 @@ impl NetArgs {
         c.rate = self.rate;
         c.degree = self.degree;
         c.idle = std::time::Duration::from_secs(self.idle);
+        c.settle = std::time::Duration::from_secs(self.settle);
         c.churn = self.churn;
         c.seed = self.seed;
         c.node.gossip_rate = self.gossip_rate;
         c.node.network.ipfs_dht = self.ipfs_dht;
+        if let Some(lh) = &self.connections {
+            c.node.network.connections.low = lh[0];
+            c.node.network.connections.high = lh[1];
+        }
         c
     }
 }

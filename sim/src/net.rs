@@ -49,6 +49,10 @@ pub struct Config {
     pub degree: usize,
     /// Jobs submitted per second (0: all at once).
     pub rate: f64,
+    /// How long the idle network is left to settle after the last node
+    /// started (its newest nodes gossip often at first) before it is
+    /// watched.
+    pub settle: Duration,
     /// How long the idle network is watched before the jobs.
     pub idle: Duration,
     /// Share of compute nodes stopped during the jobs and started again
@@ -72,6 +76,7 @@ impl Config {
             slots: 4,
             degree: 4,
             rate: 200.0,
+            settle: Duration::from_secs(0),
             idle: Duration::from_secs(10),
             churn: 0.0,
             seed: 1,
@@ -123,6 +128,9 @@ pub struct Report {
     pub restarted: usize,
     /// Connections per node on the idle network (mean).
     pub connections_per_node: f64,
+    /// CPU time the idle network costs per node, ms per second (the whole
+    /// process's, divided by the nodes).
+    pub idle_cpu_ms_per_node_s: f64,
 }
 
 impl Report {
@@ -155,6 +163,7 @@ impl std::fmt::Display for Report {
             self.idle_bytes_per_node_s, self.busy_bytes_per_node_s
         )?;
         writeln!(f, "requester cpu per job: {:.2} ms", self.requester_cpu_ms_per_job)?;
+        writeln!(f, "idle cpu per node: {:.2} ms per second", self.idle_cpu_ms_per_node_s)?;
         writeln!(
             f,
             "memory per node: {:.2} MiB; connections per node: {:.1}",
@@ -269,7 +278,7 @@ pub fn rss_bytes() -> u64 {
 }
 
 /// CPU time (ms) of this process's threads whose name starts with
-/// `prefix` (0 where /proc is missing).
+/// `prefix` (all of them for ""; 0 where /proc is missing).
 pub fn threads_cpu_ms(prefix: &str) -> u64 {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return 0 };
     // Linux reports in clock ticks of 100 Hz on every architecture Shoal
@@ -386,9 +395,12 @@ async fn run_on(cfg: &Config, requester_rt: tokio::runtime::Handle) -> anyhow::R
     while net.known() < cfg.nodes && Instant::now() < warm_by {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (b0, t0) = (net.wire_bytes(), Instant::now());
+    tokio::time::sleep(cfg.settle).await;
+    let (b0, t0, c0) = (net.wire_bytes(), Instant::now(), threads_cpu_ms(""));
     tokio::time::sleep(cfg.idle).await;
-    let idle_bytes_per_node_s = (net.wire_bytes() - b0) as f64 / t0.elapsed().as_secs_f64() / total as f64;
+    let idle_s = t0.elapsed().as_secs_f64();
+    let idle_bytes_per_node_s = (net.wire_bytes() - b0) as f64 / idle_s / total as f64;
+    let idle_cpu_ms_per_node_s = (threads_cpu_ms("") - c0) as f64 / idle_s / total as f64;
     let memory_per_node_bytes = rss_bytes().saturating_sub(rss_before) / total as u64;
     let mut connections = 0usize;
     for i in 0..total {
@@ -495,6 +507,7 @@ async fn run_on(cfg: &Config, requester_rt: tokio::runtime::Handle) -> anyhow::R
         busy_s,
         restarted: churned,
         connections_per_node,
+        idle_cpu_ms_per_node_s,
         ..Report::default()
     };
     let mut latencies = Vec::new();
