@@ -409,8 +409,6 @@ pub struct Node {
     /// [`WATCH_TTL`] or runs work for now. Everyone else hears of it by
     /// gossip, once per [`Node::gossip_every`].
     pub watchers: Mutex<HashMap<PeerId, u64>>,
-    /// The current gossip period, ms (see [`GOSSIP_RATE`]).
-    pub gossip_every_ms: std::sync::atomic::AtomicU64,
     /// The addresses it announces (its listen address unless unspecified).
     pub addrs: Vec<String>,
 }
@@ -598,17 +596,25 @@ impl Node {
     /// Records an exchange with requester `peer`: this node announces
     /// itself to it directly for [`WATCH_TTL`] more.
     pub fn watched_by(&self, peer: PeerId) {
-        if self.compute.is_none() || peer == self.peer {
+        if self.compute.is_none() {
             return;
         }
         let now = self.now();
-        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        if w.len() >= MAX_WATCHERS && !w.contains_key(&peer) {
-            if let Some(oldest) = w.iter().min_by_key(|(_, t)| **t).map(|(p, _)| *p) {
-                w.remove(&oldest);
+        self.watch(&mut self.watchers.lock().unwrap_or_else(|p| p.into_inner()), peer, now);
+    }
+
+    /// Puts `peer` in `watchers` as of `now`, the one heard from longest
+    /// ago making room past [`MAX_WATCHERS`].
+    fn watch(&self, watchers: &mut HashMap<PeerId, u64>, peer: PeerId, now: u64) {
+        if peer == self.peer {
+            return;
+        }
+        if watchers.len() >= MAX_WATCHERS && !watchers.contains_key(&peer) {
+            if let Some(oldest) = watchers.iter().min_by_key(|(_, t)| **t).map(|(p, _)| *p) {
+                watchers.remove(&oldest);
             }
         }
-        w.insert(peer, now);
+        watchers.insert(peer, now);
     }
 
     /// The watchers to announce to now (`true`) and those whose watch
@@ -618,10 +624,8 @@ impl Node {
         let ttl = WATCH_TTL.as_millis() as u64;
         let busy = self.compute.as_ref().map(|c| c.requesters()).unwrap_or_default();
         let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        for p in &busy {
-            if *p != self.peer && (w.len() < MAX_WATCHERS || w.contains_key(p)) {
-                w.insert(*p, now);
-            }
+        for p in busy {
+            self.watch(&mut w, p, now);
         }
         let out: Vec<(PeerId, bool)> = w.iter().map(|(p, t)| (*p, now.saturating_sub(*t) <= ttl)).collect();
         w.retain(|_, t| now.saturating_sub(*t) <= ttl);
@@ -1099,7 +1103,6 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         // A restarted requester looks once.
         pipelines_active: std::sync::atomic::AtomicBool::new(true),
         watchers: Mutex::new(HashMap::new()),
-        gossip_every_ms: std::sync::atomic::AtomicU64::new(config.announce_every.as_millis() as u64),
         addrs: announced_addrs(&listen, peer),
     });
     if let Some(a) = api_addr {
@@ -1159,7 +1162,6 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
             n.refresh_receipts().await;
             let known = n.views.lock().unwrap_or_else(|p| p.into_inner()).len();
             let gossip_every = Node::gossip_every(every, rate, known);
-            n.gossip_every_ms.store(gossip_every.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
             let mut a = n.announcement();
             if tokio::time::Instant::now() >= gossip_due {
                 // Up to a tenth early, at random: nodes that started

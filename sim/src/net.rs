@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -301,13 +300,6 @@ pub fn threads_cpu_ms(prefix: &str) -> u64 {
     ticks * 10
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 /// Submits `spec` through `node`'s API (in-process, no socket).
 async fn submit(node: Arc<Node>, spec: serde_json::Value) -> anyhow::Result<JobId> {
     let app = shoal_node::api::router(node, Default::default());
@@ -528,15 +520,15 @@ async fn run_on(cfg: &Config, requester_rt: tokio::runtime::Handle) -> anyhow::R
         }
     }
     latencies.sort_unstable();
-    report.latency_ms = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
-    let stopping = AtomicU64::new(0);
+    report.latency_ms = (crate::report::percentile(&latencies, 0.5), crate::report::percentile(&latencies, 0.99));
+    let mut unclean = 0;
     for i in 0..total {
         if net.stop(i).await.is_err() {
-            stopping.fetch_add(1, Ordering::Relaxed);
+            unclean += 1;
         }
     }
-    if stopping.load(Ordering::Relaxed) > 0 {
-        tracing::warn!("{} nodes did not stop cleanly", stopping.load(Ordering::Relaxed));
+    if unclean > 0 {
+        tracing::warn!("{unclean} nodes did not stop cleanly");
     }
     Ok(report)
 }

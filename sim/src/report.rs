@@ -191,9 +191,10 @@ fn gini(xs: &[u64]) -> f64 {
     2.0 * weighted / (n * sum) - (n + 1.0) / n
 }
 
-fn percentile(sorted: &[u32], p: f64) -> u32 {
+/// The value at rank `p` (0 to 1) of `sorted`; the default when empty.
+pub(crate) fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
-        return 0;
+        return T::default();
     }
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -349,6 +350,6 @@ mod tests {
         let v: Vec<u32> = (1..=100).collect();
         assert_eq!(percentile(&v, 0.5), 51);
         assert_eq!(percentile(&v, 0.99), 99);
-        assert_eq!(percentile(&[], 0.5), 0);
+        assert_eq!(percentile::<u32>(&[], 0.5), 0);
     }
 }
