@@ -74,6 +74,8 @@ pub struct Spec {
     pub gpu: bool,
     /// wasi-nn bounds.
     pub nn_limits: crate::nn::NnLimits,
+    /// Exact (the default) or fast inference (see [`crate::nn::Mode`]).
+    pub nn_mode: crate::nn::Mode,
     /// Make the result durable and pin it before returning (the default).
     /// Off, its blocks are written (and readable through this store) but
     /// flushing and pinning are left to the caller: a compute node does
@@ -103,6 +105,7 @@ impl Spec {
             models: Vec::new(),
             gpu: false,
             nn_limits: crate::nn::NnLimits::default(),
+            nn_mode: crate::nn::Mode::Exact,
             pin_result: true,
             cancel: None,
         }
@@ -137,7 +140,11 @@ impl Spec {
         });
         // Added only for jobs that use wasi-nn, so that every other spec
         // (and its id) is what it was before wasi-nn existed.
-        if !self.models.is_empty() || self.gpu || self.nn_limits != crate::nn::NnLimits::default() {
+        if !self.models.is_empty()
+            || self.gpu
+            || self.nn_limits != crate::nn::NnLimits::default()
+            || self.nn_mode != crate::nn::Mode::Exact
+        {
             let n = &self.nn_limits;
             v["nn"] = serde_json::json!({
                 "models": self.models.iter().map(|(name, cid)| serde_json::json!({
@@ -150,6 +157,11 @@ impl Spec {
                     "gpu_work": n.gpu_work, "cpu_memory": n.cpu_memory,
                 },
             });
+            // Exact, the default, is left out: specs from before modes
+            // existed keep their ids.
+            if self.nn_mode != crate::nn::Mode::Exact {
+                v["nn"]["mode"] = serde_json::json!(self.nn_mode.as_str());
+            }
         }
         v
     }
@@ -378,6 +390,7 @@ fn run_with<E: std::ops::Deref<Target = Executor>>(
 
     task.nn.gpu = spec.gpu;
     task.nn.limits = spec.nn_limits.clone();
+    task.nn.mode = spec.nn_mode;
     for (name, cid) in &spec.models {
         let what = || format!("model {name} ({cid})");
         let size = match exporter::stat_and_list(store, cid).map_err(storage(what()))?.0 {

@@ -116,7 +116,7 @@ fn add_graph(nn: &mut JobNn, cid: &shoal_storage::Cid, bytes: &[u8], target: Tar
             "the gpu target needs a job that asks for a GPU (shoal run --gpu): it is only placed on GPU nodes".into(),
         ));
     }
-    let graph = nn.shared.graph(cid, bytes, target)?;
+    let graph = nn.shared.graph(cid, bytes, target, nn.task.mode)?;
     let device = nn.device_name(target);
     nn.devices.insert(device);
     nn.graphs.push((graph, target));

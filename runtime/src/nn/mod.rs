@@ -18,6 +18,8 @@
 //! warm node neither re-parses nor re-optimises a model it has run.
 
 pub(crate) mod abi;
+pub(crate) mod exact;
+pub(crate) mod graph;
 mod tract;
 
 use std::cell::RefCell;
@@ -27,8 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal_storage::{Cid, CidVersion};
-use wasmtime_wasi_nn::backend::{BackendError, BackendInner};
-use wasmtime_wasi_nn::wit::{ExecutionTarget, GraphEncoding};
+use wasmtime_wasi_nn::backend::BackendError;
 use wasmtime_wasi_nn::Graph;
 
 /// Where a graph runs.
@@ -47,6 +48,49 @@ impl std::fmt::Display for Target {
             Target::Cpu => "cpu",
             Target::Gpu => "gpu",
         })
+    }
+}
+
+/// How inference computes (docs/wasi-nn.md, "Determinism across devices").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[non_exhaustive]
+pub enum Mode {
+    /// The default: Shoal's own kernels, one fixed sequence of correctly
+    /// rounded operations per output, so the CPU and any conformant GPU
+    /// give the same bits and redundant executions agree wherever they run.
+    /// Models may use only the exact op set.
+    #[default]
+    Exact,
+    /// tract on the CPU and the device's own arithmetic on the GPU: faster,
+    /// any op tract runs on the CPU, but bits are reproducible only on the
+    /// same backend, device and driver.
+    Fast,
+}
+
+impl Mode {
+    /// `exact` or `fast`, as specs and the command line spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Exact => "exact",
+            Mode::Fast => "fast",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "exact" => Ok(Mode::Exact),
+            "fast" => Ok(Mode::Fast),
+            other => Err(format!("unknown wasi-nn mode {other:?}: use exact or fast")),
+        }
     }
 }
 
@@ -122,6 +166,8 @@ pub struct NnTask {
     pub gpu: bool,
     /// Bounds.
     pub limits: NnLimits,
+    /// Exact (the default) or fast inference.
+    pub mode: Mode,
 }
 
 /// A GPU a node can run jobs on.
@@ -133,6 +179,12 @@ pub struct GpuInfo {
     pub memory_bytes: u64,
     /// A software rasteriser (lavapipe, SwiftShader): correct, not fast.
     pub software: bool,
+    /// The driver and its version (`llvmpipe: Mesa 22.3.6 (LLVM 15.0.6)`):
+    /// with the name, what `fast` GPU results are reproducible on.
+    pub driver: String,
+    /// Why the device cannot run exact inference (a missing property), or
+    /// `None` when it can.
+    pub exact_refused: Option<String>,
 }
 
 /// The GPU this node would use: a discrete GPU first, then an integrated
@@ -202,17 +254,20 @@ pub(crate) fn to_backend(e: NnError) -> BackendError {
     BackendError::BackendAccess(wasmtime::Error::new(e))
 }
 
-/// Executor-wide wasi-nn state: the backend and the prepared-graph cache.
+/// Executor-wide wasi-nn state: the GPU and the prepared-graph cache.
 pub(crate) struct Shared {
-    backend: Mutex<OnnxBackend>,
-    cache: Mutex<Vec<((Cid, Target), Graph)>>,
+    gpu: vulkan::Lazy,
+    cache: Mutex<Vec<(GraphKey, Graph)>>,
     cache_entries: usize,
 }
+
+/// A prepared graph is specific to its model, target and mode.
+type GraphKey = (Cid, Target, Mode);
 
 impl Shared {
     pub(crate) fn new(allow_software_gpu: bool, cache_entries: usize) -> Self {
         Shared {
-            backend: Mutex::new(OnnxBackend { gpu: vulkan::Lazy::new(allow_software_gpu) }),
+            gpu: vulkan::Lazy::new(allow_software_gpu),
             cache: Mutex::new(Vec::new()),
             cache_entries: cache_entries.max(1),
         }
@@ -220,14 +275,13 @@ impl Shared {
 
     /// The GPU this executor uses, starting it on first use.
     pub(crate) fn gpu(&self) -> Result<GpuInfo, String> {
-        let b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
-        b.gpu.get().map(|g| g.info().clone())
+        self.gpu.get().map(|g| g.info().clone())
     }
 
-    /// The prepared graph for `bytes` (named `cid`) on `target`, from the
-    /// cache or freshly loaded.
-    fn graph(&self, cid: &Cid, bytes: &[u8], target: Target) -> Result<Graph, NnError> {
-        let key = (*cid, target);
+    /// The prepared graph for `bytes` (named `cid`) on `target` in `mode`,
+    /// from the cache or freshly loaded.
+    fn graph(&self, cid: &Cid, bytes: &[u8], target: Target, mode: Mode) -> Result<Graph, NnError> {
+        let key = (*cid, target, mode);
         {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
@@ -238,14 +292,7 @@ impl Shared {
                 return Ok(g);
             }
         }
-        let t = match target {
-            Target::Cpu => ExecutionTarget::Cpu,
-            Target::Gpu => ExecutionTarget::Gpu,
-        };
-        let graph = {
-            let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
-            b.load(&[bytes], t).map_err(from_backend)?
-        };
+        let graph = self.load(bytes, target, mode).map_err(from_backend)?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= self.cache_entries {
             cache.remove(0);
@@ -253,46 +300,26 @@ impl Shared {
         cache.push((key, graph.clone()));
         Ok(graph)
     }
+
+    /// Shoal's ONNX backends, chosen by target and mode: exact, Shoal's own
+    /// kernels on the CPU or the GPU; fast, tract on the CPU and the GPU
+    /// kernels with the device's own arithmetic.
+    fn load(&self, bytes: &[u8], target: Target, mode: Mode) -> Result<Graph, BackendError> {
+        match (target, mode) {
+            (Target::Cpu, Mode::Exact) => exact::load(bytes),
+            (Target::Cpu, Mode::Fast) => tract::load(bytes),
+            (Target::Gpu, mode) => {
+                let gpu = self.gpu.get().map_err(|e| to_backend(NnError::Unsupported(e)))?;
+                vulkan::load(gpu, bytes, mode)
+            }
+        }
+    }
 }
 
 /// The content address of model bytes a guest passed to `load`: a CIDv1
 /// (raw, sha2-256), so it keys the same cache as named models.
 pub(crate) fn bytes_cid(bytes: &[u8]) -> Cid {
     *shoal_storage::Block::new(CidVersion::V1, shoal_storage::block::RAW, bytes.to_vec()).cid()
-}
-
-/// Shoal's ONNX backend: one `wasmtime-wasi-nn` backend per encoding, so
-/// it routes by execution target (CPU: tract, GPU: Vulkan).
-struct OnnxBackend {
-    gpu: vulkan::Lazy,
-}
-
-impl OnnxBackend {}
-
-impl BackendInner for OnnxBackend {
-    fn encoding(&self) -> GraphEncoding {
-        GraphEncoding::Onnx
-    }
-
-    fn load(&mut self, builders: &[&[u8]], target: ExecutionTarget) -> Result<Graph, BackendError> {
-        let [bytes] = builders else {
-            return Err(BackendError::InvalidNumberOfBuilders(1, builders.len()));
-        };
-        match target {
-            ExecutionTarget::Cpu => tract::load(bytes),
-            ExecutionTarget::Gpu => {
-                let gpu = self.gpu.get().map_err(|e| to_backend(NnError::Unsupported(e)))?;
-                vulkan::load(gpu, bytes)
-            }
-            ExecutionTarget::Tpu => Err(to_backend(NnError::Unsupported(
-                "the tpu execution target is not supported: use cpu or gpu".into(),
-            ))),
-        }
-    }
-
-    fn as_dir_loadable(&mut self) -> Option<&mut dyn wasmtime_wasi_nn::backend::BackendFromDir> {
-        None
-    }
 }
 
 /// The job a backend call is made for. Graphs are cached across jobs, so
@@ -402,11 +429,15 @@ impl JobNn {
     }
 
     fn device_name(&self, target: Target) -> String {
-        match target {
-            Target::Cpu => "cpu: tract 0.23.9".to_string(),
-            Target::Gpu => match self.shared.gpu() {
-                Ok(g) => format!("gpu: {}{}", g.name, if g.software { " (software)" } else { "" }),
-                Err(_) => "gpu".to_string(),
+        let mode = self.task.mode;
+        match (target, mode) {
+            (Target::Cpu, Mode::Exact) => "cpu: exact".to_string(),
+            (Target::Cpu, _) => "cpu: tract 0.23.9 (fast)".to_string(),
+            (Target::Gpu, mode) => match self.shared.gpu() {
+                Ok(g) => {
+                    format!("gpu: {}{} [{}] ({mode})", g.name, if g.software { " (software)" } else { "" }, g.driver)
+                }
+                Err(_) => format!("gpu ({mode})"),
             },
         }
     }
@@ -431,9 +462,15 @@ impl Session {
         self.shared.gpu()
     }
 
-    /// Loads (or finds in the cache) `bytes` for `target`.
+    /// Loads (or finds in the cache) `bytes` for `target`, in exact mode
+    /// (the default for jobs).
     pub fn load(&self, bytes: &[u8], target: Target) -> Result<Model, NnError> {
-        let graph = self.shared.graph(&bytes_cid(bytes), bytes, target)?;
+        self.load_mode(bytes, target, Mode::Exact)
+    }
+
+    /// Loads (or finds in the cache) `bytes` for `target` in `mode`.
+    pub fn load_mode(&self, bytes: &[u8], target: Target, mode: Mode) -> Result<Model, NnError> {
+        let graph = self.shared.graph(&bytes_cid(bytes), bytes, target, mode)?;
         let ctx = graph.init_execution_context().map_err(from_backend)?;
         Ok(Model { ctx })
     }

@@ -3,7 +3,7 @@
 use std::sync::{Arc, OnceLock};
 
 use vulkano::device::physical::{PhysicalDevice, PhysicalDeviceType};
-use vulkano::device::{Device, DeviceCreateInfo, Queue, QueueCreateInfo, QueueFlags};
+use vulkano::device::{Device, DeviceCreateInfo, DeviceExtensions, Queue, QueueCreateInfo, QueueFlags};
 use vulkano::instance::{Instance, InstanceCreateFlags, InstanceCreateInfo};
 use vulkano::memory::MemoryHeapFlags;
 use vulkano::VulkanLibrary;
@@ -100,8 +100,35 @@ fn choose(allow_software: bool) -> Result<(Arc<PhysicalDevice>, u32, GpuInfo), S
         .map(|h| h.size)
         .max()
         .unwrap_or(0);
-    let info = GpuInfo { name: props.device_name.clone(), memory_bytes, software: is_software(props.device_type) };
+    let driver = match (&props.driver_name, &props.driver_info) {
+        (Some(n), Some(i)) if !i.is_empty() => format!("{n}: {i}"),
+        (Some(n), _) => format!("{n} {:#x}", props.driver_version),
+        _ => format!("driver {:#x}", props.driver_version),
+    };
+    let info = GpuInfo {
+        name: props.device_name.clone(),
+        memory_bytes,
+        software: is_software(props.device_type),
+        driver,
+        exact_refused: exact_refused(&pd),
+    };
     Ok((pd, q, info))
+}
+
+/// Why the device cannot run the exact kernels, or `None`. They declare
+/// `SignedZeroInfNanPreserve`: without it a driver may assume no NaNs,
+/// infinities or signed zeros and fold `x * 0` to 0. Denormals need no
+/// property: the kernels flush them themselves (exact.wgsl).
+fn exact_refused(pd: &PhysicalDevice) -> Option<String> {
+    let float_controls =
+        pd.api_version() >= vulkano::Version::V1_2 || pd.supported_extensions().khr_shader_float_controls;
+    if !float_controls {
+        return Some("the device lacks VK_KHR_shader_float_controls (Vulkan 1.2)".into());
+    }
+    if pd.properties().shader_signed_zero_inf_nan_preserve_float32 != Some(true) {
+        return Some("the device does not report shaderSignedZeroInfNanPreserveFloat32".into());
+    }
+    None
 }
 
 /// The GPU this node would use (see [`crate::nn::probe_gpu`]).
@@ -112,16 +139,21 @@ pub(crate) fn probe(allow_software: bool) -> Result<crate::nn::GpuInfo, String> 
 fn open(allow_software: bool) -> Result<Arc<Gpu>, String> {
     let (pd, queue_family_index, info) = choose(allow_software)?;
     let max_buffer = pd.properties().max_storage_buffer_range as u64;
+    let float_controls_ext = info.exact_refused.is_none() && pd.api_version() < vulkano::Version::V1_2;
     let (device, mut queues) = Device::new(
         pd,
         DeviceCreateInfo {
             queue_create_infos: vec![QueueCreateInfo { queue_family_index, ..Default::default() }],
+            enabled_extensions: DeviceExtensions {
+                khr_shader_float_controls: float_controls_ext,
+                ..DeviceExtensions::empty()
+            },
             ..Default::default()
         },
     )
     .map_err(|e| format!("cannot open the Vulkan device {}: {}", info.name, chain(&e)))?;
     let queue = queues.next().ok_or_else(|| format!("the Vulkan device {} gave no queue", info.name))?;
-    let kernels = super::exec::Kernels::new(&device)?;
+    let kernels = super::exec::Kernels::new(&device, info.exact_refused.clone())?;
     Ok(Arc::new(Gpu { queue, info, max_buffer, kernels }))
 }
 

@@ -20,7 +20,7 @@ use vulkano::shader::{ShaderModule, ShaderModuleCreateInfo};
 use vulkano::sync::GpuFuture;
 
 use super::device::{chain, Gpu};
-use super::graph::{Kernel, Plan};
+use crate::nn::graph::{Kernel, Plan};
 use crate::nn::NnError;
 
 mod spirv {
@@ -36,55 +36,85 @@ fn vk(what: &str) -> impl Fn(&dyn std::error::Error) -> NnError + '_ {
     move |e| NnError::Runtime(format!("{what}: {}", chain(e)))
 }
 
+type Pipelines = HashMap<Kernel, Arc<ComputePipeline>>;
+
 /// The compiled kernels and allocators of one device.
 pub(crate) struct Kernels {
     layout: Arc<PipelineLayout>,
-    pipelines: HashMap<Kernel, Arc<ComputePipeline>>,
+    fast: Pipelines,
+    /// The exact kernels, or why this device cannot run them.
+    exact: Result<Pipelines, String>,
     memory: Arc<StandardMemoryAllocator>,
     commands: Arc<StandardCommandBufferAllocator>,
     sets: Arc<StandardDescriptorSetAllocator>,
 }
 
 impl Kernels {
-    /// Creates every pipeline (the driver compiles them here, once).
-    pub(crate) fn new(device: &Arc<vulkano::device::Device>) -> Result<Kernels, String> {
-        let err = |what: &str, e: &dyn std::error::Error| format!("{what}: {}", chain(e));
-        // SAFETY: the words are naga's output for kernels.wgsl, validated by
-        // naga at build time.
-        let module = unsafe { ShaderModule::new(device.clone(), ShaderModuleCreateInfo::new(spirv::SPIRV)) }
-            .map_err(|e| err("cannot load the GPU kernels", &e))?;
-        let mut stages = Vec::new();
-        for k in Kernel::ALL {
-            let entry = module
-                .entry_point(k.entry())
-                .ok_or_else(|| format!("the GPU kernels lack entry point {}", k.entry()))?;
-            stages.push((k, PipelineShaderStageCreateInfo::new(entry)));
-        }
+    /// Creates every pipeline (the driver compiles them here, once): the
+    /// fast kernels, and the exact ones unless `exact_refused` says why the
+    /// device cannot run them.
+    pub(crate) fn new(device: &Arc<vulkano::device::Device>, exact_refused: Option<String>) -> Result<Kernels, String> {
+        let fast = stages(device, spirv::FAST, "fast")?;
         // One layout for every kernel: they all bind the arena at 0 and
         // take the same push constants, so one descriptor set serves all.
-        let layout_info = PipelineDescriptorSetLayoutCreateInfo::from_stages(stages.iter().map(|(_, s)| s))
+        let layout_info = PipelineDescriptorSetLayoutCreateInfo::from_stages(fast.iter().map(|(_, s)| s))
             .into_pipeline_layout_create_info(device.clone())
             .map_err(|e| format!("cannot lay out the GPU kernels: {e:?}"))?;
         let layout = PipelineLayout::new(device.clone(), layout_info)
-            .map_err(|e| err("cannot create the pipeline layout", &e))?;
-        let mut pipelines = HashMap::new();
-        for (k, stage) in stages {
-            let p = ComputePipeline::new(
-                device.clone(),
-                None,
-                ComputePipelineCreateInfo::stage_layout(stage, layout.clone()),
-            )
-            .map_err(|e| err(&format!("cannot create the {} kernel", k.entry()), &e))?;
-            pipelines.insert(k, p);
-        }
+            .map_err(|e| format!("cannot create the pipeline layout: {}", chain(&e)))?;
+        let fast = pipelines(device, &layout, fast)?;
+        let exact = match exact_refused {
+            Some(why) => Err(why),
+            None => pipelines(device, &layout, stages(device, spirv::EXACT, "exact")?),
+        };
         Ok(Kernels {
             layout,
-            pipelines,
+            fast,
+            exact,
             memory: Arc::new(StandardMemoryAllocator::new_default(device.clone())),
             commands: Arc::new(StandardCommandBufferAllocator::new(device.clone(), Default::default())),
             sets: Arc::new(StandardDescriptorSetAllocator::new(device.clone(), Default::default())),
         })
     }
+
+    /// Why this device cannot run exact inference, or `None`.
+    pub(crate) fn exact_refused(&self) -> Option<&str> {
+        self.exact.as_ref().err().map(|s| s.as_str())
+    }
+}
+
+fn stages(
+    device: &Arc<vulkano::device::Device>,
+    words: &[u32],
+    which: &str,
+) -> Result<Vec<(Kernel, PipelineShaderStageCreateInfo)>, String> {
+    // SAFETY: the words are naga's output for kernels.wgsl, validated by
+    // naga at build time (the exact ones then decorated by build.rs).
+    let module = unsafe { ShaderModule::new(device.clone(), ShaderModuleCreateInfo::new(words)) }
+        .map_err(|e| format!("cannot load the {which} GPU kernels: {}", chain(&e)))?;
+    let mut stages = Vec::new();
+    for k in Kernel::ALL {
+        let entry = module
+            .entry_point(k.entry())
+            .ok_or_else(|| format!("the {which} GPU kernels lack entry point {}", k.entry()))?;
+        stages.push((k, PipelineShaderStageCreateInfo::new(entry)));
+    }
+    Ok(stages)
+}
+
+fn pipelines(
+    device: &Arc<vulkano::device::Device>,
+    layout: &Arc<PipelineLayout>,
+    stages: Vec<(Kernel, PipelineShaderStageCreateInfo)>,
+) -> Result<Pipelines, String> {
+    let mut pipelines = HashMap::new();
+    for (k, stage) in stages {
+        let p =
+            ComputePipeline::new(device.clone(), None, ComputePipelineCreateInfo::stage_layout(stage, layout.clone()))
+                .map_err(|e| format!("cannot create the {} kernel: {}", k.entry(), chain(&e)))?;
+        pipelines.insert(k, p);
+    }
+    Ok(pipelines)
 }
 
 /// A plan with its arena on the device, weights uploaded.
@@ -202,7 +232,11 @@ pub(crate) fn run(
     let staging = host_buffer(
         k,
         BufferUsage::TRANSFER_SRC,
-        inputs.iter().flat_map(|i| i.iter().copied()).collect::<Vec<_>>().into_iter(),
+        inputs
+            .iter()
+            .flat_map(|i| i.iter().map(|v| if l.plan.exact { crate::nn::exact::math::canonical(*v) } else { *v }))
+            .collect::<Vec<_>>()
+            .into_iter(),
     )?;
     let total_out: usize = l.plan.outputs.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
     let download = Buffer::new_slice::<f32>(
@@ -229,10 +263,15 @@ pub(crate) fn run(
         at += len;
     }
     debug_assert_eq!(at as usize, total_in);
+    let pipelines = if l.plan.exact {
+        k.exact.as_ref().map_err(|why| NnError::Unsupported(format!("this GPU cannot run exact inference: {why}")))?
+    } else {
+        &k.fast
+    };
     b.bind_descriptor_sets(PipelineBindPoint::Compute, k.layout.clone(), 0, l.set.clone())
         .map_err(|e| vk("cannot bind GPU memory")(&e))?;
     for step in &l.plan.steps {
-        let pipeline = k.pipelines.get(&step.kernel).ok_or_else(|| NnError::Runtime("missing kernel".into()))?;
+        let pipeline = pipelines.get(&step.kernel).ok_or_else(|| NnError::Runtime("missing kernel".into()))?;
         let groups = step.n.div_ceil(WORKGROUP);
         let [gx, gy, gz] = step.grid.unwrap_or([groups.min(MAX_GROUPS_X), groups.div_ceil(MAX_GROUPS_X), 1]);
         b.bind_pipeline_compute(pipeline.clone()).map_err(|e| vk("cannot bind a kernel")(&e))?;

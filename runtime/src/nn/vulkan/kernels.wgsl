@@ -6,6 +6,11 @@
 // loops in a fixed order, and nothing is accumulated across invocations
 // (no atomics), so one device gives bit-identical results run to run.
 //
+// Float arithmetic goes through the f_* functions of a prelude, prepended
+// by build.rs: `fast.wgsl` (the device's own operations) or `exact.wgsl`
+// (one fixed sequence of correctly rounded operations per function, the
+// same as the CPU's in `nn/exact/math.rs`: bit-identical on any device).
+//
 // Invocations are laid out over a 2-D grid of 64-wide workgroups (x up to
 // 65535 groups), flattened by `index()`.
 
@@ -67,7 +72,7 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             for (var c = 0u; c < 4u; c++) { bb[c] = tile_b[k * 64u + lid.x + 16u * c]; }
             for (var r = 0u; r < 4u; r++) {
                 for (var c = 0u; c < 4u; c++) {
-                    acc[r * 4u + c] = acc[r * 4u + c] + a[r] * bb[c];
+                    acc[r * 4u + c] = f_add(acc[r * 4u + c], f_mul(a[r], bb[c]));
                 }
             }
         }
@@ -78,9 +83,9 @@ fn matmul(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         for (var c = 0u; c < 4u; c++) {
             let j = col0 + lid.x + 16u * c;
             if (i < mm && j < nn) {
-                var y = pf(16u) * acc[r * 4u + c];
-                if (p(3u) != NONE) { y = y + pf(17u) * m[p(3u) + i * p(14u) + j * p(15u)]; }
-                m[p(2u) + (b * mm + i) * nn + j] = y;
+                var y = f_mul(pf(16u), acc[r * 4u + c]);
+                if (p(3u) != NONE) { y = f_add(y, f_mul(pf(17u), m[p(3u) + i * p(14u) + j * p(15u)])); }
+                m[p(2u) + (b * mm + i) * nn + j] = f_out(y);
             }
         }
     }
@@ -106,12 +111,12 @@ fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let b = m[ib];
     var y: f32;
     switch p(0u) {
-        case 0u: { y = a + b; }
-        case 1u: { y = a * b; }
-        case 2u: { y = a - b; }
-        default: { y = a / b; }
+        case 0u: { y = f_add(a, b); }
+        case 1u: { y = f_mul(a, b); }
+        case 2u: { y = f_sub(a, b); }
+        default: { y = f_div(a, b); }
     }
-    m[p(3u) + idx] = y;
+    m[p(3u) + idx] = f_out(y);
 }
 
 // 0 op (0 relu 1 sigmoid 2 tanh) 1 offIn 2 offOut 3 n
@@ -122,11 +127,11 @@ fn unary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let x = m[p(1u) + idx];
     var y: f32;
     switch p(0u) {
-        case 0u: { y = max(x, 0.0); }
-        case 1u: { y = 1.0 / (1.0 + exp(-x)); }
-        default: { y = tanh(x); }
+        case 0u: { y = f_relu(x); }
+        case 1u: { y = f_sigmoid(x); }
+        default: { y = f_tanh(x); }
     }
-    m[p(2u) + idx] = y;
+    m[p(2u) + idx] = f_out(y);
 }
 
 // A strided copy: element c (a multi-index over dims) goes from
@@ -184,15 +189,15 @@ fn conv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 let x = m[xbase + u32(ih) * w + u32(iw)];
                 let wk = wbase + kh * kw_n + kw;
                 for (var q = 0u; q < cb; q++) {
-                    acc[q] = acc[q] + x * m[wk + q * wstride];
+                    acc[q] = f_add(acc[q], f_mul(x, m[wk + q * wstride]));
                 }
             }
         }
     }
     for (var q = 0u; q < cb; q++) {
         var y = acc[q];
-        if (p(2u) != NONE) { y = y + m[p(2u) + mo0 + q]; }
-        m[p(3u) + ((n * mo_n + mo0 + q) * oh_n + oh) * ow_n + ow] = y;
+        if (p(2u) != NONE) { y = f_add(y, m[p(2u) + mo0 + q]); }
+        m[p(3u) + ((n * mo_n + mo0 + q) * oh_n + oh) * ow_n + ow] = f_out(y);
     }
 }
 
@@ -222,12 +227,12 @@ fn pool(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 continue;
             }
             let x = m[base + u32(ih) * w + u32(iw)];
-            if (is_max) { acc = max(acc, x); } else { acc = acc + x; }
+            if (is_max) { acc = f_max(acc, x); } else { acc = f_add(acc, x); }
             count++;
         }
     }
-    if (!is_max) { acc = acc / f32(max(count, 1u)); }
-    m[p(1u) + idx] = acc;
+    if (!is_max) { acc = f_div(acc, f32(max(count, 1u))); }
+    m[p(1u) + idx] = f_out(acc);
 }
 
 // Softmax over `len` elements `inner` apart; one invocation per row.
@@ -241,22 +246,21 @@ fn softmax(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let i = idx - o * inner;
     let base = o * len * inner + i;
     var mx = bitcast<f32>(0xff800000u);
-    for (var k = 0u; k < len; k++) { mx = max(mx, m[p(0u) + base + k * inner]); }
+    for (var k = 0u; k < len; k++) { mx = f_max(mx, m[p(0u) + base + k * inner]); }
     var sum = 0.0;
-    for (var k = 0u; k < len; k++) { sum = sum + exp(m[p(0u) + base + k * inner] - mx); }
+    for (var k = 0u; k < len; k++) { sum = f_add(sum, f_exp(f_sub(m[p(0u) + base + k * inner], mx))); }
     for (var k = 0u; k < len; k++) {
-        m[p(1u) + base + k * inner] = exp(m[p(0u) + base + k * inner] - mx) / sum;
+        m[p(1u) + base + k * inner] = f_out(f_div(f_exp(f_sub(m[p(0u) + base + k * inner], mx)), sum));
     }
 }
 
-// Inference BatchNormalization: y = (x - mean) / sqrt(var + eps) * scale + bias
-// 0 offX 1 offY 2 offScale 3 offBias 4 offMean 5 offVar 6 n 7 C 8 spatial 9 eps
+// Inference BatchNormalization, folded on the host (graph.rs) into a
+// per-channel scale and shift: y = x * scale + shift.
+// 0 offX 1 offY 2 offScale 3 offShift 4 n 5 C 6 spatial
 @compute @workgroup_size(64)
 fn batchnorm(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let idx = index(gid, groups);
-    if (idx >= p(6u)) { return; }
-    let c = (idx / p(8u)) % p(7u);
-    let x = m[p(0u) + idx];
-    let y = (x - m[p(4u) + c]) / sqrt(m[p(5u) + c] + pf(9u)) * m[p(2u) + c] + m[p(3u) + c];
-    m[p(1u) + idx] = y;
+    if (idx >= p(4u)) { return; }
+    let c = (idx / p(6u)) % p(5u);
+    m[p(1u) + idx] = f_out(f_add(f_mul(m[p(0u) + idx], m[p(2u) + c]), m[p(3u) + c]));
 }

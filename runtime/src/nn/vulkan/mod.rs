@@ -2,10 +2,10 @@
 //!
 //! - `device.rs`: finding and opening a device (discrete, then integrated,
 //!   then software only when allowed).
-//! - `graph.rs`: the ONNX graph as this backend sees it: the op set, the
-//!   check at load, shape inference and the plan of dispatches.
-//! - `exec.rs`: the kernels, the arena buffer and running a plan.
-//! - `kernels.wgsl`: the shaders, compiled to SPIR-V by `build.rs`.
+//! - `exec.rs`: the kernels, the arena buffer and running a plan (made by
+//!   `nn/graph.rs`).
+//! - `kernels.wgsl`: the shaders, compiled to SPIR-V by `build.rs` twice,
+//!   after the `fast.wgsl` prelude and after the `exact.wgsl` one.
 //!
 //! A plan keeps every tensor (weights, inputs, intermediates, outputs) in
 //! one device buffer, the arena, bounded by the job's GPU memory limit and
@@ -15,29 +15,37 @@
 
 mod device;
 mod exec;
-pub(crate) mod graph;
 
 pub(crate) use device::{probe, Gpu, Lazy};
 
 use std::sync::Arc;
 
 use wasmtime_wasi_nn::backend::{BackendError, BackendExecutionContext, BackendGraph, Id, NamedTensor};
-use wasmtime_wasi_nn::wit::TensorType;
 use wasmtime_wasi_nn::{ExecutionContext, Graph};
 
-use super::{to_backend, GpuReservation, NnError};
+use super::{graph, to_backend, GpuReservation, Mode, NnError};
 
 /// Loads an ONNX graph for the GPU: refused here, naming the ops, if it
-/// uses any op outside the op set.
-pub(crate) fn load(gpu: Arc<Gpu>, bytes: &[u8]) -> Result<Graph, BackendError> {
+/// uses any op outside the op set, or in exact mode if the device cannot
+/// run the exact kernels.
+pub(crate) fn load(gpu: Arc<Gpu>, bytes: &[u8], mode: Mode) -> Result<Graph, BackendError> {
+    if mode == Mode::Exact {
+        if let Some(why) = gpu.kernels.exact_refused() {
+            return Err(to_backend(NnError::Unsupported(format!(
+                "the GPU {} cannot run exact inference: {why}; run this job with nn mode fast, or on the cpu target",
+                gpu.info.name
+            ))));
+        }
+    }
     let graph = graph::parse(bytes).map_err(to_backend)?;
-    let g: Box<dyn BackendGraph> = Box::new(VulkanGraph { gpu, graph: Arc::new(graph) });
+    let g: Box<dyn BackendGraph> = Box::new(VulkanGraph { gpu, graph: Arc::new(graph), exact: mode == Mode::Exact });
     Ok(g.into())
 }
 
 struct VulkanGraph {
     gpu: Arc<Gpu>,
     graph: Arc<graph::OnnxGraph>,
+    exact: bool,
 }
 
 impl BackendGraph for VulkanGraph {
@@ -45,6 +53,7 @@ impl BackendGraph for VulkanGraph {
         let ctx: Box<dyn BackendExecutionContext> = Box::new(VulkanContext {
             gpu: self.gpu.clone(),
             graph: self.graph.clone(),
+            exact: self.exact,
             inputs: vec![None; self.graph.inputs.len()],
             loaded: None,
             outputs: Vec::new(),
@@ -62,17 +71,10 @@ struct Prepared {
 struct VulkanContext {
     gpu: Arc<Gpu>,
     graph: Arc<graph::OnnxGraph>,
+    exact: bool,
     inputs: Vec<Option<(Vec<usize>, Vec<f32>)>>,
     loaded: Option<Prepared>,
     outputs: Vec<(Vec<usize>, Vec<f32>)>,
-}
-
-fn index(id: &Id, n: usize, what: &str) -> Result<usize, NnError> {
-    match id {
-        Id::Index(i) if (*i as usize) < n => Ok(*i as usize),
-        Id::Index(i) => Err(NnError::InvalidArgument(format!("{what} index {i} is out of range: the model has {n}"))),
-        Id::Name(n) => Err(NnError::InvalidArgument(format!("{what}s are addressed by index, not by name ({n:?})"))),
-    }
 }
 
 impl VulkanContext {
@@ -89,7 +91,7 @@ impl VulkanContext {
             // Free the old arena before allocating the new one.
             self.loaded = None;
             let max_bytes = scope.limits.gpu_memory.min(self.gpu.max_buffer);
-            let plan = self.graph.plan(&shapes, &scope.limits, max_bytes)?;
+            let plan = self.graph.plan(&shapes, &scope.limits, max_bytes, self.exact, false)?;
             let reservation = scope.reserve_gpu(plan.arena as u64 * 4)?;
             let loaded = exec::load(&self.gpu, &self.gpu.kernels, plan, scope.time_left())?;
             self.loaded = Some(Prepared { shapes, loaded, _reservation: reservation });
@@ -103,25 +105,8 @@ impl VulkanContext {
 
 impl BackendExecutionContext for VulkanContext {
     fn set_input(&mut self, id: Id, tensor: &wasmtime_wasi_nn::Tensor) -> Result<(), BackendError> {
-        let i = index(&id, self.inputs.len(), "input").map_err(to_backend)?;
-        if tensor.ty != TensorType::Fp32 {
-            return Err(to_backend(NnError::Unsupported(format!(
-                "tensor type {:?}: only f32 tensors are supported",
-                tensor.ty
-            ))));
-        }
-        let shape: Vec<usize> = tensor.dimensions.iter().map(|d| *d as usize).collect();
-        // The ABI layer checks this for guests; native callers (Session)
-        // reach here directly.
-        let bytes = shape.iter().try_fold(4usize, |a, d| a.checked_mul(*d));
-        if bytes != Some(tensor.data.len()) {
-            return Err(to_backend(NnError::InvalidArgument(format!(
-                "a tensor of shape {shape:?} (f32) needs {bytes:?} bytes of data, got {}",
-                tensor.data.len()
-            ))));
-        }
-        let values = tensor.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        self.inputs[i] = Some((shape, values));
+        let (i, t) = graph::decode_input(&id, self.inputs.len(), tensor).map_err(to_backend)?;
+        self.inputs[i] = Some(t);
         Ok(())
     }
 
@@ -134,19 +119,6 @@ impl BackendExecutionContext for VulkanContext {
     }
 
     fn get_output(&mut self, id: Id) -> Result<wasmtime_wasi_nn::Tensor, BackendError> {
-        let i = index(&id, self.graph.outputs.len(), "output").map_err(to_backend)?;
-        let (shape, values) = self
-            .outputs
-            .get(i)
-            .ok_or_else(|| to_backend(NnError::InvalidArgument("no outputs yet: call compute first".into())))?;
-        let mut data = Vec::with_capacity(values.len() * 4);
-        for v in values {
-            data.extend_from_slice(&v.to_le_bytes());
-        }
-        Ok(wasmtime_wasi_nn::Tensor {
-            dimensions: shape.iter().map(|d| *d as u32).collect(),
-            ty: TensorType::Fp32,
-            data,
-        })
+        graph::encode_output(&id, self.graph.outputs.len(), &self.outputs).map_err(to_backend)
     }
 }

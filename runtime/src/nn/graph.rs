@@ -1,16 +1,20 @@
-//! The ONNX graph as the GPU backend sees it: parsing, the op set (checked
-//! at load: a graph with any other op is refused, listing them), and the
-//! plan for concrete input shapes: where every tensor lives in the arena
-//! and which kernel dispatches compute it.
+//! The ONNX graph as Shoal's own kernels see it (the GPU backend in both
+//! modes, the exact CPU backend): parsing, the op set (checked at load: a
+//! graph with any other op is refused, listing them), and the plan for
+//! concrete input shapes: where every tensor lives in the arena and which
+//! kernel steps compute it. A plan is device-independent: `vulkan/exec.rs`
+//! dispatches it, `exact/cpu.rs` runs the same steps on the CPU.
 
 use std::collections::HashMap;
 
 use tract_onnx::pb;
 use tract_onnx::prelude::Framework;
+use wasmtime_wasi_nn::backend::Id;
+use wasmtime_wasi_nn::wit::TensorType;
 
 use crate::nn::{NnError, NnLimits};
 
-/// The ops this backend runs (docs/wasi-nn.md keeps the same list).
+/// The ops Shoal's kernels run (docs/wasi-nn.md keeps the same list).
 pub(crate) const OP_SET: &[&str] = &[
     "Add",
     "AveragePool",
@@ -203,7 +207,8 @@ fn tensor_const(t: &pb::TensorProto) -> Result<Const, NnError> {
             Ok(Const::I64(v))
         }
         other => Err(unsupported(format!(
-            "tensor {}: data type {other}: the GPU backend takes float32 weights and int64 shapes",
+            "tensor {}: data type {other}: exact inference and the gpu target take float32 weights and int64 \
+             shapes; run this model with nn mode fast on the cpu target",
             t.name
         ))),
     }
@@ -229,7 +234,8 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<OnnxGraph, NnError> {
     missing.dedup();
     if !missing.is_empty() {
         return Err(unsupported(format!(
-            "the GPU backend does not support the op(s) {} (it runs {}); run this model on the cpu target",
+            "exact inference and the gpu target do not support the op(s) {} (they run {}); run this model \
+             with nn mode fast on the cpu target",
             missing.join(", "),
             OP_SET.join(", ")
         )));
@@ -365,6 +371,9 @@ pub(crate) struct Plan {
     /// Offset and shape of each graph output.
     pub(crate) outputs: Vec<(usize, Vec<usize>)>,
     pub(crate) steps: Vec<Step>,
+    /// Exact mode: the exact kernels, and every weight canonical
+    /// (`exact::math::canonical`); inputs are made canonical on upload.
+    pub(crate) exact: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -375,6 +384,11 @@ enum Val {
 
 struct Planner<'a> {
     limits: &'a NnLimits,
+    exact: bool,
+    /// The plan is for the exact CPU backend (for error messages).
+    on_cpu: bool,
+    /// Constant data and where it goes in the arena.
+    weights: Vec<(usize, Vec<f32>)>,
     max_elements: usize,
     next: usize,
     vals: HashMap<String, Val>,
@@ -414,15 +428,34 @@ impl Planner<'_> {
         })?;
         let off = self.next;
         let end = off.checked_add(n).filter(|e| *e <= self.max_elements).ok_or_else(|| {
-            NnError::TooLarge(format!(
-                "node {node}: the graph needs more than {} bytes of GPU memory (the job's GPU memory limit, \
-                 or the device's largest storage buffer)",
-                self.max_elements * 4
-            ))
+            NnError::TooLarge(if self.on_cpu {
+                format!(
+                    "node {node}: the graph needs more than {} bytes, more than the job's CPU inference memory \
+                     limit of {}",
+                    self.max_elements * 4,
+                    self.limits.cpu_memory
+                )
+            } else {
+                format!(
+                    "node {node}: the graph needs more than {} bytes of GPU memory (the job's GPU memory limit, \
+                     or the device's largest storage buffer)",
+                    self.max_elements * 4
+                )
+            })
         })?;
         // Keep every tensor 16-byte aligned.
         self.next = end.div_ceil(4) * 4;
         Ok(off)
+    }
+
+    /// Places constant data at `off`, canonical in exact mode.
+    fn weight(&mut self, off: usize, mut data: Vec<f32>) {
+        if self.exact {
+            for v in &mut data {
+                *v = crate::nn::exact::math::canonical(*v);
+            }
+        }
+        self.weights.push((off, data));
     }
 
     fn arena(&self, name: &str, node: &str) -> Result<(usize, Vec<usize>), NnError> {
@@ -441,7 +474,8 @@ impl Planner<'_> {
         if self.work > self.limits.gpu_work as u128 {
             let at = if node.is_empty() { String::new() } else { format!("node {node}: ") };
             return Err(NnError::TooLarge(format!(
-                "{at}one inference would take more than {} operations on the GPU (the job's GPU work limit)",
+                "{at}one inference would take more than {} operations (the job's work limit for Shoal's kernels, \
+                 nn gpu_work)",
                 self.limits.gpu_work
             )));
         }
@@ -489,6 +523,21 @@ impl Planner<'_> {
     }
 }
 
+/// Inference BatchNormalization as a per-channel scale and shift:
+/// scale' = scale / sqrt(var + eps), shift' = bias - mean * scale', each
+/// operation rounded once (f32, IEEE) and made canonical.
+fn fold_batchnorm(scale: &[f32], bias: &[f32], mean: &[f32], var: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    use crate::nn::exact::math::canonical as c;
+    let mut a = Vec::with_capacity(scale.len());
+    let mut b = Vec::with_capacity(scale.len());
+    for i in 0..scale.len() {
+        let k = c(c(scale[i]) / c(c(c(var[i]) + c(eps)).sqrt()));
+        a.push(k);
+        b.push(c(c(bias[i]) - c(c(mean[i]) * k)));
+    }
+    (a, b)
+}
+
 /// Broadcast strides of `shape` against `out` (right-aligned, 0 where
 /// broadcast), padded to MAX_RANK.
 fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
@@ -500,7 +549,14 @@ fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
 impl OnnxGraph {
     /// Plans for inputs of `shapes`, within `limits` and an arena of at
     /// most `max_bytes`.
-    pub(crate) fn plan(&self, shapes: &[Vec<usize>], limits: &NnLimits, max_bytes: u64) -> Result<Plan, NnError> {
+    pub(crate) fn plan(
+        &self,
+        shapes: &[Vec<usize>],
+        limits: &NnLimits,
+        max_bytes: u64,
+        exact: bool,
+        on_cpu: bool,
+    ) -> Result<Plan, NnError> {
         if shapes.len() != self.inputs.len() {
             return Err(NnError::InvalidArgument(format!(
                 "the graph has {} inputs, {} were set",
@@ -509,13 +565,22 @@ impl OnnxGraph {
             )));
         }
         let max_elements = usize::try_from((max_bytes / 4).min(u32::MAX as u64 - 64)).unwrap_or(usize::MAX);
-        let mut pl = Planner { limits, max_elements, next: 0, vals: HashMap::new(), steps: Vec::new(), work: 0 };
-        let mut weights = Vec::new();
+        let mut pl = Planner {
+            limits,
+            exact,
+            on_cpu,
+            weights: Vec::new(),
+            max_elements,
+            next: 0,
+            vals: HashMap::new(),
+            steps: Vec::new(),
+            work: 0,
+        };
         for (name, c) in &self.consts {
             match c {
                 Const::F32(shape, data) => {
                     let off = pl.alloc(shape, name)?;
-                    weights.push((off, data.clone()));
+                    pl.weight(off, data.clone());
                     pl.vals.insert(name.clone(), Val::Arena(off, shape.clone()));
                 }
                 Const::I64(data) => {
@@ -537,7 +602,7 @@ impl OnnxGraph {
             let (off, shape) = pl.arena(name, "graph output")?;
             outputs.push((off, shape));
         }
-        Ok(Plan { arena: pl.next.max(4), weights, inputs, outputs, steps: pl.steps })
+        Ok(Plan { arena: pl.next.max(4), weights: pl.weights, inputs, outputs, steps: pl.steps, exact })
     }
 
     fn plan_node(&self, pl: &mut Planner<'_>, node: &Node) -> Result<(), NnError> {
@@ -893,28 +958,39 @@ impl OnnxGraph {
                     return Err(bad(format!("BatchNormalization of shape {s:?}")));
                 }
                 let c = s[1];
-                let mut offs = Vec::new();
+                // Folded on the host into y = x * scale' + shift', with
+                // IEEE division and square root: correctly rounded on every
+                // host, so exact mode needs no sqrt on the device.
+                let mut params = Vec::new();
                 for i in 1..5 {
-                    let (off, sp) = pl.arena(input(i)?, nm)?;
-                    if sp != [c] {
+                    let name = input(i)?;
+                    let Some(Const::F32(sp, v)) = self.consts.iter().find(|(n, _)| n == name).map(|(_, c)| c) else {
+                        return Err(unsupported(format!(
+                            "node {nm}: BatchNormalization with a computed {name} (scale, bias, mean and var \
+                             must be constants of the model)"
+                        )));
+                    };
+                    if *sp != [c] {
                         return Err(bad(format!("BatchNormalization parameter of shape {sp:?}, expected [{c}]")));
                     }
-                    offs.push(pl.u(off, nm)?);
+                    params.push(v.clone());
                 }
+                let (scale, shift) = fold_batchnorm(&params[0], &params[1], &params[2], &params[3], *eps);
+                let a = pl.alloc(&[c], nm)?;
+                pl.weight(a, scale);
+                let b = pl.alloc(&[c], nm)?;
+                pl.weight(b, shift);
                 let n = elems(&s);
                 let spatial = elems(&s[2..]);
                 let y = pl.out(node, s)?;
                 let p = [
                     pl.u(x, nm)?,
                     pl.u(y, nm)?,
-                    offs[0],
-                    offs[1],
-                    offs[2],
-                    offs[3],
+                    pl.u(a, nm)?,
+                    pl.u(b, nm)?,
                     pl.u(n, nm)?,
                     pl.u(c, nm)?,
                     pl.u(spatial, nm)?,
-                    eps.to_bits(),
                 ];
                 pl.step(Kernel::BatchNorm, &p, n)
             }
@@ -994,4 +1070,53 @@ impl OnnxGraph {
         pl.charge((nc * oh * ow) as u128 * (kernel[0] * kernel[1]) as u128, nm)?;
         pl.step(Kernel::Pool, &p, nc * oh * ow)
     }
+}
+
+/// The input slot `id` names, among `n`.
+fn index(id: &Id, n: usize, what: &str) -> Result<usize, NnError> {
+    match id {
+        Id::Index(i) if (*i as usize) < n => Ok(*i as usize),
+        Id::Index(i) => Err(NnError::InvalidArgument(format!("{what} index {i} is out of range: the model has {n}"))),
+        Id::Name(n) => Err(NnError::InvalidArgument(format!("{what}s are addressed by index, not by name ({n:?})"))),
+    }
+}
+
+/// A backend's `set_input`: which of `n` inputs, its shape and values.
+pub(crate) fn decode_input(
+    id: &Id,
+    n: usize,
+    tensor: &wasmtime_wasi_nn::Tensor,
+) -> Result<(usize, (Vec<usize>, Vec<f32>)), NnError> {
+    let i = index(id, n, "input")?;
+    if tensor.ty != TensorType::Fp32 {
+        return Err(NnError::Unsupported(format!("tensor type {:?}: only f32 tensors are supported", tensor.ty)));
+    }
+    let shape: Vec<usize> = tensor.dimensions.iter().map(|d| *d as usize).collect();
+    // The ABI layer checks this for guests; native callers (Session)
+    // reach here directly.
+    let bytes = shape.iter().try_fold(4usize, |a, d| a.checked_mul(*d));
+    if bytes != Some(tensor.data.len()) {
+        return Err(NnError::InvalidArgument(format!(
+            "a tensor of shape {shape:?} (f32) needs {bytes:?} bytes of data, got {}",
+            tensor.data.len()
+        )));
+    }
+    let values = tensor.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Ok((i, (shape, values)))
+}
+
+/// A backend's `get_output`: output `id` of the last compute.
+pub(crate) fn encode_output(
+    id: &Id,
+    n: usize,
+    outputs: &[(Vec<usize>, Vec<f32>)],
+) -> Result<wasmtime_wasi_nn::Tensor, NnError> {
+    let i = index(id, n, "output")?;
+    let (shape, values) =
+        outputs.get(i).ok_or_else(|| NnError::InvalidArgument("no outputs yet: call compute first".into()))?;
+    let mut data = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    Ok(wasmtime_wasi_nn::Tensor { dimensions: shape.iter().map(|d| *d as u32).collect(), ty: TensorType::Fp32, data })
 }

@@ -1,0 +1,332 @@
+//! A plan (`nn/graph.rs`) run on the CPU with the exact kernels: each step
+//! is the Rust twin of its kernel in `vulkan/kernels.wgsl` with the exact
+//! prelude, reading the same parameters, summing in the same order and
+//! rounding (and flushing) after the same operations. Matrix products and
+//! convolutions go through `gemm.rs` (vectorised, on every core).
+
+use rayon::prelude::*;
+
+use super::gemm;
+use super::math::{self, add, div, mul, out, sub};
+use crate::nn::graph::{Kernel, Plan, Step, MAX_RANK};
+use crate::nn::NnError;
+
+const NONE: u32 = u32::MAX;
+/// Elements below which an elementwise step stays on one thread.
+const PARALLEL_ELEMENTS: usize = 1 << 16;
+
+fn bad(what: &str) -> NnError {
+    NnError::Runtime(format!("the exact CPU backend: {what} outside the plan's memory (a planner bug)"))
+}
+
+fn region(arena: &[f32], off: usize, len: usize) -> Result<&[f32], NnError> {
+    arena.get(off..off.checked_add(len).ok_or_else(|| bad("an operand"))?).ok_or_else(|| bad("an operand"))
+}
+
+fn store(arena: &mut [f32], off: usize, values: &[f32]) -> Result<(), NnError> {
+    let end = off.checked_add(values.len()).ok_or_else(|| bad("a result"))?;
+    arena.get_mut(off..end).ok_or_else(|| bad("a result"))?.copy_from_slice(values);
+    Ok(())
+}
+
+/// The arena of a plan with its weights in place.
+pub(crate) fn arena(plan: &Plan) -> Vec<f32> {
+    let mut arena = vec![0.0f32; plan.arena];
+    for (off, w) in &plan.weights {
+        if let Some(dst) = arena.get_mut(*off..*off + w.len()) {
+            dst.copy_from_slice(w);
+        }
+    }
+    arena
+}
+
+/// Puts canonical `inputs` in place, runs every step and returns the outputs.
+pub(crate) fn run(plan: &Plan, arena: &mut [f32], inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, NnError> {
+    for ((off, len), data) in plan.inputs.iter().zip(inputs) {
+        if *len != data.len() {
+            return Err(NnError::InvalidArgument(format!("an input of {} values, the plan expects {len}", data.len())));
+        }
+        let dst = arena.get_mut(*off..*off + len).ok_or_else(|| bad("an input"))?;
+        for (d, s) in dst.iter_mut().zip(data.iter()) {
+            *d = math::canonical(*s);
+        }
+    }
+    for step in &plan.steps {
+        run_step(step, arena)?;
+    }
+    plan.outputs.iter().map(|(off, shape)| region(arena, *off, shape.iter().product()).map(|r| r.to_vec())).collect()
+}
+
+fn run_step(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
+    let p = |i: usize| step.params[i] as usize;
+    match step.kernel {
+        Kernel::MatMul => matmul(step, m),
+        Kernel::Binary => {
+            let n = p(4);
+            let rank = p(5);
+            let (dims, sa, sb) = (&step.params[6..12], &step.params[12..18], &step.params[18..24]);
+            let op = p(0);
+            let f = |idx: usize| -> Result<f32, NnError> {
+                let (ia, ib) = strided2(idx, rank, dims, sa, sb);
+                let a = *m.get(p(1) + ia).ok_or_else(|| bad("an operand"))?;
+                let b = *m.get(p(2) + ib).ok_or_else(|| bad("an operand"))?;
+                Ok(out(match op {
+                    0 => add(a, b),
+                    1 => mul(a, b),
+                    2 => sub(a, b),
+                    _ => div(a, b),
+                }))
+            };
+            let y = map_indices(n, f)?;
+            store(m, p(3), &y)
+        }
+        Kernel::Unary => {
+            let x = region(m, p(1), p(3))?;
+            let f: fn(f32) -> f32 = match p(0) {
+                0 => math::relu,
+                1 => math::sigmoid,
+                _ => math::tanh,
+            };
+            let y: Vec<f32> = if x.len() >= PARALLEL_ELEMENTS {
+                x.par_iter().map(|v| out(f(*v))).collect()
+            } else {
+                x.iter().map(|v| out(f(*v))).collect()
+            };
+            store(m, p(2), &y)
+        }
+        Kernel::Copy => {
+            let n = p(2);
+            let rank = p(3);
+            let (dims, src, dst) = (&step.params[4..10], &step.params[10..16], &step.params[16..22]);
+            for idx in 0..n {
+                let (is, id) = strided2(idx, rank, dims, src, dst);
+                let v = *m.get(p(0) + is).ok_or_else(|| bad("an operand"))?;
+                *m.get_mut(p(1) + id).ok_or_else(|| bad("a result"))? = v;
+            }
+            Ok(())
+        }
+        Kernel::Conv => conv(step, m),
+        Kernel::Pool => pool(step, m),
+        Kernel::Softmax => {
+            let (outer, len, inner) = (p(2), p(3), p(4));
+            let x = region(m, p(0), outer * len * inner)?.to_vec();
+            let mut y = vec![0.0f32; x.len()];
+            for o in 0..outer {
+                for i in 0..inner {
+                    let at = |k: usize| o * len * inner + i + k * inner;
+                    let mut mx = f32::NEG_INFINITY;
+                    for k in 0..len {
+                        mx = math::max(mx, x[at(k)]);
+                    }
+                    let mut sum = 0.0f32;
+                    for k in 0..len {
+                        sum = add(sum, math::exp(sub(x[at(k)], mx)));
+                    }
+                    for k in 0..len {
+                        y[at(k)] = out(div(math::exp(sub(x[at(k)], mx)), sum));
+                    }
+                }
+            }
+            store(m, p(1), &y)
+        }
+        Kernel::BatchNorm => {
+            let (n, c, spatial) = (p(4), p(5), p(6));
+            let x = region(m, p(0), n)?;
+            let a = region(m, p(2), c)?;
+            let b = region(m, p(3), c)?;
+            let y: Vec<f32> = (0..n)
+                .map(|i| {
+                    let ch = (i / spatial.max(1)) % c.max(1);
+                    out(add(mul(x[i], a[ch]), b[ch]))
+                })
+                .collect();
+            store(m, p(1), &y)
+        }
+    }
+}
+
+/// `f` over 0..n, on every core when n is large.
+fn map_indices(n: usize, f: impl Fn(usize) -> Result<f32, NnError> + Sync + Send) -> Result<Vec<f32>, NnError> {
+    if n >= PARALLEL_ELEMENTS {
+        (0..n).into_par_iter().map(f).collect()
+    } else {
+        (0..n).map(f).collect()
+    }
+}
+
+/// The offsets of element `idx` (a multi-index over `dims`, last fastest)
+/// under two sets of strides: the walk of the binary and copy kernels.
+fn strided2(idx: usize, rank: usize, dims: &[u32], s1: &[u32], s2: &[u32]) -> (usize, usize) {
+    let mut rem = idx;
+    let (mut a, mut b) = (0usize, 0usize);
+    for d in (0..rank.min(MAX_RANK)).rev() {
+        let dim = dims[d].max(1) as usize;
+        let c = rem % dim;
+        rem /= dim;
+        a += c * s1[d] as usize;
+        b += c * s2[d] as usize;
+    }
+    (a, b)
+}
+
+/// 0 offA 1 offB 2 offC 3 offBias 4 M 5 N 6 K 7 batch 8 batch stride A
+/// 9 batch stride B 10 A row stride 11 A k stride 12 B k stride
+/// 13 B col stride 14 bias row stride 15 bias col stride 16 alpha 17 beta
+fn matmul(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
+    let p = |i: usize| step.params[i] as usize;
+    let (mm, nn, kk, batch) = (p(4), p(5), p(6), p(7));
+    let alpha = f32::from_bits(step.params[16]);
+    let beta = f32::from_bits(step.params[17]);
+    let get = |at: usize| m.get(at).copied().ok_or_else(|| bad("an operand"));
+    let mut y = vec![0.0f32; batch * mm * nn];
+    for b in 0..batch {
+        let mut a = Vec::with_capacity(mm * kk);
+        for i in 0..mm {
+            for q in 0..kk {
+                a.push(get(p(0) + b * p(8) + i * p(10) + q * p(11))?);
+            }
+        }
+        let mut bm = Vec::with_capacity(kk * nn);
+        for q in 0..kk {
+            for j in 0..nn {
+                bm.push(get(p(1) + b * p(9) + q * p(12) + j * p(13))?);
+            }
+        }
+        let acc = gemm::matmul(&a, &bm, mm, nn, kk);
+        for i in 0..mm {
+            for j in 0..nn {
+                let mut v = mul(alpha, acc[i * nn + j]);
+                if step.params[3] != NONE {
+                    v = add(v, mul(beta, get(p(3) + i * p(14) + j * p(15))?));
+                }
+                y[(b * mm + i) * nn + j] = out(v);
+            }
+        }
+    }
+    store(m, p(2), &y)
+}
+
+/// 0 offX 1 offW 2 offBias 3 offY 4 N 5 C 6 H 7 W 8 M 9 OH 10 OW 11 KH
+/// 12 KW 13 sh 14 sw 15 pad top 16 pad left 17 dh 18 dw 19 group 20 cb
+fn conv(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
+    let p = |i: usize| step.params[i] as usize;
+    let (n, c, h, w, mo, oh, ow, kh, kw) = (p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12));
+    let (sh, sw, pt, pl, dh, dw, group) = (p(13), p(14), p(15), p(16), p(17), p(18), p(19).max(1));
+    let cpg = c / group;
+    let mpg = mo / group;
+    let kvol = kh * kw;
+    let kdim = cpg * kvol;
+    let x = region(m, p(0), n * c * h * w)?;
+    let wt = region(m, p(1), mo * kdim)?;
+    let bias = if step.params[2] != NONE { Some(region(m, p(2), mo)?) } else { None };
+    let pixels = oh * ow;
+    // Zero padding in place of skipped taps gives the same sums only when
+    // every weight is finite (0 * inf is NaN); otherwise, and for tiny
+    // operands, the flushed direct loop below.
+    let fast = wt.iter().all(|v| v.is_finite())
+        && gemm::fast_ok(gemm::min_magnitude(x.iter().copied()), gemm::min_magnitude(wt.iter().copied()));
+    let tap = |o_h: usize, o_w: usize, k_h: usize, k_w: usize| -> Option<(usize, usize)> {
+        let ih = (o_h * sh + k_h * dh).checked_sub(pt)?;
+        let iw = (o_w * sw + k_w * dw).checked_sub(pl)?;
+        (ih < h && iw < w).then_some((ih, iw))
+    };
+    let mut y = vec![0.0f32; n * mo * pixels];
+    for b in 0..n {
+        for g in 0..group {
+            let wg = &wt[g * mpg * kdim..(g + 1) * mpg * kdim];
+            let acc = if fast {
+                let mut col = vec![0.0f32; kdim * pixels];
+                for ci in 0..cpg {
+                    let plane = &x[(b * c + g * cpg + ci) * h * w..][..h * w];
+                    for k_h in 0..kh {
+                        for k_w in 0..kw {
+                            let row = &mut col[((ci * kh + k_h) * kw + k_w) * pixels..][..pixels];
+                            for o_h in 0..oh {
+                                for o_w in 0..ow {
+                                    if let Some((ih, iw)) = tap(o_h, o_w, k_h, k_w) {
+                                        row[o_h * ow + o_w] = plane[ih * w + iw];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                gemm::fast_matmul(wg, &col, mpg, pixels, kdim)
+            } else {
+                let mut acc = vec![0.0f32; mpg * pixels];
+                for mi in 0..mpg {
+                    for o_h in 0..oh {
+                        for o_w in 0..ow {
+                            let mut s = 0.0f32;
+                            for ci in 0..cpg {
+                                let plane = &x[(b * c + g * cpg + ci) * h * w..][..h * w];
+                                for k_h in 0..kh {
+                                    for k_w in 0..kw {
+                                        if let Some((ih, iw)) = tap(o_h, o_w, k_h, k_w) {
+                                            s = add(
+                                                s,
+                                                mul(plane[ih * w + iw], wg[mi * kdim + (ci * kh + k_h) * kw + k_w]),
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                            acc[mi * pixels + o_h * ow + o_w] = s;
+                        }
+                    }
+                }
+                acc
+            };
+            for mi in 0..mpg {
+                let oc = g * mpg + mi;
+                let dst = &mut y[(b * mo + oc) * pixels..][..pixels];
+                for (d, v) in dst.iter_mut().zip(&acc[mi * pixels..(mi + 1) * pixels]) {
+                    *d = out(match bias {
+                        Some(bs) => add(*v, bs[oc]),
+                        None => *v,
+                    });
+                }
+            }
+        }
+    }
+    store(m, p(3), &y)
+}
+
+/// 0 offX 1 offY 2 N*C 3 H 4 W 5 OH 6 OW 7 KH 8 KW 9 sh 10 sw 11 pad top
+/// 12 pad left 13 kind (0 max, 1 average) 14 count_include_pad
+fn pool(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
+    let p = |i: usize| step.params[i] as usize;
+    let (nc, h, w, oh, ow, kh, kw, sh, sw, pt, pl) =
+        (p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12));
+    let is_max = p(13) == 0;
+    let include_pad = p(14) != 0;
+    let x = region(m, p(0), nc * h * w)?;
+    let mut y = vec![0.0f32; nc * oh * ow];
+    for (idx, v) in y.iter_mut().enumerate() {
+        let o_w = idx % ow;
+        let o_h = (idx / ow) % oh;
+        let plane = &x[(idx / (ow * oh)) * h * w..][..h * w];
+        let mut acc = if is_max { f32::NEG_INFINITY } else { 0.0 };
+        let mut count = 0u32;
+        for k_h in 0..kh {
+            for k_w in 0..kw {
+                let ih = (o_h * sh + k_h).checked_sub(pt).filter(|i| *i < h);
+                let iw = (o_w * sw + k_w).checked_sub(pl).filter(|i| *i < w);
+                let (Some(ih), Some(iw)) = (ih, iw) else {
+                    if include_pad {
+                        count += 1;
+                    }
+                    continue;
+                };
+                let xv = plane[ih * w + iw];
+                acc = if is_max { math::max(acc, xv) } else { add(acc, xv) };
+                count += 1;
+            }
+        }
+        if !is_max {
+            acc = div(acc, count.max(1) as f32);
+        }
+        *v = out(acc);
+    }
+    store(m, p(1), &y)
+}
