@@ -25,7 +25,7 @@ use shoal_scheduler::db::{Committed, JournalEntry};
 use shoal_scheduler::model::ExecMeta;
 use shoal_scheduler::net::proto::{self, Gpu, Request, Response};
 use shoal_scheduler::receipt;
-use shoal_scheduler::spec::Spec;
+use shoal_scheduler::spec::{NnMode, NnTarget, Spec};
 use shoal_storage::Cid;
 
 use super::{fetch, Node};
@@ -174,6 +174,11 @@ pub fn to_runtime(spec: &Spec) -> job::Spec {
     r.deterministic = !t.nondeterministic;
     r.models = t.models.iter().map(|(name, cid)| (name.clone(), *cid)).collect();
     r.gpu = spec.resources.gpu;
+    r.nn_mode = match spec.nn.mode {
+        NnMode::Exact => shoal_runtime::nn::Mode::Exact,
+        NnMode::Fast => shoal_runtime::nn::Mode::Fast,
+    };
+    r.nn_auto = spec.nn.target == NnTarget::Auto;
     r
 }
 
@@ -196,7 +201,13 @@ impl Compute {
         // No Vulkan loader or device is not an error: the node computes on
         // the CPU and announces no GPU.
         let gpu = if gpu { shoal_runtime::nn::probe_gpu(allow_software_gpu) } else { None };
-        let gpu = gpu.map(|g| Gpu { name: g.name, memory_bytes: g.memory_bytes, software: g.software });
+        let gpu = gpu.map(|g| Gpu {
+            exact: g.exact_refused.is_none(),
+            name: g.name,
+            memory_bytes: g.memory_bytes,
+            software: g.software,
+            driver: g.driver,
+        });
         let exec = Executor::new(config).context("cannot start the wasm engine")?;
         // Work directories an earlier process left (it crashed mid-run, or
         // kept spares): nothing in them is needed. The caller holds the
@@ -428,6 +439,9 @@ impl Compute {
         if spec.resources.gpu && self.gpu.is_none() {
             return reject("this node has no gpu".into());
         }
+        if spec.resources.gpu && spec.nn.mode == NnMode::Exact && !self.gpu.as_ref().is_some_and(|g| g.exact) {
+            return reject("this node's gpu cannot run exact inference (nn.mode: exact)".into());
+        }
         if spec.resources.memory.0 > memory_bytes() {
             return reject(format!(
                 "job needs {} bytes of memory, this node has {}",
@@ -645,6 +659,8 @@ async fn run_execution(
     cancel: &shoal_runtime::Cancel,
 ) -> anyhow::Result<Report> {
     let mut rt = to_runtime(spec);
+    // Target auto: this node's GPU if it runs exact inference.
+    rt.nn_auto_gpu = c.gpu.as_ref().is_some_and(|g| g.exact);
     rt.cancel = Some(cancel.clone());
     // Pinned in the background (see `keeper`): the requester reads the
     // result from this process, which sees it at once.
