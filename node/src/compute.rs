@@ -917,3 +917,32 @@ async fn report(node: &Arc<Node>, requester: PeerId, request: Request) {
     }
     tracing::warn!("gave up reporting execution {} to {requester}", request.exec());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> Spec {
+        let text = format!("task:\n  module: bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku\n{extra}");
+        Spec::from_yaml_or_json(&text).unwrap()
+    }
+
+    #[test]
+    fn the_runtime_spec_carries_the_nn_mode_and_target() {
+        let plain = to_runtime(&spec(""));
+        assert_eq!(plain.nn_mode, shoal_runtime::nn::Mode::Exact);
+        assert!(!plain.nn_auto);
+        // Exact written out is the same job as before modes existed.
+        assert_eq!(to_runtime(&spec("nn: {mode: exact}\n")).id(), plain.id());
+
+        let fast = to_runtime(&spec("nn: {mode: fast}\nresources: {gpu: true}\n"));
+        assert_eq!(fast.nn_mode, shoal_runtime::nn::Mode::Fast);
+        assert!(fast.gpu);
+        assert_eq!(fast.canonical()["nn"]["mode"], "fast");
+
+        let auto = to_runtime(&spec("nn: {target: auto}\n"));
+        assert!(auto.nn_auto && !auto.gpu);
+        assert_eq!(auto.canonical()["nn"]["target"], "auto");
+        assert_ne!(auto.id(), plain.id());
+    }
+}

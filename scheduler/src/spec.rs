@@ -539,8 +539,10 @@ impl Spec {
     /// majority of `redundancy.count` (count/2 + 1).
     /// The spec's canonical JSON: what the job CID hashes
     /// ([`crate::receipt::job_cid`]). Fields in declaration order, maps
-    /// sorted, every default written out: two specs that mean the same
-    /// job encode the same, and parsing it back gives it again.
+    /// sorted, every default written out (but `task.models` and `nn`, left
+    /// out while empty or default so that older specs keep their ids): two
+    /// specs that mean the same job encode the same, and parsing it back
+    /// gives it again.
     pub fn canonical_json(&self) -> Vec<u8> {
         // The stored form ([`Spec::to_json`]) is already canonical.
         self.to_json().into_bytes()
