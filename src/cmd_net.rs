@@ -323,6 +323,12 @@ fn apply_flags(spec: &mut Value, a: &SubmitArgs) -> anyhow::Result<()> {
         // Placed only on nodes that announce a GPU.
         object(spec, "resources", "")?.insert("gpu".into(), json!(true));
     }
+    if let Some(m) = r.nn_mode {
+        object(spec, "nn", "")?.insert("mode".into(), json!(m.as_str()));
+    }
+    if let Some(t) = r.nn_target {
+        object(spec, "nn", "")?.insert("target".into(), json!(t.as_str()));
+    }
     let redundancy = [("count", a.redundancy), ("quorum", a.quorum), ("max_extra", a.max_extra)];
     if redundancy.iter().any(|(_, v)| v.is_some()) {
         let red = object(spec, "redundancy", "")?;
@@ -1020,6 +1026,13 @@ fn print_job(r: &Value) {
     if let Some(k) = j.pointer("/submitter/key").and_then(Value::as_str) {
         println!("submitter: {k}");
     }
+    let spec = &j["spec"];
+    let nn = &spec["nn"];
+    let has_models = spec.pointer("/task/models").and_then(Value::as_object).is_some_and(|m| !m.is_empty());
+    if !nn.is_null() || has_models || spec.pointer("/resources/gpu") == Some(&Value::Bool(true)) {
+        let target = if nn["target"] == "auto" { ", target auto" } else { "" };
+        println!("wasi-nn: mode {}{target}", nn["mode"].as_str().unwrap_or("exact"));
+    }
     if !j["receipt"].is_null() {
         println!("receipt: {} (check it: shoal receipt verify {})", s(j, "receipt"), s(j, "receipt"));
     }
@@ -1049,7 +1062,14 @@ pub fn nodes(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     for n in r.get("nodes").and_then(Value::as_array).into_iter().flatten() {
         let v = &n["node"];
         let stats = &v["stats"];
-        let gpu = v["gpu"].get("name").and_then(Value::as_str).unwrap_or("none");
+        let gpu = match v["gpu"].get("name").and_then(Value::as_str) {
+            None => "none".to_string(),
+            Some(name) => {
+                let driver = v["gpu"]["driver"].as_str().filter(|d| !d.is_empty()).unwrap_or("driver unknown");
+                let exact = if v["gpu"]["exact"] == true { "exact" } else { "no exact" };
+                format!("{name} [{driver}] ({exact})")
+            }
+        };
         println!(
             "{}{}  slots {}/{}  gpu {}  agreed {} dissented {} lost {} failed {}  labels {}",
             v["id"].as_str().unwrap_or("?"),

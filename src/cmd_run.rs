@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use shoal_runtime::job::{self, Input, Spec};
 use shoal_runtime::{Config, Entry, Executor, Limits, Outcome};
+use shoal_scheduler::spec::{NnMode, NnTarget};
 use shoal_storage::block::parse_cid_path;
 use shoal_storage::importer::{Importer, Options};
 use shoal_storage::PinMode;
@@ -67,6 +68,17 @@ pub struct RunArgs {
     /// models run on it. Fails when this node has no usable GPU.
     #[arg(long)]
     pub gpu: bool,
+    /// wasi-nn inference: exact (bit-identical on the CPU and every GPU
+    /// that runs it; the default) or fast (the backends' own arithmetic,
+    /// reproducible only on the same device model and driver).
+    #[arg(long, value_name = "exact|fast")]
+    pub nn_mode: Option<NnMode>,
+    /// Which device wasi-nn graphs run on: job (the default: the GPU with
+    /// `--gpu`, else the CPU) or auto (a node's GPU if it runs exact
+    /// inference, else its CPU, whatever target the guest names; exact
+    /// mode only, without `--gpu`).
+    #[arg(long, value_name = "job|auto")]
+    pub nn_target: Option<NnTarget>,
     /// Let `--gpu` use a software Vulkan device (lavapipe) when there is no
     /// hardware GPU: correct, but slow.
     #[arg(long)]
@@ -469,6 +481,22 @@ fn run_checked(
         spec.models.push((name.clone(), cid));
     }
     spec.gpu = a.gpu;
+    let mode = a.nn_mode.unwrap_or_default();
+    spec.nn_mode = match mode {
+        NnMode::Exact => shoal_runtime::nn::Mode::Exact,
+        NnMode::Fast => shoal_runtime::nn::Mode::Fast,
+    };
+    if a.nn_target == Some(NnTarget::Auto) {
+        if mode != NnMode::Exact || a.gpu {
+            anyhow::bail!(
+                "--nn-target auto needs --nn-mode exact and no --gpu (it picks the gpu itself when one runs exact \
+                 inference); drop one"
+            );
+        }
+        spec.nn_auto = true;
+        spec.nn_auto_gpu =
+            shoal_runtime::nn::probe_gpu(a.allow_software_gpu).is_some_and(|g| g.exact_refused.is_none());
+    }
     spec.limits = a.limits();
     spec.deterministic = !a.nondeterministic;
     if !ctx.json {

@@ -45,13 +45,28 @@ fn shoal_run_classifies_the_digits_on_the_cpu_and_the_gpu() {
     assert!(cpu.status.success(), "{}", text(&cpu.stderr));
     let out = text(&cpu.stdout);
     assert!(out.contains("accuracy: 0.9833 (354/360)"), "{out}");
-    assert!(out.contains("wasi-nn device: cpu: tract 0.23.9"), "{out}");
+    assert!(out.contains("wasi-nn device: cpu: exact"), "exact is the default: {out}");
+    let fast = shoal(t.path(), &["--nn-mode", "fast"], &[]);
+    assert!(fast.status.success(), "{}", text(&fast.stderr));
+    let out = text(&fast.stdout);
+    assert!(out.contains("accuracy: 0.9833 (354/360)"), "{out}");
+    assert!(out.contains("wasi-nn device: cpu: tract 0.23.9 (fast)"), "{out}");
 
     let gpu = shoal(t.path(), &["--gpu", "--allow-software-gpu"], &[]);
     assert!(gpu.status.success(), "{}", text(&gpu.stderr));
     let out = text(&gpu.stdout);
     assert!(out.contains("accuracy: 0.9833 (354/360)"), "{out}");
-    assert!(out.contains("wasi-nn device: gpu: "), "{out}");
+    assert!(out.contains("wasi-nn device: gpu: ") && out.contains("(exact)"), "{out}");
+
+    // Target auto: the GPU when one runs exact inference, else the CPU,
+    // with the same result either way.
+    let result = |o: &Output| text(&o.stdout).lines().last().unwrap_or_default().to_owned();
+    let on_cpu = shoal(t.path(), &["--nn-target", "auto", "-q"], &[]);
+    let on_gpu = shoal(t.path(), &["--nn-target", "auto", "--allow-software-gpu", "-q"], &[]);
+    assert!(on_cpu.status.success() && on_gpu.status.success(), "{}{}", text(&on_cpu.stderr), text(&on_gpu.stderr));
+    assert_eq!(result(&on_cpu), result(&on_gpu));
+    let bad = shoal(t.path(), &["--nn-target", "auto", "--nn-mode", "fast"], &[]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("--nn-target auto needs --nn-mode exact"));
 }
 
 #[test]

@@ -469,7 +469,72 @@ fn a_gpu_job_runs_only_on_a_node_that_announces_a_gpu() {
     assert!(text(&cat.stdout).contains("accuracy: 0.9833 (354/360)"), "{}", text(&cat.stdout));
     let j = job(&net.nodes[0], &last_completed(&net.nodes[0]));
     let device = j["executions"][0]["meta"]["nn_devices"][0].as_str().unwrap_or_default().to_owned();
-    assert!(device.starts_with("cpu: tract"), "{j}");
+    assert_eq!(device, "cpu: exact", "{j}");
+}
+
+#[test]
+fn an_exact_inference_job_agrees_across_a_cpu_node_and_a_gpu_node() {
+    let mut net = Net::new();
+    net.add("requester", &["--no-compute"]);
+    let cpu = net.add("cpu", &["--gpu", "off"]);
+    // lavapipe stands in for a GPU (run with VK_DRIVER_FILES naming it).
+    let gpu = net.add("gpu", &["--allow-software-gpu"]);
+    wait_for_nodes(&net.nodes[0], 3);
+    let (cpu_id, gpu_id) = (net.nodes[cpu].id(), net.nodes[gpu].id());
+    let n = cli(&net.nodes[0], &net.home("cli"), &["--json", "nodes"]);
+    let v: Value = serde_json::from_slice(&n.stdout).unwrap();
+    let gpu_view = v["nodes"].as_array().unwrap().iter().find(|n| n["node"]["id"] == gpu_id.as_str()).unwrap();
+    assert_eq!(gpu_view["node"]["gpu"]["exact"], true, "lavapipe runs exact inference: {v}");
+    assert!(gpu_view["node"]["gpu"]["driver"].as_str().unwrap().contains("Mesa"), "{v}");
+    let listed = cli(&net.nodes[0], &net.home("cli"), &["nodes"]);
+    assert!(text(&listed.stdout).contains("(exact)"), "{}", text(&listed.stdout));
+
+    // Without --gpu: one execution lands on each node (two compute nodes,
+    // never two executions of a job on one), and target auto puts the
+    // guest's graphs on the GPU where a node has one that runs exact
+    // inference.
+    let model = format!("digits={}", root().join("samples/digits/digits_mlp.onnx").display());
+    let data = format!("{}:/inputs", root().join("samples/digits/data").display());
+    let classify = sample("classify");
+    let o = cli(
+        &net.nodes[0],
+        &net.home("cli"),
+        &[
+            "submit",
+            "--redundancy",
+            "2",
+            "--nn-mode",
+            "exact",
+            "--nn-target",
+            "auto",
+            "--model",
+            &model,
+            "--input",
+            &data,
+            classify.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let id = text(&o.stdout).trim().to_owned();
+    let w = cli(&net.nodes[0], &net.home("cli"), &["job", "wait", "--timeout", "180s", &id]);
+    assert!(w.status.success(), "{}{}", text(&w.stdout), text(&w.stderr));
+    let j = job(&net.nodes[0], &id);
+    assert_eq!(j["job"]["state"], "completed", "{j}");
+    let execs = j["executions"].as_array().unwrap();
+    assert_eq!(execs.len(), 2, "{j}");
+    let on = |node: &str| execs.iter().find(|e| e["node"] == node).unwrap_or_else(|| panic!("none on {node}: {j}"));
+    let (c, g) = (on(&cpu_id), on(&gpu_id));
+    assert_eq!(c["result"], g["result"], "the cpu and the gpu agree bit for bit: {j}");
+    assert_eq!(j["job"]["result"], c["result"], "{j}");
+    assert_eq!(c["meta"]["nn_devices"], serde_json::json!(["cpu: exact"]), "{j}");
+    let gd = g["meta"]["nn_devices"][0].as_str().unwrap_or_default().to_owned();
+    assert!(gd.starts_with("gpu: ") && gd.contains("llvmpipe") && gd.ends_with("(exact)"), "{j}");
+    let logs = cli(&net.nodes[0], &net.home("cli"), &["job", "logs", &id]);
+    assert!(text(&logs.stdout).contains("accuracy: 0.9833 (354/360)"), "{}", text(&logs.stdout));
+    let d = cli(&net.nodes[0], &net.home("cli"), &["job", "describe", &id]);
+    let d = text(&d.stdout);
+    assert!(d.contains("wasi-nn: mode exact, target auto"), "{d}");
+    assert!(d.contains("wasi-nn device: cpu: exact") && d.contains(&format!("wasi-nn device: {gd}")), "{d}");
 }
 
 /// Sends `request` (a whole HTTP/1.1 request) to the node's API as a

@@ -25,7 +25,7 @@ use shoal_scheduler::db::{Committed, JournalEntry};
 use shoal_scheduler::model::ExecMeta;
 use shoal_scheduler::net::proto::{self, Gpu, Request, Response};
 use shoal_scheduler::receipt;
-use shoal_scheduler::spec::Spec;
+use shoal_scheduler::spec::{NnMode, NnTarget, Spec};
 use shoal_storage::Cid;
 
 use super::{fetch, Node};
@@ -174,6 +174,11 @@ pub fn to_runtime(spec: &Spec) -> job::Spec {
     r.deterministic = !t.nondeterministic;
     r.models = t.models.iter().map(|(name, cid)| (name.clone(), *cid)).collect();
     r.gpu = spec.resources.gpu;
+    r.nn_mode = match spec.nn.mode {
+        NnMode::Exact => shoal_runtime::nn::Mode::Exact,
+        NnMode::Fast => shoal_runtime::nn::Mode::Fast,
+    };
+    r.nn_auto = spec.nn.target == NnTarget::Auto;
     r
 }
 
@@ -196,7 +201,13 @@ impl Compute {
         // No Vulkan loader or device is not an error: the node computes on
         // the CPU and announces no GPU.
         let gpu = if gpu { shoal_runtime::nn::probe_gpu(allow_software_gpu) } else { None };
-        let gpu = gpu.map(|g| Gpu { name: g.name, memory_bytes: g.memory_bytes, software: g.software });
+        let gpu = gpu.map(|g| Gpu {
+            exact: g.exact_refused.is_none(),
+            name: g.name,
+            memory_bytes: g.memory_bytes,
+            software: g.software,
+            driver: g.driver,
+        });
         let exec = Executor::new(config).context("cannot start the wasm engine")?;
         // Work directories an earlier process left (it crashed mid-run, or
         // kept spares): nothing in them is needed. The caller holds the
@@ -428,6 +439,9 @@ impl Compute {
         if spec.resources.gpu && self.gpu.is_none() {
             return reject("this node has no gpu".into());
         }
+        if spec.resources.gpu && spec.nn.mode == NnMode::Exact && !self.gpu.as_ref().is_some_and(|g| g.exact) {
+            return reject("this node's gpu cannot run exact inference (nn.mode: exact)".into());
+        }
         if spec.resources.memory.0 > memory_bytes() {
             return reject(format!(
                 "job needs {} bytes of memory, this node has {}",
@@ -645,6 +659,8 @@ async fn run_execution(
     cancel: &shoal_runtime::Cancel,
 ) -> anyhow::Result<Report> {
     let mut rt = to_runtime(spec);
+    // Target auto: this node's GPU if it runs exact inference.
+    rt.nn_auto_gpu = c.gpu.as_ref().is_some_and(|g| g.exact);
     rt.cancel = Some(cancel.clone());
     // Pinned in the background (see `keeper`): the requester reads the
     // result from this process, which sees it at once.
@@ -900,4 +916,33 @@ async fn report(node: &Arc<Node>, requester: PeerId, request: Request) {
         }
     }
     tracing::warn!("gave up reporting execution {} to {requester}", request.exec());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> Spec {
+        let text = format!("task:\n  module: bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku\n{extra}");
+        Spec::from_yaml_or_json(&text).unwrap()
+    }
+
+    #[test]
+    fn the_runtime_spec_carries_the_nn_mode_and_target() {
+        let plain = to_runtime(&spec(""));
+        assert_eq!(plain.nn_mode, shoal_runtime::nn::Mode::Exact);
+        assert!(!plain.nn_auto);
+        // Exact written out is the same job as before modes existed.
+        assert_eq!(to_runtime(&spec("nn: {mode: exact}\n")).id(), plain.id());
+
+        let fast = to_runtime(&spec("nn: {mode: fast}\nresources: {gpu: true}\n"));
+        assert_eq!(fast.nn_mode, shoal_runtime::nn::Mode::Fast);
+        assert!(fast.gpu);
+        assert_eq!(fast.canonical()["nn"]["mode"], "fast");
+
+        let auto = to_runtime(&spec("nn: {target: auto}\n"));
+        assert!(auto.nn_auto && !auto.gpu);
+        assert_eq!(auto.canonical()["nn"]["target"], "auto");
+        assert_ne!(auto.id(), plain.id());
+    }
 }

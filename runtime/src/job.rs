@@ -76,6 +76,15 @@ pub struct Spec {
     pub nn_limits: crate::nn::NnLimits,
     /// Exact (the default) or fast inference (see [`crate::nn::Mode`]).
     pub nn_mode: crate::nn::Mode,
+    /// wasi-nn target `auto` (exact mode only): every graph runs on the
+    /// device [`Spec::nn_auto_gpu`] picks, whatever target the guest names,
+    /// so that one job runs on CPU and GPU nodes alike (exact results are
+    /// the same on both). Part of the spec's identity.
+    pub nn_auto: bool,
+    /// With [`Spec::nn_auto`]: the node's GPU rather than its CPU (the node
+    /// sets it when its GPU runs exact inference). Not part of the spec's
+    /// identity: the executions of one job on CPU and GPU nodes are one job.
+    pub nn_auto_gpu: bool,
     /// Make the result durable and pin it before returning (the default).
     /// Off, its blocks are written (and readable through this store) but
     /// flushing and pinning are left to the caller: a compute node does
@@ -106,6 +115,8 @@ impl Spec {
             gpu: false,
             nn_limits: crate::nn::NnLimits::default(),
             nn_mode: crate::nn::Mode::Exact,
+            nn_auto: false,
+            nn_auto_gpu: false,
             pin_result: true,
             cancel: None,
         }
@@ -144,6 +155,7 @@ impl Spec {
             || self.gpu
             || self.nn_limits != crate::nn::NnLimits::default()
             || self.nn_mode != crate::nn::Mode::Exact
+            || self.nn_auto
         {
             let n = &self.nn_limits;
             v["nn"] = serde_json::json!({
@@ -161,6 +173,9 @@ impl Spec {
             // existed keep their ids.
             if self.nn_mode != crate::nn::Mode::Exact {
                 v["nn"]["mode"] = serde_json::json!(self.nn_mode.as_str());
+            }
+            if self.nn_auto {
+                v["nn"]["target"] = serde_json::json!("auto");
             }
         }
         v
@@ -391,6 +406,7 @@ fn run_with<E: std::ops::Deref<Target = Executor>>(
     task.nn.gpu = spec.gpu;
     task.nn.limits = spec.nn_limits.clone();
     task.nn.mode = spec.nn_mode;
+    task.nn.auto_gpu = spec.nn_auto.then_some(spec.nn_auto_gpu && spec.nn_mode == crate::nn::Mode::Exact && !spec.gpu);
     for (name, cid) in &spec.models {
         let what = || format!("model {name} ({cid})");
         let size = match exporter::stat_and_list(store, cid).map_err(storage(what()))?.0 {
@@ -531,4 +547,23 @@ fn content_bytes(store: &dyn BlockStore, cid: &Cid, total: &mut u64, limit: u64,
 fn failure_line(f: &Failure) -> String {
     let s = f.to_string();
     s.lines().next().unwrap_or_default().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_auto_is_in_the_id_and_the_device_it_picks_is_not() {
+        let module = *shoal_storage::Block::new(CidVersion::V1, shoal_storage::block::RAW, b"m".to_vec()).cid();
+        let plain = Spec::new(module);
+        let mut auto = Spec::new(module);
+        auto.nn_auto = true;
+        assert_eq!(auto.canonical()["nn"]["target"], "auto");
+        assert_ne!(auto.id(), plain.id());
+        let mut on_gpu = auto.clone();
+        on_gpu.nn_auto_gpu = true;
+        assert_eq!(on_gpu.id(), auto.id(), "cpu and gpu nodes run one job");
+        assert!(plain.canonical().get("nn").is_none());
+    }
 }

@@ -565,6 +565,15 @@ pub struct Gpu {
     pub memory_bytes: u64,
     /// A software (CPU) implementation rather than hardware.
     pub software: bool,
+    /// The driver and its version (`llvmpipe: Mesa 22.3.6 (LLVM 15.0.6)`):
+    /// with the name, what `fast` results are reproducible on. Empty from
+    /// nodes that predate it.
+    #[serde(default)]
+    pub driver: String,
+    /// It runs exact inference (`nn.mode: exact` with `resources.gpu`).
+    /// False from nodes that predate it.
+    #[serde(default)]
+    pub exact: bool,
 }
 
 /// A node's track record, kept by the scheduler from agreement outcomes.

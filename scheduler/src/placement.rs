@@ -70,7 +70,8 @@
 //! **Placing.** A node is eligible if it is alive, computes, satisfies
 //! every constraint, has `slots_free >= resources.slots`, `memory_bytes >=
 //! resources.memory` and a GPU (hardware or software) if `resources.gpu`,
-//! and has no execution of this job other than declined bids: never two
+//! (one that announces it runs exact inference if the job's `nn.mode` is
+//! exact), and has no execution of this job other than declined bids: never two
 //! executions of one job on one node, not even after a failure, so that
 //! one node cannot outvote others. A node that only declined the job (it
 //! was busy, or its bid expired) is eligible again once
@@ -85,6 +86,17 @@
 //! 2. more of the job's input CIDs held (`holds`);
 //! 3. a larger share of free slots;
 //! 4. node id, so that equal nodes are always taken in the same order.
+//!
+//! A `resources.gpu` job in `nn.mode: fast` with `redundancy.count` above
+//! 1 runs all its executions on one GPU model and driver (the name and
+//! driver its nodes announce): fast results are reproducible only there,
+//! and executions that cannot agree would waste the job. The group is
+//! the one of its executions that are live or have a result (the first
+//! by id whose node is still known); before any, the (name, driver) with
+//! the most eligible nodes, ties going to the group of the best ranked
+//! node. Exact jobs, and jobs without `resources.gpu`, run on any mix of
+//! nodes: exact results are the same on the CPU and every GPU that runs
+//! them.
 //!
 //! Should `nodes` hold two views of one node, the most recently seen is
 //! used. `plan` places at most one execution per node per job; the caller
@@ -129,6 +141,7 @@ use shoal_storage::Cid;
 
 use crate::agreement::{self, Verdict};
 use crate::model::{ExecId, ExecState, Execution, Job, JobState, NodeId, NodeStats, NodeView};
+use crate::spec::NnMode;
 
 /// Tuning of [`plan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -426,6 +439,10 @@ pub fn plan_within(
         .map(|n| Rank::of(job, n))
         .collect();
     eligible.sort();
+    let group = gpu_group(job, &node_map, &execs, &st, &eligible);
+    if let Some(g) = &group {
+        eligible.retain(|r| node_map.get(r.id).is_some_and(|n| in_group(n, g)));
+    }
 
     let total = dur_ms(spec.timeouts.total);
     if now_ms.saturating_sub(job.created_ms) > total {
@@ -442,7 +459,7 @@ pub fn plan_within(
             waiting.push(format!("{} execution(s) not finished", live.len() - committed));
         }
         if replace > eligible.len() {
-            let (needs, census) = unfit(job, nodes, &execs, now_ms, cfg);
+            let (needs, census) = unfit(job, nodes, &execs, group.as_ref(), now_ms, cfg);
             waiting.push(format!("{needs} for {} more execution(s) ({census})", replace - eligible.len()));
         }
         if waiting.is_empty() {
@@ -523,7 +540,7 @@ pub fn plan_within(
                     human(queue)
                 )
             } else {
-                let (needs, census) = unfit(job, nodes, &execs, now_ms, cfg);
+                let (needs, census) = unfit(job, nodes, &execs, group.as_ref(), now_ms, cfg);
                 format!("{needs} after waiting {} (timeouts.queue) ({census})", human(queue))
             };
             finish(&mut plan, failed(error, extra_used));
@@ -590,7 +607,7 @@ pub fn capable(job: &Job, node: &NodeView, now_ms: u64, cfg: &Config) -> bool {
         && job.spec.constraints.iter().all(|c| c.matches(&node.labels))
         && node.slots_total.max(node.slots_free) >= r.slots
         && node.memory_bytes >= r.memory.0
-        && (!r.gpu || node.gpu.is_some())
+        && gpu_fits(job, node)
 }
 
 /// Whether `node` has what the job needs (liveness and exclusion aside).
@@ -601,7 +618,63 @@ fn fits(job: &Job, node: &NodeView) -> bool {
         && job.spec.constraints.iter().all(|c| c.matches(&node.labels))
         && node.slots_free >= r.slots
         && node.memory_bytes >= r.memory.0
-        && (!r.gpu || node.gpu.is_some())
+        && gpu_fits(job, node)
+}
+
+/// Whether `node` has the GPU the job asks for, if any: one that runs
+/// exact inference for an exact job.
+fn gpu_fits(job: &Job, node: &NodeView) -> bool {
+    let spec = &job.spec;
+    if !spec.resources.gpu {
+        return true;
+    }
+    match &node.gpu {
+        None => false,
+        Some(g) => spec.nn.mode != NnMode::Exact || g.exact,
+    }
+}
+
+/// A GPU model and driver: where `fast` GPU results are reproducible.
+type GpuGroup = (String, String);
+
+fn in_group(node: &NodeView, g: &GpuGroup) -> bool {
+    node.gpu.as_ref().is_some_and(|x| x.name == g.0 && x.driver == g.1)
+}
+
+/// The one GPU model and driver that a fast, redundant GPU job's
+/// executions must share (see the module documentation), or `None` when
+/// any eligible node will do.
+fn gpu_group(
+    job: &Job,
+    node_map: &BTreeMap<&str, &NodeView>,
+    execs: &[&Execution],
+    st: &dyn Fn(&Execution) -> ExecState,
+    eligible: &[Rank<'_>],
+) -> Option<GpuGroup> {
+    let spec = &job.spec;
+    if !spec.resources.gpu || spec.nn.mode == NnMode::Exact || spec.redundancy.count <= 1 {
+        return None;
+    }
+    let group_of = |id: &str| node_map.get(id).and_then(|n| n.gpu.as_ref()).map(|g| (g.name.clone(), g.driver.clone()));
+    // `execs` is sorted by id: the first placed execution fixes it.
+    let fixed = execs
+        .iter()
+        .filter(|e| st(e).is_live() || (st(e).has_result() && e.result.is_some()))
+        .find_map(|e| group_of(&e.node));
+    if fixed.is_some() {
+        return fixed;
+    }
+    // The largest group; `eligible` is in rank order, so on a tie the
+    // group seen first has the best ranked node.
+    let mut groups: Vec<(GpuGroup, usize)> = Vec::new();
+    for g in eligible.iter().filter_map(|r| group_of(r.id)) {
+        match groups.iter_mut().find(|(x, _)| *x == g) {
+            Some((_, n)) => *n += 1,
+            None => groups.push((g, 1)),
+        }
+    }
+    let most = groups.iter().map(|(_, n)| *n).max()?;
+    groups.into_iter().find(|(_, n)| *n == most).map(|(g, _)| g)
 }
 
 /// A node's place in the ranking (see the module documentation):
@@ -652,7 +725,14 @@ impl PartialOrd for Rank<'_> {
 }
 
 /// Why no node fits: the requirements, then how many nodes fell at each.
-fn unfit(job: &Job, nodes: &[NodeView], execs: &[&Execution], now_ms: u64, cfg: &Config) -> (String, String) {
+fn unfit(
+    job: &Job,
+    nodes: &[NodeView],
+    execs: &[&Execution],
+    group: Option<&GpuGroup>,
+    now_ms: u64,
+    cfg: &Config,
+) -> (String, String) {
     let spec = &job.spec;
     let r = &spec.resources;
     let mut needs = Vec::new();
@@ -662,8 +742,13 @@ fn unfit(job: &Job, nodes: &[NodeView], execs: &[&Execution], now_ms: u64, cfg: 
     }
     needs.push(format!("memory >= {}", r.memory));
     needs.push(format!("{} free slot(s)", r.slots));
-    if r.gpu {
-        needs.push("a gpu".into());
+    match (r.gpu, spec.nn.mode, group) {
+        (false, ..) => {}
+        (true, NnMode::Exact, _) => needs.push("a gpu that runs exact inference (nn.mode: exact)".into()),
+        (true, _, Some((name, driver))) => {
+            needs.push(format!("the gpu {name:?} with driver {driver:?} of the job's other executions (nn.mode: fast)"))
+        }
+        (true, _, None) => needs.push("a gpu".into()),
     }
     let taken: BTreeSet<&str> = execs.iter().map(|e| e.node.as_str()).collect();
     let (mut gone, mut no_compute, mut constrained, mut small, mut ran) = (0, 0, 0, 0, 0);
@@ -676,7 +761,7 @@ fn unfit(job: &Job, nodes: &[NodeView], execs: &[&Execution], now_ms: u64, cfg: 
             constrained += 1;
         } else if taken.contains(n.id.as_str()) {
             ran += 1;
-        } else if !fits(job, n) {
+        } else if !fits(job, n) || group.is_some_and(|g| !in_group(n, g)) {
             small += 1;
         }
     }
@@ -910,6 +995,78 @@ mod tests {
         assert!(p.reasons[&ids(&["e2"])[0]].contains("disconnected"), "{:?}", p.reasons);
     }
 
+    fn gpu_node(id: &str, name: &str, driver: &str, exact: bool) -> NodeView {
+        let mut n = node(id);
+        n.gpu = Some(Gpu { name: name.into(), memory_bytes: 1 << 30, software: false, driver: driver.into(), exact });
+        n
+    }
+
+    #[test]
+    fn exact_gpu_jobs_go_only_to_gpus_that_run_exact_inference() {
+        let ns = vec![node("a-cpu"), gpu_node("b-old", "X", "1", false), gpu_node("c-new", "X", "2", true)];
+        let exact = job(3, |s| s.resources.gpu = true);
+        let p = plan(&exact, &ns, &[], NOW, &cfg());
+        assert_eq!(p.place, ["c-new"]);
+        assert_eq!(capable_nodes(&exact, &ns, NOW, &cfg()), 1);
+        // Fast mode takes any GPU (one execution: no group to keep).
+        let fast = job(1, |s| {
+            s.resources.gpu = true;
+            s.nn.mode = NnMode::Fast;
+        });
+        assert_eq!(plan(&fast, &ns, &[], NOW, &cfg()).place, ["b-old"]);
+        // Without a GPU requirement, exact or not, any node will do.
+        let any = job(3, |_| {});
+        assert_eq!(plan(&any, &ns, &[], NOW, &cfg()).place, ["a-cpu", "b-old", "c-new"]);
+        // Unplaceable: said so, like any other requirement.
+        let mut j = job(1, |s| s.resources.gpu = true);
+        j.created_ms = NOW - 10 * 60 * 1000;
+        let p = plan(&j, &[node("a-cpu"), gpu_node("b-old", "X", "1", false)], &[], NOW, &cfg());
+        let err = p.job.and_then(|u| u.error).unwrap_or_default();
+        assert!(err.contains("a gpu that runs exact inference (nn.mode: exact)"), "{err}");
+        assert!(err.contains("2 short of resources"), "{err}");
+    }
+
+    #[test]
+    fn fast_redundant_gpu_jobs_keep_to_one_gpu_model_and_driver() {
+        let fast = job(2, |s| {
+            s.resources.gpu = true;
+            s.nn.mode = NnMode::Fast;
+        });
+        let ns = vec![
+            gpu_node("a", "X", "1", true),
+            gpu_node("b", "Y", "1", true),
+            gpu_node("c", "Y", "1", false),
+            gpu_node("d", "X", "2", true),
+            node("e-cpu"),
+        ];
+        // The largest group: Y with driver 1.
+        assert_eq!(plan(&fast, &ns, &[], NOW, &cfg()).place, ["b", "c"]);
+        // A tie goes to the best ranked node's group: a (X, 1).
+        let tie = vec![gpu_node("a", "X", "1", true), gpu_node("b", "Y", "1", true)];
+        assert_eq!(plan(&fast, &tie, &[], NOW, &cfg()).place, ["a"]);
+        // A placed execution fixes the group, even if another is larger.
+        let running = ex("e1", "d", ExecState::Running);
+        assert!(plan(&fast, &ns, std::slice::from_ref(&running), NOW, &cfg()).place.is_empty());
+        let mut more = ns.clone();
+        more.push(gpu_node("f", "X", "2", false));
+        assert_eq!(plan(&fast, &more, std::slice::from_ref(&running), NOW, &cfg()).place, ["f"]);
+        // So does a result whose execution ended; a failure does not.
+        let done = with_result(ex("e1", "a", ExecState::Completed), 1);
+        assert_eq!(plan(&fast, &more, std::slice::from_ref(&done), NOW, &cfg()).place, Vec::<String>::new());
+        let failed = ex("e1", "a", ExecState::Failed);
+        assert_eq!(plan(&fast, &ns, std::slice::from_ref(&failed), NOW, &cfg()).place, ["b", "c"]);
+        // Exact jobs mix GPUs (and only exact ones).
+        let exact = job(3, |s| s.resources.gpu = true);
+        assert_eq!(plan(&exact, &ns, &[], NOW, &cfg()).place, ["a", "b", "d"]);
+        // A job that started in a group with no room left says which.
+        let mut j = fast.clone();
+        j.spec.timeouts.total = Duration::from_secs(1);
+        j.created_ms = NOW - 2000;
+        let p = plan(&j, &ns, std::slice::from_ref(&running), NOW, &cfg());
+        let err = p.job.and_then(|u| u.error).unwrap_or_default();
+        assert!(err.contains(r#"the gpu "X" with driver "2" of the job's other executions"#), "{err}");
+    }
+
     #[test]
     fn terminal_jobs_get_an_empty_plan() {
         for state in [JobState::Completed, JobState::Failed, JobState::Cancelled] {
@@ -941,7 +1098,7 @@ mod tests {
         let good = || {
             let mut n = node("z-good");
             n.labels.insert("zone".into(), "eu".into());
-            n.gpu = Some(Gpu { name: "sw".into(), memory_bytes: 0, software: true });
+            n.gpu = Some(Gpu { name: "sw".into(), memory_bytes: 0, software: true, driver: "d".into(), exact: true });
             n
         };
         let mut bad = Vec::new();

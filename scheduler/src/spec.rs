@@ -156,6 +156,10 @@ pub struct Spec {
     /// fails. Default 2.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// wasi-nn inference settings. Left out when every one is its default,
+    /// so that specs from before it existed keep their ids.
+    #[serde(default, skip_serializing_if = "Nn::is_default")]
+    pub nn: Nn,
 }
 
 fn default_retries() -> u32 {
@@ -332,6 +336,109 @@ impl Default for Redundancy {
     }
 }
 
+/// wasi-nn inference settings (`docs/wasi-nn.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Nn {
+    /// Exact (the default) or fast inference.
+    #[serde(default, skip_serializing_if = "NnMode::is_exact")]
+    pub mode: NnMode,
+    /// Which device the guest's graphs run on. Default `job`.
+    #[serde(default, skip_serializing_if = "NnTarget::is_job")]
+    pub target: NnTarget,
+}
+
+impl Nn {
+    /// Every field at its default.
+    pub fn is_default(&self) -> bool {
+        *self == Nn::default()
+    }
+}
+
+/// How inference computes (the runtime's `nn::Mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NnMode {
+    /// Bit-identical results on the CPU and on every GPU that can run it:
+    /// redundant executions agree whatever device each node has.
+    #[default]
+    Exact,
+    /// The backends' own arithmetic: faster, reproducible only on the same
+    /// backend, device model and driver.
+    Fast,
+}
+
+impl NnMode {
+    /// `exact` or `fast`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NnMode::Exact => "exact",
+            NnMode::Fast => "fast",
+        }
+    }
+
+    fn is_exact(&self) -> bool {
+        *self == NnMode::Exact
+    }
+}
+
+impl fmt::Display for NnMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for NnMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NnMode, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "exact" => Ok(NnMode::Exact),
+            "fast" => Ok(NnMode::Fast),
+            other => Err(format!("unknown wasi-nn mode {other:?}; use exact or fast")),
+        }
+    }
+}
+
+/// Which device the guest's graphs run on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NnTarget {
+    /// What the job asks for: the GPU with `resources.gpu`, else the CPU
+    /// (the target a guest names must match).
+    #[default]
+    Job,
+    /// The node's GPU if it announces one that runs exact inference, else
+    /// its CPU, whatever target the guest names. Exact mode only (only
+    /// there do CPU and GPU results agree), without `resources.gpu`: the
+    /// job goes to any node, CPU or GPU.
+    Auto,
+}
+
+impl NnTarget {
+    /// `job` or `auto`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NnTarget::Job => "job",
+            NnTarget::Auto => "auto",
+        }
+    }
+
+    fn is_job(&self) -> bool {
+        *self == NnTarget::Job
+    }
+}
+
+impl std::str::FromStr for NnTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NnTarget, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "job" => Ok(NnTarget::Job),
+            "auto" => Ok(NnTarget::Auto),
+            other => Err(format!("unknown wasi-nn target {other:?}; use job or auto")),
+        }
+    }
+}
+
 /// How long each phase may take.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -386,6 +493,7 @@ impl Spec {
             redundancy: Redundancy::default(),
             timeouts: Timeouts::default(),
             retries: default_retries(),
+            nn: Nn::default(),
         }
     }
 
@@ -431,8 +539,10 @@ impl Spec {
     /// majority of `redundancy.count` (count/2 + 1).
     /// The spec's canonical JSON: what the job CID hashes
     /// ([`crate::receipt::job_cid`]). Fields in declaration order, maps
-    /// sorted, every default written out: two specs that mean the same
-    /// job encode the same, and parsing it back gives it again.
+    /// sorted, every default written out (but `task.models` and `nn`, left
+    /// out while empty or default so that older specs keep their ids): two
+    /// specs that mean the same job encode the same, and parsing it back
+    /// gives it again.
     pub fn canonical_json(&self) -> Vec<u8> {
         // The stored form ([`Spec::to_json`]) is already canonical.
         self.to_json().into_bytes()
@@ -539,6 +649,20 @@ impl Spec {
         timeout("timeouts.queue", self.timeouts.queue)?;
         timeout("timeouts.execution", self.timeouts.execution)?;
         timeout("timeouts.total", self.timeouts.total)?;
+        if self.nn.target == NnTarget::Auto {
+            if self.nn.mode != NnMode::Exact {
+                return Err(invalid(
+                    "nn.target",
+                    "auto needs nn.mode: exact (fast results differ between the cpu and a gpu); drop one",
+                ));
+            }
+            if self.resources.gpu {
+                return Err(invalid(
+                    "nn.target",
+                    "auto runs on any node, cpu or gpu; it cannot be used with resources.gpu: true (drop one)",
+                ));
+            }
+        }
         if self.retries > MAX_RETRIES {
             return Err(invalid("retries", format!("must be at most {MAX_RETRIES}, got {}", self.retries)));
         }
@@ -629,6 +753,33 @@ retries: 0
         assert_eq!(s.resources.slots, 2);
         // Stored JSON parses back to the same spec.
         assert_eq!(Spec::from_yaml_or_json(&s.to_json()).unwrap(), s);
+    }
+
+    #[test]
+    fn nn_settings_parse_and_default_ones_are_left_out() {
+        let plain = yaml("").unwrap();
+        assert_eq!(plain.nn, Nn::default());
+        assert!(!plain.to_json().contains("\"nn\""), "{}", plain.to_json());
+
+        let fast = yaml("nn: {mode: fast}\nresources: {gpu: true}\n").unwrap();
+        assert_eq!(fast.nn.mode, NnMode::Fast);
+        assert!(fast.to_json().contains(r#""nn":{"mode":"fast"}"#), "{}", fast.to_json());
+        assert_eq!(Spec::from_yaml_or_json(&fast.to_json()).unwrap(), fast);
+        // Exact written out is the default: the same job, the same JSON.
+        assert_eq!(yaml("nn: {mode: exact}\n").unwrap().to_json(), plain.to_json());
+
+        let auto = yaml("nn: {target: auto}\n").unwrap();
+        assert_eq!(auto.nn.target, NnTarget::Auto);
+        assert_eq!(Spec::from_yaml_or_json(&auto.to_json()).unwrap(), auto);
+
+        let e = yaml("nn: {mode: quick}\n").unwrap_err().to_string();
+        assert!(e.contains("quick") && e.contains("exact"), "{e}");
+        let e = yaml("nn: {target: auto, mode: fast}\n").unwrap_err().to_string();
+        assert!(e.contains("nn.target") && e.contains("nn.mode: exact"), "{e}");
+        let e = yaml("nn: {target: auto}\nresources: {gpu: true}\n").unwrap_err().to_string();
+        assert!(e.contains("nn.target") && e.contains("resources.gpu"), "{e}");
+        assert_eq!("FAST".parse::<NnMode>(), Ok(NnMode::Fast));
+        assert!("gpu".parse::<NnMode>().unwrap_err().contains("use exact or fast"));
     }
 
     #[test]

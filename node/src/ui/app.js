@@ -493,7 +493,8 @@
         h('div', { class: 'small muted' }, fmtBytes(n.memory_bytes) + ' memory')),
       h('td', null, gpu
         ? [h('div', null, String(gpu.name || 'GPU')),
-          h('div', { class: 'small muted' }, fmtBytes(gpu.memory_bytes), ' ', gpu.software ? badge('software', 'warn-badge', { title: 'a software Vulkan device (lavapipe): correct, slow' }) : badge('hardware', 'ok-badge'))]
+          h('div', { class: 'small muted' }, fmtBytes(gpu.memory_bytes), ' ', gpu.software ? badge('software', 'warn-badge', { title: 'a software Vulkan device (lavapipe): correct, slow' }) : badge('hardware', 'ok-badge'), ' ', gpu.exact ? badge('exact', 'ok-badge', { title: 'runs exact inference: results agree with the CPU and other exact GPUs' }) : badge('no exact', 'warn-badge', { title: 'cannot run exact inference: only fast GPU jobs are placed here' })),
+          gpu.driver ? h('div', { class: 'small muted' }, String(gpu.driver)) : null]
         : h('span', { class: 'muted' }, 'CPU only')),
       h('td', null, labels.length ? h('div', { class: 'chips' }, labels.map(([k, v]) => h('span', { class: 'chip', title: k + '=' + v }, k + '=' + v))) : h('span', { class: 'muted' }, '\u2014')),
       h('td', { class: 'record' }, rec('agreed', 'good'), rec('dissented', 'bad'), rec('lost', 'warn'), rec('failed', 'bad')),

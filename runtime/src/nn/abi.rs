@@ -111,7 +111,13 @@ fn add_graph(nn: &mut JobNn, cid: &shoal_storage::Cid, bytes: &[u8], target: Tar
     if nn.graphs.len() >= nn.task.limits.graphs {
         return Err(NnError::TooLarge(format!("a job may load at most {} graphs", nn.task.limits.graphs)));
     }
-    if target == Target::Gpu && !nn.task.gpu {
+    // Target auto: the node's device, whatever the guest named.
+    let target = match nn.task.auto_gpu {
+        Some(true) => Target::Gpu,
+        Some(false) => Target::Cpu,
+        None => target,
+    };
+    if target == Target::Gpu && !nn.task.gpu && nn.task.auto_gpu.is_none() {
         return Err(NnError::Unsupported(
             "the gpu target needs a job that asks for a GPU (shoal run --gpu): it is only placed on GPU nodes".into(),
         ));

@@ -168,6 +168,10 @@ pub struct NnTask {
     pub limits: NnLimits,
     /// Exact (the default) or fast inference.
     pub mode: Mode,
+    /// Target `auto` (an exact job without `gpu`): `Some(true)` runs every
+    /// graph on the GPU, `Some(false)` on the CPU, whatever target the
+    /// guest names. `None`: the guest's target, as `gpu` allows.
+    pub auto_gpu: Option<bool>,
 }
 
 /// A GPU a node can run jobs on.
