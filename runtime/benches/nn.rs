@@ -7,17 +7,19 @@
 //!    is the classifier guest's set_input + compute + get_output; it is
 //!    measured as the difference between jobs that repeat every batch R1
 //!    and R2 times, so job start-up and file reading cancel out.
-//! 2. GPU backend on whatever Vulkan device runs (lavapipe without a GPU):
-//!    GFLOP/s of its MatMul and Conv kernels (one-op models, timed per
-//!    compute including upload and read-back), and end-to-end inference
-//!    latency of the digits MLP next to the CPU backend.
+//! 2. Exact against fast mode, side by side, on the digits MLP (batch 32),
+//!    a 256x256x256 MatMul and a 75 MFLOP Conv: on the CPU (Shoal's exact
+//!    kernels against tract) and on whatever Vulkan device runs (lavapipe
+//!    without a GPU: the exact kernels against the fast ones). Each compute
+//!    is timed whole (upload and read-back included), the two modes in
+//!    alternating rounds; medians.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
 
-use shoal_runtime::nn::{Session, Target};
+use shoal_runtime::nn::{Mode, Session, Target};
 use shoal_runtime::{Config, Executor, Mount, Task};
 use tract_onnx::prelude::*;
 
@@ -81,6 +83,8 @@ fn main() {
             .collect();
         t.mounts.push(Mount::new(digits().join("data"), "/inputs"));
         t.mounts.push(Mount::new(digits(), "/model"));
+        // The cost of going through Wasm, against the same engine natively.
+        t.nn.mode = Mode::Fast;
         t
     };
     let (r1, r2) = (1usize, 21usize);
@@ -106,52 +110,61 @@ fn main() {
         wasm.as_secs_f64() / native.as_secs_f64()
     );
 
-    // 2. GPU backend.
+    // 2. Exact against fast mode.
     let session = Session::new(true);
-    let gpu = match session.gpu() {
-        Ok(g) => g,
-        Err(e) => {
-            println!("wasi-nn GPU backend: skipped ({e})");
-            return;
-        }
-    };
-    println!(
-        "wasi-nn GPU backend on {} ({}, {} MiB):",
-        gpu.name,
-        if gpu.software { "software" } else { "hardware" },
-        gpu.memory_bytes >> 20
-    );
-    let gflops = |file: &str, shape: &[usize], flops: f64, target: Target| {
-        let bytes = std::fs::read(digits().join(file)).unwrap();
-        let mut m = session.load(&bytes, target).unwrap();
-        let n: usize = shape.iter().product();
-        let x: Vec<f32> = (0..n).map(|i| ((i * 31) % 13) as f32 / 13.0 - 0.5).collect();
-        let t = time(if quick { 3 } else { 7 }, || {
-            m.run(&[(shape, &x)]).unwrap();
-        });
-        (flops / t.as_secs_f64() / 1e9, t)
-    };
     let mm_flops = 2.0 * 256.0 * 256.0 * 256.0;
     let conv_flops = 2.0 * 8.0 * 32.0 * 32.0 * 32.0 * 16.0 * 9.0;
-    for (what, file, shape, flops) in [
+    let cases: [(&str, &str, Vec<usize>, f64); 3] = [
+        ("digits MLP, batch 32", "digits_mlp.onnx", vec![32, 64], 2.0 * 32.0 * (64.0 * 64.0 + 64.0 * 10.0)),
         ("MatMul 256x256x256", "bench_matmul.onnx", vec![256, 256], mm_flops),
         ("Conv 8x16x32x32 -> 32, 3x3", "bench_conv.onnx", vec![8, 16, 32, 32], conv_flops),
-    ] {
-        let (g, tg) = gflops(file, &shape, flops, Target::Gpu);
-        let (c, tc) = gflops(file, &shape, flops, Target::Cpu);
-        println!(
-            "  {what:<28} GPU {g:>6.2} GFLOP/s ({:>8.2} ms)   CPU (tract) {c:>6.2} GFLOP/s ({:>7.2} ms)",
-            tg.as_secs_f64() * 1e3,
-            tc.as_secs_f64() * 1e3
-        );
+    ];
+    let mut targets = vec![(Target::Cpu, "CPU: exact (Shoal) vs fast (tract 0.23.9)".to_string())];
+    match session.gpu() {
+        Ok(g) => targets.push((
+            Target::Gpu,
+            format!(
+                "GPU {} ({}, {} MiB): exact vs fast kernels",
+                g.name,
+                if g.software { "software" } else { "hardware" },
+                g.memory_bytes >> 20
+            ),
+        )),
+        Err(e) => println!("wasi-nn GPU: skipped ({e})"),
     }
-    let bytes = std::fs::read(&model_path).unwrap();
-    let x = batch_input(32);
-    for target in [Target::Gpu, Target::Cpu] {
-        let mut m = session.load(&bytes, target).unwrap();
-        let t = time(rounds * 4, || {
-            m.run(&[(&[32, 64], &x)]).unwrap();
-        });
-        println!("  digits MLP, batch 32, {target}: {:>9.1} us/inference", t.as_secs_f64() * 1e6);
+    for (target, title) in targets {
+        println!("wasi-nn {title}:");
+        for (what, file, shape, flops) in &cases {
+            let bytes = std::fs::read(digits().join(file)).unwrap();
+            let n: usize = shape.iter().product();
+            let x: Vec<f32> = (0..n).map(|i| ((i * 31) % 13) as f32 / 13.0 - 0.5).collect();
+            let mut exact = session.load_mode(&bytes, target, Mode::Exact).unwrap();
+            let mut fast = session.load_mode(&bytes, target, Mode::Fast).unwrap();
+            let reps = if flops < &1e7 { 50 } else { 1 };
+            let run = |m: &mut shoal_runtime::nn::Model| {
+                let t = Instant::now();
+                for _ in 0..reps {
+                    m.run(&[(shape, &x)]).unwrap();
+                }
+                t.elapsed() / reps
+            };
+            run(&mut exact);
+            run(&mut fast);
+            let (mut te, mut tf) = (Vec::new(), Vec::new());
+            for _ in 0..if quick { 3 } else { 9 } {
+                te.push(run(&mut exact));
+                tf.push(run(&mut fast));
+            }
+            let (te, tf) = (median(te), median(tf));
+            let g = |t: Duration| flops / t.as_secs_f64() / 1e9;
+            println!(
+                "  {what:<28} exact {:>9.1} us ({:>6.2} GFLOP/s)   fast {:>9.1} us ({:>6.2} GFLOP/s)   exact/fast {:>5.2}",
+                te.as_secs_f64() * 1e6,
+                g(te),
+                tf.as_secs_f64() * 1e6,
+                g(tf),
+                te.as_secs_f64() / tf.as_secs_f64()
+            );
+        }
     }
 }

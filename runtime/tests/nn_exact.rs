@@ -155,7 +155,9 @@ fn values(n: usize, spice: u8) -> BoxedStrategy<Vec<f32>> {
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() }
+    // PROPTEST_CASES raises it (scripts/gpu-check.sh runs 200 on a real GPU).
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }
 
 proptest! {

@@ -1086,7 +1086,7 @@ pub(crate) fn decode_input(
     id: &Id,
     n: usize,
     tensor: &wasmtime_wasi_nn::Tensor,
-) -> Result<(usize, (Vec<usize>, Vec<f32>)), NnError> {
+) -> Result<(usize, crate::nn::Values), NnError> {
     let i = index(id, n, "input")?;
     if tensor.ty != TensorType::Fp32 {
         return Err(NnError::Unsupported(format!("tensor type {:?}: only f32 tensors are supported", tensor.ty)));

@@ -134,7 +134,7 @@ fn rows_generic(a: &[f32], packed: &[f32], c: &mut [f32], mr: usize, n: usize, k
                 let av = [a0[q], a1[q], a2[q], a3[q]];
                 for r in 0..MR {
                     for j in 0..NR {
-                        acc[r][j] = acc[r][j] + av[r] * bv[j];
+                        acc[r][j] += av[r] * bv[j];
                     }
                 }
             }
@@ -143,7 +143,7 @@ fn rows_generic(a: &[f32], packed: &[f32], c: &mut [f32], mr: usize, n: usize, k
                 for r in 0..mr {
                     let av = a[r * k + q];
                     for j in 0..NR {
-                        acc[r][j] = acc[r][j] + av * bv[j];
+                        acc[r][j] += av * bv[j];
                     }
                 }
             }
