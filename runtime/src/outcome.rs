@@ -151,8 +151,8 @@ pub struct Outcome {
     /// The module came from the in-memory or on-disk cache rather than being
     /// compiled.
     pub cached: bool,
-    /// The wasi-nn devices the job's graphs ran on ("cpu: tract 0.23.9",
-    /// "gpu: <name> (software)"); empty when it used no wasi-nn. Execution
+    /// The wasi-nn devices the job's graphs ran on ("cpu: exact",
+    /// "gpu: <name> (software) [<driver>] (fast)"); empty when it used no wasi-nn. Execution
     /// metadata, never part of the result.
     pub nn_devices: Vec<String>,
 }
