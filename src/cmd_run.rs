@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use shoal_runtime::job::{self, Input, Spec};
 use shoal_runtime::{Config, Entry, Executor, Limits, Outcome};
-use shoal_scheduler::spec::{NnMode, NnTarget};
+use shoal_scheduler::spec::{Nn, NnMode, NnTarget};
 use shoal_storage::block::parse_cid_path;
 use shoal_storage::importer::{Importer, Options};
 use shoal_storage::PinMode;
@@ -481,13 +481,10 @@ fn run_checked(
         spec.models.push((name.clone(), cid));
     }
     spec.gpu = a.gpu;
-    let mode = a.nn_mode.unwrap_or_default();
-    spec.nn_mode = match mode {
-        NnMode::Exact => shoal_runtime::nn::Mode::Exact,
-        NnMode::Fast => shoal_runtime::nn::Mode::Fast,
-    };
-    if a.nn_target == Some(NnTarget::Auto) {
-        if mode != NnMode::Exact || a.gpu {
+    let nn = Nn { mode: a.nn_mode.unwrap_or_default(), target: a.nn_target.unwrap_or_default() };
+    spec.nn_mode = shoal_node::compute::runtime_mode(nn.mode);
+    if nn.target == NnTarget::Auto {
+        if nn.check(a.gpu).is_err() {
             anyhow::bail!(
                 "--nn-target auto needs --nn-mode exact and no --gpu (it picks the gpu itself when one runs exact \
                  inference); drop one"

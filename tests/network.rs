@@ -404,17 +404,24 @@ fn devstack_starts_a_network_and_ctrl_c_stops_it() {
     }
 }
 
-#[test]
-fn a_gpu_job_runs_only_on_a_node_that_announces_a_gpu() {
+/// A requester and two compute nodes, one without a GPU and one with
+/// lavapipe standing in for one (the test command installs it): the
+/// network, the two nodes' ids and `shoal nodes --json` once all are seen.
+fn cpu_and_gpu_net() -> (Net, String, String, Value) {
     let mut net = Net::new();
     net.add("requester", &["--no-compute"]);
     let cpu = net.add("cpu", &["--gpu", "off"]);
-    // lavapipe stands in for a GPU here (the test command installs it).
     let gpu = net.add("gpu", &["--allow-software-gpu"]);
     wait_for_nodes(&net.nodes[0], 3);
     let (cpu_id, gpu_id) = (net.nodes[cpu].id(), net.nodes[gpu].id());
     let n = cli(&net.nodes[0], &net.home("cli"), &["--json", "nodes"]);
     let v: Value = serde_json::from_slice(&n.stdout).unwrap();
+    (net, cpu_id, gpu_id, v)
+}
+
+#[test]
+fn a_gpu_job_runs_only_on_a_node_that_announces_a_gpu() {
+    let (net, cpu_id, gpu_id, v) = cpu_and_gpu_net();
     let view =
         |id: &str| v["nodes"].as_array().unwrap().iter().find(|n| n["node"]["id"] == id).unwrap()["node"].clone();
     assert!(view(&cpu_id)["gpu"].is_null(), "{v}");
@@ -474,15 +481,7 @@ fn a_gpu_job_runs_only_on_a_node_that_announces_a_gpu() {
 
 #[test]
 fn an_exact_inference_job_agrees_across_a_cpu_node_and_a_gpu_node() {
-    let mut net = Net::new();
-    net.add("requester", &["--no-compute"]);
-    let cpu = net.add("cpu", &["--gpu", "off"]);
-    // lavapipe stands in for a GPU (run with VK_DRIVER_FILES naming it).
-    let gpu = net.add("gpu", &["--allow-software-gpu"]);
-    wait_for_nodes(&net.nodes[0], 3);
-    let (cpu_id, gpu_id) = (net.nodes[cpu].id(), net.nodes[gpu].id());
-    let n = cli(&net.nodes[0], &net.home("cli"), &["--json", "nodes"]);
-    let v: Value = serde_json::from_slice(&n.stdout).unwrap();
+    let (net, cpu_id, gpu_id, v) = cpu_and_gpu_net();
     let gpu_view = v["nodes"].as_array().unwrap().iter().find(|n| n["node"]["id"] == gpu_id.as_str()).unwrap();
     assert_eq!(gpu_view["node"]["gpu"]["exact"], true, "lavapipe runs exact inference: {v}");
     assert!(gpu_view["node"]["gpu"]["driver"].as_str().unwrap().contains("Mesa"), "{v}");

@@ -174,12 +174,17 @@ pub fn to_runtime(spec: &Spec) -> job::Spec {
     r.deterministic = !t.nondeterministic;
     r.models = t.models.iter().map(|(name, cid)| (name.clone(), *cid)).collect();
     r.gpu = spec.resources.gpu;
-    r.nn_mode = match spec.nn.mode {
-        NnMode::Exact => shoal_runtime::nn::Mode::Exact,
-        NnMode::Fast => shoal_runtime::nn::Mode::Fast,
-    };
+    r.nn_mode = runtime_mode(spec.nn.mode);
     r.nn_auto = spec.nn.target == NnTarget::Auto;
     r
+}
+
+/// A spec's wasi-nn mode as the runtime names it.
+pub fn runtime_mode(mode: NnMode) -> shoal_runtime::nn::Mode {
+    match mode {
+        NnMode::Exact => shoal_runtime::nn::Mode::Exact,
+        NnMode::Fast => shoal_runtime::nn::Mode::Fast,
+    }
 }
 
 impl Compute {

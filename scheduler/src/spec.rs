@@ -353,6 +353,21 @@ impl Nn {
     pub fn is_default(&self) -> bool {
         *self == Nn::default()
     }
+
+    /// Why these settings cannot go with `gpu` (`resources.gpu`), if so:
+    /// target auto needs exact mode (only there do the CPU's and a GPU's
+    /// results agree) and no GPU requirement (it runs on any node).
+    pub fn check(&self, gpu: bool) -> Result<(), &'static str> {
+        if self.target == NnTarget::Auto {
+            if self.mode != NnMode::Exact {
+                return Err("auto needs nn.mode: exact (fast results differ between the cpu and a gpu); drop one");
+            }
+            if gpu {
+                return Err("auto runs on any node, cpu or gpu; it cannot be used with resources.gpu: true (drop one)");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How inference computes (the runtime's `nn::Mode`).
@@ -649,20 +664,7 @@ impl Spec {
         timeout("timeouts.queue", self.timeouts.queue)?;
         timeout("timeouts.execution", self.timeouts.execution)?;
         timeout("timeouts.total", self.timeouts.total)?;
-        if self.nn.target == NnTarget::Auto {
-            if self.nn.mode != NnMode::Exact {
-                return Err(invalid(
-                    "nn.target",
-                    "auto needs nn.mode: exact (fast results differ between the cpu and a gpu); drop one",
-                ));
-            }
-            if self.resources.gpu {
-                return Err(invalid(
-                    "nn.target",
-                    "auto runs on any node, cpu or gpu; it cannot be used with resources.gpu: true (drop one)",
-                ));
-            }
-        }
+        self.nn.check(self.resources.gpu).map_err(|e| invalid("nn.target", e))?;
         if self.retries > MAX_RETRIES {
             return Err(invalid("retries", format!("must be at most {MAX_RETRIES}, got {}", self.retries)));
         }

@@ -1,23 +1,28 @@
 //! wasi-nn: neural-network inference for jobs (see `docs/wasi-nn.md`).
 //!
 //! Guests call the wasi-nn preview 1 ABI (`wasi_ephemeral_nn`) with ONNX
-//! graphs and the `cpu` or `gpu` execution target. The backends implement
-//! `wasmtime-wasi-nn`'s backend traits ([`BackendInner`], `BackendGraph`,
-//! `BackendExecutionContext`); the witx glue that turns guest calls into
+//! graphs and the `cpu` or `gpu` execution target, in the job's mode (exact
+//! or fast). The backends implement `wasmtime-wasi-nn`'s `BackendGraph` and
+//! `BackendExecutionContext`; the witx glue that turns guest calls into
 //! backend calls is Shoal's own ([`abi`]), because the crate's glue panics
 //! the host on a bad guest pointer and drops every error's reason (see
 //! `docs/wasi-nn.md`).
 //!
 //! - `abi.rs`: the six host functions, with every guest pointer and size
 //!   checked before use and backend panics contained.
-//! - `tract.rs`: the CPU backend (tract, pure Rust).
+//! - `tract.rs`: the CPU backend of fast mode (tract, pure Rust).
+//! - `graph.rs`: the ONNX graph as Shoal's own kernels see it (the op set,
+//!   shapes) and its device-independent plan.
+//! - `context.rs`: the execution context of the backends that run plans.
+//! - `exact/`: the CPU backend of exact mode (Shoal's own kernels).
 //! - `vulkan/`: the GPU backend (vulkano compute, WGSL shaders compiled by
-//!   `build.rs`).
+//!   `build.rs`, in an exact and a fast variant).
 //!
-//! Prepared graphs are cached per executor by model CID and target, so a
+//! Prepared graphs are cached per executor by model CID, target and mode, so a
 //! warm node neither re-parses nor re-optimises a model it has run.
 
 pub(crate) mod abi;
+mod context;
 pub(crate) mod exact;
 pub(crate) mod graph;
 mod tract;
@@ -80,17 +85,6 @@ impl Mode {
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Mode, String> {
-        match s {
-            "exact" => Ok(Mode::Exact),
-            "fast" => Ok(Mode::Fast),
-            other => Err(format!("unknown wasi-nn mode {other:?}: use exact or fast")),
-        }
     }
 }
 

@@ -220,11 +220,10 @@ fn conv(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
     let wt = region(m, p(1), mo * kdim)?;
     let bias = if step.params[2] != NONE { Some(region(m, p(2), mo)?) } else { None };
     let pixels = oh * ow;
-    // Zero padding in place of skipped taps gives the same sums only when
-    // every weight is finite (0 * inf is NaN); otherwise, and for tiny
-    // operands, the flushed direct loop below.
-    let fast = wt.iter().all(|v| v.is_finite())
-        && gemm::fast_ok(gemm::min_magnitude(x.iter().copied()), gemm::min_magnitude(wt.iter().copied()));
+    // As a matrix product of the weights and the input's windows (im2col):
+    // zero padding in place of skipped taps gives the same sums only when
+    // every weight is finite (0 * inf is NaN); otherwise the direct loop.
+    let fast = wt.iter().all(|v| v.is_finite());
     let tap = |o_h: usize, o_w: usize, k_h: usize, k_w: usize| -> Option<(usize, usize)> {
         let ih = (o_h * sh + k_h * dh).checked_sub(pt)?;
         let iw = (o_w * sw + k_w * dw).checked_sub(pl)?;
@@ -251,7 +250,7 @@ fn conv(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
                         }
                     }
                 }
-                gemm::fast_matmul(wg, &col, mpg, pixels, kdim)
+                gemm::matmul(wg, &col, mpg, pixels, kdim)
             } else {
                 let mut acc = vec![0.0f32; mpg * pixels];
                 for mi in 0..mpg {

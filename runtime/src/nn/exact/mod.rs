@@ -9,98 +9,49 @@
 //! - `cpu.rs`: a plan (`nn/graph.rs`, the same plans the GPU runs) run
 //!   step by step.
 //!
-//! An execution context keeps one plan and its arena per set of input
-//! shapes, like the GPU backend's.
+//! Its execution contexts are `nn/context.rs`'s, like the GPU backend's.
 
 mod cpu;
 pub(crate) mod gemm;
 pub(crate) mod math;
 
-use std::sync::Arc;
+use wasmtime_wasi_nn::backend::BackendError;
+use wasmtime_wasi_nn::Graph;
 
-use wasmtime_wasi_nn::backend::{BackendError, BackendExecutionContext, BackendGraph, Id, NamedTensor};
-use wasmtime_wasi_nn::{ExecutionContext, Graph};
-
-use super::{graph, to_backend, NnError};
+use super::context::{self, Runner};
+use super::graph::{self, OnnxGraph, Plan};
+use super::{to_backend, NnError, Scope};
 
 /// Loads an ONNX graph for the exact CPU backend: refused here, naming the
 /// ops, if it uses any op outside the exact set.
 pub(crate) fn load(bytes: &[u8]) -> Result<Graph, BackendError> {
-    let graph = graph::parse(bytes).map_err(to_backend)?;
-    let g: Box<dyn BackendGraph> = Box::new(ExactGraph { graph: Arc::new(graph) });
-    Ok(g.into())
+    Ok(context::graph(Cpu, graph::parse(bytes).map_err(to_backend)?))
 }
 
-struct ExactGraph {
-    graph: Arc<graph::OnnxGraph>,
-}
+struct Cpu;
 
-impl BackendGraph for ExactGraph {
-    fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
-        let ctx: Box<dyn BackendExecutionContext> = Box::new(ExactContext {
-            graph: self.graph.clone(),
-            inputs: vec![None; self.graph.inputs.len()],
-            prepared: None,
-            outputs: Vec::new(),
-        });
-        Ok(ctx.into())
-    }
-}
-
-struct Prepared {
-    shapes: Vec<Vec<usize>>,
-    plan: graph::Plan,
+/// A plan with its arena (every tensor, weights in place).
+struct Loaded {
+    plan: Plan,
     arena: Vec<f32>,
 }
 
-struct ExactContext {
-    graph: Arc<graph::OnnxGraph>,
-    inputs: Vec<Option<(Vec<usize>, Vec<f32>)>>,
-    prepared: Option<Prepared>,
-    outputs: Vec<(Vec<usize>, Vec<f32>)>,
-}
+impl Runner for Cpu {
+    type Loaded = Loaded;
 
-impl ExactContext {
-    fn compute_inner(&mut self) -> Result<(), NnError> {
-        let scope = super::scope();
-        let mut shapes = Vec::with_capacity(self.inputs.len());
-        let mut data = Vec::with_capacity(self.inputs.len());
-        for (i, t) in self.inputs.iter().enumerate() {
-            let (s, d) = t.as_ref().ok_or_else(|| NnError::InvalidArgument(format!("input {i} is not set")))?;
-            shapes.push(s.clone());
-            data.push(d.as_slice());
-        }
-        if self.prepared.as_ref().is_none_or(|p| p.shapes != shapes) {
-            self.prepared = None;
-            // The arena holds every tensor of the plan: bounded by the
-            // job's CPU memory limit before anything is allocated.
-            let plan = self.graph.plan(&shapes, &scope.limits, scope.limits.cpu_memory, true, true)?;
-            let arena = cpu::arena(&plan);
-            self.prepared = Some(Prepared { shapes, plan, arena });
-        }
-        let Some(p) = &mut self.prepared else { return Err(NnError::Runtime("no plan".into())) };
-        let outs = cpu::run(&p.plan, &mut p.arena, &data)?;
-        self.outputs = p.plan.outputs.iter().map(|(_, s)| s.clone()).zip(outs).collect();
-        Ok(())
-    }
-}
-
-impl BackendExecutionContext for ExactContext {
-    fn set_input(&mut self, id: Id, tensor: &wasmtime_wasi_nn::Tensor) -> Result<(), BackendError> {
-        let (i, t) = graph::decode_input(&id, self.inputs.len(), tensor).map_err(to_backend)?;
-        self.inputs[i] = Some(t);
-        Ok(())
+    fn load(&self, graph: &OnnxGraph, shapes: &[Vec<usize>], scope: &Scope) -> Result<Loaded, NnError> {
+        // The arena holds every tensor of the plan: bounded by the job's
+        // CPU memory limit before anything is allocated.
+        let plan = graph.plan(shapes, &scope.limits, scope.limits.cpu_memory, true, true)?;
+        let arena = cpu::arena(&plan);
+        Ok(Loaded { plan, arena })
     }
 
-    fn compute(&mut self, inputs: Option<Vec<NamedTensor>>) -> Result<Option<Vec<NamedTensor>>, BackendError> {
-        if inputs.is_some() {
-            return Err(to_backend(NnError::Unsupported("named inputs (wasi-nn over WIT) are not supported".into())));
-        }
-        self.compute_inner().map_err(to_backend)?;
-        Ok(None)
+    fn plan(loaded: &Loaded) -> &Plan {
+        &loaded.plan
     }
 
-    fn get_output(&mut self, id: Id) -> Result<wasmtime_wasi_nn::Tensor, BackendError> {
-        graph::encode_output(&id, self.graph.outputs.len(), &self.outputs).map_err(to_backend)
+    fn run(&self, loaded: &mut Loaded, inputs: &[&[f32]], _: &Scope) -> Result<Vec<Vec<f32>>, NnError> {
+        cpu::run(&loaded.plan, &mut loaded.arena, inputs)
     }
 }
