@@ -118,12 +118,16 @@ fn run_step(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
                     for k in 0..len {
                         mx = math::max(mx, x[at(k)]);
                     }
+                    // The GPU computes each exponential twice; the same
+                    // function of the same value, so once is the same bits.
                     let mut sum = 0.0f32;
                     for k in 0..len {
-                        sum = add(sum, math::exp(sub(x[at(k)], mx)));
+                        let e = math::exp(sub(x[at(k)], mx));
+                        y[at(k)] = e;
+                        sum = add(sum, e);
                     }
                     for k in 0..len {
-                        y[at(k)] = out(div(math::exp(sub(x[at(k)], mx)), sum));
+                        y[at(k)] = out(div(y[at(k)], sum));
                     }
                 }
             }
@@ -177,33 +181,42 @@ fn matmul(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
     let (mm, nn, kk, batch) = (p(4), p(5), p(6), p(7));
     let alpha = f32::from_bits(step.params[16]);
     let beta = f32::from_bits(step.params[17]);
-    let get = |at: usize| m.get(at).copied().ok_or_else(|| bad("an operand"));
     let mut y = vec![0.0f32; batch * mm * nn];
     for b in 0..batch {
-        let mut a = Vec::with_capacity(mm * kk);
-        for i in 0..mm {
-            for q in 0..kk {
-                a.push(get(p(0) + b * p(8) + i * p(10) + q * p(11))?);
-            }
-        }
-        let mut bm = Vec::with_capacity(kk * nn);
-        for q in 0..kk {
-            for j in 0..nn {
-                bm.push(get(p(1) + b * p(9) + q * p(12) + j * p(13))?);
-            }
-        }
+        let a = gather(m, p(0) + b * p(8), mm, kk, p(10), p(11))?;
+        let bm = gather(m, p(1) + b * p(9), kk, nn, p(12), p(13))?;
         let acc = gemm::matmul(&a, &bm, mm, nn, kk);
-        for i in 0..mm {
-            for j in 0..nn {
-                let mut v = mul(alpha, acc[i * nn + j]);
-                if step.params[3] != NONE {
-                    v = add(v, mul(beta, get(p(3) + i * p(14) + j * p(15))?));
-                }
-                y[(b * mm + i) * nn + j] = out(v);
+        let bias = if step.params[3] != NONE { Some(gather(m, p(3), mm, nn, p(14), p(15))?) } else { None };
+        for (e, v) in acc.iter().enumerate() {
+            let mut v = mul(alpha, *v);
+            if let Some(bias) = &bias {
+                v = add(v, mul(beta, bias[e]));
             }
+            y[b * mm * nn + e] = out(v);
         }
     }
     store(m, p(2), &y)
+}
+
+/// A rows x cols matrix at `off` with the given strides, row-major.
+fn gather(
+    m: &[f32],
+    off: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+) -> Result<Vec<f32>, NnError> {
+    if col_stride == 1 && row_stride == cols {
+        return Ok(region(m, off, rows * cols)?.to_vec());
+    }
+    let mut v = Vec::with_capacity(rows * cols);
+    for i in 0..rows {
+        for j in 0..cols {
+            v.push(*m.get(off + i * row_stride + j * col_stride).ok_or_else(|| bad("an operand"))?);
+        }
+    }
+    Ok(v)
 }
 
 /// 0 offX 1 offW 2 offBias 3 offY 4 N 5 C 6 H 7 W 8 M 9 OH 10 OW 11 KH
@@ -240,10 +253,23 @@ fn conv(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
                     for k_h in 0..kh {
                         for k_w in 0..kw {
                             let row = &mut col[((ci * kh + k_h) * kw + k_w) * pixels..][..pixels];
+                            // The output columns whose tap falls inside the
+                            // input: iw = o_w * sw + k_w * dw - pl in [0, w).
+                            let shift = k_w * dw;
+                            let lo = pl.saturating_sub(shift).div_ceil(sw).min(ow);
+                            let hi = (w + pl).saturating_sub(shift).div_ceil(sw).min(ow).max(lo);
                             for o_h in 0..oh {
-                                for o_w in 0..ow {
-                                    if let Some((ih, iw)) = tap(o_h, o_w, k_h, k_w) {
-                                        row[o_h * ow + o_w] = plane[ih * w + iw];
+                                let Some(ih) = (o_h * sh + k_h * dh).checked_sub(pt).filter(|ih| *ih < h) else {
+                                    continue;
+                                };
+                                let src = &plane[ih * w..(ih + 1) * w];
+                                let dst = &mut row[o_h * ow + lo..o_h * ow + hi];
+                                if sw == 1 {
+                                    let iw = lo + shift - pl;
+                                    dst.copy_from_slice(&src[iw..iw + dst.len()]);
+                                } else {
+                                    for (d, o_w) in dst.iter_mut().zip(lo..hi) {
+                                        *d = src[o_w * sw + shift - pl];
                                     }
                                 }
                             }
