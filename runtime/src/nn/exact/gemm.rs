@@ -25,6 +25,8 @@
 //! Vectorising across independent outputs keeps each output's order of
 //! operations, so the SIMD and scalar code give the same bits.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::math::{add, mul};
@@ -110,8 +112,15 @@ pub(crate) fn matmul(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<
     fast_matmul(a, &packed, &mut c, m, n, k);
     // Rows with an output at risk, again with every operation flushed
     // (still vectorised across columns: a row costs a few times a fast one).
-    for (i, _) in risky(a, b, m, n, k) {
-        rows_kernel::<true>(&a[i * k..(i + 1) * k], &packed, &mut c[i * n..(i + 1) * n], 1, n, k);
+    for (i, mask) in risky(a, b, m, n, k) {
+        let row = &a[i * k..(i + 1) * k];
+        for p in 0..n.div_ceil(NR) {
+            // The panel's columns p*NR.. in the mask's 64-bit words.
+            let (word, shift) = (p * NR / 64, p * NR % 64);
+            if (mask[word] >> shift) & ((1u64 << NR) - 1) != 0 {
+                rows_kernel::<true>(row, &packed, &mut c[i * n..(i + 1) * n], 1, n, k, p..p + 1);
+            }
+        }
     }
     c
 }
@@ -136,7 +145,7 @@ fn fast_matmul(a: &[f32], packed: &[f32], c: &mut [f32], m: usize, n: usize, k: 
     let rows = |(blk, c): (usize, &mut [f32])| {
         let i0 = blk * MR;
         let mr = MR.min(m - i0);
-        rows_kernel::<false>(&a[i0 * k..(i0 + mr) * k], packed, c, mr, n, k);
+        rows_kernel::<false>(&a[i0 * k..(i0 + mr) * k], packed, c, mr, n, k, 0..n.div_ceil(NR));
     };
     if m * n * k >= PARALLEL_WORK {
         c.par_chunks_mut(MR * n).enumerate().for_each(rows);
@@ -147,35 +156,59 @@ fn fast_matmul(a: &[f32], packed: &[f32], c: &mut [f32], m: usize, n: usize, k: 
 
 /// Up to MR rows of C.
 /// Up to MR rows of C; with FLUSH, every product and sum through `z`.
-fn rows_kernel<const FLUSH: bool>(a: &[f32], packed: &[f32], c: &mut [f32], mr: usize, n: usize, k: usize) {
+fn rows_kernel<const FLUSH: bool>(
+    a: &[f32],
+    packed: &[f32],
+    c: &mut [f32],
+    mr: usize,
+    n: usize,
+    k: usize,
+    panels: Range<usize>,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked just above).
-            unsafe { rows_avx512::<FLUSH>(a, packed, c, mr, n, k) };
+            unsafe { rows_avx512::<FLUSH>(a, packed, c, mr, n, k, panels) };
             return;
         }
         if std::arch::is_x86_feature_detected!("avx") {
             // SAFETY: the CPU has AVX (checked just above).
-            unsafe { rows_avx::<FLUSH>(a, packed, c, mr, n, k) };
+            unsafe { rows_avx::<FLUSH>(a, packed, c, mr, n, k, panels) };
             return;
         }
     }
-    rows_generic::<FLUSH>(a, packed, c, mr, n, k);
+    rows_generic::<FLUSH>(a, packed, c, mr, n, k, panels);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-fn rows_avx<const FLUSH: bool>(a: &[f32], packed: &[f32], c: &mut [f32], mr: usize, n: usize, k: usize) {
-    rows_generic::<FLUSH>(a, packed, c, mr, n, k)
+fn rows_avx<const FLUSH: bool>(
+    a: &[f32],
+    packed: &[f32],
+    c: &mut [f32],
+    mr: usize,
+    n: usize,
+    k: usize,
+    panels: Range<usize>,
+) {
+    rows_generic::<FLUSH>(a, packed, c, mr, n, k, panels)
 }
 
 // The same code with 16-wide registers: each lane still computes one
 // output in the same order, so the bits do not change.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn rows_avx512<const FLUSH: bool>(a: &[f32], packed: &[f32], c: &mut [f32], mr: usize, n: usize, k: usize) {
-    rows_generic::<FLUSH>(a, packed, c, mr, n, k)
+fn rows_avx512<const FLUSH: bool>(
+    a: &[f32],
+    packed: &[f32],
+    c: &mut [f32],
+    mr: usize,
+    n: usize,
+    k: usize,
+    panels: Range<usize>,
+) {
+    rows_generic::<FLUSH>(a, packed, c, mr, n, k, panels)
 }
 
 /// acc + a * b, each operation rounded (and flushed with FLUSH).
@@ -189,8 +222,16 @@ fn mac<const FLUSH: bool>(acc: f32, a: f32, b: f32) -> f32 {
 }
 
 #[inline(always)]
-fn rows_generic<const FLUSH: bool>(a: &[f32], packed: &[f32], c: &mut [f32], mr: usize, n: usize, k: usize) {
-    for p in 0..n.div_ceil(NR) {
+fn rows_generic<const FLUSH: bool>(
+    a: &[f32],
+    packed: &[f32],
+    c: &mut [f32],
+    mr: usize,
+    n: usize,
+    k: usize,
+    panels: Range<usize>,
+) {
+    for p in panels {
         let panel = &packed[p * k * NR..(p + 1) * k * NR];
         let mut acc = [[0.0f32; NR]; MR];
         if mr == MR {
@@ -287,6 +328,16 @@ mod tests {
         let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed) * 1e-19).collect();
         assert_eq!(risky(&a, &b, m, n, k).len(), m);
         let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(matmul(&a, &b, m, n, k)), bits(flushed_matmul(&a, &b, m, n, k)));
+        // One tiny column in the second panel of three: only that panel
+        // is computed again, and every output still has the flushed bits.
+        let (m, n, k) = (5, 40, 30);
+        let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed) + 1.0).collect();
+        let mut b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed)).collect();
+        for q in 0..k {
+            b[q * n + 20] = lcg(&mut seed) * 1e-38;
+        }
+        assert!(risky(&a, &b, m, n, k).iter().all(|(_, mask)| mask == &vec![1u64 << 20]));
         assert_eq!(bits(matmul(&a, &b, m, n, k)), bits(flushed_matmul(&a, &b, m, n, k)));
         let a = [0.0, 1.0, 1e-3, 1.0];
         let c = matmul(&a, &b, 2, 2, 2);
