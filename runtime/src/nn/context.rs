@@ -7,9 +7,10 @@
 use std::sync::Arc;
 
 use wasmtime_wasi_nn::backend::{BackendError, BackendExecutionContext, BackendGraph, Id, NamedTensor};
+use wasmtime_wasi_nn::wit::TensorType;
 use wasmtime_wasi_nn::{ExecutionContext, Graph};
 
-use super::graph::{self, OnnxGraph, Plan};
+use super::graph::{OnnxGraph, Plan};
 use super::{to_backend, NnError, Scope, Values};
 
 /// Prepares and runs plans on one device.
@@ -82,7 +83,7 @@ impl<R: Runner> PlanContext<R> {
 
 impl<R: Runner> BackendExecutionContext for PlanContext<R> {
     fn set_input(&mut self, id: Id, tensor: &wasmtime_wasi_nn::Tensor) -> Result<(), BackendError> {
-        let (i, t) = graph::decode_input(&id, self.inputs.len(), tensor).map_err(to_backend)?;
+        let (i, t) = decode_input(&id, self.inputs.len(), tensor).map_err(to_backend)?;
         self.inputs[i] = Some(t);
         Ok(())
     }
@@ -96,6 +97,46 @@ impl<R: Runner> BackendExecutionContext for PlanContext<R> {
     }
 
     fn get_output(&mut self, id: Id) -> Result<wasmtime_wasi_nn::Tensor, BackendError> {
-        graph::encode_output(&id, self.graph.outputs.len(), &self.outputs).map_err(to_backend)
+        encode_output(&id, self.graph.outputs.len(), &self.outputs).map_err(to_backend)
     }
+}
+/// The input slot `id` names, among `n`.
+fn index(id: &Id, n: usize, what: &str) -> Result<usize, NnError> {
+    match id {
+        Id::Index(i) if (*i as usize) < n => Ok(*i as usize),
+        Id::Index(i) => Err(NnError::InvalidArgument(format!("{what} index {i} is out of range: the model has {n}"))),
+        Id::Name(n) => Err(NnError::InvalidArgument(format!("{what}s are addressed by index, not by name ({n:?})"))),
+    }
+}
+
+/// A backend's `set_input`: which of `n` inputs, its shape and values.
+fn decode_input(id: &Id, n: usize, tensor: &wasmtime_wasi_nn::Tensor) -> Result<(usize, Values), NnError> {
+    let i = index(id, n, "input")?;
+    if tensor.ty != TensorType::Fp32 {
+        return Err(NnError::Unsupported(format!("tensor type {:?}: only f32 tensors are supported", tensor.ty)));
+    }
+    let shape: Vec<usize> = tensor.dimensions.iter().map(|d| *d as usize).collect();
+    // The ABI layer checks this for guests; native callers (Session)
+    // reach here directly.
+    let bytes = shape.iter().try_fold(4usize, |a, d| a.checked_mul(*d));
+    if bytes != Some(tensor.data.len()) {
+        return Err(NnError::InvalidArgument(format!(
+            "a tensor of shape {shape:?} (f32) needs {bytes:?} bytes of data, got {}",
+            tensor.data.len()
+        )));
+    }
+    let values = tensor.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Ok((i, (shape, values)))
+}
+
+/// A backend's `get_output`: output `id` of the last compute.
+fn encode_output(id: &Id, n: usize, outputs: &[(Vec<usize>, Vec<f32>)]) -> Result<wasmtime_wasi_nn::Tensor, NnError> {
+    let i = index(id, n, "output")?;
+    let (shape, values) =
+        outputs.get(i).ok_or_else(|| NnError::InvalidArgument("no outputs yet: call compute first".into()))?;
+    let mut data = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        data.extend_from_slice(&v.to_le_bytes());
+    }
+    Ok(wasmtime_wasi_nn::Tensor { dimensions: shape.iter().map(|d| *d as u32).collect(), ty: TensorType::Fp32, data })
 }

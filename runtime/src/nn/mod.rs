@@ -11,8 +11,11 @@
 //! - `abi.rs`: the six host functions, with every guest pointer and size
 //!   checked before use and backend panics contained.
 //! - `tract.rs`: the CPU backend of fast mode (tract, pure Rust).
-//! - `graph.rs`: the ONNX graph as Shoal's own kernels see it (the op set,
-//!   shapes) and its device-independent plan.
+//! - `graph/`: the ONNX graph as Shoal's own kernels see it, in stages:
+//!   parse (and the op set), shapes, and lowering to a device-independent
+//!   plan.
+//! - `params.rs`: the kernels' parameters, declared once for the planner,
+//!   the CPU kernels and (through `build.rs`) the WGSL ones.
 //! - `context.rs`: the execution context of the backends that run plans.
 //! - `exact/`: the CPU backend of exact mode (Shoal's own kernels).
 //! - `vulkan/`: the GPU backend (vulkano compute, WGSL shaders compiled by
@@ -25,6 +28,7 @@ pub(crate) mod abi;
 mod context;
 pub(crate) mod exact;
 pub(crate) mod graph;
+pub(crate) mod params;
 mod tract;
 
 use std::cell::RefCell;

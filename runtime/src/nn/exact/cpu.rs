@@ -1,4 +1,4 @@
-//! A plan (`nn/graph.rs`) run on the CPU with the exact kernels: each step
+//! A plan (`nn/graph/`) run on the CPU with the exact kernels: each step
 //! is the Rust twin of its kernel in `vulkan/kernels.wgsl` with the exact
 //! prelude, reading the same parameters, summing in the same order and
 //! rounding (and flushing) after the same operations. Matrix products and
@@ -8,10 +8,9 @@ use rayon::prelude::*;
 
 use super::gemm;
 use super::math::{self, add, div, mul, out, sub};
-use crate::nn::graph::{Kernel, Plan, Step, MAX_RANK};
+use crate::nn::graph::{Kernel, Plan, Step};
+use crate::nn::params::{self, KernelParams, MAX_RANK, NONE};
 use crate::nn::NnError;
-
-const NONE: u32 = u32::MAX;
 /// Elements below which an elementwise step stays on one thread.
 const PARALLEL_ELEMENTS: usize = 1 << 16;
 
@@ -58,31 +57,29 @@ pub(crate) fn run(plan: &Plan, arena: &mut [f32], inputs: &[&[f32]]) -> Result<V
 }
 
 fn run_step(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
-    let p = |i: usize| step.params[i] as usize;
+    let w = &step.params;
     match step.kernel {
-        Kernel::MatMul => matmul(step, m),
+        Kernel::MatMul => matmul(&params::MatMul::from_words(w), m),
         Kernel::Binary => {
-            let n = p(4);
-            let rank = p(5);
-            let (dims, sa, sb) = (&step.params[6..12], &step.params[12..18], &step.params[18..24]);
-            let op = p(0);
+            let q = params::Binary::from_words(w);
             let f = |idx: usize| -> Result<f32, NnError> {
-                let (ia, ib) = strided2(idx, rank, dims, sa, sb);
-                let a = *m.get(p(1) + ia).ok_or_else(|| bad("an operand"))?;
-                let b = *m.get(p(2) + ib).ok_or_else(|| bad("an operand"))?;
-                Ok(out(match op {
+                let (ia, ib) = strided2(idx, q.rank as usize, &q.dims, &q.stride_a, &q.stride_b);
+                let a = *m.get(q.off_a as usize + ia).ok_or_else(|| bad("an operand"))?;
+                let b = *m.get(q.off_b as usize + ib).ok_or_else(|| bad("an operand"))?;
+                Ok(out(match q.op {
                     0 => add(a, b),
                     1 => mul(a, b),
                     2 => sub(a, b),
                     _ => div(a, b),
                 }))
             };
-            let y = map_indices(n, f)?;
-            store(m, p(3), &y)
+            let y = map_indices(q.n as usize, f)?;
+            store(m, q.off_c as usize, &y)
         }
         Kernel::Unary => {
-            let x = region(m, p(1), p(3))?;
-            let f: fn(f32) -> f32 = match p(0) {
+            let q = params::Unary::from_words(w);
+            let x = region(m, q.off_in as usize, q.n as usize)?;
+            let f: fn(f32) -> f32 = match q.op {
                 0 => math::relu,
                 1 => math::sigmoid,
                 _ => math::tanh,
@@ -92,24 +89,23 @@ fn run_step(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
             } else {
                 x.iter().map(|v| out(f(*v))).collect()
             };
-            store(m, p(2), &y)
+            store(m, q.off_out as usize, &y)
         }
         Kernel::Copy => {
-            let n = p(2);
-            let rank = p(3);
-            let (dims, src, dst) = (&step.params[4..10], &step.params[10..16], &step.params[16..22]);
-            for idx in 0..n {
-                let (is, id) = strided2(idx, rank, dims, src, dst);
-                let v = *m.get(p(0) + is).ok_or_else(|| bad("an operand"))?;
-                *m.get_mut(p(1) + id).ok_or_else(|| bad("a result"))? = v;
+            let q = params::StridedCopy::from_words(w);
+            for idx in 0..q.n as usize {
+                let (is, id) = strided2(idx, q.rank as usize, &q.dims, &q.src, &q.dst);
+                let v = *m.get(q.off_in as usize + is).ok_or_else(|| bad("an operand"))?;
+                *m.get_mut(q.off_out as usize + id).ok_or_else(|| bad("a result"))? = v;
             }
             Ok(())
         }
-        Kernel::Conv => conv(step, m),
-        Kernel::Pool => pool(step, m),
+        Kernel::Conv => conv(&params::Conv::from_words(w), m),
+        Kernel::Pool => pool(&params::Pool::from_words(w), m),
         Kernel::Softmax => {
-            let (outer, len, inner) = (p(2), p(3), p(4));
-            let x = region(m, p(0), outer * len * inner)?.to_vec();
+            let q = params::Softmax::from_words(w);
+            let (outer, len, inner) = (q.outer as usize, q.len as usize, q.inner as usize);
+            let x = region(m, q.off_in as usize, outer * len * inner)?.to_vec();
             let mut y = vec![0.0f32; x.len()];
             for o in 0..outer {
                 for i in 0..inner {
@@ -131,20 +127,21 @@ fn run_step(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
                     }
                 }
             }
-            store(m, p(1), &y)
+            store(m, q.off_out as usize, &y)
         }
         Kernel::BatchNorm => {
-            let (n, c, spatial) = (p(4), p(5), p(6));
-            let x = region(m, p(0), n)?;
-            let a = region(m, p(2), c)?;
-            let b = region(m, p(3), c)?;
+            let q = params::BatchNorm::from_words(w);
+            let (n, c, spatial) = (q.n as usize, q.c as usize, q.spatial as usize);
+            let x = region(m, q.off_x as usize, n)?;
+            let a = region(m, q.off_scale as usize, c)?;
+            let b = region(m, q.off_shift as usize, c)?;
             let y: Vec<f32> = (0..n)
                 .map(|i| {
                     let ch = (i / spatial.max(1)) % c.max(1);
                     out(add(mul(x[i], a[ch]), b[ch]))
                 })
                 .collect();
-            store(m, p(1), &y)
+            store(m, q.off_y as usize, &y)
         }
     }
 }
@@ -173,29 +170,27 @@ fn strided2(idx: usize, rank: usize, dims: &[u32], s1: &[u32], s2: &[u32]) -> (u
     (a, b)
 }
 
-/// 0 offA 1 offB 2 offC 3 offBias 4 M 5 N 6 K 7 batch 8 batch stride A
-/// 9 batch stride B 10 A row stride 11 A k stride 12 B k stride
-/// 13 B col stride 14 bias row stride 15 bias col stride 16 alpha 17 beta
-fn matmul(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
-    let p = |i: usize| step.params[i] as usize;
-    let (mm, nn, kk, batch) = (p(4), p(5), p(6), p(7));
-    let alpha = f32::from_bits(step.params[16]);
-    let beta = f32::from_bits(step.params[17]);
+fn matmul(q: &params::MatMul, m: &mut [f32]) -> Result<(), NnError> {
+    let u = |v: u32| v as usize;
+    let (mm, nn, kk, batch) = (u(q.m), u(q.n), u(q.k), u(q.batch));
     let mut y = vec![0.0f32; batch * mm * nn];
+    let bias = match q.off_bias {
+        NONE => None,
+        off => Some(gather(m, u(off), mm, nn, u(q.bias_row_stride), u(q.bias_col_stride))?),
+    };
     for b in 0..batch {
-        let a = gather(m, p(0) + b * p(8), mm, kk, p(10), p(11))?;
-        let bm = gather(m, p(1) + b * p(9), kk, nn, p(12), p(13))?;
+        let a = gather(m, u(q.off_a) + b * u(q.batch_stride_a), mm, kk, u(q.a_row_stride), u(q.a_k_stride))?;
+        let bm = gather(m, u(q.off_b) + b * u(q.batch_stride_b), kk, nn, u(q.b_k_stride), u(q.b_col_stride))?;
         let acc = gemm::matmul(&a, &bm, mm, nn, kk);
-        let bias = if step.params[3] != NONE { Some(gather(m, p(3), mm, nn, p(14), p(15))?) } else { None };
         for (e, v) in acc.iter().enumerate() {
-            let mut v = mul(alpha, *v);
+            let mut v = mul(q.alpha, *v);
             if let Some(bias) = &bias {
-                v = add(v, mul(beta, bias[e]));
+                v = add(v, mul(q.beta, bias[e]));
             }
             y[b * mm * nn + e] = out(v);
         }
     }
-    store(m, p(2), &y)
+    store(m, u(q.off_c), &y)
 }
 
 /// A rows x cols matrix at `off` with the given strides, row-major.
@@ -219,19 +214,18 @@ fn gather(
     Ok(v)
 }
 
-/// 0 offX 1 offW 2 offBias 3 offY 4 N 5 C 6 H 7 W 8 M 9 OH 10 OW 11 KH
-/// 12 KW 13 sh 14 sw 15 pad top 16 pad left 17 dh 18 dw 19 group 20 cb
-fn conv(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
-    let p = |i: usize| step.params[i] as usize;
-    let (n, c, h, w, mo, oh, ow, kh, kw) = (p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12));
-    let (sh, sw, pt, pl, dh, dw, group) = (p(13), p(14), p(15), p(16), p(17), p(18), p(19).max(1));
+fn conv(q: &params::Conv, m: &mut [f32]) -> Result<(), NnError> {
+    let u = |v: u32| v as usize;
+    let (n, c, h, w, mo, oh, ow, kh, kw) = (u(q.n), u(q.c), u(q.h), u(q.w), u(q.m), u(q.oh), u(q.ow), u(q.kh), u(q.kw));
+    let (sh, sw, pt, pl) = (u(q.stride_h), u(q.stride_w), u(q.pad_top), u(q.pad_left));
+    let (dh, dw, group) = (u(q.dilation_h), u(q.dilation_w), u(q.group).max(1));
     let cpg = c / group;
     let mpg = mo / group;
     let kvol = kh * kw;
     let kdim = cpg * kvol;
-    let x = region(m, p(0), n * c * h * w)?;
-    let wt = region(m, p(1), mo * kdim)?;
-    let bias = if step.params[2] != NONE { Some(region(m, p(2), mo)?) } else { None };
+    let x = region(m, u(q.off_x), n * c * h * w)?;
+    let wt = region(m, u(q.off_w), mo * kdim)?;
+    let bias = if q.off_bias != NONE { Some(region(m, u(q.off_bias), mo)?) } else { None };
     let pixels = oh * ow;
     // As a matrix product of the weights and the input's windows (im2col):
     // zero padding in place of skipped taps gives the same sums only when
@@ -314,18 +308,16 @@ fn conv(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
             }
         }
     }
-    store(m, p(3), &y)
+    store(m, u(q.off_y), &y)
 }
 
-/// 0 offX 1 offY 2 N*C 3 H 4 W 5 OH 6 OW 7 KH 8 KW 9 sh 10 sw 11 pad top
-/// 12 pad left 13 kind (0 max, 1 average) 14 count_include_pad
-fn pool(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
-    let p = |i: usize| step.params[i] as usize;
-    let (nc, h, w, oh, ow, kh, kw, sh, sw, pt, pl) =
-        (p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12));
-    let is_max = p(13) == 0;
-    let include_pad = p(14) != 0;
-    let x = region(m, p(0), nc * h * w)?;
+fn pool(q: &params::Pool, m: &mut [f32]) -> Result<(), NnError> {
+    let u = |v: u32| v as usize;
+    let (nc, h, w, oh, ow, kh, kw) = (u(q.nc), u(q.h), u(q.w), u(q.oh), u(q.ow), u(q.kh), u(q.kw));
+    let (sh, sw, pt, pl) = (u(q.stride_h), u(q.stride_w), u(q.pad_top), u(q.pad_left));
+    let is_max = q.kind == 0;
+    let include_pad = q.count_include_pad != 0;
+    let x = region(m, u(q.off_x), nc * h * w)?;
     let mut y = vec![0.0f32; nc * oh * ow];
     for (idx, v) in y.iter_mut().enumerate() {
         let o_w = idx % ow;
@@ -353,5 +345,5 @@ fn pool(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
         }
         *v = out(acc);
     }
-    store(m, p(1), &y)
+    store(m, u(q.off_y), &y)
 }

@@ -6,7 +6,7 @@
 //!   twin of `vulkan/exact.wgsl`.
 //! - `gemm.rs`: the matrix product, vectorised and on every core, in the
 //!   GPU kernels' order of operations.
-//! - `cpu.rs`: a plan (`nn/graph.rs`, the same plans the GPU runs) run
+//! - `cpu.rs`: a plan (`nn/graph/`, the same plans the GPU runs) run
 //!   step by step.
 //!
 //! Its execution contexts are `nn/context.rs`'s, like the GPU backend's.

@@ -3,7 +3,7 @@
 //! - `device.rs`: finding and opening a device (discrete, then integrated,
 //!   then software only when allowed).
 //! - `exec.rs`: the kernels, the arena buffer and running a plan (made by
-//!   `nn/graph.rs`).
+//!   `nn/graph/`).
 //! - `kernels.wgsl`: the shaders, compiled to SPIR-V by `build.rs` twice,
 //!   after the `fast.wgsl` prelude and after the `exact.wgsl` one.
 //!
