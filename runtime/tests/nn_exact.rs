@@ -394,3 +394,21 @@ fn the_bench_models_are_byte_equal() {
     let x: Vec<f32> = (0..2 * 16 * 32 * 32).map(|i| ((i * 7919) % 103) as f32 / 51.0 - 1.0).collect();
     exact_both(&model("bench_conv.onnx"), &[(vec![2, 16, 32, 32], x)]);
 }
+
+#[test]
+fn a_context_reused_across_batches_gives_the_bits_of_a_fresh_one() {
+    // The CPU backend keeps a MatMul's constant weights packed, and the
+    // masks of small weights for the last threshold, across computes: a
+    // batch with tiny activations (a new threshold) after an ordinary one
+    // must give what it gives on a fresh context, and on the GPU.
+    let bytes = model("digits_mlp.onnx");
+    let imgs = images();
+    let first = imgs[..32 * 64].to_vec();
+    let tiny: Vec<f32> =
+        imgs[32 * 64..64 * 64].iter().enumerate().map(|(i, v)| if i % 7 == 0 { v * 1e-36 } else { *v }).collect();
+    let mut reused = session().load_mode(&bytes, Target::Cpu, Mode::Exact).unwrap();
+    reused.run(&[(&[32, 64], &first)]).unwrap();
+    let again = reused.run(&[(&[32, 64], &tiny)]).unwrap();
+    let fresh = exact_both(&bytes, &[(vec![32, 64], tiny)]);
+    assert_eq!(bits(&again[0].1), bits(&fresh[0].1));
+}

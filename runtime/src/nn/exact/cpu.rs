@@ -4,6 +4,8 @@
 //! rounding (and flushing) after the same operations. Matrix products and
 //! convolutions go through `gemm.rs` (vectorised, on every core).
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use super::gemm;
@@ -28,19 +30,46 @@ fn store(arena: &mut [f32], off: usize, values: &[f32]) -> Result<(), NnError> {
     Ok(())
 }
 
-/// The arena of a plan with its weights in place.
-pub(crate) fn arena(plan: &Plan) -> Vec<f32> {
+/// What running a plan keeps between calls: the arena (every tensor, the
+/// weights in place) and, for each MatMul whose B is a weight, B packed.
+pub(crate) struct State {
+    arena: Vec<f32>,
+    /// Per step: `Some` for a MatMul with a constant B, packed on first use.
+    packed: Vec<Option<Option<gemm::Packed>>>,
+}
+
+/// The state of a plan before its first run.
+pub(crate) fn prepare(plan: &Plan) -> State {
     let mut arena = vec![0.0f32; plan.arena];
     for (off, w) in &plan.weights {
         if let Some(dst) = arena.get_mut(*off..*off + w.len()) {
             dst.copy_from_slice(w);
         }
     }
-    arena
+    let in_weights =
+        |off: usize, len: usize| plan.weights.iter().any(|(o, w)| *o <= off && off.saturating_add(len) <= o + w.len());
+    let packed = plan
+        .steps
+        .iter()
+        .map(|step| {
+            if step.kernel != Kernel::MatMul {
+                return None;
+            }
+            let q = params::MatMul::from_words(&step.params);
+            let (k, n) = (q.k as usize, q.n as usize);
+            let extent = ((k.max(1) - 1).saturating_mul(q.b_k_stride as usize))
+                .saturating_add((n.max(1) - 1).saturating_mul(q.b_col_stride as usize))
+                .saturating_add(1);
+            let constant = (q.batch <= 1 || q.batch_stride_b == 0) && in_weights(q.off_b as usize, extent);
+            constant.then_some(None)
+        })
+        .collect();
+    State { arena, packed }
 }
 
 /// Puts canonical `inputs` in place, runs every step and returns the outputs.
-pub(crate) fn run(plan: &Plan, arena: &mut [f32], inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, NnError> {
+pub(crate) fn run(plan: &Plan, state: &mut State, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, NnError> {
+    let arena = &mut state.arena;
     for ((off, len), data) in plan.inputs.iter().zip(inputs) {
         if *len != data.len() {
             return Err(NnError::InvalidArgument(format!("an input of {} values, the plan expects {len}", data.len())));
@@ -50,16 +79,17 @@ pub(crate) fn run(plan: &Plan, arena: &mut [f32], inputs: &[&[f32]]) -> Result<V
             *d = math::canonical(*s);
         }
     }
-    for step in &plan.steps {
-        run_step(step, arena)?;
+    for (step, packed) in plan.steps.iter().zip(&mut state.packed) {
+        run_step(step, arena, packed.as_mut())?;
     }
     plan.outputs.iter().map(|(off, shape)| region(arena, *off, shape.iter().product()).map(|r| r.to_vec())).collect()
 }
 
-fn run_step(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
+/// Runs one step; `packed` keeps a MatMul's constant B across calls.
+fn run_step(step: &Step, m: &mut [f32], packed: Option<&mut Option<gemm::Packed>>) -> Result<(), NnError> {
     let w = &step.params;
     match step.kernel {
-        Kernel::MatMul => matmul(&params::MatMul::from_words(w), m),
+        Kernel::MatMul => matmul(&params::MatMul::from_words(w), m, packed),
         Kernel::Binary => {
             let q = params::Binary::from_words(w);
             let f = |idx: usize| -> Result<f32, NnError> {
@@ -79,15 +109,19 @@ fn run_step(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
         Kernel::Unary => {
             let q = params::Unary::from_words(w);
             let x = region(m, q.off_in as usize, q.n as usize)?;
-            let f: fn(f32) -> f32 = match q.op {
-                0 => math::relu,
-                1 => math::sigmoid,
-                _ => math::tanh,
-            };
-            let y: Vec<f32> = if x.len() >= PARALLEL_ELEMENTS {
-                x.par_iter().map(|v| out(f(*v))).collect()
-            } else {
-                x.iter().map(|v| out(f(*v))).collect()
+            // One loop per function, so each is inlined (and vectorised
+            // where it can be) rather than called through a pointer.
+            fn apply(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+                if x.len() >= PARALLEL_ELEMENTS {
+                    x.par_iter().map(|v| out(f(*v))).collect()
+                } else {
+                    x.iter().map(|v| out(f(*v))).collect()
+                }
+            }
+            let y = match q.op {
+                0 => apply(x, math::relu),
+                1 => apply(x, math::sigmoid),
+                _ => apply(x, math::tanh),
             };
             store(m, q.off_out as usize, &y)
         }
@@ -122,8 +156,9 @@ fn run_step(step: &Step, m: &mut [f32]) -> Result<(), NnError> {
                         y[at(k)] = e;
                         sum = add(sum, e);
                     }
+                    let sum = math::Divisor::new(sum);
                     for k in 0..len {
-                        y[at(k)] = out(div(y[at(k)], sum));
+                        y[at(k)] = out(sum.divide(y[at(k)]));
                     }
                 }
             }
@@ -170,7 +205,7 @@ fn strided2(idx: usize, rank: usize, dims: &[u32], s1: &[u32], s2: &[u32]) -> (u
     (a, b)
 }
 
-fn matmul(q: &params::MatMul, m: &mut [f32]) -> Result<(), NnError> {
+fn matmul(q: &params::MatMul, m: &mut [f32], mut kept: Option<&mut Option<gemm::Packed>>) -> Result<(), NnError> {
     let u = |v: u32| v as usize;
     let (mm, nn, kk, batch) = (u(q.m), u(q.n), u(q.k), u(q.batch));
     let mut y = vec![0.0f32; batch * mm * nn];
@@ -180,8 +215,26 @@ fn matmul(q: &params::MatMul, m: &mut [f32]) -> Result<(), NnError> {
     };
     for b in 0..batch {
         let a = gather(m, u(q.off_a) + b * u(q.batch_stride_a), mm, kk, u(q.a_row_stride), u(q.a_k_stride))?;
-        let bm = gather(m, u(q.off_b) + b * u(q.batch_stride_b), kk, nn, u(q.b_k_stride), u(q.b_col_stride))?;
-        let acc = gemm::matmul(&a, &bm, mm, nn, kk);
+        let b_at = u(q.off_b) + b * u(q.batch_stride_b);
+        let gather_b = || {
+            Ok::<_, NnError>(gemm::Packed::new(
+                gather(m, b_at, kk, nn, u(q.b_k_stride), u(q.b_col_stride))?.into_owned(),
+                nn,
+                kk,
+            ))
+        };
+        let acc = match kept.as_deref_mut() {
+            Some(slot) => {
+                if slot.is_none() {
+                    *slot = Some(gather_b()?);
+                }
+                match slot.as_mut() {
+                    Some(packed) => gemm::matmul_packed(&a, packed, mm),
+                    None => return Err(bad("a packed weight")),
+                }
+            }
+            None => gemm::matmul_packed(&a, &mut gather_b()?, mm),
+        };
         for (e, v) in acc.iter().enumerate() {
             let mut v = mul(q.alpha, *v);
             if let Some(bias) = &bias {
@@ -193,7 +246,8 @@ fn matmul(q: &params::MatMul, m: &mut [f32]) -> Result<(), NnError> {
     store(m, u(q.off_c), &y)
 }
 
-/// A rows x cols matrix at `off` with the given strides, row-major.
+/// A rows x cols matrix at `off` with the given strides, row-major: a
+/// view of the arena when it is already laid out that way.
 fn gather(
     m: &[f32],
     off: usize,
@@ -201,9 +255,9 @@ fn gather(
     cols: usize,
     row_stride: usize,
     col_stride: usize,
-) -> Result<Vec<f32>, NnError> {
+) -> Result<Cow<'_, [f32]>, NnError> {
     if col_stride == 1 && row_stride == cols {
-        return Ok(region(m, off, rows * cols)?.to_vec());
+        return Ok(Cow::Borrowed(region(m, off, rows * cols)?));
     }
     let mut v = Vec::with_capacity(rows * cols);
     for i in 0..rows {
@@ -211,7 +265,7 @@ fn gather(
             v.push(*m.get(off + i * row_stride + j * col_stride).ok_or_else(|| bad("an operand"))?);
         }
     }
-    Ok(v)
+    Ok(Cow::Owned(v))
 }
 
 fn conv(q: &params::Conv, m: &mut [f32]) -> Result<(), NnError> {

@@ -14,13 +14,13 @@
 //!   would flush ever appears. A sum starting at +0 never becomes -0, so
 //!   signed zeros agree too.
 //!
-//! Such a product needs a factor below 2^-51, so `matmul` marks, with bit
-//! masks, the outputs where a small factor meets a nonzero one, and
-//! computes only those again on the flushed path (none at all when neither
-//! operand holds a small value). Trained models do hold weights near
-//! 2^-126: sklearn's digits MLP has them for pixels that are always blank
-//! (they meet zero activations: harmless) and for dead hidden units (only
-//! their outputs are computed again).
+//! `matmul` marks, with bit masks, the outputs where a product could be
+//! smaller (both factors small relative to the other operand's smallest
+//! nonzero magnitude), and computes only those again on the flushed path
+//! (none at all when no product can be that small). Trained models do hold
+//! weights near 2^-126: sklearn's digits MLP has them for pixels that are
+//! always blank (they meet zero activations: harmless) and for dead hidden
+//! units (only their outputs are computed again).
 //!
 //! Vectorising across independent outputs keeps each output's order of
 //! operations, so the SIMD and scalar code give the same bits.
@@ -38,60 +38,114 @@ const MR: usize = 4;
 /// Multiply-adds below which one thread does all the work.
 const PARALLEL_WORK: usize = 1 << 18;
 
-/// Bits of 2^-51: two nonzero values of at least this magnitude have a
-/// product of at least 2^-102.
-const SMALL_BITS: u32 = (127 - 51) << 23;
+/// The smallest magnitude of a nonzero product the fast path accepts.
+const FAST_PRODUCT_MIN: f64 = 1.0 / (1u128 << 102) as f64;
 
-/// Nonzero and smaller than 2^-51 in magnitude.
-#[inline(always)]
-fn small(x: f32) -> bool {
-    let b = x.to_bits() & 0x7fff_ffff;
-    b != 0 && b < SMALL_BITS
+/// The smallest nonzero finite magnitude in `v` (infinity if none), on
+/// the bits (an integer min vectorises).
+fn min_magnitude(v: &[f32]) -> f64 {
+    let bits = v
+        .iter()
+        .map(|x| x.to_bits() & 0x7fff_ffff)
+        .map(|b| if b == 0 || b >= 0x7f80_0000 { 0x7f80_0000 } else { b })
+        .min()
+        .unwrap_or(0x7f80_0000);
+    f32::from_bits(bits) as f64
 }
 
-/// For each k, a bit per column j of B (k x n) where `pred(B[k][j])`.
-fn column_masks(b: &[f32], n: usize, k: usize, pred: impl Fn(f32) -> bool) -> Vec<u64> {
+/// Below this magnitude a factor may make a product smaller than
+/// FAST_PRODUCT_MIN with some nonzero value of the other operand, whose
+/// smallest nonzero magnitude is `other_min` (slightly high, so rounding
+/// in f64 errs on the side of caution).
+fn small_below(other_min: f64) -> f64 {
+    FAST_PRODUCT_MIN / other_min * (1.0 + 1e-9)
+}
+
+/// The bits of `below` as an f32, at most those of infinity: a magnitude's
+/// bits below them are exactly the finite values below it. Rounded up,
+/// never down, so a value just under `below` stays small.
+fn limit_bits(below: f64) -> u32 {
+    if below >= f32::MAX as f64 {
+        return 0x7f80_0000;
+    }
+    let f = below as f32;
+    (if (f as f64) < below { f.next_up() } else { f }).to_bits()
+}
+
+/// For each k, a bit per column j of B (k x n) whose magnitude's bits are
+/// nonzero and below `limit` (branch-free, so the loop vectorises).
+fn small_masks(b: &[f32], n: usize, k: usize, limit: u32) -> Vec<u64> {
     let words = n.div_ceil(64);
     let mut masks = vec![0u64; k * words];
     for q in 0..k {
-        for (j, v) in b[q * n..(q + 1) * n].iter().enumerate() {
-            if pred(*v) {
-                masks[q * words + j / 64] |= 1 << (j % 64);
+        for (w, chunk) in b[q * n..(q + 1) * n].chunks(64).enumerate() {
+            let mut bits = 0u64;
+            for (t, v) in chunk.iter().enumerate() {
+                let x = v.to_bits() & 0x7fff_ffff;
+                bits |= (((x != 0) & (x < limit)) as u64) << t;
             }
+            masks[q * words + w] = bits;
         }
     }
     masks
 }
 
+/// B (k x n) ready for products: its values, its panels and what the
+/// fast-path check needs. A MatMul whose B is a weight of the model keeps
+/// one across calls (`exact/cpu.rs`), so a batch loop packs it once.
+pub(crate) struct Packed {
+    b: Vec<f32>,
+    panels: Vec<f32>,
+    n: usize,
+    k: usize,
+    /// Smallest nonzero finite magnitude of B.
+    min: f64,
+    /// The last small-value masks, with the threshold bits they are for.
+    masks: Option<(u32, Vec<u64>)>,
+}
+
+impl Packed {
+    pub(crate) fn new(b: Vec<f32>, n: usize, k: usize) -> Packed {
+        let panels = pack_b(&b, n, k);
+        let min = min_magnitude(&b);
+        Packed { b, panels, n, k, min, masks: None }
+    }
+
+    /// `small_masks` for `below`, computed again only when it changes.
+    fn masks(&mut self, below: f64) -> &[u64] {
+        let limit = limit_bits(below);
+        if self.masks.as_ref().is_none_or(|(l, _)| *l != limit) {
+            self.masks = Some((limit, small_masks(&self.b, self.n, self.k, limit)));
+        }
+        self.masks.as_ref().map_or(&[], |(_, m)| m.as_slice())
+    }
+}
+
 /// The outputs the fast path may get wrong: those with a nonzero product
-/// below 2^-102 in magnitude, which needs a small factor (below 2^-51).
-/// Returned as (row, a bit per column) for rows with any. O(m k n / 64)
-/// at worst, nothing when neither operand holds a small value.
-fn risky(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<(usize, Vec<u64>)> {
-    let small_a = a.iter().any(|x| small(*x));
-    let small_b = b.iter().any(|x| small(*x));
-    if !small_a && !small_b {
+/// below 2^-102 in magnitude. Such a product needs both factors below
+/// their thresholds (`small_below` the other operand's smallest nonzero
+/// magnitude), so an output (i, j) is at risk if some k has a small
+/// A[i][k] and a small B[k][j]. Returned as (row, a bit per column) for
+/// rows with any: O(m k n / 64) at worst, O(m k + k n) when no product
+/// can be small.
+fn risky(a: &[f32], b: &mut Packed, m: usize) -> Vec<(usize, Vec<u64>)> {
+    let (n, k) = (b.n, b.k);
+    let (min_a, min_b) = (min_magnitude(a), b.min);
+    if min_a.is_infinite() || min_b.is_infinite() || min_a * min_b >= FAST_PRODUCT_MIN {
         return Vec::new();
     }
+    let (small_a, small_b) = (small_below(min_b), small_below(min_a));
+    let small = |x: f32, below: f64| x != 0.0 && x.is_finite() && (x.abs() as f64) < below;
     let words = n.div_ceil(64);
-    let small_cols = if small_b { column_masks(b, n, k, small) } else { Vec::new() };
-    let nonzero_cols = if small_a { column_masks(b, n, k, |x| x.to_bits() & 0x7fff_ffff != 0) } else { Vec::new() };
+    let small_cols = b.masks(small_b);
     let mut out = Vec::new();
     for i in 0..m {
         let mut mask = vec![0u64; words];
         for (q, x) in a[i * k..(i + 1) * k].iter().enumerate() {
-            if x.to_bits() & 0x7fff_ffff == 0 {
-                continue;
-            }
-            let cols = if small(*x) {
-                &nonzero_cols[q * words..(q + 1) * words]
-            } else if small_b {
-                &small_cols[q * words..(q + 1) * words]
-            } else {
-                continue;
-            };
-            for (m, c) in mask.iter_mut().zip(cols) {
-                *m |= c;
+            if small(*x, small_a) {
+                for (m, c) in mask.iter_mut().zip(&small_cols[q * words..(q + 1) * words]) {
+                    *m |= c;
+                }
             }
         }
         if mask.iter().any(|w| *w != 0) {
@@ -104,25 +158,107 @@ fn risky(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<(usize, Vec<
 /// C (m x n, row-major) = A (m x k, row-major) x B (k x n, row-major),
 /// with the bits of every operation flushed.
 pub(crate) fn matmul(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    matmul_packed(a, &mut Packed::new(b.to_vec(), n, k), m)
+}
+
+/// C (m x n) = A (m x k) x B, B packed (and perhaps kept across calls).
+pub(crate) fn matmul_packed(a: &[f32], b: &mut Packed, m: usize) -> Vec<f32> {
+    let (n, k) = (b.n, b.k);
     let mut c = vec![0.0f32; m * n];
     if m == 0 || n == 0 {
         return c;
     }
-    let packed = pack_b(b, n, k);
-    fast_matmul(a, &packed, &mut c, m, n, k);
-    // Rows with an output at risk, again with every operation flushed
-    // (still vectorised across columns: a row costs a few times a fast one).
-    for (i, mask) in risky(a, b, m, n, k) {
-        let row = &a[i * k..(i + 1) * k];
-        for p in 0..n.div_ceil(NR) {
-            // The panel's columns p*NR.. in the mask's 64-bit words.
-            let (word, shift) = (p * NR / 64, p * NR % 64);
-            if (mask[word] >> shift) & ((1u64 << NR) - 1) != 0 {
-                rows_kernel::<true>(row, &packed, &mut c[i * n..(i + 1) * n], 1, n, k, p..p + 1);
+    fast_matmul(a, &b.panels, &mut c, m, n, k);
+    let risky = risky(a, b, m);
+    if risky.is_empty() {
+        return c;
+    }
+    // Outputs at risk, again with every operation flushed (any output may
+    // be: the flushed path is the definition), vectorised either across the
+    // columns of a row's 16-column panels or across the rows of a whole
+    // column, whichever covers them with less work. Trained models put
+    // their small weights in whole columns (dead units) or whole rows
+    // (inputs that are always blank).
+    let panel_bits = |mask: &[u64], p: usize| (mask[p * NR / 64] >> (p * NR % 64)) & ((1u64 << NR) - 1);
+    let panels = n.div_ceil(NR);
+    let by_rows: usize =
+        risky.iter().map(|(_, mask)| (0..panels).filter(|p| panel_bits(mask, *p) != 0).count() * NR).sum();
+    let mut columns = vec![0u64; n.div_ceil(64)];
+    for (_, mask) in &risky {
+        for (c, w) in columns.iter_mut().zip(mask) {
+            *c |= w;
+        }
+    }
+    let risky_columns: Vec<usize> = (0..n).filter(|j| columns[j / 64] & (1 << (j % 64)) != 0).collect();
+    if risky_columns.len() * m < by_rows {
+        let at = transpose(a, m, k);
+        let mut col = vec![0.0f32; m];
+        for j in risky_columns {
+            flushed_column(&at, &b.b, j, n, m, k, &mut col);
+            for (i, v) in col.iter().enumerate() {
+                c[i * n + j] = *v;
+            }
+        }
+    } else {
+        for (i, mask) in &risky {
+            let row = &a[i * k..(i + 1) * k];
+            for p in (0..panels).filter(|p| panel_bits(mask, *p) != 0) {
+                rows_kernel::<true>(row, &b.panels, &mut c[i * n..(i + 1) * n], 1, n, k, p..p + 1);
             }
         }
     }
     c
+}
+
+/// A (m x k) as k x m.
+fn transpose(a: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; m * k];
+    for i in 0..m {
+        for q in 0..k {
+            t[q * m + i] = a[i * k + q];
+        }
+    }
+    t
+}
+
+/// Column j of C with every operation flushed, from A transposed (k x m):
+/// each row's sum in ascending k, vectorised across rows.
+fn flushed_column(at: &[f32], b: &[f32], j: usize, n: usize, m: usize, k: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { flushed_column_avx512(at, b, j, n, m, k, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU has AVX (checked just above).
+            return unsafe { flushed_column_avx(at, b, j, n, m, k, out) };
+        }
+    }
+    flushed_column_generic(at, b, j, n, m, k, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn flushed_column_avx512(at: &[f32], b: &[f32], j: usize, n: usize, m: usize, k: usize, out: &mut [f32]) {
+    flushed_column_generic(at, b, j, n, m, k, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn flushed_column_avx(at: &[f32], b: &[f32], j: usize, n: usize, m: usize, k: usize, out: &mut [f32]) {
+    flushed_column_generic(at, b, j, n, m, k, out)
+}
+
+#[inline(always)]
+fn flushed_column_generic(at: &[f32], b: &[f32], j: usize, n: usize, m: usize, k: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for q in 0..k {
+        let bq = b[q * n + j];
+        for (acc, x) in out[..m].iter_mut().zip(&at[q * m..(q + 1) * m]) {
+            *acc = add(*acc, mul(*x, bq));
+        }
+    }
 }
 
 /// B packed into panels of NR columns: panel p holds, for each k, the
@@ -297,7 +433,7 @@ mod tests {
             if b.len() > 1 {
                 b[1] = -0.0;
             }
-            assert!(risky(&a, &b, m, n, k).is_empty());
+            assert!(risky(&a, &mut Packed::new(b.to_vec(), n, k), m).is_empty());
             let mut f = vec![0.0; m * n];
             fast_matmul(&a, &pack_b(&b, n, k), &mut f, m, n, k);
             let s = flushed_matmul(&a, &b, m, n, k);
@@ -317,27 +453,40 @@ mod tests {
         // A tiny weight meeting a zero activation is harmless; one meeting
         // a nonzero activation puts that one output at risk.
         let b = [1e-38, 0.5, 0.5, 0.25];
-        assert!(risky(&[0.0, 1.0], &b, 1, 2, 2).is_empty());
-        assert_eq!(risky(&[0.0, 1.0, 1.0, 1.0], &b, 2, 2, 2), vec![(1, vec![0b01])]);
-        // A tiny activation puts every output its row reaches at risk.
-        assert_eq!(risky(&[1e-30, 1.0], &b, 1, 2, 2), vec![(0, vec![0b11])]);
+        assert!(risky(&[0.0, 1.0], &mut Packed::new(b.to_vec(), 2, 2), 1).is_empty());
+        assert_eq!(risky(&[0.0, 1.0, 1.0, 1.0], &mut Packed::new(b.to_vec(), 2, 2), 2), vec![(1, vec![0b01])]);
+        // A tiny activation puts every output its row reaches at risk...
+        assert_eq!(risky(&[1e-32, 1.0], &mut Packed::new(b.to_vec(), 2, 2), 1), vec![(0, vec![0b11])]);
+        // ... unless the products stay at least 2^-102 (5e-31 here).
+        assert_eq!(risky(&[1e-30, 1.0], &mut Packed::new(b.to_vec(), 2, 2), 1), vec![(0, vec![0b01])]);
         // Many tiny products, on the vectorised flushed kernel.
         let mut seed = 11;
         let (m, n, k) = (9, 37, 50);
         let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed) * 1e-19).collect();
         let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed) * 1e-19).collect();
-        assert_eq!(risky(&a, &b, m, n, k).len(), m);
+        assert_eq!(risky(&a, &mut Packed::new(b.to_vec(), n, k), m).len(), m);
         let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(matmul(&a, &b, m, n, k)), bits(flushed_matmul(&a, &b, m, n, k)));
-        // One tiny column in the second panel of three: only that panel
-        // is computed again, and every output still has the flushed bits.
+        // One tiny column (a dead unit): computed again as a column, and
+        // every output still has the flushed bits.
         let (m, n, k) = (5, 40, 30);
         let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed) + 1.0).collect();
         let mut b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed)).collect();
         for q in 0..k {
             b[q * n + 20] = lcg(&mut seed) * 1e-38;
         }
-        assert!(risky(&a, &b, m, n, k).iter().all(|(_, mask)| mask == &vec![1u64 << 20]));
+        assert!(risky(&a, &mut Packed::new(b.to_vec(), n, k), m).iter().all(|(_, mask)| mask == &vec![1u64 << 20]));
+        assert_eq!(bits(matmul(&a, &b, m, n, k)), bits(flushed_matmul(&a, &b, m, n, k)));
+        // One row of tiny activations: every column of that row is at risk
+        // (computed again along the row, panel by panel).
+        let mut a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed) + 1.0).collect();
+        for q in 0..k {
+            a[2 * k + q] = lcg(&mut seed) * 1e-38;
+        }
+        let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed) * 1e-3).collect();
+        let r = risky(&a, &mut Packed::new(b.to_vec(), n, k), m);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].0, 2);
         assert_eq!(bits(matmul(&a, &b, m, n, k)), bits(flushed_matmul(&a, &b, m, n, k)));
         let a = [0.0, 1.0, 1e-3, 1.0];
         let c = matmul(&a, &b, 2, 2, 2);

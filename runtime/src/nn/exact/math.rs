@@ -102,41 +102,66 @@ fn scale(x: f32, k: i32) -> f32 {
 
 /// a / b as in exact.wgsl's `f_div`.
 pub(crate) fn div(a: f32, b: f32) -> f32 {
-    if is_nan(a) || is_nan(b) {
-        return nan();
+    Divisor::new(b).divide(a)
+}
+
+/// What `div` computes from the divisor alone (its significand's
+/// reciprocal by Newton steps), so that dividing many values by one
+/// divisor (softmax) does it once: the same operations on the same values,
+/// so the same bits as `div` each time.
+pub(crate) struct Divisor {
+    bits: u32,
+    /// |b|'s bits.
+    ub: u32,
+    e: i32,
+    mb: f32,
+    r: f32,
+}
+
+impl Divisor {
+    pub(crate) fn new(b: f32) -> Divisor {
+        let ub = b.to_bits() & 0x7fff_ffff;
+        let e = (ub >> 23) as i32 - 127;
+        let mb = f32::from_bits((ub & 0x007f_ffff) | 0x3f80_0000);
+        let mut r = sub(f32::from_bits(0x3fba_827a), mul(0.5, mb));
+        r = mul(r, sub(2.0, mul(mb, r)));
+        r = mul(r, sub(2.0, mul(mb, r)));
+        r = mul(r, sub(2.0, mul(mb, r)));
+        Divisor { bits: b.to_bits(), ub, e, mb, r }
     }
-    let ua = a.to_bits() & 0x7fff_ffff;
-    let ub = b.to_bits() & 0x7fff_ffff;
-    let neg = (a.to_bits() ^ b.to_bits()) & 0x8000_0000 != 0;
-    let sign = if neg { -1.0 } else { 1.0 };
-    if ub == INF_BITS {
+
+    pub(crate) fn divide(&self, a: f32) -> f32 {
+        let ub = self.ub;
+        if is_nan(a) || ub > INF_BITS {
+            return nan();
+        }
+        let ua = a.to_bits() & 0x7fff_ffff;
+        let neg = (a.to_bits() ^ self.bits) & 0x8000_0000 != 0;
+        let sign = if neg { -1.0 } else { 1.0 };
+        if ub == INF_BITS {
+            if ua == INF_BITS {
+                return nan();
+            }
+            return 0.0;
+        }
+        if ub <= F_MIN_BITS {
+            if ua <= F_MIN_BITS {
+                return nan();
+            }
+            return sign * f32::from_bits(INF_BITS);
+        }
         if ua == INF_BITS {
-            return nan();
+            return sign * f32::from_bits(INF_BITS);
         }
-        return 0.0;
-    }
-    if ub <= F_MIN_BITS {
         if ua <= F_MIN_BITS {
-            return nan();
+            return 0.0;
         }
-        return sign * f32::from_bits(INF_BITS);
+        let (mb, r) = (self.mb, self.r);
+        let ma = f32::from_bits(ua);
+        let mut q = mul(ma, r);
+        q = add(q, mul(sub(ma, mul(q, mb)), r));
+        sign * scale(q, -self.e)
     }
-    if ua == INF_BITS {
-        return sign * f32::from_bits(INF_BITS);
-    }
-    if ua <= F_MIN_BITS {
-        return 0.0;
-    }
-    let e = (ub >> 23) as i32 - 127;
-    let mb = f32::from_bits((ub & 0x007f_ffff) | 0x3f80_0000);
-    let ma = f32::from_bits(ua);
-    let mut r = sub(f32::from_bits(0x3fba_827a), mul(0.5, mb));
-    r = mul(r, sub(2.0, mul(mb, r)));
-    r = mul(r, sub(2.0, mul(mb, r)));
-    r = mul(r, sub(2.0, mul(mb, r)));
-    let mut q = mul(ma, r);
-    q = add(q, mul(sub(ma, mul(q, mb)), r));
-    sign * scale(q, -e)
 }
 
 /// e^x as in exact.wgsl's `f_exp`.

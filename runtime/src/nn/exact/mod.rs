@@ -30,10 +30,10 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Graph, BackendError> {
 
 struct Cpu;
 
-/// A plan with its arena (every tensor, weights in place).
+/// A plan with what its runs keep (`cpu::State`).
 struct Loaded {
     plan: Plan,
-    arena: Vec<f32>,
+    state: cpu::State,
 }
 
 impl Runner for Cpu {
@@ -43,8 +43,8 @@ impl Runner for Cpu {
         // The arena holds every tensor of the plan: bounded by the job's
         // CPU memory limit before anything is allocated.
         let plan = graph.plan(shapes, &scope.limits, scope.limits.cpu_memory, true, true)?;
-        let arena = cpu::arena(&plan);
-        Ok(Loaded { plan, arena })
+        let state = cpu::prepare(&plan);
+        Ok(Loaded { plan, state })
     }
 
     fn plan(loaded: &Loaded) -> &Plan {
@@ -52,6 +52,6 @@ impl Runner for Cpu {
     }
 
     fn run(&self, loaded: &mut Loaded, inputs: &[&[f32]], _: &Scope) -> Result<Vec<Vec<f32>>, NnError> {
-        cpu::run(&loaded.plan, &mut loaded.arena, inputs)
+        cpu::run(&loaded.plan, &mut loaded.state, inputs)
     }
 }
