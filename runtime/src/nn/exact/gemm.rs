@@ -4,10 +4,10 @@
 //!
 //! Two paths give the same bits:
 //! - `flushed`: every product and partial sum through `math::z`, as the
-//!   device does it. Scalar, for operands with tiny values.
+//!   device does it, vectorised across a row's columns or a column's rows.
 //! - `fast`: plain IEEE products and sums, vectorised across 16 columns of
-//!   B and 4 rows of A, on every core. It gives row i of C the flushed
-//!   path's bits when every nonzero product in that row has magnitude at
+//!   B and 4 rows of A, on every core. It gives an output the flushed
+//!   path's bits when every nonzero product in its sum has magnitude at
 //!   least 2^-102: then every product is a multiple of 2^-125, so is every
 //!   partial sum (rounding moves a sum to a coarser grid, never a finer
 //!   one), and a nonzero one is at least 2^-125 in magnitude: nothing `z`
