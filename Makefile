@@ -51,7 +51,7 @@ bench: deps-test
 	$(CARGO) bench -p shoal --features bench-tools --bench process
 	scripts/offline.sh $(CARGO) bench --offline -p shoal --bench network
 	$(CARGO) build --release --bin shoal
-	scripts/offline.sh python3 scripts/bench-ipfs.py target/release/shoal 256 3
+	scripts/offline.sh python3 scripts/bench-ipfs.py target/release/shoal 256 6
 
 clean:
 	$(CARGO) clean

