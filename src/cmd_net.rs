@@ -1084,6 +1084,26 @@ pub fn nodes(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             v["labels"]
         );
     }
+    let (b, d) = (&r["ipfs"]["bitswap"], &r["ipfs"]["dht"]);
+    if !b.is_null() {
+        println!(
+            "ipfs (this node): bitswap sent {} blocks ({} bytes), received {} ({} bytes), {} wants in flight, junk {}, peers banned {}",
+            b["blocks_sent"],
+            b["bytes_sent"],
+            b["blocks_received"],
+            b["bytes_received"],
+            b["wants_in_flight"],
+            b["junk"],
+            b["peers_banned"]
+        );
+        println!(
+            "ipfs (this node): dht provider records published {}, received {}, served {} in {} lookups",
+            d["provider_records_published"],
+            d["provider_records_received"],
+            d["provider_records_served"],
+            d["provider_lookups_answered"]
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

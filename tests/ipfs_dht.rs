@@ -45,7 +45,9 @@ fn kubo_and_shoal_find_providers_through_a_shoal_dht_node() {
     std::fs::write(&file, &data).unwrap();
     let cid = kubo.add(&k1, &file);
 
-    // (a) K2, connected to S only, finds K1 through S's DHT and fetches.
+    // (a) K2, connected to S only, reaches K1 through S's DHT and fetches
+    // (through its routing-table answers, not the provider record: Kubo
+    // asks S for no providers here; see docs/ipfs.md, "What a node provides").
     let k2 = kubo.node("k2", "dhtserver");
     kubo.connect(&k2, &net.nodes[s].peer);
     assert_eq!(kubo_peers(&mut kubo, "k2"), vec![s_id.clone()], "k2 starts connected to s alone");
@@ -76,6 +78,24 @@ fn kubo_and_shoal_find_providers_through_a_shoal_dht_node() {
     eventually(60, "s2 to publish a provider record", || {
         (counter(&net.nodes[s2], "shoal_ipfs_provider_records_published_total") >= 1).then_some(())
     });
+    // S holds the records others left with it (S2's, and K2's for what it
+    // fetched), and `shoal nodes` shows each node's IPFS counters.
+    eventually(30, "s to hold provider records", || {
+        (counter(&net.nodes[s], "shoal_ipfs_provider_records_received_total") >= 1).then_some(())
+    });
+    // S2 looked the provider up on S, and S answered from the records it
+    // holds (a routing-table answer would not count here).
+    assert!(counter(&net.nodes[s], "shoal_ipfs_provider_lookups_answered_total") >= 1);
+    assert!(counter(&net.nodes[s], "shoal_ipfs_provider_records_served_total") >= 1);
+    let o = cli(&net.nodes[s2], &net.nodes[s2].home, &["nodes"]);
+    let shown = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let bitswap =
+        shown.lines().find(|l| l.starts_with("ipfs (this node): bitswap")).unwrap_or_else(|| panic!("{shown}"));
+    assert!(bitswap.contains(&format!("received {} (", counter(&net.nodes[s2], "shoal_bitswap_blocks_received_total"))));
+    assert!(!bitswap.contains("received 0 ("), "{bitswap}");
+    let dht = shown.lines().find(|l| l.starts_with("ipfs (this node): dht")).unwrap_or_else(|| panic!("{shown}"));
+    assert!(!dht.contains("published 0,"), "{dht}");
 }
 
 #[test]

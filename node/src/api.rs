@@ -64,6 +64,14 @@ pub struct Metrics {
     /// (`shoal_ipfs_provider_records_published_total`; kad's own
     /// re-publications are not counted).
     pub ipfs_provider_records_published: Counter,
+    /// The IPFS DHTs' work for others, brought up to date from the
+    /// network's [`shoal_scheduler::net::DhtStats`] when read.
+    pub ipfs_provider_records_received: Counter,
+    pub ipfs_provider_lookups_answered: Counter,
+    pub ipfs_provider_records_served: Counter,
+    /// Held while the DHT counters are brought up to date, so two readers
+    /// do not both add the same difference.
+    dht_sync: std::sync::Mutex<()>,
 }
 
 impl Metrics {
@@ -80,6 +88,10 @@ impl Metrics {
             job_seconds: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0]),
             bitswap: Default::default(),
             ipfs_provider_records_published: Counter::default(),
+            ipfs_provider_records_received: Counter::default(),
+            ipfs_provider_lookups_answered: Counter::default(),
+            ipfs_provider_records_served: Counter::default(),
+            dht_sync: Default::default(),
         };
         registry.register("jobs_submitted", "Jobs accepted on this node's API", m.jobs_submitted.clone());
         registry.register("jobs_completed", "Jobs completed with an agreed result", m.jobs_completed.clone());
@@ -94,7 +106,56 @@ impl Metrics {
             "Pinned roots whose provider record reached an IPFS DHT peer",
             m.ipfs_provider_records_published.clone(),
         );
+        registry.register(
+            "ipfs_provider_records_received",
+            "Provider records other peers stored on this node's IPFS DHTs",
+            m.ipfs_provider_records_received.clone(),
+        );
+        registry.register(
+            "ipfs_provider_lookups_answered",
+            "Provider lookups this node's IPFS DHTs answered",
+            m.ipfs_provider_lookups_answered.clone(),
+        );
+        registry.register(
+            "ipfs_provider_records_served",
+            "Provider records this node's IPFS DHTs handed out",
+            m.ipfs_provider_records_served.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Brings the DHT counters up to `s` (they only grow).
+    fn sync_dht(&self, s: shoal_scheduler::net::DhtStats) {
+        let _one = self.dht_sync.lock().unwrap_or_else(|p| p.into_inner());
+        for (c, v) in [
+            (&self.ipfs_provider_records_received, s.provider_records_received),
+            (&self.ipfs_provider_lookups_answered, s.provider_lookups_answered),
+            (&self.ipfs_provider_records_served, s.provider_records_served),
+        ] {
+            c.inc_by(v.saturating_sub(c.get()));
+        }
+    }
+
+    /// The IPFS counters as `/v1/nodes` shows them.
+    fn ipfs(&self) -> IpfsCounters {
+        let b = &self.bitswap;
+        IpfsCounters {
+            bitswap: BitswapCounters {
+                blocks_sent: b.blocks_sent.get(),
+                bytes_sent: b.bytes_sent.get(),
+                blocks_received: b.blocks_received.get(),
+                bytes_received: b.bytes_received.get(),
+                junk: b.junk.get(),
+                peers_banned: b.peers_banned.get(),
+                wants_in_flight: b.wants_in_flight.get(),
+            },
+            dht: DhtCounters {
+                provider_records_published: self.ipfs_provider_records_published.get(),
+                provider_records_received: self.ipfs_provider_records_received.get(),
+                provider_lookups_answered: self.ipfs_provider_lookups_answered.get(),
+                provider_records_served: self.ipfs_provider_records_served.get(),
+            },
+        }
     }
 }
 
@@ -858,7 +919,10 @@ async fn nodes(State(node): State<Shared>) -> Json<NodeList> {
             NodeEntry { is_self: v.id == node.peer.to_string(), node: v.clone(), api }
         })
         .collect();
-    Json(NodeList { nodes: list })
+    if let Ok(s) = node.client.dht_stats().await {
+        node.metrics.sync_dht(s);
+    }
+    Json(NodeList { nodes: list, ipfs: node.metrics.ipfs() })
 }
 
 /// Liveness and identity.
@@ -881,6 +945,9 @@ async fn metrics(State(node): State<Shared>) -> Result<impl IntoResponse, ApiErr
         db.count_jobs(JobState::Queued).unwrap_or(0) + db.count_jobs(JobState::Running).unwrap_or(0)
     };
     node.metrics.active_jobs.set(active as i64);
+    if let Ok(s) = node.client.dht_stats().await {
+        node.metrics.sync_dht(s);
+    }
     let mut out = String::new();
     encode(&mut out, &node.metrics.registry).map_err(internal)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))

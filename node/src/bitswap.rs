@@ -24,6 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use shoal_scheduler::net::bitswap::ledger::{self, Ledger, Lookup, Want};
 use shoal_scheduler::net::bitswap::message::{Message, WantType};
+use shoal_scheduler::net::bitswap::score::{self, Scores, Verdict, Wanted};
 use shoal_scheduler::net::bitswap::session::{self, Session};
 use shoal_scheduler::net::Client;
 use shoal_storage::{Block, BlockStore, Cid};
@@ -61,6 +62,11 @@ pub struct Stats {
     pub wants_dropped: Counter,
     /// Messages dropped because too many were being taken in.
     pub dropped: Counter,
+    /// Junk received: blocks no fetch wanted, blocks and frames refused
+    /// as invalid (scored against their peer, see [`score`]).
+    pub junk: Counter,
+    /// Peers banned for sending junk.
+    pub peers_banned: Counter,
     /// Blocks the running fetches still wait on.
     pub wants_in_flight: Gauge,
 }
@@ -74,6 +80,8 @@ impl Stats {
         r.register("invalid", "Malformed frames and blocks refused", self.invalid.clone());
         r.register("wants_dropped", "Wants over the per-peer limits", self.wants_dropped.clone());
         r.register("dropped", "Messages dropped under load", self.dropped.clone());
+        r.register("junk", "Unwanted blocks and invalid blocks or frames received", self.junk.clone());
+        r.register("peers_banned", "Peers banned for sending junk", self.peers_banned.clone());
         r.register("wants_in_flight", "Blocks the running bitswap fetches still wait on", self.wants_in_flight.clone());
     }
 }
@@ -98,6 +106,11 @@ pub struct Bitswap {
     session_slots: Arc<tokio::sync::Semaphore>,
     next_session: AtomicU64,
     session_config: session::Config,
+    /// What the running fetches want (a block for anything else is junk).
+    wanted: Mutex<Wanted>,
+    scores: Mutex<Scores>,
+    /// The origin of the scores' clock.
+    epoch: tokio::time::Instant,
     pub stats: Stats,
 }
 
@@ -115,6 +128,9 @@ impl Bitswap {
             session_slots: Arc::new(tokio::sync::Semaphore::new(MAX_SESSIONS)),
             next_session: AtomicU64::new(0),
             session_config: session::Config::default(),
+            wanted: Mutex::new(Wanted::default()),
+            scores: Mutex::new(Scores::new(score::Config::default())),
+            epoch: tokio::time::Instant::now(),
             stats,
         }
     }
@@ -171,8 +187,16 @@ impl Bitswap {
         .await;
         let Ok((inbound, invalid)) = hashed else { return };
         self.stats.invalid.inc_by(invalid);
-        self.stats.blocks_received.inc_by(inbound.blocks.len() as u64);
+        let unwanted = {
+            let wanted = lock(&self.wanted);
+            inbound.blocks.iter().filter(|b| !wanted.contains(b.cid())).count() as u64
+        };
+        self.stats.blocks_received.inc_by(inbound.blocks.len() as u64 - unwanted);
         self.stats.bytes_received.inc_by(bytes);
+        self.score(peer, invalid + unwanted);
+        if unwanted == inbound.blocks.len() as u64 && inbound.message.block_presences.is_empty() {
+            return;
+        }
         let inbound = Arc::new(inbound);
         for s in senders {
             let _ = s.try_send(inbound.clone());
@@ -183,11 +207,36 @@ impl Bitswap {
     pub fn on_invalid(&self, peer: PeerId, reason: &str) {
         self.stats.invalid.inc();
         tracing::debug!(%peer, "bitswap: {reason}");
+        self.score(peer, 1);
+    }
+
+    /// Counts `items` junk items against `peer`, and bans it when they
+    /// are past its allowance. The ban is sent from a task of its own: the
+    /// caller may be the task the network's event loop waits on.
+    fn score(&self, peer: PeerId, items: u64) {
+        if items == 0 {
+            return;
+        }
+        self.stats.junk.inc_by(items);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let verdict = lock(&self.scores).junk(peer, u32::try_from(items).unwrap_or(u32::MAX), now);
+        if let Verdict::Ban { for_ms } = verdict {
+            self.stats.peers_banned.inc();
+            lock(&self.ledger).remove(&peer);
+            tracing::warn!(%peer, "bitswap: peer banned for {} s: it sent blocks nobody wanted or invalid data", for_ms / 1000);
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = client.ban(peer, Duration::from_millis(for_ms)).await {
+                    tracing::debug!(%peer, "bitswap: cannot ban: {e}");
+                }
+            });
+        }
     }
 
     /// `peer` went away: its wants go with it.
     pub fn on_disconnected(&self, peer: &PeerId) {
         lock(&self.ledger).remove(peer);
+        lock(&self.scores).remove(peer);
     }
 
     /// Starts `peer`'s serving task unless one runs or every slot is
@@ -290,7 +339,8 @@ impl Bitswap {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel(SESSION_QUEUE);
         lock(&self.sessions).insert(id, tx);
-        let _registered = Registered { bitswap: self, id };
+        lock(&self.wanted).add(want);
+        let _registered = Registered { bitswap: self, id, want };
         let n_peers = peers.len();
         let mut session = Session::new(self.session_config.clone(), peers);
         session.want(want.iter().copied());
@@ -350,11 +400,13 @@ impl Bitswap {
 struct Registered<'a> {
     bitswap: &'a Bitswap,
     id: u64,
+    want: &'a [Cid],
 }
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         lock(&self.bitswap.sessions).remove(&self.id);
+        lock(&self.bitswap.wanted).done(self.want);
     }
 }
 
@@ -370,7 +422,8 @@ fn lookup(store: &dyn BlockStore, servable: Option<&Servable>, w: &Want) -> Look
             Ok(true) => Lookup::Have(None),
             _ => Lookup::DontHave,
         },
-        WantType::Block => match store.get(&w.cid) {
+        // The peer hashes the block on arrival: no hashing here as well.
+        WantType::Block => match store.get_for_peer(&w.cid) {
             Ok(b) => Lookup::Have(Some(b)),
             Err(_) => Lookup::DontHave,
         },

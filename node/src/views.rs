@@ -110,6 +110,43 @@ pub struct NodeEntry {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NodeList {
     pub nodes: Vec<NodeEntry>,
+    /// This node's IPFS counters (the same as `/metrics`).
+    pub ipfs: IpfsCounters,
+}
+
+/// What this node exchanged with IPFS peers since it started.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IpfsCounters {
+    pub bitswap: BitswapCounters,
+    pub dht: DhtCounters,
+}
+
+/// Bitswap, both ways.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BitswapCounters {
+    pub blocks_sent: u64,
+    pub bytes_sent: u64,
+    /// Wanted blocks received.
+    pub blocks_received: u64,
+    pub bytes_received: u64,
+    /// Unwanted blocks and invalid blocks or frames received.
+    pub junk: u64,
+    pub peers_banned: u64,
+    /// Blocks the running fetches still wait on.
+    pub wants_in_flight: i64,
+}
+
+/// The IPFS DHTs (public and LAN together).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DhtCounters {
+    /// This node's pinned roots whose provider record reached a peer.
+    pub provider_records_published: u64,
+    /// Provider records other peers stored here.
+    pub provider_records_received: u64,
+    /// Provider lookups answered.
+    pub provider_lookups_answered: u64,
+    /// Provider records handed out in those answers.
+    pub provider_records_served: u64,
 }
 
 /// Liveness and identity.

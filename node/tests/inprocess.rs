@@ -915,3 +915,76 @@ async fn a_bitswap_peer_flooding_wants_is_bounded_and_others_are_still_served() 
     assert_eq!(shoal_storage::Block::verified(root, data).unwrap().cid(), &root);
     eprintln!("honest want answered in {honest_wait:?} during a flood of {} wants", MESSAGES * WANTS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bitswap_peer_sending_blocks_nobody_wanted_is_banned_and_an_honest_one_is_not() {
+    use shoal_scheduler::net::bitswap::message::Message;
+    use shoal_scheduler::net::bitswap::score;
+    use shoal_storage::{block::RAW, Block, CidVersion};
+    let net = Net::new(&[]).await;
+    let node = net.node(0).clone();
+    let addr = net.members[0].addr.clone();
+    let (honest, mut honest_events) = raw_peer(&addr).await;
+    let (liar, _liar_events) = raw_peer(&addr).await;
+    let wanted = Block::new(CidVersion::V1, RAW, b"the block the node fetches".to_vec());
+    // The node fetches `wanted` from the honest peer, which answers the
+    // first want it sees with the block, twice: the second copy crosses
+    // the node's cancel and is not held against it.
+    let fetch = {
+        let (node, cid, peers) = (node.clone(), *wanted.cid(), vec![honest.local_peer_id()]);
+        tokio::spawn(async move { node.bitswap.fetch_from(&[cid], peers, Duration::from_secs(20)).await })
+    };
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), honest_events.recv()).await.unwrap().unwrap();
+        if let shoal_scheduler::net::Event::Bitswap { message, .. } = ev {
+            if message.wantlist.is_some() {
+                break;
+            }
+        }
+    }
+    let mut answer = Message::default();
+    answer.push_block(&wanted);
+    honest.bitswap_send(node.peer, answer.clone()).await.unwrap();
+    let got = fetch.await.unwrap().expect("the honest peer's block is taken");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].cid(), wanted.cid());
+    honest.bitswap_send(node.peer, answer).await.unwrap();
+    // The liar sends blocks nobody asked for, one per message, past its
+    // allowance.
+    let allowance = score::Config::default().max_junk as usize;
+    for i in 0..allowance + 8 {
+        let mut m = Message::default();
+        m.push_block(&Block::new(CidVersion::V1, RAW, format!("junk {i}").into_bytes()));
+        if liar.bitswap_send(node.peer, m).await.is_err() {
+            break; // cut off already
+        }
+    }
+    let stats = &node.metrics.bitswap;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stats.peers_banned.get() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stats.peers_banned.get(), 1, "the liar is banned, the honest peer is not");
+    assert!(stats.junk.get() > allowance as u64, "{} junk items counted", stats.junk.get());
+    assert_eq!(stats.blocks_received.get(), 2, "the wanted block and its late copy count as received, no junk");
+    assert!(stats.junk.get() <= (allowance + 8) as u64, "only the liar's blocks are junk");
+    // Its connection is closed, and it cannot come back for the ban.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while node.client.peers().await.unwrap().contains(&liar.local_peer_id()) {
+        assert!(tokio::time::Instant::now() < deadline, "the liar is still connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // (The dial may look established from the liar's side before the node
+    // closes it.)
+    let _ = liar.dial(addr.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!node.client.peers().await.unwrap().contains(&liar.local_peer_id()), "a banned peer is refused");
+    // The honest peer is still connected and served.
+    assert!(node.client.peers().await.unwrap().contains(&honest.local_peer_id()));
+    let root = net.add(b"pinned, served to the honest peer");
+    let mut want = Message::default();
+    want.push_want(&root, shoal_scheduler::net::bitswap::message::WantType::Block, true, 1);
+    honest.bitswap_send(node.peer, want).await.unwrap();
+    let data = block_from(&mut honest_events, Duration::from_secs(10)).await;
+    assert_eq!(Block::verified(root, data).unwrap().cid(), &root);
+}

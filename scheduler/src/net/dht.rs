@@ -250,6 +250,18 @@ impl EventLoop {
     }
 
     pub(super) fn on_ipfs_kad(&mut self, which: Dht, event: kad::Event) {
+        if let kad::Event::InboundRequest { request } = &event {
+            let s = &mut self.dht_stats;
+            match request {
+                kad::InboundRequest::AddProvider { .. } => s.provider_records_received += 1,
+                kad::InboundRequest::GetProvider { num_provider_peers, .. } => {
+                    s.provider_lookups_answered += 1;
+                    s.provider_records_served += *num_provider_peers as u64;
+                }
+                _ => {}
+            }
+            return;
+        }
         let kad::Event::OutboundQueryProgressed { id: q, result, step, stats } = event else { return };
         let Some(op) = self.dht_queries.get(&(which, q)).copied() else { return };
         if step.last {

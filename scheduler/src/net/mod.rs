@@ -164,6 +164,9 @@ pub struct Behaviour {
     blocks: cbor::Behaviour<BlockRequest, BlockResponse>,
     bitswap: bitswap::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Peers banned for a while ([`Client::ban`]): their connections are
+    /// closed and refused.
+    banned: libp2p::allow_block_list::Behaviour<libp2p::allow_block_list::BlockedPeers>,
 }
 
 impl Behaviour {
@@ -234,6 +237,7 @@ impl Behaviour {
             blocks,
             bitswap: bitswap::Behaviour::new(),
             mdns: mdns.into(),
+            banned: Default::default(),
         })
     }
 }
@@ -291,7 +295,26 @@ enum Command {
     Provide { key: Vec<u8>, reply: oneshot::Sender<Result<u32, Error>> },
     StopProviding { key: Vec<u8> },
     FindProviders { key: Vec<u8>, limit: usize, deadline: Duration, reply: oneshot::Sender<Result<Vec<PeerId>, Error>> },
+    Ban { peer: PeerId, duration: Duration },
+    DhtStats { reply: oneshot::Sender<DhtStats> },
 }
+
+/// What this node's IPFS DHTs did for others, since it started (both
+/// DHTs together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DhtStats {
+    /// Provider records other peers stored here (ADD_PROVIDER).
+    pub provider_records_received: u64,
+    /// Provider lookups (GET_PROVIDERS) answered.
+    pub provider_lookups_answered: u64,
+    /// Provider records handed out in those answers: a peer that found a
+    /// provider through this node's store, not its routing table.
+    pub provider_records_served: u64,
+}
+
+/// Peers banned at once at most; a ban past it lifts the one that ends
+/// soonest.
+pub const MAX_BANNED: usize = 4096;
 
 /// The handle async code uses to talk to the swarm. Cheap to clone.
 #[derive(Clone)]
@@ -384,6 +407,17 @@ impl Client {
         self.commands.send(Command::StopProviding { key }).await.map_err(|_| Error::Stopped)
     }
 
+    /// Closes every connection to `peer` and refuses it for `duration`
+    /// (it sent junk: see [`bitswap::score`]).
+    pub async fn ban(&self, peer: PeerId, duration: Duration) -> Result<(), Error> {
+        self.commands.send(Command::Ban { peer, duration }).await.map_err(|_| Error::Stopped)
+    }
+
+    /// What the IPFS DHTs did for others so far.
+    pub async fn dht_stats(&self) -> Result<DhtStats, Error> {
+        self.call(|reply| Command::DhtStats { reply }).await
+    }
+
     /// Looks up providers of `key` (a multihash) on both IPFS DHTs and
     /// dials them as they are found (their addresses are known only while
     /// the lookup runs). Returns the providers connected, at most `limit`
@@ -432,6 +466,9 @@ pub struct EventLoop {
     /// Peers this node was told to dial: never trimmed.
     protected: HashSet<PeerId>,
     connections: Connections,
+    /// Banned peers and when their ban ends (at most [`MAX_BANNED`]).
+    bans: HashMap<PeerId, tokio::time::Instant>,
+    dht_stats: DhtStats,
 }
 
 /// Peers whose announced addresses a node keeps.
@@ -467,6 +504,8 @@ pub fn new(swarm: Swarm<Behaviour>, cfg: &Config) -> (Client, EventLoop, mpsc::R
         activity: HashMap::new(),
         protected: HashSet::new(),
         connections: cfg.connections,
+        bans: HashMap::new(),
+        dht_stats: DhtStats::default(),
     };
     (client, event_loop, ev_rx)
 }
@@ -481,10 +520,13 @@ impl EventLoop {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut trim = tokio::time::interval(TRIM_EVERY);
         trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut bans = tokio::time::interval(Duration::from_secs(1));
+        bans.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm(event),
                 _ = trim.tick(), if self.connected.len() > self.connections.high => self.trim(),
+                _ = bans.tick(), if !self.bans.is_empty() => self.lift_bans(),
                 _ = sweep.tick(), if !self.finds.is_empty() => {
                     let ids: Vec<u64> = self.finds.keys().copied().collect();
                     for id in ids {
@@ -551,6 +593,30 @@ impl EventLoop {
         for (_, peer) in idle.into_iter().take(excess) {
             tracing::trace!(%peer, "connection trimmed");
             let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// Bans `peer` until `duration` from now (see [`Client::ban`]).
+    fn ban(&mut self, peer: PeerId, duration: Duration) {
+        if !self.bans.contains_key(&peer) && self.bans.len() >= MAX_BANNED {
+            if let Some(soonest) = self.bans.iter().min_by_key(|(_, t)| **t).map(|(p, _)| *p) {
+                self.bans.remove(&soonest);
+                self.swarm.behaviour_mut().banned.unblock_peer(soonest);
+            }
+        }
+        tracing::info!(%peer, "peer banned for {duration:?}");
+        self.bans.insert(peer, tokio::time::Instant::now() + duration);
+        self.protected.remove(&peer);
+        self.swarm.behaviour_mut().banned.block_peer(peer);
+    }
+
+    /// Lifts the bans that are over.
+    fn lift_bans(&mut self) {
+        let now = tokio::time::Instant::now();
+        let over: Vec<PeerId> = self.bans.iter().filter(|(_, t)| **t <= now).map(|(p, _)| *p).collect();
+        for peer in over {
+            self.bans.remove(&peer);
+            self.swarm.behaviour_mut().banned.unblock_peer(peer);
         }
     }
 
@@ -633,6 +699,10 @@ impl EventLoop {
                 let _ = reply.send(self.connected.difference(&self.no_bitswap).copied().collect());
             }
             Command::Provide { key, reply } => self.start_provide(key, reply),
+            Command::Ban { peer, duration } => self.ban(peer, duration),
+            Command::DhtStats { reply } => {
+                let _ = reply.send(self.dht_stats);
+            }
             Command::StopProviding { key } => {
                 let key = kad::RecordKey::new(&key);
                 for k in [b.ipfs_kad.as_mut(), b.ipfs_lan_kad.as_mut()].into_iter().flatten() {

@@ -20,10 +20,12 @@
 //! - `handler.rs`: one connection's streams.
 //! - `ledger.rs`: the server side, pure.
 //! - `session.rs`: the client side, pure.
+//! - `score.rs`: which peers to cut off for sending junk, pure.
 
 pub mod handler;
 pub mod ledger;
 pub mod message;
+pub mod score;
 pub mod session;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -63,6 +65,10 @@ pub enum Event {
 #[derive(Default)]
 pub struct Behaviour {
     connections: HashMap<PeerId, Vec<ConnectionId>>,
+    /// Sends not yet reported, by connection: a connection that closes
+    /// takes its handler's queue with it, and each of those sends must
+    /// still be answered (as failed).
+    unsent: HashMap<ConnectionId, HashSet<SendId>>,
     pending: VecDeque<ToSwarm<Event, handler::In>>,
     next_id: SendId,
 }
@@ -79,6 +85,7 @@ impl Behaviour {
         let conn = *self.connections.get(&peer)?.first()?;
         self.next_id += 1;
         let id = self.next_id;
+        self.unsent.entry(conn).or_default().insert(id);
         self.pending.push_back(ToSwarm::NotifyHandler {
             peer_id: peer,
             handler: NotifyHandler::One(conn),
@@ -124,6 +131,13 @@ impl NetworkBehaviour for Behaviour {
                 self.connections.entry(c.peer_id).or_default().push(c.connection_id);
             }
             FromSwarm::ConnectionClosed(c) => {
+                for id in self.unsent.remove(&c.connection_id).unwrap_or_default() {
+                    self.pending.push_back(ToSwarm::GenerateEvent(Event::Sent {
+                        id,
+                        peer: c.peer_id,
+                        result: Err("the connection closed before the message was written".into()),
+                    }));
+                }
                 if let Some(conns) = self.connections.get_mut(&c.peer_id) {
                     conns.retain(|id| *id != c.connection_id);
                     if conns.is_empty() {
@@ -135,10 +149,18 @@ impl NetworkBehaviour for Behaviour {
         }
     }
 
-    fn on_connection_handler_event(&mut self, peer: PeerId, _: ConnectionId, event: THandlerOutEvent<Self>) {
+    fn on_connection_handler_event(&mut self, peer: PeerId, conn: ConnectionId, event: THandlerOutEvent<Self>) {
         let event = match event {
             handler::Out::Received(message) => Event::Received { peer, message },
-            handler::Out::Sent { id, result } => Event::Sent { id, peer, result },
+            handler::Out::Sent { id, result } => {
+                if let Some(ids) = self.unsent.get_mut(&conn) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        self.unsent.remove(&conn);
+                    }
+                }
+                Event::Sent { id, peer, result }
+            }
             handler::Out::Invalid(reason) => Event::Invalid { peer, reason },
         };
         self.pending.push_back(ToSwarm::GenerateEvent(event));
@@ -208,5 +230,47 @@ mod tests {
         // An unconnected peer is an error at once, not a hang.
         let stranger = Keypair::generate_ed25519().public().to_peer_id();
         assert!(b.bitswap_send(stranger, Message::default()).await.is_err());
+    }
+
+    #[test]
+    fn sends_on_a_connection_that_closes_are_answered_as_failed() {
+        use libp2p::core::ConnectedPoint;
+        use libp2p::swarm::behaviour::{ConnectionClosed, ConnectionEstablished};
+        let mut b = Behaviour::new();
+        let peer = PeerId::random();
+        let conn = ConnectionId::new_unchecked(1);
+        let endpoint = ConnectedPoint::Dialer {
+            address: "/memory/1".parse().unwrap(),
+            role_override: Endpoint::Dialer,
+            port_use: PortUse::Reuse,
+        };
+        b.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: peer,
+            connection_id: conn,
+            endpoint: &endpoint,
+            failed_addresses: &[],
+            other_established: 0,
+        }));
+        let written = b.send(peer, Message::default()).unwrap();
+        let queued = b.send(peer, Message::default()).unwrap();
+        b.on_connection_handler_event(peer, conn, handler::Out::Sent { id: written, result: Ok(()) });
+        b.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+            peer_id: peer,
+            connection_id: conn,
+            endpoint: &endpoint,
+            cause: None,
+            remaining_established: 0,
+        }));
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut sent = Vec::new();
+        while let Poll::Ready(e) = b.poll(&mut cx) {
+            if let ToSwarm::GenerateEvent(Event::Sent { id, result, .. }) = e {
+                sent.push((id, result.is_ok()));
+            }
+        }
+        assert_eq!(sent, vec![(written, true), (queued, false)], "every send is answered once");
+        assert!(b.unsent.is_empty());
+        assert!(b.send(peer, Message::default()).is_none(), "no connection left");
     }
 }
