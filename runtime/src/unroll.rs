@@ -1,6 +1,7 @@
-//! Cheaper metering: small innermost loops are unrolled at load time (four
-//! copies of bodies up to [`MAX_BODY_4`] instructions, two up to
-//! [`MAX_BODY`]).
+//! Cheaper metering: small innermost loops are unrolled at load time, in
+//! as many copies as keep the unrolled body near [`UNROLLED_BUDGET`]
+//! instructions ([`copies`]: 16 copies of a body up to 40 instructions, 8
+//! up to 80, 4 up to 160, 2 up to [`MAX_BODY`]).
 //!
 //! wasmtime checks fuel and the epoch deadline at every loop header. The
 //! check is a few instructions, but its cold path is a call, and values
@@ -36,13 +37,34 @@ use wasmparser::{BlockType, Operator, Parser, Payload};
 use crate::nan::RewriteError;
 
 /// Version of the transformation, part of the compiled-module cache key.
-pub const UNROLL_VERSION: u32 = 2;
+pub const UNROLL_VERSION: u32 = 3;
 
 /// Largest loop body (in instructions) that is unrolled (twice).
-pub const MAX_BODY: usize = 120;
+pub const MAX_BODY: usize = 240;
 
-/// Largest loop body (in instructions) that is unrolled four times.
-pub const MAX_BODY_4: usize = 40;
+/// About how many instructions an unrolled loop may hold. The copies
+/// divide the metering checks at the loop header: on mandelbrot's loop,
+/// metering cost x1.92 without unrolling, x1.24 with 4 copies, x1.12 with
+/// 8 and x1.07 with 16; nbody's went from x1.17 (a budget of 320) to x1.10,
+/// for 12-30 % more compile time on these small modules (`make bench`,
+/// docs/runtime.md). Only float loops are unrolled, so big modules, mostly
+/// integer code, barely grow.
+pub const UNROLLED_BUDGET: usize = 640;
+
+/// Most copies of one loop body.
+pub const MAX_COPIES: u32 = 16;
+
+/// How many copies of a loop body of `len` instructions: the largest power
+/// of two up to [`MAX_COPIES`] whose copies stay within
+/// [`UNROLLED_BUDGET`], and at least two.
+pub fn copies(len: usize) -> u32 {
+    let fit = UNROLLED_BUDGET / len.max(1);
+    let mut n = 2;
+    while n * 2 <= MAX_COPIES && (n as usize) * 2 <= fit {
+        n *= 2;
+    }
+    n
+}
 
 /// Unrolls the small innermost loops of every function of `wasm`.
 pub fn unroll_loops(wasm: &[u8]) -> Result<Vec<u8>, RewriteError> {
@@ -122,7 +144,7 @@ fn unroll_body(wasm: &[u8], body: &wasmparser::FunctionBody<'_>) -> Result<Optio
         // Copy i of n sits inside n-i `$again` blocks, the loop and `$exit`:
         // its loop label becomes the innermost `$again` (same depth), labels
         // outside move out by n-i+1, and `$exit` is at depth n-i+1.
-        let n: u32 = if body.len() <= MAX_BODY_4 { 4 } else { 2 };
+        let n = copies(body.len());
         InstructionSink::new(&mut out).block(bt).loop_(bt);
         for _ in 1..n {
             InstructionSink::new(&mut out).block(wasm_encoder::BlockType::Empty);
@@ -268,7 +290,24 @@ mod tests {
     }
 
     #[test]
-    fn small_loops_get_four_copies() {
+    fn the_copies_keep_the_unrolled_body_within_its_budget() {
+        assert_eq!(copies(1), MAX_COPIES);
+        assert_eq!(copies(40), 16);
+        assert_eq!(copies(41), 8);
+        assert_eq!(copies(80), 8);
+        assert_eq!(copies(81), 4);
+        assert_eq!(copies(160), 4);
+        assert_eq!(copies(161), 2);
+        assert_eq!(copies(MAX_BODY), 2);
+        for len in 1..=MAX_BODY {
+            let n = copies(len) as usize;
+            assert!(n.is_power_of_two() && (2..=MAX_COPIES as usize).contains(&n));
+            assert!(n == 2 || n * len <= UNROLLED_BUDGET, "{len}: {n} copies");
+        }
+    }
+
+    #[test]
+    fn small_loops_get_many_copies() {
         // A loop whose result leaves through the fall-through, counting
         // iterations; and a `br` out of the loop from inside an `if`.
         let wat = r#"(module
