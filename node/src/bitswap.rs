@@ -76,7 +76,7 @@ impl Stats {
         r.register("blocks_sent", "Blocks sent to IPFS peers", self.blocks_sent.clone());
         r.register("bytes_sent", "Block bytes sent to IPFS peers", self.bytes_sent.clone());
         r.register("blocks_received", "Wanted blocks received from IPFS peers", self.blocks_received.clone());
-        r.register("bytes_received", "Block bytes received from IPFS peers", self.bytes_received.clone());
+        r.register("bytes_received", "Wanted block bytes received from IPFS peers", self.bytes_received.clone());
         r.register("invalid", "Malformed frames and blocks refused", self.invalid.clone());
         r.register("wants_dropped", "Wants over the per-peer limits", self.wants_dropped.clone());
         r.register("dropped", "Messages dropped under load", self.dropped.clone());
@@ -168,7 +168,6 @@ impl Bitswap {
             return;
         }
         let senders: Vec<_> = lock(&self.sessions).values().cloned().collect();
-        let bytes = message.block_bytes() as u64;
         // Hashing up to 4 MiB: off the async threads.
         let hashed = tokio::task::spawn_blocking(move || {
             let mut blocks = Vec::new();
@@ -187,12 +186,19 @@ impl Bitswap {
         .await;
         let Ok((inbound, invalid)) = hashed else { return };
         self.stats.invalid.inc_by(invalid);
-        let unwanted = {
+        // Received counts wanted blocks only, in blocks and in bytes alike;
+        // the rest is junk.
+        let (wanted_blocks, wanted_bytes) = {
             let wanted = lock(&self.wanted);
-            inbound.blocks.iter().filter(|b| !wanted.contains(b.cid())).count() as u64
+            inbound
+                .blocks
+                .iter()
+                .filter(|b| wanted.contains(b.cid()))
+                .fold((0u64, 0u64), |(n, s), b| (n + 1, s + b.len() as u64))
         };
-        self.stats.blocks_received.inc_by(inbound.blocks.len() as u64 - unwanted);
-        self.stats.bytes_received.inc_by(bytes);
+        let unwanted = inbound.blocks.len() as u64 - wanted_blocks;
+        self.stats.blocks_received.inc_by(wanted_blocks);
+        self.stats.bytes_received.inc_by(wanted_bytes);
         self.score(peer, invalid + unwanted);
         if unwanted == inbound.blocks.len() as u64 && inbound.message.block_presences.is_empty() {
             return;
