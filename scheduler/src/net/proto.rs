@@ -202,8 +202,10 @@ mod byte_string_pairs {
 /// wire), so that a view needs no copy field by field.
 pub use crate::model::Gpu;
 
-/// What a node tells the network about itself, about once a second.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a node tells the network about itself: by gossip once per gossip
+/// period (which grows with the network), and directly, every second, to
+/// the requesters it works with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announcement {
     /// Random per process start: a new value tells requesters that the
     /// node restarted and has forgotten what it was running.
