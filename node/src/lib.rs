@@ -196,6 +196,10 @@ pub enum Transport {
     /// libp2p's in-process memory transport: nodes of one process only
     /// (tests).
     Memory,
+    /// The memory transport without encryption (see
+    /// [`net::Security::Plaintext`]): many nodes in one process
+    /// (`shoal-sim`).
+    MemoryPlaintext,
 }
 
 /// What a node runs with, injected: tests give a memory store, a fixed
@@ -314,6 +318,25 @@ pub const WATCH_TTL: Duration = Duration::from_secs(30);
 pub const MAX_WATCHERS: usize = 1024;
 /// Direct announcements sent at once.
 const ANNOUNCE_CONCURRENCY: usize = 64;
+
+/// Fewest gossiped periods [`heard_period`] takes a median of: with fewer,
+/// one liar would choose a new node's period.
+pub const HEARD_PERIODS_MIN: usize = 5;
+
+/// The median of the gossip periods `views` announced (those that
+/// announce themselves to this node directly, every second, do not
+/// count), if at least [`HEARD_PERIODS_MIN`] did: fewer than half of them
+/// lying cannot move it outside the honest ones' range.
+pub fn heard_period<'a>(views: impl Iterator<Item = &'a View>) -> Option<Duration> {
+    let mut periods: Vec<u64> =
+        views.filter(|v| !v.watched && v.announcement.every_ms > 0).map(|v| v.announcement.every_ms).collect();
+    if periods.len() < HEARD_PERIODS_MIN {
+        return None;
+    }
+    let mid = periods.len() / 2;
+    let (_, median, _) = periods.select_nth_unstable(mid);
+    Some(Duration::from_millis((*median).min(MAX_GOSSIP_EVERY.as_millis() as u64)))
+}
 
 /// The time source (injected so tests can drive it).
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -588,9 +611,16 @@ impl Node {
     }
 
     /// The gossip period for a node that knows `known` others: the
-    /// network's gossip budget ([`GOSSIP_RATE`]) shared among them.
-    pub fn gossip_every(announce_every: Duration, rate: u64, known: usize) -> Duration {
-        Duration::from_millis(known as u64 * 1000 / rate.max(1)).clamp(announce_every, MAX_GOSSIP_EVERY)
+    /// network's gossip budget ([`GOSSIP_RATE`]) shared among them. A node
+    /// that just joined knows few others yet, and would gossip far more
+    /// often than the nodes already there (starting 200 nodes, those
+    /// first minutes of gossip were most of the start's cost): it takes
+    /// `heard`, the median of the periods the others gossip at, when that
+    /// is longer (see [`heard_period`]).
+    pub fn gossip_every(announce_every: Duration, rate: u64, known: usize, heard: Option<Duration>) -> Duration {
+        Duration::from_millis(known as u64 * 1000 / rate.max(1))
+            .max(heard.unwrap_or_default())
+            .clamp(announce_every, MAX_GOSSIP_EVERY)
     }
 
     /// Records an exchange with requester `peer`: this node announces
@@ -1019,6 +1049,7 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
     let swarm = match transport {
         Transport::Tcp => net::tcp_swarm(key.clone(), &net_cfg)?,
         Transport::Memory => net::memory_swarm(key.clone(), &net_cfg)?,
+        Transport::MemoryPlaintext => net::memory_swarm_with(key.clone(), &net_cfg, net::Security::Plaintext)?,
     };
     let (client, event_loop, mut events) = net::new(swarm, &net_cfg);
     let (stop_net, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -1152,7 +1183,9 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
         // A round slowed by unanswered watchers is not made up in a burst.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut holds_due = tokio::time::Instant::now();
-        let mut gossip_due = tokio::time::Instant::now();
+        // None: gossip at once.
+        let mut gossiped: Option<tokio::time::Instant> = None;
+        let mut jitter = 0.0;
         loop {
             tick.tick().await;
             if tokio::time::Instant::now() >= holds_due {
@@ -1160,14 +1193,20 @@ pub async fn start(config: Config, deps: Deps) -> Result<Running, Error> {
                 n.refresh_holds().await;
             }
             n.refresh_receipts().await;
-            let known = n.views.lock().unwrap_or_else(|p| p.into_inner()).len();
-            let gossip_every = Node::gossip_every(every, rate, known);
+            let (known, heard) = {
+                let views = n.views.lock().unwrap_or_else(|p| p.into_inner());
+                (views.len(), heard_period(views.values()))
+            };
+            let gossip_every = Node::gossip_every(every, rate, known, heard);
             let mut a = n.announcement();
-            if tokio::time::Instant::now() >= gossip_due {
-                // Up to a tenth early, at random: nodes that started
-                // together do not gossip together for ever.
-                let jitter = gossip_every.mul_f64(rand::random::<f64>() / 10.0);
-                gossip_due = tokio::time::Instant::now() + gossip_every - jitter;
+            // Due one period after the last gossip, as the period is now
+            // (it shrinks as well as grows while a new node learns the
+            // network), up to a tenth early at random: nodes that started
+            // together do not gossip together for ever.
+            let due = gossiped.map(|t| t + gossip_every - gossip_every.mul_f64(jitter));
+            if due.is_none_or(|d| tokio::time::Instant::now() >= d) {
+                gossiped = Some(tokio::time::Instant::now());
+                jitter = rand::random::<f64>() / 10.0;
                 a.every_ms = gossip_every.as_millis() as u64;
                 let _ = n.client.announce(a.clone()).await;
             }
@@ -1381,13 +1420,49 @@ mod tests {
     #[test]
     fn the_gossip_period_grows_with_the_network_within_its_bounds() {
         let every = Duration::from_secs(1);
-        assert_eq!(Node::gossip_every(every, 4, 0), every);
-        assert_eq!(Node::gossip_every(every, 4, 3), every);
-        assert_eq!(Node::gossip_every(every, 4, 100), Duration::from_secs(25));
-        assert_eq!(Node::gossip_every(every, 4, 10_000), Duration::from_secs(2_500));
-        assert_eq!(Node::gossip_every(every, 4, 100_000), MAX_GOSSIP_EVERY);
+        assert_eq!(Node::gossip_every(every, 4, 0, None), every);
+        assert_eq!(Node::gossip_every(every, 4, 3, None), every);
+        assert_eq!(Node::gossip_every(every, 4, 100, None), Duration::from_secs(25));
+        assert_eq!(Node::gossip_every(every, 4, 10_000, None), Duration::from_secs(2_500));
+        assert_eq!(Node::gossip_every(every, 4, 100_000, None), MAX_GOSSIP_EVERY);
         // A rate of zero is taken as one, not a division by zero.
-        assert_eq!(Node::gossip_every(every, 0, 100), Duration::from_secs(100));
+        assert_eq!(Node::gossip_every(every, 0, 100, None), Duration::from_secs(100));
+        // A new node that knows 8 others of a network that gossips every
+        // 250 s takes their period, not 2 s; the longer of the two wins.
+        let heard = Some(Duration::from_secs(250));
+        assert_eq!(Node::gossip_every(every, 4, 8, heard), Duration::from_secs(250));
+        assert_eq!(Node::gossip_every(every, 4, 10_000, heard), Duration::from_secs(2_500));
+        assert_eq!(Node::gossip_every(every, 4, 8, Some(Duration::from_secs(1 << 30))), MAX_GOSSIP_EVERY);
+    }
+
+    /// The period a new node hears is the median of what at least five
+    /// others gossiped: liars short of half cannot move it, nodes that
+    /// announce themselves directly (every second) do not count, and with
+    /// fewer than five there is none.
+    #[test]
+    fn the_heard_period_is_a_median_that_a_minority_of_liars_cannot_move() {
+        let view = |every_ms: u64, watched: bool| View {
+            id: String::new(),
+            announcement: Announcement { every_ms, ..Default::default() },
+            last_seen_ms: 0,
+            holds: None,
+            receipts: None,
+            connected: true,
+            ttl_ms: None,
+            watched,
+        };
+        let honest: Vec<View> = (0..6).map(|i| view(240_000 + i * 1000, false)).collect();
+        let liars: Vec<View> = (0..5).map(|_| view(u64::MAX, false)).collect();
+        let watchers: Vec<View> = (0..20).map(|_| view(1000, true)).collect();
+        let all = honest.iter().chain(&liars).chain(&watchers);
+        let p = heard_period(all).unwrap();
+        assert!((240..=245).contains(&p.as_secs()), "{p:?}");
+        assert_eq!(heard_period(honest[..4].iter().chain(&watchers)), None);
+        // Unannounced periods (nodes that predate them) do not count.
+        let old: Vec<View> = (0..10).map(|_| view(0, false)).collect();
+        assert_eq!(heard_period(old.iter()), None);
+        // Liars alone get at most the cap.
+        assert_eq!(heard_period(liars.iter()), Some(MAX_GOSSIP_EVERY));
     }
 
     /// A view lives three of the periods its node announced (never less
