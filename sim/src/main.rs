@@ -64,6 +64,9 @@ struct NetArgs {
     /// Random seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Compute nodes started together.
+    #[arg(long, default_value_t = 10)]
+    start_batch: usize,
     /// Announcements per second the whole network gossips.
     #[arg(long, default_value_t = shoal_node::GOSSIP_RATE)]
     gossip_rate: u64,
@@ -73,6 +76,10 @@ struct NetArgs {
     /// The nodes join the IPFS DHTs too (as `shoal node` does by default).
     #[arg(long)]
     ipfs_dht: bool,
+    /// Secure connections with Noise, as on the real network (the default
+    /// is plaintext: nothing outside the process can see them).
+    #[arg(long)]
+    noise: bool,
     /// Worker threads of the compute nodes' runtime (the requesters have one of their own).
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -89,8 +96,12 @@ impl NetArgs {
         c.settle = std::time::Duration::from_secs(self.settle);
         c.churn = self.churn;
         c.seed = self.seed;
+        c.start_batch = self.start_batch;
         c.node.gossip_rate = self.gossip_rate;
         c.node.network.ipfs_dht = self.ipfs_dht;
+        if self.noise {
+            c.security = shoal_sim::net::Security::Noise;
+        }
         if let Some(lh) = &self.connections {
             c.node.network.connections.low = lh[0];
             c.node.network.connections.high = lh[1];

@@ -26,6 +26,7 @@ use rand::{Rng, SeedableRng};
 use shoal_node::{Config as NodeConfig, Deps, Node, Running, Transport};
 use shoal_scheduler::model::{JobId, JobState};
 use shoal_scheduler::net::wire::Wire;
+pub use shoal_scheduler::net::Security;
 use shoal_storage::importer::{Importer, Options};
 use shoal_storage::{MemStore, PinMode};
 use tower::ServiceExt;
@@ -57,12 +58,18 @@ pub struct Config {
     /// Share of compute nodes stopped during the jobs and started again
     /// (same identity, store and database) shortly after.
     pub churn: f64,
+    /// Compute nodes started together (see `Net::start_many`).
+    pub start_batch: usize,
     /// Random seed (topology, churn).
     pub seed: u64,
     /// The nodes' own settings (announcement period, ttl...).
     pub node: NodeConfig,
     /// Longest wait for the jobs to end.
     pub deadline: Duration,
+    /// How connections are secured: in the clear by default, as nothing
+    /// outside the process can see them (Noise's ciphers and buffers
+    /// would otherwise be most of what a node costs here).
+    pub security: Security,
 }
 
 impl Config {
@@ -78,6 +85,7 @@ impl Config {
             settle: Duration::from_secs(0),
             idle: Duration::from_secs(10),
             churn: 0.0,
+            start_batch: 10,
             seed: 1,
             // Shoal's network only: the IPFS DHTs, which every node also
             // joins by default, are a network of their own (`--ipfs-dht`
@@ -88,6 +96,7 @@ impl Config {
                 ..NodeConfig::default()
             },
             deadline: Duration::from_secs(600),
+            security: Security::Plaintext,
         }
     }
 }
@@ -208,6 +217,7 @@ struct Net {
     requesters: usize,
     compute_rt: tokio::runtime::Handle,
     requester_rt: tokio::runtime::Handle,
+    security: Security,
 }
 
 impl Net {
@@ -220,24 +230,36 @@ impl Net {
     }
 
     async fn start(&mut self, i: usize, peers: Vec<Multiaddr>) -> anyhow::Result<()> {
-        let m = &self.members[i];
-        let mut config = m.config.clone();
-        config.peers = peers;
-        let deps = Deps {
-            home: m.home.clone(),
-            store: m.store.clone(),
-            key: m.key.clone(),
-            clock: shoal_node::system_clock(),
-            transport: Transport::Memory,
-            api: None,
-        };
-        let running = self
-            .rt(i)
-            .spawn(async move { shoal_node::start(config, deps).await })
-            .await
-            .context("node start panicked")?
-            .with_context(|| format!("starting node {i}"))?;
-        self.members[i].running = Some(running);
+        self.start_many(vec![(i, peers)]).await
+    }
+
+    /// Starts nodes together: on a busy runtime each step of a node's
+    /// start waits its turn behind every other task, so starting them one
+    /// after the other is slow for reasons that have nothing to do with
+    /// what a start costs.
+    async fn start_many(&mut self, nodes: Vec<(usize, Vec<Multiaddr>)>) -> anyhow::Result<()> {
+        let mut starting = Vec::with_capacity(nodes.len());
+        for (i, peers) in nodes {
+            let m = &self.members[i];
+            let mut config = m.config.clone();
+            config.peers = peers;
+            let deps = Deps {
+                home: m.home.clone(),
+                store: m.store.clone(),
+                key: m.key.clone(),
+                clock: shoal_node::system_clock(),
+                transport: match self.security {
+                    Security::Noise => Transport::Memory,
+                    Security::Plaintext => Transport::MemoryPlaintext,
+                },
+                api: None,
+            };
+            starting.push((i, self.rt(i).spawn(async move { shoal_node::start(config, deps).await })));
+        }
+        for (i, task) in starting {
+            let running = task.await.context("node start panicked")?.with_context(|| format!("starting node {i}"))?;
+            self.members[i].running = Some(running);
+        }
         Ok(())
     }
 
@@ -344,6 +366,7 @@ async fn run_on(cfg: &Config, requester_rt: tokio::runtime::Handle) -> anyhow::R
         requesters: cfg.requesters,
         compute_rt: tokio::runtime::Handle::current(),
         requester_rt,
+        security: cfg.security,
     };
     for i in 0..total {
         let key = Keypair::generate_ed25519();
@@ -366,20 +389,31 @@ async fn run_on(cfg: &Config, requester_rt: tokio::runtime::Handle) -> anyhow::R
         });
     }
     let started = Instant::now();
-    for i in 0..total {
-        let peers: Vec<Multiaddr> = if i == 0 {
-            Vec::new()
-        } else if i < cfg.requesters {
-            vec![net.members[0].addr.clone()]
-        } else {
-            let earlier: Vec<usize> = (0..i).collect();
-            earlier.choose_multiple(&mut rng, cfg.degree.min(i)).map(|&j| net.members[j].addr.clone()).collect()
-        };
+    // The requesters first, one by one, then the compute nodes in groups of
+    // `start_batch`, each dialing `degree` random nodes started before its
+    // group.
+    let mut i = 0;
+    while i < total {
+        let end = if i < cfg.requesters { i + 1 } else { (i + cfg.start_batch.max(1)).min(total) };
+        let group: Vec<(usize, Vec<Multiaddr>)> = (i..end)
+            .map(|k| {
+                let peers = if k == 0 {
+                    Vec::new()
+                } else if k < cfg.requesters {
+                    vec![net.members[0].addr.clone()]
+                } else {
+                    let earlier: Vec<usize> = (0..i).collect();
+                    earlier.choose_multiple(&mut rng, cfg.degree.min(i)).map(|&j| net.members[j].addr.clone()).collect()
+                };
+                (k, peers)
+            })
+            .collect();
         let t = Instant::now();
-        net.start(i, peers).await?;
-        if std::env::var_os("SHOAL_SIM_PROGRESS").is_some() && i % 25 == 0 {
-            eprintln!("node {i} started in {:?}, {:?} in all", t.elapsed(), started.elapsed());
+        net.start_many(group).await?;
+        if std::env::var_os("SHOAL_SIM_PROGRESS").is_some() {
+            eprintln!("nodes {i}..{end} started in {:?}, {:?} in all", t.elapsed(), started.elapsed());
         }
+        i = end;
     }
     let start_s = started.elapsed().as_secs_f64();
     // Warm: every requester knows the compute nodes (or the wait ends).
