@@ -1094,6 +1094,54 @@ mod tests {
         panic!("no announcement arrived in 100 tries");
     }
 
+    /// A peer that gossips junk, or an announcement whose signature does
+    /// not match the node it names, is not heard: only announcements
+    /// signed by the node they come from are, whoever forwards them.
+    #[tokio::test]
+    async fn forged_and_malformed_gossip_is_refused_and_relayed_announcements_keep_their_signer() {
+        use futures::StreamExt as _;
+        let (a, mut a_events, a_addr, _sa) = node().await;
+        let mut liar = memory_swarm(Keypair::generate_ed25519(), &Config::default()).unwrap();
+        let liar_id = *liar.local_peer_id();
+        liar.dial(a_addr).unwrap();
+        let (victim, relayed) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let json = serde_json::to_vec(&Announcement { boot: 1, ..Default::default() }).unwrap();
+        let mut forged = signed::seal(&victim, 1, &json).unwrap();
+        let last = forged.len() - 2;
+        forged[last] ^= 1;
+        let topic = IdentTopic::new(proto::ANNOUNCE_TOPIC);
+        let mut heard = Vec::new();
+        // Subscriptions are exchanged just after connecting: publish until
+        // the genuine one arrives (bounded).
+        for seq in 0..100u64 {
+            let g = &mut liar.behaviour_mut().gossipsub;
+            let _ = g.publish(topic.clone(), b"not an announcement".to_vec());
+            let _ = g.publish(topic.clone(), forged.clone());
+            // Signed by the victim, but with the liar's name inside: the
+            // signature covers the sequence.
+            let mut renamed = signed::seal(&victim, seq, &json).unwrap();
+            let at = renamed.len() - json.len() - 64 - 2 - 8;
+            renamed[at..at + 8].copy_from_slice(&(seq + 1).to_be_bytes());
+            let _ = g.publish(topic.clone(), renamed);
+            let _ = g.publish(topic.clone(), signed::seal(&relayed, seq, &json).unwrap());
+            let until = tokio::time::Instant::now() + Duration::from_millis(50);
+            while let Ok(_event) = tokio::time::timeout_at(until, liar.select_next_some()).await {}
+            while let Ok(ev) = a_events.try_recv() {
+                if let Event::Announcement { peer, .. } = ev {
+                    heard.push(peer);
+                }
+            }
+            if !heard.is_empty() {
+                break;
+            }
+        }
+        assert!(!heard.is_empty(), "the relayed announcement never arrived");
+        let relayed_id = relayed.public().to_peer_id();
+        assert!(heard.iter().all(|p| *p == relayed_id), "heard {heard:?}; only {relayed_id} signed anything");
+        assert!(!heard.contains(&liar_id) && !heard.contains(&victim.public().to_peer_id()));
+        let _ = a;
+    }
+
     #[tokio::test]
     async fn ipfs_dht_finds_a_provider_through_a_peer_and_dials_it() {
         // A - B - C in a line. C provides before A joins, so only B (and C)
