@@ -21,8 +21,9 @@ pub const EXEC_PROTOCOL: &str = "/shoal/exec/1";
 pub const BLOCKS_PROTOCOL: &str = "/shoal/blocks/1";
 /// Shoal's own Kademlia (peer routing between Shoal nodes).
 pub const KAD_PROTOCOL: &str = "/shoal/kad/1";
-/// The gossipsub topic node announcements travel on.
-pub const ANNOUNCE_TOPIC: &str = "shoal/nodes/1";
+/// The gossipsub topic node announcements travel on (2: signed inside the
+/// message, see [`super::signed`]; nodes of version 1 would refuse them).
+pub const ANNOUNCE_TOPIC: &str = "shoal/nodes/2";
 
 /// Largest execution-protocol message: a spec is small, a reveal carries at
 /// most [`MAX_LOG_BYTES`] of each stream.
